@@ -1,0 +1,100 @@
+"""DeepLiDARFlow: the whole network, as ``DeepLiDARFlowNet`` of the original.
+
+Input handling (original ``deeplidarflow.py`` / ``inference.py``):
+* frames ``[B, 2, H, W, 4]``: RGB in [0, 1] minus the dataset mean, and the
+  sparse disparity normalised by the dataset mean/std (0 = no LiDAR point);
+* optionally resized to ``interp_size`` with TF1 legacy *nearest* (KITTI:
+  375x1242 -> 384x1216), all four channels;
+* LiDAR confidence = ``disparity != 0`` (``cast(cast(disp, bool), float)``), so
+  a point whose normalised disparity is exactly 0 counts as missing, as there.
+
+Coarse-to-fine over levels 6..2: warp frame t+1 features by the upsampled flow
+(``up_flow[..., :2] * 20 / 2**level``; no warp at level 6), cost volume
+(r = 4, leaky ReLU 0.1), estimator on [cost, feat t, warped feat t+1, up_flow,
+up_feature]. The context network refines level 2. Output: ``20 *`` TF1 legacy
+*bilinear* resize of the refined flow to ``out_size`` (flow values are not
+rescaled for the resolution change, as in the original).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from deepliflow_jax.model.context import ContextNetwork
+from deepliflow_jax.model.cost_volume import cost_volume
+from deepliflow_jax.model.estimator import SceneFlowEstimator
+from deepliflow_jax.model.guidance import GuidanceNetwork
+from deepliflow_jax.model.layers import leaky_relu
+from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
+from deepliflow_jax.model.warping import bilinear_warp
+
+FLOW_SCALE = 20.0
+LEVELS = (6, 5, 4, 3, 2)
+SEARCH_RANGE = 4
+SIZE_MULTIPLE = 64  # six stride-2 levels whose transposed convs must double exactly
+
+
+class DeepLiDARFlow(nn.Module):
+    """The network. ``__call__(frames, interp_size=None, out_size=None) -> (sf, aux)``.
+
+    Returns:
+      ``sceneflow`` ``[B, h, w, 4]`` (u, v, d0, d1) in pixels at ``out_size``
+      (default: the input size), and ``aux`` with ``flows`` (tuple of the five
+      per-level predictions, levels 6, 5, 4, 3 and refined 2, network units),
+      ``levels`` (the same by name, plus ``flow_level2_unrefined``) and
+      ``confidences`` (depth-decoder confidences of frame t, levels 6..2).
+    """
+
+    search_range: int = SEARCH_RANGE
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, frames: jnp.ndarray, interp_size=None, out_size=None):
+        b, _, h, w, _ = frames.shape
+        out_size = tuple(out_size) if out_size is not None else (h, w)
+        # both frames through the shared guidance network as one batch, frame t first
+        x = jnp.concatenate([frames[:, 0], frames[:, 1]], axis=0)
+        if interp_size is not None:
+            x = resize_nearest_legacy(x, tuple(interp_size))
+        rgb, disp = x[..., :3], x[..., 3:4]
+        conf = (disp != 0).astype(disp.dtype)
+
+        feats, confidences = GuidanceNetwork(dtype=self.dtype, name="guidance_network")(
+            rgb, disp, conf
+        )
+        flows, levels = [], {}
+        up_flow = up_feature = None
+        for i, level in enumerate(LEVELS):
+            f1, f2 = feats[i][:b], feats[i][b:]
+            if up_flow is None:
+                warped = f2
+            else:
+                scale = FLOW_SCALE / 2**level
+                warped = bilinear_warp(f2, up_flow[..., :2].astype(jnp.float32) * scale)
+            cv = leaky_relu(cost_volume(f1, warped.astype(f1.dtype), self.search_range))
+            parts = [cv, f1, warped.astype(f1.dtype)]
+            if up_flow is not None:
+                parts += [up_flow, up_feature]
+            is_output = level == LEVELS[-1]
+            flow, est_feat, up_flow, up_feature = SceneFlowEstimator(
+                is_output=is_output, dtype=self.dtype, name=f"scene_flow_estimator_{level}"
+            )(jnp.concatenate(parts, axis=-1))
+            if not is_output:
+                flows.append(flow)
+                levels[f"flow_level{level}"] = flow
+        levels["flow_level2_unrefined"] = flow
+        context_in = jnp.concatenate([est_feat, flow], axis=-1)
+        refined = flow + ContextNetwork(dtype=self.dtype, name="context_network")(context_in)
+        refined = refined.astype(jnp.float32)
+        flows.append(refined)
+        levels["flow_level2"] = refined
+        sceneflow = FLOW_SCALE * resize_bilinear_legacy(refined, out_size)
+        aux = {
+            "flows": tuple(f.astype(jnp.float32) for f in flows),
+            "levels": levels,
+            "confidences": tuple(c[:b] for c in confidences),
+        }
+        return sceneflow, aux

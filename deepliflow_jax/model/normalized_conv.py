@@ -1,0 +1,110 @@
+"""Normalized convolution and confidence-guided pooling of the sparse-depth branch.
+
+Reproduces ``networks.normal_convolution`` and ``tf_utils.max_pool_normalized`` of
+the original release:
+
+* kernels are ``softplus``-ed before use (non-negative weights);
+* ``data' = conv(data * conf, W) / (conv(conf, W) + eps) + bias``, then leaky ReLU
+  with TF's *default* slope 0.2 (the original calls ``tf.nn.leaky_relu(nconv)``
+  without ``alpha``; every other layer uses 0.1);
+* ``conf' = conv(conf, W) / sum(W over kh, kw, in)`` per output channel;
+* pooling picks, per channel and 2x2 window, the confidence maximum and the data
+  at the position of that maximum; ties go to the first position in raster order
+  (TF ``max_pool_with_argmax`` keeps the first strictly greater value), so a
+  window with no LiDAR point at all returns its top-left entry.
+
+Parameter sharing between the two frames: the original creates ``kernels`` with
+``tf.get_variable`` (shared when the guidance network is called again under
+``scope.reuse_variables()``) but the biases with a plain ``tf.Variable``, which
+ignores reuse: the second frame gets biases of its own (``..._1/biases<num>`` in
+the checkpoint). Here both frames run as one batch ``[2B, ...]`` (frame t first,
+then frame t+1) and the module holds ``biases`` (frame t) and ``biases_1``
+(frame t+1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from deepliflow_jax.model.layers import leaky_relu
+
+NCONV_EPS = 1e-5
+NCONV_SLOPE = 0.2  # tf.nn.leaky_relu default alpha
+NUM_FRAMES = 2
+
+
+def confidence_max_pool(data: jnp.ndarray, conf: jnp.ndarray):
+    """2x2/2 VALID max pool of ``conf``; ``data`` taken where ``conf`` is maximal.
+
+    Args:
+      data: ``[B, H, W, C]``.
+      conf: ``[B, H, W, C]`` confidences (same shape as ``data``).
+
+    Returns:
+      ``(pooled_data, pooled_conf)``, each ``[B, H // 2, W // 2, C]``.
+    """
+    b, h, w, c = conf.shape
+    h2, w2 = h // 2, w // 2
+
+    def windows(x):
+        x = x[:, : 2 * h2, : 2 * w2].reshape(b, h2, 2, w2, 2, c)
+        # window positions in raster order: (0,0), (0,1), (1,0), (1,1)
+        return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4, c)
+
+    cw, dw = windows(conf), windows(data)
+    best = jnp.argmax(cw, axis=3)[:, :, :, None]  # first maximum on ties
+    pooled_conf = jnp.take_along_axis(cw, best, axis=3)[:, :, :, 0]
+    pooled_data = jnp.take_along_axis(dw, best, axis=3)[:, :, :, 0]
+    return pooled_data, pooled_conf
+
+
+def _per_frame_bias(x: jnp.ndarray, biases: jnp.ndarray) -> jnp.ndarray:
+    """Adds ``biases[f]`` to frame ``f`` of a ``[F * B, ...]`` batch."""
+    fb = x.shape[0]
+    if fb % NUM_FRAMES:
+        raise ValueError(
+            f"normalized conv expects both frames stacked on the batch axis, got batch {fb}"
+        )
+    x = x.reshape((NUM_FRAMES, fb // NUM_FRAMES) + x.shape[1:])
+    x = x + biases.reshape((NUM_FRAMES, 1, 1, 1, -1))
+    return x.reshape((fb,) + x.shape[2:])
+
+
+class NormalizedConv(nn.Module):
+    """3x3 stride-1 'SAME' normalized convolution on ``(data, conf)``."""
+
+    features: int
+    ksize: int = 3
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, data: jnp.ndarray, conf: jnp.ndarray):
+        kernels = self.param(
+            "kernels",
+            nn.initializers.xavier_uniform(),
+            (self.ksize, self.ksize, data.shape[-1], self.features),
+        )
+        biases = self.param("biases", nn.initializers.zeros, (self.features,))
+        biases_1 = self.param("biases_1", nn.initializers.zeros, (self.features,))
+
+        w = jax.nn.softplus(kernels)
+        n = data.shape[0]
+        # numerator and denominator share the kernel: one conv over a 2x batch
+        both = jnp.concatenate([data * conf, conf], axis=0).astype(self.dtype)
+        out = jax.lax.conv_general_dilated(
+            both,
+            w.astype(self.dtype),
+            window_strides=(1, 1),
+            padding="SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        numerator, denominator = out[:n], out[n:]
+        nconv = numerator / (denominator + NCONV_EPS)
+        nconv = _per_frame_bias(nconv, jnp.stack([biases, biases_1]).astype(self.dtype))
+        nconv = leaky_relu(nconv, NCONV_SLOPE)
+        cout = denominator / jnp.sum(w, axis=(0, 1, 2)).astype(self.dtype)
+        return nconv, cout

@@ -1,0 +1,65 @@
+"""Sparse-depth branch: normalized-convolution encoder and decoder.
+
+Reproduces ``get_features_encoder_depth`` and ``get_decoded_features_depth`` of
+the original ``networks.py``. Names follow the original variables:
+encoder ``nconv{i}b`` (``kernels_{i}b``), decoder ``nconv_pyr_top``,
+``upsampling{i+1}to{i}`` (``kernels_{i+2}to{i+1}``) and ``refine{i}``
+(``kernels_refinement``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from deepliflow_jax.model.feature_pyramid import PYRAMID_FILTERS
+from deepliflow_jax.model.normalized_conv import NormalizedConv, confidence_max_pool
+from deepliflow_jax.model.resize import upsample_nearest2x
+
+
+class DepthEncoder(nn.Module):
+    """Six levels of (confidence max pool, normalized conv)."""
+
+    filters: Sequence[int] = PYRAMID_FILTERS
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, depth: jnp.ndarray, conf: jnp.ndarray):
+        levels, data = [], depth
+        for i, f in enumerate(self.filters):
+            data, conf = confidence_max_pool(data, conf)
+            data, conf = NormalizedConv(f, dtype=self.dtype, name=f"nconv{i}b")(data, conf)
+            levels.append((data, conf))
+        return levels
+
+
+class DepthDecoder(nn.Module):
+    """Top-down normalized-conv decoder; nearest 2x upsampling of data and conf.
+
+    Returns ``[(data, conf)]`` for levels 6, 5, 4, 3, 2.
+    """
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, encoder):
+        top_data, top_conf = encoder[-1]
+        decoder = [
+            NormalizedConv(top_data.shape[-1], dtype=self.dtype, name="nconv_pyr_top")(
+                top_data, top_conf
+            )
+        ]
+        for i in range(4, 0, -1):
+            data, conf = encoder[i]
+            ch = data.shape[-1]
+            up_d, up_c = NormalizedConv(ch, dtype=self.dtype, name=f"upsampling{i + 1}to{i}")(
+                *decoder[-1]
+            )
+            up_d, up_c = upsample_nearest2x(up_d), upsample_nearest2x(up_c)
+            decoder.append(
+                NormalizedConv(ch, dtype=self.dtype, name=f"refine{i}")(up_d + data, up_c + conf)
+            )
+        return decoder

@@ -1,0 +1,25 @@
+"""Shared fixtures: parameters are built once per session (numpy init is fast)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# keep CPU runs on the 2-core CI machine predictable
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
+
+
+@pytest.fixture(scope="session")
+def variables():
+    from deepliflow_jax.model.api import init_params
+
+    return init_params(seed=0, bias_std=0.1)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        raise FileNotFoundError(f"shared data folder not found: {SHARED_DATA}")
+    return SHARED_DATA

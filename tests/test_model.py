@@ -1,0 +1,111 @@
+"""Whole-model tests: shapes, parameter structure, determinism, gradients, bad input."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepliflow_jax.model.api import forward, param_shapes
+from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
+from deepliflow_jax.model.resize import resize_bilinear_legacy
+from deepliflow_jax.predict import predict
+
+H, W = 64, 128
+
+
+def _frames(seed=0, b=1, h=H, w=W, density=0.05):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-0.4, 0.6, (b, 2, h, w, 4)).astype(np.float32)
+    disp = rng.standard_normal((b, 2, h, w)).astype(np.float32)
+    x[..., 3] = disp * (rng.uniform(size=(b, 2, h, w)) < density)
+    return x
+
+
+@pytest.mark.parametrize("b,size,interp,out", [
+    (1, (64, 64), None, None),
+    (2, (128, 192), None, None),
+    (1, (375, 1242), (384, 1216), None),
+    (1, (512, 960), None, (256, 480)),
+])
+def test_shapes(b, size, interp, out):
+    model = DeepLiDARFlow()
+    x = jax.ShapeDtypeStruct((b, 2, *size, 4), jnp.float32)
+    sf, aux = jax.eval_shape(lambda v, f: model.apply(v, f, interp, out), param_shapes(), x)
+    assert sf.shape == (b, *(out or size), 4)
+    net = interp or size
+    for level, flow in zip((6, 5, 4, 3, 2), aux["flows"]):
+        assert flow.shape == (b, net[0] // 2**level, net[1] // 2**level, 4)
+    assert set(aux["levels"]) == {"flow_level6", "flow_level5", "flow_level4", "flow_level3",
+                                  "flow_level2", "flow_level2_unrefined"}
+
+
+def test_parameter_count_and_frame_sharing():
+    flat = flax.traverse_util.flatten_dict(param_shapes()["params"], sep="/")
+    total = sum(int(np.prod(v.shape)) for v in flat.values())
+    second = {k: v for k, v in flat.items() if k.endswith("/biases_1")}
+    # 15 normalized convs (6 encoder, top, 4 upsampling, 4 refine) have per-frame biases
+    assert len(second) == 15
+    n_second = sum(int(np.prod(v.shape)) for v in second.values())
+    assert n_second == 1368
+    # Table I of the paper counts 8,295,036: everything but the second frame's biases
+    assert total - n_second == 8_295_036
+    assert total == 8_296_404
+
+
+def test_forward_deterministic_finite_and_uses_both_frame_biases(variables):
+    x = _frames(0)
+    sf1, aux1 = forward(variables, x)
+    sf2, _ = forward(variables, x)
+    np.testing.assert_array_equal(sf1, sf2)
+    assert np.isfinite(np.asarray(sf1)).all() and float(jnp.std(sf1)) > 0
+    up = resize_bilinear_legacy(aux1["flows"][-1], (H, W))
+    np.testing.assert_allclose(sf1, 20 * up, rtol=1e-5, atol=1e-5)
+    # the second frame's normalized-conv biases are used (and only by frame t+1)
+    v2 = jax.tree.map(lambda a: a, variables)
+    enc = v2["params"]["guidance_network"]["depth_encoder"]["nconv0b"]
+    enc["biases_1"] = enc["biases_1"] + 1.0
+    sf3, _ = forward(v2, x)
+    assert not np.allclose(sf1, sf3)
+
+
+def test_no_lidar_points_gives_finite_output(variables):
+    x = _frames(1)
+    x[..., 3] = 0.0
+    sf, aux = predict(variables, x)
+    assert np.isfinite(np.asarray(sf)).all()
+    assert all(np.isfinite(np.asarray(c)).all() for c in aux["confidences"])
+
+
+def test_gradient_is_finite(variables):
+    model = DeepLiDARFlow()
+    x = jnp.asarray(_frames(2, h=64, w=64))
+
+    def loss(params):
+        sf, aux = model.apply({"params": params}, x)
+        return jnp.mean(sf**2) + sum(jnp.mean(f**2) for f in aux["flows"])
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    leaves = jax.tree.leaves(grads)
+    assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+    assert sum(float(jnp.abs(g).sum()) > 0 for g in leaves) > 0.9 * len(leaves)
+
+
+def test_bad_input_is_refused_before_tracing(variables):
+    x = _frames(0)
+    with pytest.raises(ValueError, match="multiples of 64"):
+        predict(variables, x[:, :, :60])
+    with pytest.raises(ValueError, match=r"\[B, 2, H, W, 4\]"):
+        predict(variables, x[:, :1])
+    with pytest.raises(ValueError, match=r"\[B, 2, H, W, 4\]"):
+        predict(variables, x[..., :3])
+    bad = x.copy()
+    bad[0, 1, 5, 7, 3] = np.nan
+    with pytest.raises(ValueError, match=r"NaN/inf.*frame 1, pixel \(5, 7\), channel 3"):
+        predict(variables, bad)
+    with pytest.raises(ValueError, match="dataset must be"):
+        predict(variables, x, dataset="sintel")
+    with pytest.raises(ValueError, match="center crop"):
+        predict(variables, x, dataset="ft3d")
+    with pytest.raises(ValueError, match="network input is 60x128"):
+        predict(variables, x, interp_size=(60, 128))
