@@ -131,6 +131,11 @@ def compute_masks(
     return jax.tree.unflatten(treedef, new)
 
 
+def dense_masks(params: Any) -> Any:
+    """All-True masks (nothing pruned) for ``params``."""
+    return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+
+
 def apply_masks(params: Any, masks: Any) -> Any:
     """Zeroes masked-out entries (``where``, so a NaN there cannot leak through).
 

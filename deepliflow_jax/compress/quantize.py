@@ -291,9 +291,7 @@ def quantize_tree(params: Any, config: QuantConfig, bits: Any = None) -> Any:
     def leaf(path, x, b):
         if not config.selected(path):
             return x
-        return fake_quant(
-            x, b, axis=config.axis_for(path, jnp.ndim(x)), symmetric=config.symmetric
-        )
+        return fake_quant(x, b, axis=config.axis_for(path, jnp.ndim(x)), symmetric=config.symmetric)
 
     if bits is None:
         return map_with_path(lambda p, x: leaf(p, x, config.bits), params)

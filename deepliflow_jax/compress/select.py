@@ -138,9 +138,7 @@ def check_same_structure(tree: Any, ref: Any, name: str = "masks", ref_name: str
         for (path, a), b in zip(flatten(tree).items(), jax.tree.leaves(ref), strict=True):
             sa, sb = getattr(a, "shape", None), getattr(b, "shape", None)
             if sa is not None and sb is not None and tuple(sa) != tuple(sb):
-                raise ValueError(
-                    f"{name} and {ref_name} differ in shape at {path!r}: {sa} vs {sb}"
-                )
+                raise ValueError(f"{name} and {ref_name} differ in shape at {path!r}: {sa} vs {sb}")
         return
     a, b = set(leaf_paths(tree)), set(leaf_paths(ref))
     missing, extra = sorted(b - a), sorted(a - b)
