@@ -1,0 +1,145 @@
+"""The Flax model against the golden outputs of real TensorFlow kernels.
+
+``tests/tf_golden/make_golden.py`` (run with TensorFlow, not in CI) computes
+the original network with TF ops from weights named exactly as the original
+release's checkpoint variables; here the same weights go through the name
+table into the Flax model, and every pyramid level must agree.
+"""
+
+import json
+from pathlib import Path
+
+import flax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepliflow_jax.model import resize
+from deepliflow_jax.model.api import forward, param_shapes
+from deepliflow_jax.model.cost_volume import cost_volume
+from deepliflow_jax.model.layers import Conv, ConvTranspose, leaky_relu
+from deepliflow_jax.model.normalized_conv import NormalizedConv, confidence_max_pool
+from deepliflow_jax.model.warping import bilinear_warp
+from tests.tf_golden.weights import make_weights
+from weights_convert.tf_names import tf_name_table
+
+FIX = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def ops():
+    return np.load(FIX / "tf_ops_golden.npz")
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return np.load(FIX / "tf_net_golden.npz")
+
+
+@pytest.fixture(scope="module")
+def tf_vars():
+    return {k: tuple(v) for k, v in json.loads((FIX / "tf_variables.json").read_text()).items()}
+
+
+def _flax_from_tf(tf_weights):
+    flat = {}
+    for name, entry in tf_name_table().items():
+        value = tf_weights[name]
+        flat[tuple(entry.path.split("/"))] = jnp.asarray(
+            value.reshape(-1) if entry.squeeze_bias else value)
+    return {"params": flax.traverse_util.unflatten_dict(flat)}
+
+
+def test_name_table_is_a_bijection_onto_the_model(tf_vars):
+    table = tf_name_table()
+    assert set(table) == set(tf_vars)
+    shapes = flax.traverse_util.flatten_dict(param_shapes()["params"], sep="/")
+    assert sorted(e.path for e in table.values()) == sorted(shapes)
+    for name, entry in table.items():
+        want = shapes[entry.path].shape
+        got = (tf_vars[name][-1],) if entry.squeeze_bias else tf_vars[name]
+        assert tuple(got) == tuple(want), name
+
+
+def test_resizes_match_tf(ops):
+    rows, cols = ops["resize_nn_big_src_rows"], ops["resize_nn_big_src_cols"]
+    np.testing.assert_array_equal(resize.legacy_nearest_indices(384, 375), rows)
+    np.testing.assert_array_equal(resize.legacy_nearest_indices(1216, 1242), cols)
+    got = resize.resize_bilinear_legacy(jnp.asarray(ops["resize_bl_big_in"]), (375, 1242))
+    np.testing.assert_allclose(got, ops["resize_bl_big_out"], rtol=1e-6, atol=1e-6)
+    for key in ops.files:
+        if key.startswith(("resize_nn_", "resize_bl_")) and key.endswith("_in") and "big" not in key:
+            out = ops[key[:-3] + "_out"]
+            fn = resize.resize_nearest_legacy if "_nn_" in key else resize.resize_bilinear_legacy
+            got = fn(jnp.asarray(ops[key]), out.shape[1:3])
+            np.testing.assert_allclose(got, out, rtol=1e-6, atol=1e-6, err_msg=key)
+    np.testing.assert_array_equal(resize.upsample_nearest2x(jnp.asarray(ops["upsample2x_in"])),
+                                  ops["upsample2x_out"])
+
+
+@pytest.mark.parametrize("key,stride,dil", [("conv_s2_8x10", 2, 1), ("conv_s2_7x9", 2, 1),
+                                            ("conv_d2", 1, 2), ("conv_d4", 1, 4),
+                                            ("conv_d16", 1, 16), ("conv_1x1", 1, 1)])
+def test_convs_match_tf(ops, key, stride, dil):
+    k = ops[key + "_k"]
+    conv = Conv(k.shape[-1], ksize=k.shape[0], stride=stride, dilation=dil, activation=False)
+    got = conv.apply({"params": {"kernel": k, "bias": np.zeros(k.shape[-1], np.float32)}},
+                     ops[key + "_x"])
+    np.testing.assert_allclose(got, ops[key + "_y"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("key", ["deconv_3x5", "deconv_4x4", "deconv_1x2"])
+def test_transposed_convs_match_tf(ops, key):
+    k = ops[key + "_k"]
+    up = ConvTranspose(k.shape[2], activation=False)
+    got = up.apply({"params": {"kernel": k, "bias": np.zeros(k.shape[2], np.float32)}},
+                   ops[key + "_x"])
+    np.testing.assert_allclose(got, ops[key + "_y"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix", ["mp", "mp_odd"])
+def test_confidence_pool_matches_tf_argmax(ops, prefix):
+    d, c = confidence_max_pool(jnp.asarray(ops[prefix + "_data"]), jnp.asarray(ops[prefix + "_conf"]))
+    np.testing.assert_array_equal(c, ops[prefix + "_pooled_conf"])
+    np.testing.assert_array_equal(d, ops[prefix + "_pooled_data"])
+
+
+def test_activations_cost_volume_warp_nconv_match_tf(ops):
+    x = jnp.asarray(ops["act_x"])
+    np.testing.assert_allclose(leaky_relu(x, 0.2), ops["leaky_default_y"], rtol=1e-6)
+    np.testing.assert_allclose(leaky_relu(x), ops["leaky_01_y"], rtol=1e-6)
+    got = cost_volume(jnp.asarray(ops["cv_x"]), jnp.asarray(ops["cv_warped"]))
+    np.testing.assert_allclose(got, ops["cv_y"], rtol=1e-5, atol=1e-7)
+    got = bilinear_warp(jnp.asarray(ops["warp_x"]), jnp.asarray(ops["warp_flow"]))
+    np.testing.assert_allclose(got, ops["warp_y"], rtol=1e-5, atol=1e-6)
+    b = ops["nconv_biases"].reshape(-1)
+    data = np.concatenate([ops["nconv_data"]] * 2)
+    conf = np.concatenate([ops["nconv_conf"]] * 2)
+    out, cout = NormalizedConv(b.size).apply(
+        {"params": {"kernels": ops["nconv_kernels"], "biases": b, "biases_1": b}}, data, conf)
+    np.testing.assert_allclose(out[:1], ops["nconv_out"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cout[:1], ops["nconv_cout"], rtol=1e-5, atol=1e-6)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12)
+
+
+@pytest.mark.parametrize("case", ["i", "ii"])
+def test_whole_network_matches_tf(golden, tf_vars, case):
+    assert list(golden["weight_names"]) == sorted(tf_vars)
+    tf_weights = make_weights(tf_vars)
+    np.testing.assert_allclose([np.abs(tf_weights[n]).sum() for n in golden["weight_names"]],
+                               golden["weight_abs_sums"], rtol=1e-6)
+    variables = _flax_from_tf(tf_weights)
+    interp = tuple(golden["ii_interp_shape"]) if case == "ii" else None
+    sf, aux = forward(variables, golden[f"{case}_input"], interp_size=interp,
+                      out_size=tuple(golden[f"{case}_gt_shape"]))
+    errors = {}
+    for level, flow in zip((6, 5, 4, 3, 2), aux["flows"]):
+        errors[level] = _rel(flow, golden[f"{case}_flow{level}"])
+    errors["out"] = _rel(sf, golden[f"{case}_out_sf"])
+    errors["2u"] = _rel(aux["levels"]["flow_level2_unrefined"], golden[f"{case}_flow2_unrefined"])
+    print(case, {k: f"{v:.2e}" for k, v in errors.items()})
+    assert max(errors.values()) < 1e-4, errors
