@@ -1,0 +1,199 @@
+"""Compact export of a pruned and/or quantized model, and loading it back.
+
+One ``.npz`` file (uncompressed zip, so the size on disk is the encoding's own)
+holding, per leaf:
+
+* quantized leaves: integer codes bit-packed at exactly ``bits`` bits each, plus
+  float32 scales (one per tensor or per channel) and int32 zero points. If it is
+  smaller, a *sparse* form is used instead: a 1-bit-per-entry bitmask of nonzero
+  codes (``np.packbits``) and the packed codes of the nonzero entries only.
+* float leaves: float32, or the bitmask + nonzero float32 values when sparser.
+
+A JSON manifest (shapes, dtypes, bit widths, layout, the :class:`QuantConfig`)
+is stored in the same file. :func:`load_compressed` decodes with the same
+:func:`~deepliflow_jax.compress.quantize.decode` as the fake-quantized forward
+pass, so the loaded params equal ``tx.forward(params, opt_state)`` bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepliflow_jax.compress.prune import apply_masks
+from deepliflow_jax.compress.quantize import (
+    QuantConfig,
+    check_bits,
+    compute_scale,
+    decode,
+    encode,
+    qrange,
+)
+from deepliflow_jax.compress.select import flatten, unflatten
+
+FORMAT_VERSION = 1
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Packs non-negative integers ``< 2**bits`` at ``bits`` bits each (uint8 stream)."""
+    values = np.asarray(values, np.uint32).ravel()
+    planes = (values[:, None] >> np.arange(bits, dtype=np.uint32)) & 1
+    return np.packbits(planes.astype(np.uint8).ravel(), bitorder="little")
+
+
+def unpack_bits(buf: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits` for ``count`` values (uint32)."""
+    planes = np.unpackbits(buf, count=count * bits, bitorder="little").reshape(count, bits)
+    return (planes.astype(np.uint32) << np.arange(bits, dtype=np.uint32)).sum(
+        axis=1, dtype=np.uint32
+    )
+
+
+def _encode_leaf(x: np.ndarray, bits: int, axis: int | None, symmetric: bool):
+    scale, zp = compute_scale(x, bits, axis=axis, symmetric=symmetric)
+    qmin, qmax = qrange(bits, symmetric)
+    codes = np.asarray(encode(x, scale, zp, qmin, qmax))
+    return codes, np.asarray(scale, np.float32), np.asarray(zp, np.int32), qmin
+
+
+def export_compressed(
+    path: str | os.PathLike,
+    params: Any,
+    *,
+    quant: QuantConfig | None = None,
+    masks: Any = None,
+    bits: Any = None,
+) -> dict[str, Any]:
+    """Writes a compact compressed checkpoint.
+
+    Args:
+      path: output file (``.npz`` is appended by numpy if missing).
+      params: float parameter pytree (the master weights).
+      quant: quantizer config, or None to store floats (sparse where pruned).
+      masks: pruning masks, applied first (prune, then quantize).
+      bits: optional per-leaf bit widths (e.g. ``get_bits(opt_state)``)
+        overriding ``quant.bits`` on the selected leaves.
+
+    Returns:
+      A report: ``bytes_on_disk``, ``float32_bytes`` (all params as float32),
+      ``ratio`` (float32 / on disk), ``path`` and per-layer ``layers`` entries
+      ``{"bits", "sparse", "bytes"}`` (payload bytes before zip overhead).
+    """
+    if masks is not None:
+        params = apply_masks(params, masks)
+    flat = flatten(params)
+    flat_bits = flatten(bits) if bits is not None else {}
+    arrays: dict[str, np.ndarray] = {}
+    manifest: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "quant": None if quant is None else quant.to_dict(),
+        "leaves": [],
+    }
+    layers = {}
+    float32_bytes = 0
+    for i, (name, leaf) in enumerate(flat.items()):
+        x = np.asarray(leaf)
+        float32_bytes += 4 * x.size
+        entry: dict[str, Any] = {"path": name, "shape": list(x.shape), "dtype": str(x.dtype)}
+        key = f"leaf{i}"
+        if quant is not None and quant.selected(name):
+            b = check_bits(int(flat_bits.get(name, quant.bits)) or quant.bits)
+            axis = quant.axis_for(name, x.ndim)
+            codes, scale, zp, qmin = _encode_leaf(x, b, axis, quant.symmetric)
+            nonzero = (codes != zp).ravel()
+            unsigned = (codes - qmin).ravel()
+            sparse = x.size + int(nonzero.sum()) * b < x.size * b
+            if sparse:
+                arrays[f"{key}.nonzero"] = np.packbits(nonzero, bitorder="little")
+                unsigned = unsigned[nonzero]
+            arrays[f"{key}.codes"] = pack_bits(unsigned, b)
+            arrays[f"{key}.scale"] = scale
+            arrays[f"{key}.zero_point"] = zp
+            entry.update(kind="quant", bits=b, qmin=int(qmin), sparse=bool(sparse))
+        else:
+            values = np.asarray(x, np.float32).ravel()
+            nonzero = values != 0
+            sparse = x.size + 32 * int(nonzero.sum()) < 32 * x.size
+            if sparse:
+                arrays[f"{key}.nonzero"] = np.packbits(nonzero, bitorder="little")
+                values = values[nonzero]
+            arrays[f"{key}.values"] = values
+            entry.update(kind="float", bits=32, sparse=bool(sparse))
+        layers[name] = {
+            "bits": entry["bits"],
+            "sparse": entry["sparse"],
+            "bytes": sum(a.nbytes for k, a in arrays.items() if k.startswith(key + ".")),
+        }
+        manifest["leaves"].append(entry)
+    arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        path += ".npz"
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)  # atomic: a reader never sees a half-written file
+    on_disk = os.path.getsize(path)
+    return {
+        "path": path,
+        "bytes_on_disk": on_disk,
+        "float32_bytes": float32_bytes,
+        "ratio": float32_bytes / on_disk,
+        "layers": layers,
+    }
+
+
+def load_compressed(path: str | os.PathLike) -> Any:
+    """Loads :func:`export_compressed` output as dequantized float params (nested dicts)."""
+    with np.load(os.fspath(path)) as data:
+        manifest = json.loads(bytes(data["manifest"]).decode())
+        if manifest.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported export format version {manifest.get('version')}")
+        flat = {}
+        for i, entry in enumerate(manifest["leaves"]):
+            key = f"leaf{i}"
+            shape = tuple(entry["shape"])
+            size = int(np.prod(shape, dtype=np.int64))
+            nonzero = None
+            if entry["sparse"]:
+                nonzero = np.unpackbits(data[f"{key}.nonzero"], count=size, bitorder="little")
+                nonzero = nonzero.astype(bool)
+            if entry["kind"] == "quant":
+                zp = data[f"{key}.zero_point"]
+                count = size if nonzero is None else int(nonzero.sum())
+                unsigned = unpack_bits(data[f"{key}.codes"], entry["bits"], count)
+                stored = unsigned.astype(np.int64) + entry["qmin"]
+                if nonzero is None:
+                    codes = stored
+                else:
+                    # Absent entries hold the zero point's code (value 0.0).
+                    codes = np.broadcast_to(zp, shape).astype(np.int64).ravel().copy()
+                    codes[nonzero] = stored
+                value = decode(
+                    jnp.asarray(codes.reshape(shape), jnp.int32),
+                    jnp.asarray(data[f"{key}.scale"]),
+                    jnp.asarray(zp),
+                )
+            else:
+                values = data[f"{key}.values"]
+                if nonzero is not None:
+                    full = np.zeros(size, np.float32)
+                    full[nonzero] = values
+                    values = full
+                value = jnp.asarray(values.reshape(shape))
+            flat[entry["path"]] = value.astype(entry["dtype"])
+    return unflatten(flat)
+
+
+def export_size_report(params: Any, report: dict[str, Any]) -> str:
+    """One-line human summary of an export report."""
+    n = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+    return (
+        f"{n} params: {report['bytes_on_disk']} B on disk vs {report['float32_bytes']} B "
+        f"float32 ({report['ratio']:.2f}x smaller)"
+    )
