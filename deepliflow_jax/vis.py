@@ -206,7 +206,9 @@ def error_map(pred: np.ndarray, gt: np.ndarray, noc: np.ndarray | None = None,
     with np.errstate(divide="ignore", invalid="ignore"):
         n_err = np.zeros(valid.shape)
         for err, ref in ((flow_err, flow_mag), (d0_err, gt[..., 2]), (d1_err, gt[..., 3])):
-            n_err = np.maximum(n_err, np.minimum(err / 3.0, 20.0 * err / ref))
+            # fmin / fmax: a 0 / 0 ratio (no error, zero ground truth) counts as 0, as in
+            # the devkit's std::min, instead of NaN (black) as np.minimum would give.
+            n_err = np.fmax(n_err, np.fmin(err / 3.0, 20.0 * err / ref))
     img = np.zeros(valid.shape + (3,), np.uint8)
     for lo, hi, r, g, b in KITTI_ERROR_COLORS:
         img[valid & (n_err >= lo) & (n_err < hi)] = (r, g, b)

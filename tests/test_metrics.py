@@ -1,0 +1,114 @@
+"""Metrics against hand-computed cases and an independent NumPy version of get_eval."""
+
+import jax
+import numpy as np
+import pytest
+
+from deepliflow_jax import metrics
+
+
+def reference_get_eval(out_sf, gt_sf):
+    """deeplidarflow.get_eval written out again, op for op, in NumPy (float32)."""
+    gt_mask = gt_sf[..., 2] > 0.0
+    gt_m = gt_sf[gt_mask].astype(np.float32)
+    out_m = out_sf[gt_mask].astype(np.float32)
+    error = np.abs(out_m - gt_m)
+    sf_epe = np.mean(np.sqrt(np.sum(error**2, axis=-1)))
+    flow_mag = np.sqrt(np.sum(gt_m[:, :2] ** 2, axis=-1))
+    flow_epe = np.sqrt(np.sum(error[:, :2] ** 2, axis=-1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d0 = np.logical_and(error[:, 2] > 3.0, (error[:, 2] / gt_m[:, 2]) > 0.05)
+        d1 = np.logical_and(error[:, 3] > 3.0, (error[:, 3] / gt_m[:, 3]) > 0.05)
+        fl = np.logical_and(flow_epe > 3.0, (flow_epe / flow_mag) > 0.05)
+    sf = np.logical_or(fl, np.logical_or(d0, d1))
+    return {"d0": d0.mean() * 100, "d1": d1.mean() * 100, "fl": fl.mean() * 100,
+            "sf": sf.mean() * 100, "epe": sf_epe}
+
+
+def _hand_case():
+    gt = np.zeros((2, 3, 4), np.float32)
+    pred = np.zeros((2, 3, 4), np.float32)
+    gt[0, 0], pred[0, 0] = (10, 0, 50, 40), (10, 4, 50, 40)  # Fl outlier, error 4
+    gt[0, 1], pred[0, 1] = (0, 0, 20, 20), (0, 0, 24, 20)  # D0 outlier, error 4
+    gt[0, 2], pred[0, 2] = (100, 0, 80, 60), (104, 0, 80, 63.5)  # 4 px flow is < 5 %; D1
+    gt[1, 0], pred[1, 0] = (5, 5, 30, 0), (5, 5, 30, 2)  # d1 gt 0 inside the mask, err 2
+    gt[1, 1], pred[1, 1] = (0, 0, 0, 0), (99, 99, 99, 99)  # invalid: ignored
+    gt[1, 2], pred[1, 2] = (0, 0, 10, 10), (0, 0, 10, 10)  # exact
+    return pred, gt
+
+
+def test_hand_computed_frame():
+    pred, gt = _hand_case()
+    m = metrics.batch_metrics_np(pred, gt)
+    # 5 valid pixels; one Fl, one D0, one D1 outlier, on three different pixels.
+    assert m["fl"] == pytest.approx(20.0) and m["d0"] == pytest.approx(20.0)
+    assert m["d1"] == pytest.approx(20.0) and m["sf"] == pytest.approx(60.0)
+    assert m["epe"] == pytest.approx((4 + 4 + np.sqrt(16 + 3.5**2) + 2 + 0) / 5, rel=1e-6)
+    # A d1 error above 3 px where the d1 ground truth is 0 is an outlier (x / 0 = inf).
+    pred[1, 0, 3] = 4.0
+    assert metrics.batch_metrics_np(pred, gt)["d1"] == pytest.approx(40.0)
+    jm = metrics.batch_metrics(pred, gt)
+    assert float(jm["d1"]) == pytest.approx(40.0) and float(jm["sf"]) == pytest.approx(80.0)
+
+
+def test_frame_and_pixel_aggregation():
+    gt = np.zeros((2, 2, 2, 4), np.float32)
+    gt[..., 2:] = 10.0
+    gt[0, 1:, :, 2] = 0.0  # frame 0 has 2 valid pixels, frame 1 has 4
+    pred = gt.copy()
+    pred[0, 0, 0, 2] = 20.0  # one D0 outlier in frame 0
+    counts = metrics.frame_counts(pred, gt)
+    np.testing.assert_array_equal(np.asarray(counts["count"]), [2, 4])
+    np.testing.assert_array_equal(np.asarray(counts["d0"]), [1, 0])
+    per_frame = metrics.metrics_from_counts(counts, "frame")
+    per_pixel = metrics.metrics_from_counts(counts, "pixel")
+    assert float(per_frame["d0"]) == pytest.approx((50.0 + 0.0) / 2)
+    assert float(per_pixel["d0"]) == pytest.approx(100.0 / 6)
+    assert float(per_frame["epe"]) == pytest.approx((10 / 2 + 0) / 2)
+    assert float(per_pixel["epe"]) == pytest.approx(10 / 6)
+    # The original's evaluation: the mean over frames of get_eval (batch size 1).
+    ev = metrics.evaluate_np(zip(pred, gt, strict=True), "frame")
+    assert ev["d0"] == pytest.approx(25.0) and ev["frames"] == 2
+    assert metrics.evaluate_np(zip(pred, gt, strict=True), "pixel")["d0"] == pytest.approx(
+        100.0 / 6)
+    with pytest.raises(ValueError, match="aggregate"):
+        metrics.metrics_from_counts(counts, "image")
+
+
+def test_jit_numpy_and_reference_agree_on_random_scenes():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(-40, 40, (3, 9, 11, 4)).astype(np.float32)
+    gt[..., 2:] = rng.uniform(0, 80, (3, 9, 11, 2))
+    gt[rng.uniform(size=(3, 9, 11)) < 0.3] = 0.0  # invalid pixels, zeroed as the loader
+    gt[0, 0, 0, 3] = 0.0  # invalid d1 inside the mask
+    pred = gt + rng.normal(0, 4, gt.shape).astype(np.float32)
+    ref = reference_get_eval(pred, gt)
+    npm = metrics.batch_metrics_np(pred, gt)
+    jm = jax.jit(metrics.batch_metrics)(pred, gt)
+    for k in metrics.METRIC_NAMES:
+        assert npm[k] == pytest.approx(ref[k], rel=1e-5), k
+        assert float(jm[k]) == pytest.approx(ref[k], rel=1e-5), k
+    assert 5 < ref["sf"] < 95  # the case exercises both outcomes
+    acc = metrics.MetricAccumulator()
+    acc.add(pred[:2], gt[:2])
+    acc.add_counts(jax.jit(metrics.frame_counts)(pred[2:], gt[2:]))
+    frame_mean = {k: np.mean([reference_get_eval(p, g)[k] for p, g in zip(pred, gt,
+                                                                          strict=True)])
+                  for k in metrics.METRIC_NAMES}
+    res = acc.result("frame")
+    for k in metrics.METRIC_NAMES:
+        assert res[k] == pytest.approx(frame_mean[k], rel=1e-5), k
+    assert acc.num_frames == 3
+    assert acc.result("pixel")["sf"] == pytest.approx(ref["sf"], rel=1e-5)
+
+
+def test_custom_mask_and_bad_shapes():
+    pred, gt = _hand_case()
+    mask = np.zeros((2, 3), bool)
+    mask[0, 1] = True  # only the D0 outlier
+    assert metrics.batch_metrics_np(pred, gt, mask)["d0"] == pytest.approx(100.0)
+    assert float(metrics.batch_metrics(pred, gt, mask)["d0"]) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="pred"):
+        metrics.batch_metrics_np(pred[..., :3], gt[..., :3])
+    with pytest.raises(ValueError, match="no frames"):
+        metrics.MetricAccumulator().result()
