@@ -1,0 +1,67 @@
+"""Table I of the paper for this implementation: params, conv layers, FLOPs, time.
+
+  python -m experiments.profile_model [--height=384 --width=1216 --repeats=10]
+      [--checkpoint=DIR] [--output_json=FILE] [--output_md=FILE]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("height", 384, "Network input height (multiple of 64).")
+flags.DEFINE_integer("width", 1216, "Network input width (multiple of 64).")
+flags.DEFINE_integer("batch", 1, "Batch size.")
+flags.DEFINE_integer("repeats", 10, "Timed forward passes (median reported).")
+flags.DEFINE_string("checkpoint", None, "Converted checkpoint dir; default: random init.")
+flags.DEFINE_bool("xla_flops", True, "Compile each module for XLA's FLOP count.")
+flags.DEFINE_bool("time", True, "Time the whole forward pass.")
+flags.DEFINE_string("output_json", None, "Write the results as JSON here.")
+flags.DEFINE_string("output_md", None, "Write the Markdown table here.")
+
+
+def run(height: int, width: int, batch: int = 1, repeats: int = 10, checkpoint: str | None = None,
+        xla_flops: bool = True, time: bool = True) -> dict:
+    """Library entry point (also used by the Colab API)."""
+    from deepliflow_jax.model.api import init_params
+    from deepliflow_jax.predict import check_network_size
+    from deepliflow_jax.profile import profile_model
+
+    check_network_size(height, width, "--height x --width")
+    if checkpoint:
+        from deepliflow_jax.checkpoint import load_checkpoint
+
+        variables = load_checkpoint(checkpoint)
+    else:
+        variables = init_params(0)
+    return profile_model(variables, height, width, batch, repeats, with_xla=xla_flops,
+                         with_time=time)
+
+
+def _json_ready(result: dict) -> dict:
+    """The result with the parts the JSON schema of the issue names first."""
+    modules = {k: {"params": v["params"], "conv_layers": v["conv_layers"],
+                   "gflops": v["gflops_eq3"], "gflops_xla": v["gflops_xla"],
+                   "conv_ops": v["conv_ops"]} for k, v in result["modules"].items()}
+    return {"modules": modules, **{k: v for k, v in result.items() if k != "modules"}}
+
+
+def main(argv):
+    del argv
+    from deepliflow_jax.profile import format_table
+
+    result = run(FLAGS.height, FLAGS.width, FLAGS.batch, FLAGS.repeats, FLAGS.checkpoint,
+                 FLAGS.xla_flops, FLAGS.time)
+    table = format_table(result)
+    print(table)
+    if FLAGS.output_json:
+        Path(FLAGS.output_json).write_text(json.dumps(_json_ready(result), indent=2))
+    if FLAGS.output_md:
+        Path(FLAGS.output_md).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)
