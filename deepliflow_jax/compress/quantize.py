@@ -25,8 +25,10 @@ quantizer). What we implement:
 
 Fake quantization uses a straight-through estimator: the forward value is the
 dequantized value exactly, the gradient is the identity inside the clip range
-``[(qmin - zp) * scale, (qmax - zp) * scale]`` and zero outside. Scales are
-recomputed from the current tensor and are not differentiated through.
+and zero outside. For weights the clip range is the tensor's own range
+(``[-max|w|, max|w|]``, or ``[min(w, 0), max(w, 0)]`` affine), recomputed every
+forward pass and not differentiated through, so every weight gets gradient 1;
+activations can use a fixed range ``[-clip, clip]`` beyond which they saturate.
 """
 
 from __future__ import annotations
@@ -93,6 +95,26 @@ def _reciprocal(q: Any) -> Any:
     return 1.0 / jnp.asarray(q, jnp.float32)
 
 
+def _range_and_scale(x: jnp.ndarray, bits: Any, axis: int | None, symmetric: bool):
+    """``(scale, zero_point, lo, hi)``; ``[lo, hi]`` is the data range quantized."""
+    # Only multiplications by explicit reciprocals: XLA turns `x / c` into
+    # `x * (1 / c)` under jit but not eagerly, which would change the last bit.
+    x = jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
+    red = _reduce_axes(x.ndim, axis)
+    keep = red is not None
+    qmin, qmax = qrange(bits, symmetric)
+    if symmetric:
+        amax = jnp.max(jnp.abs(x), axis=red, keepdims=keep)
+        # An all-zero tensor gets scale 1 so nothing divides by zero.
+        scale = jnp.where(amax > 0, amax * _reciprocal(qmax), 1.0)
+        return scale, jnp.zeros(scale.shape, jnp.int32), -amax, amax
+    lo = jnp.minimum(jnp.min(x, axis=red, keepdims=keep), 0.0)
+    hi = jnp.maximum(jnp.max(x, axis=red, keepdims=keep), 0.0)
+    scale = jnp.where(hi > lo, (hi - lo) * _reciprocal(qmax - qmin), 1.0)
+    zero_point = jnp.clip(jnp.round(-lo * (1.0 / scale)), qmin, qmax).astype(jnp.int32)
+    return scale, zero_point, lo, hi
+
+
 def compute_scale(
     x: jnp.ndarray, bits: Any, *, axis: int | None = None, symmetric: bool = True
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -109,21 +131,7 @@ def compute_scale(
       ``(scale, zero_point)`` float32/int32, broadcastable against ``x``; not
       differentiable (stop_gradient).
     """
-    # Only multiplications by explicit reciprocals: XLA turns `x / c` into
-    # `x * (1 / c)` under jit but not eagerly, which would change the last bit.
-    x = jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
-    red = _reduce_axes(x.ndim, axis)
-    keep = red is not None
-    qmin, qmax = qrange(bits, symmetric)
-    if symmetric:
-        amax = jnp.max(jnp.abs(x), axis=red, keepdims=keep)
-        # An all-zero tensor gets scale 1 so nothing divides by zero.
-        scale = jnp.where(amax > 0, amax * _reciprocal(qmax), 1.0)
-        return scale, jnp.zeros(scale.shape, jnp.int32)
-    lo = jnp.minimum(jnp.min(x, axis=red, keepdims=keep), 0.0)
-    hi = jnp.maximum(jnp.max(x, axis=red, keepdims=keep), 0.0)
-    scale = jnp.where(hi > lo, (hi - lo) * _reciprocal(qmax - qmin), 1.0)
-    zero_point = jnp.clip(jnp.round(-lo * (1.0 / scale)), qmin, qmax).astype(jnp.int32)
+    scale, zero_point, _, _ = _range_and_scale(x, bits, axis, symmetric)
     return scale, zero_point
 
 
@@ -167,11 +175,10 @@ def fake_quant(
     """
     dtype = jnp.asarray(x).dtype
     x32 = jnp.asarray(x, jnp.float32)
-    scale, zp = compute_scale(x32, bits, axis=axis, symmetric=symmetric)
+    scale, zp, lo, hi = _range_and_scale(x32, bits, axis, symmetric)
     qmin, qmax = qrange(bits, symmetric)
     q = decode(encode(x32, scale, zp, qmin, qmax), scale, zp)
-    lo = (jnp.asarray(qmin, jnp.float32) - zp) * scale
-    hi = (jnp.asarray(qmax, jnp.float32) - zp) * scale
+    # The clip range is the data range itself, so every weight gets gradient 1.
     return _ste(x32, q, lo, hi).astype(dtype)
 
 
