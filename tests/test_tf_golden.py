@@ -68,7 +68,8 @@ def test_resizes_match_tf(ops):
     got = resize.resize_bilinear_legacy(jnp.asarray(ops["resize_bl_big_in"]), (375, 1242))
     np.testing.assert_allclose(got, ops["resize_bl_big_out"], rtol=1e-6, atol=1e-6)
     for key in ops.files:
-        if key.startswith(("resize_nn_", "resize_bl_")) and key.endswith("_in") and "big" not in key:
+        small = "big" not in key and key.endswith("_in")
+        if small and key.startswith(("resize_nn_", "resize_bl_")):
             out = ops[key[:-3] + "_out"]
             fn = resize.resize_nearest_legacy if "_nn_" in key else resize.resize_bilinear_legacy
             got = fn(jnp.asarray(ops[key]), out.shape[1:3])
@@ -99,7 +100,8 @@ def test_transposed_convs_match_tf(ops, key):
 
 @pytest.mark.parametrize("prefix", ["mp", "mp_odd"])
 def test_confidence_pool_matches_tf_argmax(ops, prefix):
-    d, c = confidence_max_pool(jnp.asarray(ops[prefix + "_data"]), jnp.asarray(ops[prefix + "_conf"]))
+    d, c = confidence_max_pool(jnp.asarray(ops[prefix + "_data"]),
+                               jnp.asarray(ops[prefix + "_conf"]))
     np.testing.assert_array_equal(c, ops[prefix + "_pooled_conf"])
     np.testing.assert_array_equal(d, ops[prefix + "_pooled_data"])
 
