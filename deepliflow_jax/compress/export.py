@@ -1,7 +1,7 @@
 """Compact export of a pruned and/or quantized model, and loading it back.
 
-One ``.npz`` file (uncompressed zip, so the size on disk is the encoding's own)
-holding, per leaf:
+One file: an 8-byte magic, the length of a JSON manifest, the manifest, then one
+byte blob with, per leaf:
 
 * quantized leaves: integer codes bit-packed at exactly ``bits`` bits each, plus
   float32 scales (one per tensor or per channel) and int32 zero points. If it is
@@ -9,8 +9,9 @@ holding, per leaf:
   codes (``np.packbits``) and the packed codes of the nonzero entries only.
 * float leaves: float32, or the bitmask + nonzero float32 values when sparser.
 
-A JSON manifest (shapes, dtypes, bit widths, layout, the :class:`QuantConfig`)
-is stored in the same file. :func:`load_compressed` decodes with the same
+The manifest records shapes, dtypes, bit widths, layout, each array's offset in
+the blob and the :class:`QuantConfig`; there is no per-array container overhead,
+so the size on disk is the encoding's own. :func:`load_compressed` decodes with the same
 :func:`~deepliflow_jax.compress.quantize.decode` as the fake-quantized forward
 pass, so the loaded params equal ``tx.forward(params, opt_state)`` bit for bit.
 """
@@ -37,6 +38,40 @@ from deepliflow_jax.compress.quantize import (
 from deepliflow_jax.compress.select import flatten, unflatten
 
 FORMAT_VERSION = 1
+MAGIC = b"DLFCMP01"
+
+
+def _write(path: str, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Header + manifest + blob, written to a temp file and renamed (atomic)."""
+    index, offset = {}, 0
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        index[name] = {"offset": offset, "dtype": a.dtype.str, "shape": list(a.shape)}
+        offset += a.nbytes
+    header = json.dumps({**manifest, "arrays": index}, separators=(",", ":")).encode()
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + len(header).to_bytes(8, "little") + header)
+        for a in arrays.values():
+            f.write(np.ascontiguousarray(a).tobytes())
+    os.replace(tmp, path)  # a reader never sees a half-written file
+
+
+def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:8] != MAGIC:
+        raise ValueError(f"{path} is not a compressed export (bad magic {raw[:8]!r})")
+    n = int.from_bytes(raw[8:16], "little")
+    manifest = json.loads(raw[16 : 16 + n].decode())
+    blob = memoryview(raw)[16 + n :]
+    arrays = {}
+    for name, meta in manifest.pop("arrays").items():
+        dtype = np.dtype(meta["dtype"])
+        count = int(np.prod(meta["shape"], dtype=np.int64))
+        a = np.frombuffer(blob, dtype, count=count, offset=meta["offset"])
+        arrays[name] = a.reshape(meta["shape"])
+    return manifest, arrays
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
@@ -72,7 +107,7 @@ def export_compressed(
     """Writes a compact compressed checkpoint.
 
     Args:
-      path: output file (``.npz`` is appended by numpy if missing).
+      path: output file.
       params: float parameter pytree (the master weights).
       quant: quantizer config, or None to store floats (sparse where pruned).
       masks: pruning masks, applied first (prune, then quantize).
@@ -130,14 +165,8 @@ def export_compressed(
             "bytes": sum(a.nbytes for k, a in arrays.items() if k.startswith(key + ".")),
         }
         manifest["leaves"].append(entry)
-    arrays["manifest"] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
     path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)  # atomic: a reader never sees a half-written file
+    _write(path, manifest, arrays)
     on_disk = os.path.getsize(path)
     return {
         "path": path,
@@ -150,43 +179,42 @@ def export_compressed(
 
 def load_compressed(path: str | os.PathLike) -> Any:
     """Loads :func:`export_compressed` output as dequantized float params (nested dicts)."""
-    with np.load(os.fspath(path)) as data:
-        manifest = json.loads(bytes(data["manifest"]).decode())
-        if manifest.get("version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported export format version {manifest.get('version')}")
-        flat = {}
-        for i, entry in enumerate(manifest["leaves"]):
-            key = f"leaf{i}"
-            shape = tuple(entry["shape"])
-            size = int(np.prod(shape, dtype=np.int64))
-            nonzero = None
-            if entry["sparse"]:
-                nonzero = np.unpackbits(data[f"{key}.nonzero"], count=size, bitorder="little")
-                nonzero = nonzero.astype(bool)
-            if entry["kind"] == "quant":
-                zp = data[f"{key}.zero_point"]
-                count = size if nonzero is None else int(nonzero.sum())
-                unsigned = unpack_bits(data[f"{key}.codes"], entry["bits"], count)
-                stored = unsigned.astype(np.int64) + entry["qmin"]
-                if nonzero is None:
-                    codes = stored
-                else:
-                    # Absent entries hold the zero point's code (value 0.0).
-                    codes = np.broadcast_to(zp, shape).astype(np.int64).ravel().copy()
-                    codes[nonzero] = stored
-                value = decode(
-                    jnp.asarray(codes.reshape(shape), jnp.int32),
-                    jnp.asarray(data[f"{key}.scale"]),
-                    jnp.asarray(zp),
-                )
+    manifest, data = _read(os.fspath(path))
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ValueError(f"unsupported export format version {manifest.get('version')}")
+    flat = {}
+    for i, entry in enumerate(manifest["leaves"]):
+        key = f"leaf{i}"
+        shape = tuple(entry["shape"])
+        size = int(np.prod(shape, dtype=np.int64))
+        nonzero = None
+        if entry["sparse"]:
+            nonzero = np.unpackbits(data[f"{key}.nonzero"], count=size, bitorder="little")
+            nonzero = nonzero.astype(bool)
+        if entry["kind"] == "quant":
+            zp = data[f"{key}.zero_point"]
+            count = size if nonzero is None else int(nonzero.sum())
+            unsigned = unpack_bits(data[f"{key}.codes"], entry["bits"], count)
+            stored = unsigned.astype(np.int64) + entry["qmin"]
+            if nonzero is None:
+                codes = stored
             else:
-                values = data[f"{key}.values"]
-                if nonzero is not None:
-                    full = np.zeros(size, np.float32)
-                    full[nonzero] = values
-                    values = full
-                value = jnp.asarray(values.reshape(shape))
-            flat[entry["path"]] = value.astype(entry["dtype"])
+                # Absent entries hold the zero point's code (value 0.0).
+                codes = np.broadcast_to(zp, shape).astype(np.int64).ravel().copy()
+                codes[nonzero] = stored
+            value = decode(
+                jnp.asarray(codes.reshape(shape), jnp.int32),
+                jnp.asarray(data[f"{key}.scale"]),
+                jnp.asarray(zp),
+            )
+        else:
+            values = data[f"{key}.values"]
+            if nonzero is not None:
+                full = np.zeros(size, np.float32)
+                full[nonzero] = values
+                values = full
+            value = jnp.asarray(values.reshape(shape))
+        flat[entry["path"]] = value.astype(entry["dtype"])
     return unflatten(flat)
 
 

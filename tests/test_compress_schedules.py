@@ -1,0 +1,94 @@
+"""Polynomial schedule, dynamic threshold, post-training modes."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepliflow_jax.compress.modes import dynamic_threshold_prune, post_training
+from deepliflow_jax.compress.prune import sparsity_report
+from deepliflow_jax.compress.quantize import QuantConfig
+from deepliflow_jax.compress.schedules import (
+    dynamic_threshold_init,
+    dynamic_threshold_update,
+    one_shot_schedule,
+    polynomial_schedule,
+)
+
+PARAMS = {
+    "params": {
+        "conv": {"kernel": jnp.asarray(np.random.RandomState(0).randn(3, 3, 4, 8), jnp.float32)},
+        "head": {"bias": jnp.asarray(np.random.RandomState(1).randn(12), jnp.float32)},
+    }
+}
+N = 3 * 3 * 4 * 8 + 12  # 300
+
+
+def test_polynomial_schedule():
+    s = polynomial_schedule(80.0, 10, 20, initial_percent=20.0, power=3, frequency=4)
+    assert float(s.percent(0)) == pytest.approx(20.0)
+    assert float(s.percent(15)) == pytest.approx(80 + (20 - 80) * 0.5**3)
+    assert float(s.percent(20)) == pytest.approx(80.0)
+    assert float(s.percent(100)) == pytest.approx(80.0)
+    steps = [t for t in range(30) if bool(s.update(t))]
+    assert steps == [10, 14, 18, 20]
+    assert [t for t in range(5) if bool(one_shot_schedule(30, 2).update(t))] == [2]
+    with pytest.raises(ValueError, match="percent"):
+        polynomial_schedule(100.0, 0, 10)
+    with pytest.raises(ValueError, match="begin_step"):
+        polynomial_schedule(50.0, 10, 5)
+
+
+def test_dynamic_threshold_state_machine():
+    st = dynamic_threshold_init(5.0, 5.0)
+    upd = dict(tolerance=0.1, min_increment=2.0)
+    for epe in (1.0, 1.05, 1.2):  # 5 %, 10 % pass; 15 % fails (limit 1.1)
+        st = dynamic_threshold_update(st, epe, 1.0, **upd)
+    assert [e["accepted"] for e in st.log] == [True, True, False]
+    assert st.accepted == 10.0 and st.increment == 2.5 and st.candidate == 12.5
+    st = dynamic_threshold_update(st, 1.3, 1.0, **upd)  # 12.5 fails -> 1.25 < 2: stop
+    assert st.done and st.accepted == 10.0 and st.log[-1]["next_percent"] is None
+    assert dynamic_threshold_update(st, 0.0, 1.0) is st
+    st = dynamic_threshold_update(dynamic_threshold_init(), float("nan"), 1.0)
+    assert not st.log[-1]["accepted"]  # NaN never passes
+
+
+def test_dynamic_threshold_prune_backs_off_and_logs():
+    # Validation EPE rises sharply once more than 22 % of entries are zero.
+    def evaluate(params):
+        sparsity = sparsity_report(params)["total"]["sparsity"]
+        return 2.0 + (0.01 if sparsity <= 0.22 else 1.0) * sparsity
+
+    records = []
+    params, masks, log = dynamic_threshold_prune(
+        PARAMS, evaluate, tolerance=0.05, min_increment=1.0, log_fn=records.append
+    )
+    assert [(e["percent"], e["accepted"]) for e in log] == [
+        (5.0, True),
+        (10.0, True),
+        (15.0, True),
+        (20.0, True),
+        (25.0, False),
+        (22.5, False),
+        (21.25, True),
+        (22.5, False),
+    ]
+    assert records == list(log) and all("sparsity" in e for e in log)
+    # The result is the last accepted level, not the rejected ones after it.
+    rep = sparsity_report(params, masks)
+    assert rep["total"]["pruned"] == int(21.25 * N // 100)
+    assert rep["total"]["zeros"] == rep["total"]["pruned"]
+
+
+def test_post_training_prune_then_quantize():
+    # 10 % pruning cuts at ~0.13 sigma; the 4-bit zero bin reaches ~0.2 sigma.
+    params, masks, report = post_training(PARAMS, percent=10, quant=QuantConfig(bits=4))
+    k = np.asarray(params["params"]["conv"]["kernel"])
+    m = np.asarray(masks["params"]["conv"]["kernel"])
+    assert np.all(k[~m] == 0)  # pruned stay zero after quantization
+    assert report["pruning"]["total"]["pruned"] == 30
+    created = report["quantization_zeros"]["created"]
+    assert created > 0  # the 4-bit zero bin adds zeros on top
+    assert report["final"]["total"]["zeros"] == 30 + created
+    assert len(np.unique(k)) <= 15
+    only_q, none_masks, rep = post_training(PARAMS, quant=8)
+    assert none_masks is None and "pruning" not in rep
