@@ -127,9 +127,9 @@ def read_flow(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def encode_disparity(disp: np.ndarray) -> np.ndarray:
     """Disparity in pixels (<= 0 or non-finite = invalid) -> KITTI uint16 values."""
-    disp = np.asarray(disp, np.float64)
+    disp = np.asarray(disp, np.float32)
     valid = np.isfinite(disp) & (disp > 0)
-    value = np.clip(np.round(np.where(valid, disp, 0.0) * DISP_SCALE), 0, 65535)
+    value = np.clip(np.round(np.where(valid, disp, 0.0) * np.float32(DISP_SCALE)), 0, 65535)
     # A tiny positive disparity must not round to the "invalid" code 0.
     value = np.where(valid, np.maximum(value, 1), 0)
     return value.astype(np.uint16)
@@ -137,11 +137,13 @@ def encode_disparity(disp: np.ndarray) -> np.ndarray:
 
 def encode_flow(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Flow ``[H, W, 2]`` in pixels + bool mask -> KITTI uint16 ``[H, W, 3]`` (invalid = 0)."""
-    flow = np.asarray(flow, np.float64)
+    flow = np.asarray(flow, np.float32)
     valid = np.asarray(valid, bool) & np.isfinite(flow).all(axis=-1)
-    value = np.clip(np.round(np.nan_to_num(flow) * FLOW_SCALE + FLOW_OFFSET), 0, 65535)
     out = np.zeros(flow.shape[:2] + (3,), np.uint16)
-    out[..., :2] = np.where(valid[..., None], value, 0)
+    for c in range(2):
+        value = np.clip(np.round(flow[..., c] * np.float32(FLOW_SCALE) + np.float32(FLOW_OFFSET)),
+                        0, 65535)
+        out[..., c] = np.where(valid, value, 0)
     out[..., 2] = valid
     return out
 

@@ -293,14 +293,14 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         ego_rot=ego_rot, ego_t=ego_t, ground_y=CAMERA_HEIGHT, road_half_width=road,
         lanes=lanes, surf_color=np.zeros((0, 3)), surf_texel=np.zeros(0),
         surf_contrast=np.zeros(0), surf_offset=np.zeros((0, 2)),
-        surf_windows=np.zeros(0, bool), sky_color=np.zeros((2, 3))), road_center)
+        surf_windows=np.zeros(0, bool), sky_color=np.zeros((2, 3))))
 
 
 # Face shading in the box frame (constant under motion: brightness constancy holds).
 _FACE_SHADE = np.array([0.80, 0.80, 1.00, 0.55, 0.90, 0.70])  # -x, +x, -y(top), +y, -z, +z
 
 
-def _appearance(rng: np.random.Generator, scene: Scene, road_center: float) -> Scene:
+def _appearance(rng: np.random.Generator, scene: Scene) -> Scene:
     n = 2 + 6 * scene.num_boxes
     color = np.zeros((n, 3))
     texel = np.full(n, 0.05)
@@ -335,7 +335,6 @@ def _appearance(rng: np.random.Generator, scene: Scene, road_center: float) -> S
     scene.surf_windows = windows
     scene.sky_color = np.array([rng.uniform(0.75, 0.95, 3),
                                 rng.uniform([0.3, 0.45, 0.7], [0.55, 0.7, 0.95])])
-    del road_center
     return scene
 
 
@@ -362,7 +361,8 @@ def _rays(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
 
 def _box_window(camera: Camera, cam_rot: np.ndarray, cam_t: np.ndarray, center: np.ndarray,
                 rot: np.ndarray, half: np.ndarray, near: float = 0.05):
-    """Pixel rectangle covering the box's projection (clipped to z >= near)."""
+    """Pixel rectangle covering the box's projection (clipped to z >= near) and the
+    smallest camera depth of the box, or None when it is out of view."""
     signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
     corners = (signs * half) @ rot.T + center  # world
     cam = (corners - cam_t) @ cam_rot  # camera coordinates (x_c = R^T (x_w - t))
@@ -386,7 +386,7 @@ def _box_window(camera: Camera, cam_rot: np.ndarray, cam_t: np.ndarray, center: 
     y1 = min(int(np.ceil(v.max())) + 1, camera.height)
     if x0 >= x1 or y0 >= y1:
         return None
-    return y0, y1, x0, x1
+    return y0, y1, x0, x1, float(pts[:, 2].min())
 
 
 def render_geometry(scene: Scene, camera: Camera, frame: int) -> Render:
@@ -407,34 +407,33 @@ def render_geometry(scene: Scene, camera: Camera, frame: int) -> Render:
     centers = scene.centers0 if frame == 0 else scene.centers1
     yaws = scene.yaw0 if frame == 0 else scene.yaw1
     rx, ry = _rays(camera)
-    h, w = camera.height, camera.width
-    depth = np.full((h, w), np.inf, np.float32)
-    surface = np.zeros((h, w), np.int32)
-    tex_s = np.zeros((h, w), np.float32)
-    tex_t = np.zeros((h, w), np.float32)
-    cos = np.ones((h, w), np.float32)
-    norm = np.sqrt(rx[None, :] ** 2 + ry[:, None] ** 2 + 1.0)
+    norm = np.sqrt(rx[None, :] ** 2 + ry[:, None] ** 2 + np.float32(1.0))
 
     # Ground plane y_w = ground_y; world direction d = R r with r = (rx, ry, 1).
     r = cam_rot.astype(np.float32)
     dy = r[1, 0] * rx[None, :] + r[1, 1] * ry[:, None] + r[1, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        s = (scene.ground_y - cam_t[1]) / dy
+        s = np.float32(scene.ground_y - cam_t[1]) / dy
     hit = (dy > 1e-6) & (s > 0)
-    depth[hit] = s[hit]
-    surface[hit] = GROUND
+    s = np.where(hit, s, np.float32(0.0))
+    depth = np.where(hit, s, np.float32(np.inf))
+    surface = hit.astype(np.int32) * GROUND
     dx = r[0, 0] * rx[None, :] + r[0, 1] * ry[:, None] + r[0, 2]
     dz = r[2, 0] * rx[None, :] + r[2, 1] * ry[:, None] + r[2, 2]
-    tex_s[hit] = (cam_t[0] + s * dx)[hit]
-    tex_t[hit] = (cam_t[2] + s * dz)[hit]
-    cos[hit] = (dy / norm)[hit]
+    tex_s = np.float32(cam_t[0]) + s * dx
+    tex_t = np.float32(cam_t[2]) + s * dz
+    cos = np.where(hit, dy / norm, np.float32(1.0))
 
+    windows = []
     for k in range(scene.num_boxes):
-        rot_b = rot_y(yaws[k])
-        window = _box_window(camera, cam_rot, cam_t, centers[k], rot_b, scene.half[k])
-        if window is None:
+        window = _box_window(camera, cam_rot, cam_t, centers[k], rot_y(yaws[k]), scene.half[k])
+        if window is not None:
+            windows.append((window[4], k, window[:4]))
+    # Near to far, so that boxes hidden behind nearer surfaces are skipped cheaply.
+    for nearest, k, (y0, y1, x0, x1) in sorted(windows):
+        if depth[y0:y1, x0:x1].max() <= nearest:
             continue
-        y0, y1, x0, x1 = window
+        rot_b = rot_y(yaws[k])
         m = (rot_b.T @ cam_rot).astype(np.float32)  # camera ray -> box frame
         origin = (rot_b.T @ (cam_t - centers[k])).astype(np.float32)
         sub_x, sub_y = rx[x0:x1][None, :], ry[y0:y1][:, None]
@@ -595,11 +594,10 @@ class SyntheticFrame:
 
 def _lidar_valid(render: Render, camera: Camera) -> np.ndarray:
     # Surface, in range and below the LiDAR's upper field-of-view limit.
-    rx, ry = _rays(camera)
+    _, ry = _rays(camera)
     height_above = -ry[:, None] * render.depth - LIDAR_ABOVE_CAMERA
     with np.errstate(invalid="ignore"):
         below_fov = height_above <= render.depth * np.tan(LIDAR_UP_FOV)
-    del rx
     return (render.surface != SKY) & (render.depth <= MAX_DEPTH) & below_fov
 
 
@@ -618,20 +616,25 @@ def scene_flow_ground_truth(scene: Scene, camera: Camera, render0: Render, rende
     h, w = camera.height, camera.width
     rx, ry = _rays(camera)
     valid = _lidar_valid(render0, camera)
-    z0 = np.where(valid, render0.depth, 1.0).astype(np.float64)
+    z0 = np.where(valid, render0.depth, np.float32(1.0))
     points = np.stack([np.broadcast_to(rx[None, :], (h, w)) * z0,
                        np.broadcast_to(ry[:, None], (h, w)) * z0, z0], axis=-1)
-    # Rigid motion of each surface's object (ground and static boxes do not move).
+    # Rigid motion of each surface's object (ground and static boxes do not move), then
+    # into the camera at t+1: x_c1 = R_e^T (x_w - t_e).
     rots, trans = scene.box_motion()
-    obj = np.where(render0.surface >= 2, (render0.surface - 2) // 6, -1)
-    all_rot = np.concatenate([np.eye(3)[None], rots])  # index 0 = static
-    all_t = np.concatenate([np.zeros((1, 3)), trans])
-    # Then into the camera at t+1: x_c1 = R_e^T (x_w - t_e).
     ego_inv = scene.ego_rot.T
-    comb_rot = np.einsum("ij,njk->nik", ego_inv, all_rot)
-    comb_t = (all_t - scene.ego_t) @ ego_inv.T
-    idx = obj + 1
-    moved = np.einsum("hwij,hwj->hwi", comb_rot[idx], points) + comb_t[idx]
+    f32 = np.float32
+    moved = points @ ego_inv.T.astype(f32) - (scene.ego_t @ ego_inv.T).astype(f32)
+    obj = np.where(render0.surface >= 2, (render0.surface - 2) // 6, -1)
+    for k in range(scene.num_boxes):
+        if np.allclose(rots[k], np.eye(3)) and not np.any(trans[k]):
+            continue
+        mine = obj == k
+        if not mine.any():
+            continue
+        rot = ego_inv @ rots[k]
+        moved[mine] = (points[mine] @ rot.T.astype(f32)
+                       + ((trans[k] - scene.ego_t) @ ego_inv.T).astype(f32))
     z1 = moved[..., 2]
     valid &= z1 > MIN_DEPTH_T1
     z1 = np.where(valid, z1, 1.0)
@@ -682,11 +685,14 @@ def make_frame(seed: int, index: int, height: int = KITTI_SIZE[0],
     gt = scene_flow_ground_truth(scene, camera, render0, render1)
     valid1 = _lidar_valid(render1, camera)
     disp1 = np.where(valid1, camera.fb / np.where(valid1, render1.depth, 1.0), 0.0)
-    to_u8 = lambda im: np.round(im * 255.0).astype(np.uint8)  # noqa: E731
-    return SyntheticFrame(image0=to_u8(image0), image1=to_u8(image1), flow=gt["flow"],
+    return SyntheticFrame(image0=_to_uint8(image0), image1=_to_uint8(image1), flow=gt["flow"],
                           d0=gt["d0"], d1=gt["d1"], valid=gt["valid"], noc=gt["noc"],
                           disp1_second_view=disp1.astype(np.float32), valid1=valid1,
                           scene=scene, camera=camera)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(image * np.float32(255.0)).astype(np.uint8)
 
 
 def write_frame(root: PathLike, name: str, frame: SyntheticFrame, compression: int = 1,
