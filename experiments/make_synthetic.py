@@ -24,6 +24,7 @@ _START = flags.DEFINE_integer("start_index", 0, "Index of the first scene.")
 _COMPRESSION = flags.DEFINE_integer("compression", 1, "PNG zlib level (0-9).")
 _NOC = flags.DEFINE_bool("write_noc", True, "Also write flow_noc (visible-at-t+1 flow).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Regenerate scenes that exist.")
+_WORKERS = flags.DEFINE_integer("num_workers", 1, "Processes generating scenes in parallel.")
 flags.mark_flag_as_required("output_dir")
 
 
@@ -32,7 +33,7 @@ def main(argv):
     summary = synthetic.generate_dataset(
         FLAGS.value, _NUM.value, height=_HEIGHT.value, width=_WIDTH.value, seed=_SEED.value,
         start_index=_START.value, compression=_COMPRESSION.value, write_noc=_NOC.value,
-        overwrite=_OVERWRITE.value)
+        overwrite=_OVERWRITE.value, num_workers=_WORKERS.value)
     print(json.dumps(summary, indent=2))
 
 

@@ -106,3 +106,12 @@ def test_fig5_png(tmp_path):
         float(gt[..., 2:].max()))[0])
     with pytest.raises(ValueError, match="at least one"):
         vis.fig5_image(image0, image1, [])
+
+
+def test_fig5_with_labels_when_matplotlib_is_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    rng = np.random.default_rng(1)
+    gt = rng.uniform(1, 20, (8, 12, 4))
+    path = vis.save_fig5_matplotlib(tmp_path / "fig5.png", *rng.uniform(size=(2, 8, 12, 3)),
+                                    [("original", gt)], gt=gt)
+    assert read_png(path).shape[0] > 0

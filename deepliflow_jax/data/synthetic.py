@@ -750,10 +750,17 @@ def _plain_progress(iterable, total: int):
             print(f"scenes {i}/{total} ({rate:.1f}/s)", flush=True)
 
 
+def _make_and_write(args) -> str:
+    root, index, seed, height, width, compression, write_noc = args
+    name = f"{index:06d}"
+    write_frame(root, name, make_frame(seed, index, height, width), compression, write_noc)
+    return name
+
+
 def generate_dataset(output_dir: PathLike, num_scenes: int, height: int = KITTI_SIZE[0],
                      width: int = KITTI_SIZE[1], seed: int = 0, start_index: int = 0,
                      compression: int = 1, write_noc: bool = True, overwrite: bool = False,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, num_workers: int = 1) -> dict:
     """Writes ``num_scenes`` synthetic frame pairs in the KITTI layout (resumable).
 
     Scenes that already have all their files are skipped unless ``overwrite``, so an
@@ -771,6 +778,8 @@ def generate_dataset(output_dir: PathLike, num_scenes: int, height: int = KITTI_
       write_noc: also write ``flow_noc``.
       overwrite: regenerate existing scenes.
       progress: show progress (tqdm if installed, else printed lines).
+      num_workers: processes generating scenes in parallel (the output does not depend
+        on it).
 
     Returns:
       Summary dict (root, scenes written / skipped, seconds, scenes per second).
@@ -779,6 +788,8 @@ def generate_dataset(output_dir: PathLike, num_scenes: int, height: int = KITTI_
         raise ValueError(f"num_scenes must be > 0, got {num_scenes}")
     if start_index < 0:
         raise ValueError(f"start_index must be >= 0, got {start_index}")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     camera = kitti_camera(height, width)
     root = Path(output_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
@@ -794,18 +805,25 @@ def generate_dataset(output_dir: PathLike, num_scenes: int, height: int = KITTI_
                 raise ValueError(f"{meta_path} was written with {key}={old.get(key)!r}, not "
                                  f"{meta[key]!r}: use another output_dir or overwrite")
         meta["num_scenes"] = max(meta["num_scenes"], old.get("num_scenes", 0))
-    written = skipped = 0
     start = time.perf_counter()
-    indices = range(start_index, start_index + num_scenes)
-    for index in _progress(indices, num_scenes, progress):
-        name = f"{index:06d}"
-        paths = kitti.frame_paths(root, name)
-        if not overwrite and all(p.exists() for p in paths.values()):
-            skipped += 1
-            continue
-        write_frame(root, name, make_frame(seed, index, height, width), compression,
-                    write_noc)
-        written += 1
+    todo = [i for i in range(start_index, start_index + num_scenes)
+            if overwrite or not all(p.exists() for p in kitti.frame_paths(
+                root, f"{i:06d}").values())]
+    jobs = [(root, i, seed, height, width, compression, write_noc) for i in todo]
+    if num_workers == 1:
+        for _ in _progress(map(_make_and_write, jobs), len(jobs), progress):
+            pass
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        # spawn: the caller may have started threads (JAX) that fork would copy badly.
+        with concurrent.futures.ProcessPoolExecutor(
+                num_workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for _ in _progress(pool.map(_make_and_write, jobs, chunksize=4), len(jobs),
+                               progress):
+                pass
+    written, skipped = len(jobs), num_scenes - len(jobs)
     seconds = time.perf_counter() - start
     write_split_file(root / "split.txt", meta["num_scenes"])
     meta_path.write_text(json.dumps(meta, indent=2))
