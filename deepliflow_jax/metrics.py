@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -86,6 +87,9 @@ def frame_counts(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None = 
     for name in ("d0", "d1", "fl", "sf"):
         out[name] = jnp.sum(maps[name] & valid, axis=axes).astype(jnp.float32)
     return out
+
+
+_frame_counts_jit = jax.jit(frame_counts)
 
 
 def metrics_from_counts(counts, aggregate: str = "frame") -> dict:
@@ -199,8 +203,8 @@ class MetricAccumulator:
 
     def add(self, pred, gt, mask=None) -> None:
         """Adds a batch ``[B, H, W, 4]`` (frames are kept apart)."""
-        counts = frame_counts(jnp.asarray(pred), jnp.asarray(gt),
-                              None if mask is None else jnp.asarray(mask))
+        counts = _frame_counts_jit(jnp.asarray(pred), jnp.asarray(gt),
+                                   None if mask is None else jnp.asarray(mask))
         self.add_counts(counts)
 
     def add_counts(self, counts) -> None:

@@ -138,7 +138,8 @@ def encode_disparity(disp: np.ndarray) -> np.ndarray:
 def encode_flow(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Flow ``[H, W, 2]`` in pixels + bool mask -> KITTI uint16 ``[H, W, 3]`` (invalid = 0)."""
     flow = np.asarray(flow, np.float32)
-    valid = np.asarray(valid, bool) & np.isfinite(flow).all(axis=-1)
+    # Two isfinite maps: much faster than .all(axis=-1) over a length-2 axis.
+    valid = np.asarray(valid, bool) & np.isfinite(flow[..., 0]) & np.isfinite(flow[..., 1])
     out = np.zeros(flow.shape[:2] + (3,), np.uint16)
     for c in range(2):
         value = np.clip(np.round(flow[..., c] * np.float32(FLOW_SCALE) + np.float32(FLOW_OFFSET)),
