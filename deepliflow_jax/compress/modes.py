@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import optax
 
 from deepliflow_jax.compress.prune import dense_masks, prune, sparsity_report
@@ -74,7 +75,7 @@ def post_training(
     if config is not None:
         select(params, config.include, config.exclude, what="parameters to quantize")
         before = sparsity_report(params, include=config.include, exclude=config.exclude)
-        params = quantize_tree(params, config)
+        params = jax.jit(quantize_tree, static_argnums=1)(params, config)
         after = sparsity_report(params, include=config.include, exclude=config.exclude)
         created = after["total"]["zeros"] - before["total"]["zeros"]
         report["quantization_zeros"] = {

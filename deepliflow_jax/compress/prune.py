@@ -15,6 +15,7 @@ Masks are boolean pytrees with the params' structure; ``True`` means kept.
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from typing import Any
@@ -107,6 +108,20 @@ def compute_masks(
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    sizes = _group_sizes(params, selection, scope)
+    return _masks(params, [num_to_prune(percent, n) for n in sizes], selection, scope, masks)
+
+
+def _group_sizes(params: Any, selection: Any, scope: str) -> list[int]:
+    """Entries per ranking group: one per selected leaf, or one in total."""
+    leaves, treedef = jax.tree.flatten(params)
+    sel = treedef.flatten_up_to(selection)
+    sizes = [int(np.prod(jnp.shape(x), dtype=np.int64)) for x, s in zip(leaves, sel) if s]
+    return sizes if scope == "layer" else [sum(sizes)] if sizes else []
+
+
+def _masks(params: Any, counts: Any, selection: Any, scope: str, masks: Any) -> Any:
+    """Masks pruning ``counts[g]`` entries of each group (see :func:`_group_sizes`)."""
     leaves, treedef = jax.tree.flatten(params)
     sel = treedef.flatten_up_to(selection)
     old = [None] * len(leaves) if masks is None else treedef.flatten_up_to(masks)
@@ -116,13 +131,12 @@ def compute_masks(
     ]
     idx = [i for i, s in enumerate(sel) if s]
     if scope == "layer":
-        for i in idx:
-            scores = _scores(leaves[i], old[i])
-            keep = _ranks(scores) >= num_to_prune(percent, scores.size)
+        for i, k in zip(idx, counts, strict=True):
+            keep = _ranks(_scores(leaves[i], old[i])) >= k
             new[i] = keep.reshape(jnp.shape(leaves[i]))
     elif idx:
         scores = jnp.concatenate([_scores(leaves[i], old[i]) for i in idx])
-        keep = _ranks(scores) >= num_to_prune(percent, scores.size)
+        keep = _ranks(scores) >= counts[0]
         start = 0
         for i in idx:
             size = int(np.prod(jnp.shape(leaves[i]), dtype=np.int64))
@@ -175,11 +189,23 @@ def prune(
         empty, or masks that do not match the params.
     """
     percent = check_percent(percent)
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if masks is not None:
         _check_masks(masks, params)
     selection = select(params, include, exclude, what="parameters to prune")
-    new_masks = compute_masks(params, percent, selection, scope=scope, masks=masks)
-    return apply_masks(params, new_masks), new_masks
+    # Exact counts on the host, passed as data: one compile serves every percent.
+    counts = [jnp.int32(num_to_prune(percent, n)) for n in _group_sizes(params, selection, scope)]
+    return _prune_jit(params, masks, counts, scope, tuple(jax.tree.leaves(selection)))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _prune_jit(params, masks, counts, scope, selection):
+    # One compiled graph instead of dozens of eagerly dispatched ops.
+    selection = jax.tree.unflatten(jax.tree.structure(params), selection)
+    new_masks = _masks(params, counts, selection, scope, masks)
+    pruned = jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, new_masks)
+    return pruned, new_masks
 
 
 def pruning_thresholds(

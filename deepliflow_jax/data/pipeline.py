@@ -80,7 +80,7 @@ def iterate_batches(dataset, batch_size: int, num_samples: int | Sequence[int] =
       batch_size: frames per batch.
       num_samples: LiDAR points per frame, or a list to pick from per frame.
       seed: seed of the LiDAR draws and the shuffling.
-      shuffle: permute the frames each epoch.
+      shuffle: permute the frames each epoch (the original shuffled its train list once).
       num_epochs: passes over the data; ``None`` = forever.
       crop_shape: (height, width), ``None`` for no crop, or ``"default"`` for the
         original's choice (``preprocess.default_crop_shape``).
