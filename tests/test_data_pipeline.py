@@ -115,3 +115,27 @@ def test_batches_on_device_with_prefetch():
     np.testing.assert_array_equal(np.asarray(out[1]["frames"]), ref[1]["frames"])
     cached = pipeline.CachedDataset(ds)
     assert cached[1] is cached[1] and cached.dataset_type == "KITTI"
+
+
+def test_inference_inputs_from_the_shared_examples():
+    from pathlib import Path
+
+    from deepliflow_jax.data.io import read_png
+
+    examples = Path(__file__).resolve().parents[2] / "shared" / "data" / \
+        "deeplidarflow_examples"
+    frames, kind = pipeline.read_inference_example(examples, 1)
+    assert kind == "KITTI" and frames.shape == (2, 375, 1242, 4)
+    disp = read_png(examples / "ex_1_disp_11.png") / 256.0
+    expected = (disp - 28.1591) / 19.9899 * (disp > 0)
+    np.testing.assert_allclose(frames[1, ..., 3], expected, rtol=1e-5, atol=1e-5)
+    image = read_png(examples / "ex_1_im_10.png") / 255.0
+    np.testing.assert_allclose(frames[0, ..., :3], image - preprocess.rgb_mean("KITTI"),
+                               atol=1e-6)
+    frames, kind = pipeline.read_inference_example(examples, 2)
+    assert kind == "FT3D" and frames.shape == (2, 512, 960, 4)
+    image = read_png(examples / "ex_2_im_11.png")[14:526, :, :3] / 255.0
+    np.testing.assert_allclose(frames[1, ..., :3], image - preprocess.rgb_mean("FT3D"),
+                               atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="ex_3_im_10.png"):
+        pipeline.read_inference_example(examples, 3)

@@ -251,3 +251,36 @@ class CachedDataset:
         with self._lock:
             self._cache[index] = sample
         return sample
+
+
+def read_inference_example(directory, example: int) -> tuple[np.ndarray, str]:
+    """Reads ``ex_{n}_im_10/11.png`` and ``ex_{n}_disp_10/11.png`` (the original release's
+    example inputs, e.g. ``shared/data/deeplidarflow_examples``) into network input.
+
+    Args:
+      directory: folder with the example files.
+      example: example number (1 = KITTI, 2 = FlyingThings3D in the release).
+
+    Returns:
+      ``(frames [2, h, w, 4], dataset_type)`` (see ``preprocess.prepare_inference_inputs``).
+
+    Raises:
+      FileNotFoundError / ValueError naming a missing or unreadable file.
+    """
+    from pathlib import Path
+
+    from deepliflow_jax.data.io import read_png
+    from deepliflow_jax.data.kitti import read_disparity
+
+    directory = Path(directory)
+    images = []
+    for frame in (10, 11):
+        path = directory / f"ex_{example}_im_{frame}.png"
+        image = read_png(path)
+        if image.ndim != 3 or image.shape[2] < 3 or image.dtype != np.uint8:
+            raise ValueError(f"Expected an 8-bit RGB(A) image, got {image.dtype} "
+                             f"{image.shape}: {path}")
+        images.append(image[..., :3].astype(np.float32) / np.float32(255.0))
+    disps = [read_disparity(directory / f"ex_{example}_disp_{frame}.png")[0]
+             for frame in (10, 11)]
+    return preprocess.prepare_inference_inputs(images[0], images[1], disps[0], disps[1])

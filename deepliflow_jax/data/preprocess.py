@@ -127,3 +127,35 @@ def default_crop_shape(dataset_type: str, batch_size: int) -> tuple[int, int] | 
     if check_dataset_type(dataset_type) == "FT3D":
         return FT3D_CROP
     return KITTI_BATCH_CROP if batch_size > 1 else None
+
+
+def guess_dataset_type(width: int) -> str:
+    """inference.py's rule: images wider than 1000 pixels are KITTI, others FT3D."""
+    return "KITTI" if width > 1000 else "FT3D"
+
+
+def prepare_inference_inputs(image0: np.ndarray, image1: np.ndarray, disp0: np.ndarray,
+                             disp1: np.ndarray, dataset_type: str | None = None
+                             ) -> tuple[np.ndarray, str]:
+    """Network input from already-sparse LiDAR disparities, as ``inference.py``.
+
+    The LiDAR mask is ``disp > 0`` (no sampling); FT3D frames are center-cropped to
+    512x960, KITTI frames keep their size (the model resizes them to 384x1216).
+
+    Args:
+      image0, image1: RGB in [0, 1], ``[H, W, >=3]`` (extra channels are dropped).
+      disp0, disp1: sparse disparities ``[H, W]`` in pixels, 0 = no point.
+      dataset_type: ``"KITTI"``, ``"FT3D"`` or ``None`` to guess from the width.
+
+    Returns:
+      ``(frames [2, h, w, 4] float32, dataset_type)``.
+    """
+    image0 = np.asarray(image0)[..., :3]
+    image1 = np.asarray(image1)[..., :3]
+    if dataset_type is None:
+        dataset_type = guess_dataset_type(image0.shape[1])
+    frames = make_frames(image0, image1, disp0, disp1, np.asarray(disp0) > 0,
+                         np.asarray(disp1) > 0, dataset_type)
+    if dataset_type == "FT3D":
+        frames = center_crop(frames, FT3D_CROP, axes=(1, 2))
+    return frames, dataset_type
