@@ -987,13 +987,15 @@ def to_markdown(result: dict) -> str:
     """The results as a Markdown report (tables, comparisons, targets, environment)."""
     env, s = result["environment"], result["settings"]
     v = env.get("versions", {})
+    seed = s["seed"]
+    peaks = ", ".join(f"{k} {x:.3g} TFLOP/s" for k, x in env.get("peak_tflops", {}).items())
     lines = [
         f"# DeepLiDARFlow run time: {env.get('device_kind')} ({env.get('platform')})", "",
         f"Created {result['created']}. Input {s['height']}x{s['width']}, precision flag "
         f"`{s['precision']}` (jax_default_matmul_precision = "
         f"{env.get('jax_default_matmul_precision')}; {env.get('conv_precision')}). "
         f"{s['repeats']} timed rounds x {result['settings'].get('processes')} process(es), "
-        f"{s['warmup']} warm-up calls; weights: {s['weights'] or 'random init (seed %d)' % s['seed']}.",
+        f"{s['warmup']} warm-up calls; weights: {s['weights'] or f'random init (seed {seed})'}.",
         "",
     ]
     if result.get("note"):
@@ -1023,7 +1025,7 @@ def to_markdown(result: dict) -> str:
     lines += ["", "Items/s: frame pairs per second (forward) or training examples per second "
               "(train_step). GFLOP/s from XLA's FLOP count of the dense forward; floor = "
               f"XLA FLOPs / peak. Peak: {env.get('peak_note')} "
-              f"({', '.join(f'{k} {x:.3g} TFLOP/s' for k, x in env.get('peak_tflops', {}).items())})."
+              f"({peaks})."
               f" Paper baseline: {PAPER_BASELINE_MS} ms (TF, GTX 1660 Ti, 384x1216, batch 1).",
               "", "## Targets (defined for one H100, batch 1, 384x1216)", ""]
     lines += [f"- **{t['status']}** {t['target']}: {t['detail']}" for t in result["targets"]]
