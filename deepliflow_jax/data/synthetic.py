@@ -42,6 +42,8 @@ KITTI_BASELINE = 0.54
 CAMERA_HEIGHT = 1.65
 MAX_DEPTH = 80.0
 MIN_DEPTH_T1 = 1.0
+MAX_FLOW = 511.0
+MAX_DISP = 255.0
 LIDAR_UP_FOV = np.deg2rad(2.0)
 LIDAR_ABOVE_CAMERA = 0.08
 TEXTURE_SIZE = 256
@@ -643,6 +645,10 @@ def scene_flow_ground_truth(scene: Scene, camera: Camera, render0: Render, rende
     flow = np.stack([x1 - np.arange(w)[None, :], y1 - np.arange(h)[:, None]], axis=-1)
     d0 = np.where(valid, camera.fb / z0, 0.0)
     d1 = np.where(valid, camera.fb / z1, 0.0)
+    # KITTI's 16-bit maps hold |flow| < 512 and disparities < 256: drop what they cannot.
+    valid &= (np.abs(flow) < MAX_FLOW).all(axis=-1) & (d0 < MAX_DISP) & (d1 < MAX_DISP)
+    d0 = np.where(valid, d0, 0.0)
+    d1 = np.where(valid, d1, 0.0)
     # Visible at t+1: inside the image and the surface seen there is the same, as deep.
     xi = np.round(x1).astype(np.int64)
     yi = np.round(y1).astype(np.int64)
@@ -685,6 +691,8 @@ def make_frame(seed: int, index: int, height: int = KITTI_SIZE[0],
     gt = scene_flow_ground_truth(scene, camera, render0, render1)
     valid1 = _lidar_valid(render1, camera)
     disp1 = np.where(valid1, camera.fb / np.where(valid1, render1.depth, 1.0), 0.0)
+    valid1 &= disp1 < MAX_DISP
+    disp1 = np.where(valid1, disp1, 0.0)
     return SyntheticFrame(image0=_to_uint8(image0), image1=_to_uint8(image1), flow=gt["flow"],
                           d0=gt["d0"], d1=gt["d1"], valid=gt["valid"], noc=gt["noc"],
                           disp1_second_view=disp1.astype(np.float32), valid1=valid1,
