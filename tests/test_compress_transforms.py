@@ -32,9 +32,18 @@ class TinyNet(nn.Module):
 NET = TinyNet()
 X = jnp.asarray(np.random.RandomState(0).randn(2, 8, 8, 3), jnp.float32)
 Y = jnp.asarray(np.random.RandomState(1).randn(2, 4, 4, 2), jnp.float32)
-PARAMS = jax.jit(NET.init)(jax.random.PRNGKey(0), X)
-# Nonzero biases, as in a trained model, so bias pruning is visible.
-PARAMS = jax.tree.map(lambda p: p + 0.05 if p.ndim == 1 else p, PARAMS)
+_RS = np.random.RandomState(2)
+# Built in numpy (compiling NET.init costs seconds); nonzero biases as in a trained model.
+PARAMS = jax.tree.map(
+    lambda a: jnp.asarray(a, jnp.float32),
+    {
+        "params": {
+            "conv1": {"kernel": 0.3 * _RS.randn(3, 3, 3, 4), "bias": 0.05 + 0.1 * _RS.randn(4)},
+            "conv2": {"kernel": 0.3 * _RS.randn(3, 3, 4, 4), "bias": 0.05 + 0.1 * _RS.randn(4)},
+            "out": {"kernel": 0.3 * _RS.randn(3, 3, 4, 2), "bias": 0.05 + 0.1 * _RS.randn(2)},
+        }
+    },
+)
 
 
 def _train(tx, params, steps):
@@ -94,6 +103,7 @@ def test_forward_is_fake_quant_of_masked_params_and_bits_in_state():
     assert int(bits["params"]["conv1"]["kernel"]) == 5 and int(bits["params"]["out"]["bias"]) == 0
     fwd = jax.jit(tx.forward)(PARAMS, state)  # masks apply in the forward pass too
     ref = quantize_tree(jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), PARAMS, masks), cfg)
+    # (eager reference: the jitted forward must equal it bit for bit)
     for a, b in zip(jax.tree.leaves(fwd), jax.tree.leaves(ref), strict=True):
         np.testing.assert_array_equal(a, b)
     k = np.asarray(fwd["params"]["conv1"]["kernel"])

@@ -27,7 +27,17 @@ NET = TinyNet()
 RNG = np.random.RandomState(0)
 DATA_X = RNG.randn(6, 8, 8, 3).astype(np.float32)
 DATA_Y = RNG.randn(6, 4, 4, 2).astype(np.float32)
-PARAMS = jax.jit(NET.init)(jax.random.PRNGKey(0), jnp.asarray(DATA_X[:1]))
+# Built in numpy (compiling NET.init costs seconds on a busy CPU).
+PARAMS = jax.tree.map(
+    lambda a: jnp.asarray(a, jnp.float32),
+    {
+        "params": {
+            "conv1": {"kernel": 0.3 * RNG.randn(3, 3, 3, 4), "bias": 0.1 * RNG.randn(4)},
+            "conv2": {"kernel": 0.3 * RNG.randn(3, 3, 4, 4), "bias": 0.1 * RNG.randn(4)},
+            "out": {"kernel": 0.3 * RNG.randn(3, 3, 4, 2), "bias": 0.1 * RNG.randn(2)},
+        }
+    },
+)
 
 
 def apply_fn(params, batch, rng):

@@ -1,0 +1,229 @@
+"""DeepLiDARFlow checkpoints: an Orbax parameter tree plus a JSON of metadata.
+
+Layout of a checkpoint directory ``DIR``::
+
+    DIR/params/                   Orbax (StandardCheckpointer) tree {'params': ...}
+    DIR/deepliflow_checkpoint.json  metadata: architecture, parameter count, date,
+                                  and whatever the writer adds (e.g. the source
+                                  and format of a converted checkpoint)
+
+``save_checkpoint`` checks the tree against the model's parameter shapes
+(``deepliflow_jax.model.api.param_shapes``), writes into a temporary sibling
+directory and renames it into place, so ``DIR`` is either complete or absent;
+an existing ``DIR`` is replaced only with ``overwrite=True``.
+``load_checkpoint`` checks the stored shapes before reading any tensor, so a
+checkpoint of another architecture fails with a list of the differences. A bare
+Orbax directory holding ``{'params': ...}`` (``DIR/_METADATA``) loads too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ARCHITECTURE = "DeepLiDARFlow"
+CHECKPOINT_VERSION = 1
+METADATA_FILE = "deepliflow_checkpoint.json"
+PARAMS_DIR = "params"
+
+PathLike = str | os.PathLike
+
+
+def _expected_shapes() -> dict[str, tuple[tuple[int, ...], str]]:
+    from deepliflow_jax.model.api import param_shapes
+
+    flat = flax.traverse_util.flatten_dict(param_shapes(), sep="/")
+    return {k: (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat.items()}
+
+
+def shape_problems(found: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
+    """Differences between ``{path: (shape, dtype)}`` and the model's parameters.
+
+    Args:
+      found: ``'params/...'`` paths (``/``-separated) with their shape and dtype name.
+
+    Returns:
+      One line per missing, unexpected, mis-shaped or non-float32 entry (empty if all match).
+    """
+    want = _expected_shapes()
+    problems = [f"missing: {k} {list(want[k][0])}" for k in sorted(set(want) - set(found))]
+    problems += [f"unexpected: {k} {list(found[k][0])}" for k in sorted(set(found) - set(want))]
+    for k in sorted(set(want) & set(found)):
+        if tuple(found[k][0]) != want[k][0]:
+            problems.append(f"mis-shaped: {k} is {list(found[k][0])}, the model needs "
+                            f"{list(want[k][0])}")
+        elif found[k][1] != want[k][1]:
+            problems.append(f"wrong dtype: {k} is {found[k][1]}, the model needs {want[k][1]}")
+    return problems
+
+
+def check_variables(variables: Any, what: str = "variables") -> None:
+    """Raises ``ValueError`` listing every difference from the model's parameter tree.
+
+    Args:
+      variables: ``{'params': ...}`` (arrays or anything with ``shape`` and ``dtype``).
+      what: how to name the tree in the message.
+    """
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise ValueError(f"{what} must be a dict {{'params': ...}}, got "
+                         f"{type(variables).__name__} with keys "
+                         f"{sorted(variables) if isinstance(variables, dict) else '-'}")
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep="/")
+    found = {k: (tuple(np.shape(v)), np.dtype(getattr(v, "dtype", np.float64)).name)
+             for k, v in flat.items()}
+    problems = shape_problems(found)
+    if problems:
+        raise ValueError(f"{what} do not match the DeepLiDARFlow parameters "
+                         f"({len(problems)} problems):\n  " + "\n  ".join(problems))
+
+
+def parameter_count(variables: dict) -> int:
+    """Number of scalar parameters in ``variables``."""
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(variables)))
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer()
+
+
+def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None = None,
+                    overwrite: bool = False) -> Path:
+    """Saves ``variables`` (checked against the model) and metadata, atomically.
+
+    Args:
+      directory: the checkpoint directory to create.
+      variables: ``{'params': ...}`` of DeepLiDARFlow.
+      metadata: JSON-serialisable extras (e.g. ``source``, ``format``); the
+        architecture, version, date and parameter count are added.
+      overwrite: replace an existing ``directory``.
+
+    Returns:
+      The absolute checkpoint path.
+
+    Raises:
+      FileExistsError: ``directory`` exists and ``overwrite`` is False.
+      ValueError: the variables are not DeepLiDARFlow's, or metadata is not JSON.
+    """
+    out = Path(directory).absolute()
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise FileExistsError(f"checkpoint output {out} already exists; pass overwrite=True "
+                              "(--overwrite) to replace it")
+    check_variables(variables)
+    host = jax.tree.map(lambda x: np.asarray(x, np.float32), flax.core.unfreeze(variables))
+    info = {
+        "architecture": ARCHITECTURE,
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "parameter_count": parameter_count(host),
+        "num_tensors": len(jax.tree.leaves(host)),
+    }
+    info.update(metadata or {})
+    try:
+        text = json.dumps(info, indent=2, sort_keys=True)
+    except TypeError as err:
+        raise ValueError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        with _checkpointer() as ckptr:
+            ckptr.save(tmp / PARAMS_DIR, host)
+        (tmp / METADATA_FILE).write_text(text + "\n")
+        if out.exists() or out.is_symlink():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(out, old)
+            os.rename(tmp, out)
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _params_dir(directory: PathLike) -> Path:
+    path = Path(directory)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file, not a checkpoint directory")
+    for candidate in (path / PARAMS_DIR, path):
+        if (candidate / "_METADATA").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path} is not a DeepLiDARFlow checkpoint: no {PARAMS_DIR}/_METADATA "
+                            f"(Orbax tree) in it")
+
+
+def load_metadata(directory: PathLike) -> dict:
+    """The checkpoint's JSON metadata (empty for a bare Orbax directory).
+
+    Raises:
+      FileNotFoundError: no checkpoint there.
+      ValueError: the JSON is unreadable.
+    """
+    _params_dir(directory)
+    path = Path(directory) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"unreadable checkpoint metadata {path}: {err}") from err
+
+
+def load_checkpoint(directory: PathLike) -> dict:
+    """Loads ``{'params': ...}`` (float32 jax arrays) from a checkpoint directory.
+
+    Args:
+      directory: a directory written by ``save_checkpoint`` (or a bare Orbax one).
+
+    Returns:
+      The variables pytree, ready for ``deepliflow_jax.predict.predict``.
+
+    Raises:
+      FileNotFoundError: not a checkpoint.
+      ValueError: another architecture (lists missing/unexpected/mis-shaped
+        parameters), or unreadable/corrupted data.
+    """
+    params_dir = _params_dir(directory).absolute()
+    with _checkpointer() as ckptr:
+        try:
+            meta = ckptr.metadata(params_dir)
+        except Exception as err:  # orbax raises many types for a damaged tree
+            raise ValueError(f"unreadable checkpoint metadata in {params_dir}: {err}") from err
+        item = getattr(meta, "item_metadata", meta)
+        tree = getattr(item, "tree", item)
+        if not isinstance(tree, dict):
+            raise ValueError(f"{params_dir}: unexpected checkpoint tree {type(tree).__name__}")
+        flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
+        found = {k: (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat.items()}
+        problems = shape_problems(found)
+        if problems:
+            raise ValueError(f"checkpoint {directory} is not a DeepLiDARFlow checkpoint of this "
+                             f"architecture ({len(problems)} problems):\n  "
+                             + "\n  ".join(problems))
+        target = flax.traverse_util.unflatten_dict(
+            {tuple(k.split("/")): jax.ShapeDtypeStruct(s, np.dtype(d)) for k, (s, d)
+             in found.items()})
+        try:
+            restored = ckptr.restore(params_dir, target)
+        except Exception as err:
+            raise ValueError(f"could not read the checkpoint tensors in {params_dir} "
+                             f"(corrupted or truncated?): {err}") from err
+    return jax.tree.map(jnp.asarray, restored)
