@@ -117,7 +117,7 @@ def load_reference(variables: dict, device: str = "cpu") -> TorchReference:
     how = (f"{convert.__module__}.{convert.__name__}" if convert is not None
            else "torch_bridge.table_state_dict (local adapter over torch_names)")
     model = torch_model.DeepLiDARFlow()
-    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()})
+    model.load_state_dict({k: torch.tensor(np.array(v, np.float32)) for k, v in state.items()})
     model = model.to(device).eval()
 
     def make_input(frames: np.ndarray) -> Any:
