@@ -10,7 +10,8 @@ import pytest
 from deepliflow_jax.compress.modes import aware_training
 from deepliflow_jax.compress.quantize import QuantConfig
 from deepliflow_jax.compress.transforms import get_masks
-from deepliflow_jax.train.loop import epoch_order, fit
+from deepliflow_jax.train.checkpoint import Checkpointer
+from deepliflow_jax.train.loop import epoch_order, fine_tune, fit
 from deepliflow_jax.train.state import create_train_state, paper_lr_schedule, paper_optimizer
 from deepliflow_jax.train.step import l2_regularizer, make_eval_fn, make_train_step
 
@@ -125,3 +126,41 @@ def test_fit_runs_to_num_steps_and_logs():
     assert int(state.step) == 6 and evals == [4, 6]
     assert [h["step"] for h in history] == [2, 4, 6]
     assert "val_epe" in history[1] and "loss" in history[0]
+
+
+def test_fine_tune_protocol_keeps_best_and_resumes(tmp_path):
+    calls = []
+
+    def eval_fn(state):
+        calls.append(int(state.step))
+        # Pretend the outlier rate is best at step 4.
+        return {"sf_outlier": abs(int(state.step) - 4) + 10.0, "epe": 1.0}
+
+    kwargs = dict(
+        finetune_steps=4,
+        refine_steps=2,
+        lr=1e-2,
+        percent=50,
+        quant=QuantConfig(bits=6),
+        l2_weight=1e-4,
+        eval_fn=eval_fn,
+        eval_every=2,
+        workdir=str(tmp_path),
+        save_every=3,
+        log_every=0,
+    )
+    state, history, tx = fine_tune(PARAMS, apply_fn, loss_fn, data_fn, **kwargs)
+    assert int(state.step) == 6 and calls == [2, 4, 6]
+    assert [h["val_sf_outlier"] for h in history] == [12.0, 10.0, 12.0]
+    with Checkpointer(tmp_path, best_metric="sf_outlier") as ck:
+        assert ck.best_step() == 4 and ck.latest_step() == 6
+        best, meta = ck.restore_best(state)
+    assert meta["metadata"]["quant"]["bits"] == 6 and meta["metadata"]["percent"] == 50
+    assert int(best.step) == 4
+    for p, m in zip(jax.tree.leaves(best.params), jax.tree.leaves(get_masks(best.opt_state))):
+        assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
+    again, _, _ = fine_tune(PARAMS, apply_fn, loss_fn, data_fn, **kwargs)  # resumes: done
+    assert calls == [2, 4, 6] and int(again.step) == 6
+    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state), strict=True):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    assert callable(tx.forward)

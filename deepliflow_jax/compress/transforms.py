@@ -160,8 +160,8 @@ def masked(
                 ),
                 lambda: m,
             )
-        zero = lambda x: jnp.zeros_like(x)  # noqa: E731
-        updates = jax.tree.map(lambda g, k: jnp.where(k, g, zero(g)), updates, m)
+        # Masked gradients keep Adam's moments at pruned entries exactly zero.
+        updates = jax.tree.map(lambda g, k: jnp.where(k, g, jnp.zeros_like(g)), updates, m)
         inner_state = _mask_params_like(state.inner_state, m)
         new, inner_state = inner.update(updates, inner_state, params)
         # -p at pruned entries: p + (-p) is exactly +0.0 after apply_updates.

@@ -1,7 +1,7 @@
 """Fine-tuning: pure train step, train state, Orbax checkpoints, sharding, loop."""
 
 from deepliflow_jax.train.checkpoint import Checkpointer, abstract_like
-from deepliflow_jax.train.loop import epoch_order, fit
+from deepliflow_jax.train.loop import epoch_order, fine_tune, fit
 from deepliflow_jax.train.sharding import (
     initialize_distributed,
     jit_step,
@@ -23,6 +23,7 @@ __all__ = [
     "abstract_like",
     "create_train_state",
     "epoch_order",
+    "fine_tune",
     "fit",
     "initialize_distributed",
     "jit_step",

@@ -16,8 +16,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from deepliflow_jax.compress.modes import aware_training
 from deepliflow_jax.train.checkpoint import Checkpointer
-from deepliflow_jax.train.state import TrainState
+from deepliflow_jax.train.sharding import jit_step, replicate, shard_batch
+from deepliflow_jax.train.state import TrainState, create_train_state, paper_optimizer
+from deepliflow_jax.train.step import l2_regularizer, make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +103,109 @@ def fit(
     if checkpointer is not None:
         checkpointer.wait()
     return state, history
+
+
+def fine_tune(
+    params: Any,
+    apply_fn: Callable[[Any, Any, Any], Any],
+    loss_fn: Callable[[Any, Any], Any],
+    data_fn: Callable[[int], Any],
+    *,
+    finetune_steps: int,
+    refine_steps: int = 0,
+    lr: float = 1e-4,
+    refine_factor: float = 0.1,
+    percent: float | None = None,
+    schedule: Any = None,
+    quant: Any = None,
+    scope: str = "global",
+    include: Any = r".*",
+    exclude: Any = None,
+    l2_weight: float = 0.0,
+    l2_include: Any = r"kernel$",
+    eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
+    eval_every: int = 0,
+    workdir: str | None = None,
+    best_metric: str | None = "sf_outlier",
+    save_every: int = 1000,
+    seed: int = 0,
+    mesh: Any = None,
+    log_every: int = 100,
+    log_fn: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[TrainState, list[dict[str, float]], Any]:
+    """The paper's aware-training protocol in one call (resumable).
+
+    Adam at ``lr`` (1e-4) for ``finetune_steps`` (the original's fine-tuning
+    length), then ``refine_steps`` at ``lr * refine_factor`` (1e-5); pruning
+    (one-shot ``percent`` and/or gradual ``schedule``) and quantization
+    (``quant``) held in the optimizer state; the original's L2 term on the
+    loss; the best checkpoint by ``best_metric`` (min) of ``eval_fn``.
+
+    Args:
+      params: pre-trained params.
+      apply_fn, loss_fn: see :func:`deepliflow_jax.train.step.make_train_step`.
+      data_fn: ``position -> batch`` (batch 1 in the paper); with ``mesh`` it
+        returns host arrays that are sharded here.
+      eval_fn: ``state -> metrics`` (e.g. EPE and SF outlier rate of the
+        compressed model, via :func:`~deepliflow_jax.train.step.make_eval_fn`).
+      workdir: checkpoint directory (None: no checkpoints, no resume).
+      mesh: optional data-parallel mesh (:func:`~.sharding.make_mesh`).
+      Other args: as in :func:`deepliflow_jax.compress.modes.aware_training`,
+        :func:`~.state.paper_optimizer` and :func:`fit`.
+
+    Returns:
+      ``(state, history, tx)``: the final state (the best one is in
+      ``workdir/best``), the logged records, and the transform (for
+      ``tx.forward`` / export).
+    """
+    inner = paper_optimizer(finetune_steps, lr=lr, refine_factor=refine_factor)
+    params, tx = aware_training(
+        inner,
+        params,
+        percent=percent,
+        schedule=schedule,
+        quant=quant,
+        scope=scope,
+        include=include,
+        exclude=exclude,
+    )
+    reg = l2_regularizer(l2_weight, l2_include) if l2_weight else None
+    step_fn = make_train_step(apply_fn, loss_fn, tx, regularizer=reg)
+    state = create_train_state(params, tx, seed)
+    if mesh is not None:
+        state = replicate(state, mesh)
+        step, batches = jit_step(step_fn, mesh), (lambda pos: shard_batch(data_fn(pos), mesh))
+    else:
+        step, batches = jax.jit(step_fn), data_fn
+    ckpt = None
+    if workdir is not None:
+        quant_meta = getattr(quant, "to_dict", lambda: quant)()
+        ckpt = Checkpointer(
+            workdir,
+            save_every=save_every,
+            best_metric=best_metric if eval_fn else None,
+            metadata={
+                "percent": percent,
+                "scope": scope,
+                "quant": quant_meta,
+                "finetune_steps": finetune_steps,
+                "refine_steps": refine_steps,
+                "lr": lr,
+            },
+        )
+    try:
+        state, history = fit(
+            state,
+            step,
+            batches,
+            finetune_steps + refine_steps,
+            checkpointer=ckpt,
+            eval_fn=eval_fn,
+            eval_every=eval_every,
+            log_every=log_every,
+            log_fn=log_fn,
+        )
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    return state, history, tx

@@ -24,23 +24,31 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-) -> None:
+    *,
+    auto: bool = False,
+) -> bool:
     """Calls ``jax.distributed.initialize`` for multi-host runs (no-op otherwise).
 
-    With no arguments it initialises only when a cluster is detectable (e.g.
-    ``JAX_COORDINATOR_ADDRESS`` is set, or SLURM / Cloud TPU environments that
-    ``jax.distributed`` auto-detects via ``JAX_NUM_PROCESSES``); call it before
-    any other JAX call.
+    Call it before any other JAX call, on every host. It initialises when given
+    a coordinator or more than one process, when ``JAX_COORDINATOR_ADDRESS`` /
+    ``JAX_NUM_PROCESSES`` is set, or with ``auto=True`` (let JAX detect SLURM,
+    Open MPI, Cloud TPU, ...). Afterwards :func:`make_mesh` spans all hosts'
+    devices and each host feeds its own share of every global batch to
+    :func:`shard_batch` (``data_fn(position)`` returns the process-local slice).
+
+    Returns:
+      Whether ``jax.distributed`` was initialised.
     """
     explicit = coordinator_address is not None or (num_processes or 1) > 1
     detected = any(os.environ.get(k) for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES"))
-    if not (explicit or detected):
-        return
+    if not (explicit or detected or auto):
+        return False
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
     )
+    return True
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = DATA_AXIS) -> Mesh:
