@@ -160,33 +160,37 @@ class TinyNet(nn.Module):
 
 def test_activation_quantization_intercepts_flax_layers():
     net = TinyNet()
-    x = jnp.asarray(RNG.randn(1, 6, 6, 3), jnp.float32)
+    rs = np.random.RandomState(3)
+    x = jnp.asarray(rs.randn(1, 6, 6, 3), jnp.float32)
     params = {
         "params": {
-            "conv1": {
-                "kernel": jnp.asarray(0.3 * RNG.randn(3, 3, 3, 4), jnp.float32),
-                "bias": X[0, 0, 0, :4],
-            },
-            "out": {
-                "kernel": jnp.asarray(0.3 * RNG.randn(3, 3, 4, 2), jnp.float32),
-                "bias": X[0, 0, 0, :2],
-            },
+            "conv1": {"kernel": 0.3 * rs.randn(3, 3, 3, 4), "bias": 0.1 * rs.randn(4)},
+            "out": {"kernel": 0.3 * rs.randn(3, 3, 4, 2), "bias": 0.1 * rs.randn(2)},
         }
     }
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
 
     @jax.jit
     def run(p, x, bits):
-        y_float = net.apply(p, x)
         with activation_quantization(bits):
             y = net.apply(p, x)
         with activation_quantization(bits, include=r"^conv1$"):
             y_first_only = net.apply(p, x)
-        return y_float, y, y_first_only
 
-    y_float, y, y_first_only = (np.asarray(a) for a in run(params, x, 3))
-    assert len(np.unique(y)) <= 7 < len(np.unique(y_float))
-    np.testing.assert_allclose(y, y_float, atol=float(np.abs(y_float).max()) / 3 + 0.5)
-    assert len(np.unique(y_first_only)) > 7
+        # By hand: each conv's output (before the ReLU) is fake-quantized.
+        def conv(name, features, h):
+            return nn.Conv(features, (3, 3)).apply({"params": p["params"][name]}, h)
+
+        h = fake_quant_activation(conv("conv1", 4, x), bits)
+        ref_first_only = conv("out", 2, nn.relu(h))
+        ref = fake_quant_activation(ref_first_only, bits)
+        return y, y_first_only, ref, ref_first_only, net.apply(p, x)
+
+    y, y_first, ref, ref_first, y_float = (np.asarray(a) for a in run(params, x, 3))
+    np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y_first, ref_first, rtol=1e-6, atol=1e-6)
+    assert len(np.unique(y)) <= 7 < len(np.unique(y_first))
+    assert len(np.unique(y_float)) == y_float.size
 
 
 @pytest.mark.parametrize("bad", [1, 17, 0, 8.5, "8", None])
