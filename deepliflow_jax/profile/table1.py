@@ -19,9 +19,6 @@ volume and warping. Every figure is computed from this code, never fitted:
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import flax
 import jax
 import jax.numpy as jnp
@@ -34,6 +31,7 @@ from deepliflow_jax.model.estimator import SceneFlowEstimator
 from deepliflow_jax.model.fusion import Fusion
 from deepliflow_jax.model.guidance import GuidanceNetwork
 from deepliflow_jax.model.warping import bilinear_warp
+from deepliflow_jax.profile.timing import time_forward
 
 # Table I of the paper (original TF model, GTX 1660 Ti, 384x1216).
 PAPER_TABLE1 = {
@@ -156,29 +154,6 @@ def _analytic_nonconv_flops(batch: int, height: int, width: int) -> dict[str, fl
         if i:
             warp += 8.0 * hw * 64
     return {"cost_volume": cv, "warping": warp}
-
-
-def time_forward(variables: dict, batch: int, height: int, width: int, repeats: int = 10,
-                 warmup: int = 2, dtype: Any = jnp.float32) -> dict:
-    """Median/p10/p90 wall time of the jitted forward (compile timed separately)."""
-    model = DeepLiDARFlow(dtype=dtype)
-    frames = jax.device_put(jnp.asarray(
-        np.random.default_rng(0).standard_normal((batch, 2, height, width, 4)), jnp.float32))
-    t0 = time.perf_counter()
-    compiled = jax.jit(model.apply).lower(variables, frames).compile()
-    compile_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        jax.block_until_ready(compiled(variables, frames))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(variables, frames))
-        times.append(time.perf_counter() - t0)
-    ms = np.asarray(times) * 1e3
-    return {"compile_s": compile_s, "median_ms": float(np.median(ms)),
-            "p10_ms": float(np.percentile(ms, 10)), "p90_ms": float(np.percentile(ms, 90)),
-            "repeats": repeats, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0].device_kind)}
 
 
 def profile_model(variables: dict, height: int = 384, width: int = 1216, batch: int = 1,
