@@ -72,16 +72,23 @@ def test_ties_prune_exactly_k_by_position():
     np.testing.assert_array_equal(m["w"], [False, False, True, True])
 
 
-def test_traced_percent_matches_static():
+def test_traced_percent_matches_host_prune():
+    """The in-graph version (gradual schedules) equals the host one, ties included."""
+    rs = np.random.RandomState(0)
     params = {
-        "a": jnp.asarray(np.random.RandomState(0).randn(6, 7), jnp.float32),
-        "b": jnp.asarray(np.random.RandomState(1).randn(13), jnp.float32),
+        "a": jnp.asarray(np.round(rs.randn(6, 7), 1), jnp.float32),  # many ties
+        "b": jnp.asarray(np.round(rs.randn(13), 1), jnp.float32),
     }
+    old = {"a": jnp.asarray(rs.rand(6, 7) > 0.2), "b": jnp.ones(13, bool)}
     sel = select(params)
-    traced = jax.jit(lambda p, pct: compute_masks(p, pct, sel))(params, 40.0)
-    _, static = prune(params, 40)
-    for a, b in zip(jax.tree.leaves(traced), jax.tree.leaves(static), strict=True):
-        np.testing.assert_array_equal(a, b)
+    for scope in ("global", "layer"):
+        for pct in (25.0, 40.0, 73.0):
+            traced = jax.jit(lambda p, m, q, s=scope: compute_masks(p, q, sel, scope=s, masks=m))(
+                params, old, pct
+            )
+            _, host = prune(params, pct, scope=scope, masks=old)
+            for a, b in zip(jax.tree.leaves(traced), jax.tree.leaves(host), strict=True):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_report_per_layer_and_total():

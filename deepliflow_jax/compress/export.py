@@ -11,9 +11,11 @@ byte blob with, per leaf:
 
 The manifest records shapes, dtypes, bit widths, layout, each array's offset in
 the blob and the :class:`QuantConfig`; there is no per-array container overhead,
-so the size on disk is the encoding's own. :func:`load_compressed` decodes with the same
-:func:`~deepliflow_jax.compress.quantize.decode` as the fake-quantized forward
-pass, so the loaded params equal ``tx.forward(params, opt_state)`` bit for bit.
+so the size on disk is the encoding's own. Encoding and decoding run in numpy
+with exactly the float32 operations of
+:func:`~deepliflow_jax.compress.quantize.encode` / ``decode`` (fast on a whole
+network, no compiles), so :func:`load_compressed` returns params equal to
+``tx.forward(params, opt_state)`` bit for bit.
 """
 
 from __future__ import annotations
@@ -26,15 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepliflow_jax.compress.prune import apply_masks
-from deepliflow_jax.compress.quantize import (
-    QuantConfig,
-    check_bits,
-    compute_scale,
-    decode,
-    encode,
-    qrange,
-)
+from deepliflow_jax.compress.prune import _check_masks
+from deepliflow_jax.compress.quantize import QuantConfig, check_bits, qrange
 from deepliflow_jax.compress.select import flatten, unflatten
 
 FORMAT_VERSION = 1
@@ -74,26 +69,72 @@ def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return manifest, arrays
 
 
+_CHUNK = 1 << 20  # values per packing chunk (a multiple of 8: chunks stay byte-aligned)
+
+
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
-    """Packs non-negative integers ``< 2**bits`` at ``bits`` bits each (uint8 stream)."""
-    values = np.asarray(values, np.uint32).ravel()
-    planes = (values[:, None] >> np.arange(bits, dtype=np.uint32)) & 1
-    return np.packbits(planes.astype(np.uint8).ravel(), bitorder="little")
+    """Packs non-negative integers ``< 2**bits`` at ``bits`` bits each (uint8 stream).
+
+    Value ``i`` occupies bits ``[i * bits, (i + 1) * bits)`` of the stream, least
+    significant bit first.
+    """
+    values = np.asarray(values).astype("<u4").ravel()
+    out = [np.zeros(0, np.uint8)]
+    for start in range(0, values.size, _CHUNK):
+        chunk = values[start : start + _CHUNK]
+        planes = np.unpackbits(chunk.view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")
+        out.append(np.packbits(planes[:, :bits].ravel(), bitorder="little"))
+    return np.concatenate(out)
 
 
 def unpack_bits(buf: np.ndarray, bits: int, count: int) -> np.ndarray:
     """Inverse of :func:`pack_bits` for ``count`` values (uint32)."""
-    planes = np.unpackbits(buf, count=count * bits, bitorder="little").reshape(count, bits)
-    return (planes.astype(np.uint32) << np.arange(bits, dtype=np.uint32)).sum(
-        axis=1, dtype=np.uint32
-    )
+    buf = np.asarray(buf, np.uint8)
+    out = [np.zeros(0, np.uint32)]
+    for start in range(0, count, _CHUNK):
+        n = min(_CHUNK, count - start)
+        first = start * bits // 8  # byte-aligned: start is a multiple of 8
+        planes = np.unpackbits(buf[first : first + -(-n * bits // 8)], bitorder="little")
+        planes = planes[: n * bits].reshape(n, bits)
+        planes = np.pad(planes, ((0, 0), (0, 32 - bits)))
+        out.append(np.packbits(planes, axis=1, bitorder="little").view("<u4").ravel())
+    return np.concatenate(out).astype(np.uint32)
 
 
 def _encode_leaf(x: np.ndarray, bits: int, axis: int | None, symmetric: bool):
-    scale, zp = compute_scale(x, bits, axis=axis, symmetric=symmetric)
+    """Codes, scale, zero point and qmin of one leaf, in numpy.
+
+    Mirrors :func:`compute_scale` and :func:`encode` operation for operation
+    (float32 throughout, explicit reciprocals, round half to even), so the codes
+    are those of the jitted forward pass; the export tests check it bit for bit.
+    """
+    x = np.asarray(x, np.float32)
+    red = (
+        None
+        if axis is None or x.ndim < 2
+        else tuple(a for a in range(x.ndim) if a != axis % x.ndim)
+    )
+    keep = red is not None
     qmin, qmax = qrange(bits, symmetric)
-    codes = np.asarray(encode(x, scale, zp, qmin, qmax))
-    return codes, np.asarray(scale, np.float32), np.asarray(zp, np.int32), qmin
+    one = np.float32(1)
+    if symmetric:
+        amax = np.max(np.abs(x), axis=red, keepdims=keep)
+        scale = np.where(amax > 0, amax * (one / np.float32(qmax)), one).astype(np.float32)
+        zp = np.zeros(scale.shape, np.int32)
+    else:
+        lo = np.minimum(np.min(x, axis=red, keepdims=keep), np.float32(0))
+        hi = np.maximum(np.max(x, axis=red, keepdims=keep), np.float32(0))
+        scale = np.where(hi > lo, (hi - lo) * (one / np.float32(qmax - qmin)), one)
+        scale = scale.astype(np.float32)
+        zp = np.clip(np.round(-lo * (one / scale)), qmin, qmax).astype(np.int32)
+    codes = np.round(x * (one / scale)) + zp.astype(np.float32)
+    codes = np.clip(codes, qmin, qmax).astype(np.int32)
+    return codes, scale, zp, qmin
+
+
+def _decode(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:
+    """Numpy twin of :func:`decode` (int32 difference, float32 product)."""
+    return (codes.astype(np.int32) - zp).astype(np.float32) * scale.astype(np.float32)
 
 
 def export_compressed(
@@ -120,7 +161,12 @@ def export_compressed(
       ``{"bits", "sparse", "bytes"}`` (payload bytes before zip overhead).
     """
     if masks is not None:
-        params = apply_masks(params, masks)
+        _check_masks(masks, params)
+        params = jax.tree.map(
+            lambda p, m: np.where(np.asarray(m), np.asarray(p), np.zeros((), np.asarray(p).dtype)),
+            params,
+            masks,
+        )
     flat = flatten(params)
     flat_bits = flatten(bits) if bits is not None else {}
     arrays: dict[str, np.ndarray] = {}
@@ -202,19 +248,15 @@ def load_compressed(path: str | os.PathLike) -> Any:
                 # Absent entries hold the zero point's code (value 0.0).
                 codes = np.broadcast_to(zp, shape).astype(np.int64).ravel().copy()
                 codes[nonzero] = stored
-            value = decode(
-                jnp.asarray(codes.reshape(shape), jnp.int32),
-                jnp.asarray(data[f"{key}.scale"]),
-                jnp.asarray(zp),
-            )
+            value = _decode(codes.reshape(shape), data[f"{key}.scale"], zp)
         else:
             values = data[f"{key}.values"]
             if nonzero is not None:
                 full = np.zeros(size, np.float32)
                 full[nonzero] = values
                 values = full
-            value = jnp.asarray(values.reshape(shape))
-        flat[entry["path"]] = value.astype(entry["dtype"])
+            value = values.reshape(shape)
+        flat[entry["path"]] = jnp.asarray(value.astype(entry["dtype"]))
     return unflatten(flat)
 
 

@@ -302,7 +302,15 @@ def quantize_tree(params: Any, config: QuantConfig, bits: Any = None) -> Any:
 
     if bits is None:
         return map_with_path(lambda p, x: leaf(p, x, config.bits), params)
-    return map_with_path(leaf, params, bits)
+
+    def leaf_or_float(path, x, b):
+        # a traced width of 0 keeps the leaf in float, so one compiled step
+        # serves float and quantized runs alike
+        if not config.selected(path) or isinstance(b, int):
+            return leaf(path, x, b) if b else x
+        return jnp.where(b > 0, leaf(path, x, jnp.maximum(b, 2)), x)
+
+    return map_with_path(leaf_or_float, params, bits)
 
 
 def quantize(
