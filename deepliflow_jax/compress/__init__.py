@@ -17,6 +17,7 @@ from deepliflow_jax.compress.prune import (
     sparsity_report,
 )
 from deepliflow_jax.compress.quantize import (
+    DEEPLIDARFLOW_CHANNEL_AXES,
     QuantConfig,
     activation_quantization,
     expected_zero_fraction,
@@ -48,6 +49,7 @@ from deepliflow_jax.compress.transforms import (
 )
 
 __all__ = [
+    "DEEPLIDARFLOW_CHANNEL_AXES",
     "CompressionTransformation",
     "DynamicThresholdState",
     "MaskState",

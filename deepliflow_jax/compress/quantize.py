@@ -47,6 +47,10 @@ from deepliflow_jax.compress.select import Pattern, flatten, map_with_path, matc
 
 MIN_BITS, MAX_BITS = 2, 16
 
+# DeepLiDARFlow's transposed convs (``deconv_*``) keep TF's ``[kh, kw, out, in]``
+# kernel layout: per-channel scales must run over axis -2 there.
+DEEPLIDARFLOW_CHANNEL_AXES = ((r"/deconv_[^/]+/kernel$", -2),)
+
 
 def check_bits(bits: Any, name: str = "bits") -> int:
     """Validates a concrete bit width; returns it as int.
@@ -229,7 +233,8 @@ class QuantConfig:
       include, exclude: regexes over parameter paths of the leaves to quantize.
       act_bits: activation bit width, or None for float activations.
       act_include: regex over module paths whose outputs are quantized (only
-        modules that own a ``kernel`` parameter, i.e. conv/dense layers).
+        modules that own a ``kernel``/``kernels`` parameter: conv, dense and
+        normalized-conv layers; all their float outputs).
       act_clip: fixed activation range ``[-act_clip, act_clip]``; None = dynamic.
     """
 
@@ -423,10 +428,12 @@ def _module_path(module: nn.Module) -> str:
 
 
 def _owns_kernel(module: nn.Module) -> bool:
+    """Whether the module itself holds a ``kernel`` (or normalized-conv ``kernels``)."""
     try:
-        return bool(module.has_variable("params", "kernel"))
+        params = module.variables.get("params", {})
     except Exception:  # unbound module: nothing to quantize
         return False
+    return any(k in ("kernel", "kernels") and not isinstance(v, Mapping) for k, v in params.items())
 
 
 def activation_quantization(
@@ -434,7 +441,7 @@ def activation_quantization(
 ):
     """Context manager fake-quantizing the outputs of Flax conv/dense layers.
 
-    Any linen module that owns a ``params/kernel`` and whose path matches
+    Any linen module that owns a ``kernel`` (or ``kernels``) and whose path matches
     ``include`` has its ``__call__`` output quantized, so this works on a model
     without editing it. Use it around ``model.apply`` (also inside ``jit``).
 
