@@ -1,0 +1,274 @@
+"""TF tensor-bundle reader/writer and the TF -> Flax conversion (no TensorFlow needed).
+
+* ``tests/fixtures/ckpt_tf_small`` was written by real TensorFlow
+  (``tests/fixtures/ckpt_tf_small_make.py``): the reader must return its values
+  and the writer must reproduce its ``.index`` and ``.data`` byte for byte.
+* A full-size checkpoint with the original's 257 variable names, Adam slots and
+  step counters is written at test time with the writer, converted by the CLI
+  and run on golden case 'i' of ``tf_net_golden.npz`` (outputs of real TF kernels
+  for the same weights).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import flax
+import numpy as np
+import pytest
+
+from deepliflow_jax.checkpoint import load_checkpoint, load_metadata
+from deepliflow_jax.model.api import forward
+from tests.fixtures.ckpt_tf_small_make import PREFIX as SMALL_PREFIX
+from tests.fixtures.ckpt_tf_small_make import fixture_values
+from tests.tf_golden.weights import make_weights
+from weights_convert import tf_bundle
+from weights_convert.__main__ import main as cli
+from weights_convert.convert import ConversionError, tf_tensors_to_flax, tf_to_flax
+from weights_convert.tf_names import tf_name_table
+
+FIX = Path(__file__).parent / "fixtures"
+SMALL = FIX / "ckpt_tf_small" / SMALL_PREFIX
+LEVELS = (6, 5, 4, 3, 2)
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
+
+
+def _leftovers(folder: Path):
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+@pytest.fixture(scope="module")
+def tf_vars():
+    return {k: tuple(v) for k, v in json.loads((FIX / "tf_variables.json").read_text()).items()}
+
+
+@pytest.fixture(scope="module")
+def tf_weights(tf_vars):
+    return make_weights(tf_vars)
+
+
+@pytest.fixture(scope="module")
+def full_ckpt(tmp_path_factory, tf_weights):
+    """Original-named full-size bundle: weights, Adam slots as the original's training
+    (``Adam_optimizer``, ``Adam_optimizer_1``), ``beta{1,2}_power`` and ``global_step``."""
+    tensors = dict(tf_weights)
+    for name, w in tf_weights.items():
+        tensors[f"{name}/Adam_optimizer"] = np.zeros_like(w)
+        tensors[f"{name}/Adam_optimizer_1"] = np.zeros_like(w)
+    tensors["beta1_power"] = np.float32(0.9 ** 10)
+    tensors["beta2_power"] = np.float32(0.999 ** 10)
+    tensors["global_step"] = np.int64(10)
+    folder = tmp_path_factory.mktemp("tf_full")
+    return tf_bundle.write_bundle(folder / "DeepLiDARFlow-KITTI", tensors)
+
+
+# ----------------------------------------------------------------------------- format
+
+def test_crc32c():
+    assert tf_bundle.crc32c(b"123456789") == 0xE3069283  # the standard check value
+    assert tf_bundle.crc32c(b"") == 0
+    data = np.random.default_rng(0).integers(0, 256, 200_003, dtype=np.uint8).tobytes()
+    # the lane-parallel path against the plain table loop
+    assert tf_bundle.crc32c(data) == tf_bundle._crc_update(0xFFFFFFFF, data) ^ 0xFFFFFFFF
+    for crc in (0, 1, 0xE3069283, 0xFFFFFFFF):
+        assert tf_bundle.unmask_crc(tf_bundle.mask_crc(crc)) == crc
+
+
+def test_reads_tf_written_fixture():
+    bundle = tf_bundle.read_index(SMALL)
+    assert bundle.num_shards == 1 and not bundle.big_endian
+    got = tf_bundle.read_tensors(bundle)
+    want = fixture_values()
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        assert got[name].dtype == value.dtype and got[name].shape == value.shape, name
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert got["global_step"].dtype == np.int64 and int(got["global_step"]) == 1234
+    # folder, .index and .meta spellings resolve to the same prefix
+    for spelling in (SMALL.parent, SMALL.with_name(SMALL.name + ".index"),
+                     SMALL.with_name(SMALL.name + ".meta")):
+        assert tf_bundle.resolve_prefix(spelling) == SMALL
+
+
+def test_writer_reproduces_tf_bytes(tmp_path):
+    prefix = tf_bundle.write_bundle(tmp_path / SMALL_PREFIX, fixture_values())
+    for suffix in (".index", ".data-00000-of-00001"):
+        mine = prefix.with_name(prefix.name + suffix).read_bytes()
+        assert mine == SMALL.with_name(SMALL.name + suffix).read_bytes(), suffix
+
+
+def test_writer_round_trip_dtypes_and_blocks(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    tensors = {"global_step": np.int64(-3), "scalar": np.float32(2.5),
+               "empty": np.zeros((0, 3), np.float32), "int32": np.arange(6, dtype=np.int32),
+               "f16": rng.standard_normal(5).astype(np.float16), "flag": np.array([True, False]),
+               "u8": np.arange(7, dtype=np.uint8), "f64": rng.standard_normal((2, 2))}
+    # small blocks: several data blocks, index separators and restarts in a small file
+    monkeypatch.setattr(tf_bundle, "BLOCK_SIZE", 2048)
+    for i in range(300):
+        tensors[f"model/a_fairly_long_scope_name_{i % 7}/layer_{i}/kernel/Adam_optimizer_1"] = (
+            rng.standard_normal(i % 3 + 1).astype(np.float32))
+    prefix = tf_bundle.write_bundle(tmp_path / "ck", tensors)
+    assert prefix.with_name("ck.index").stat().st_size > 5 * tf_bundle.BLOCK_SIZE
+    got = tf_bundle.read_bundle(prefix)
+    assert sorted(got) == sorted(tensors)
+    for name, value in tensors.items():
+        value = np.asarray(value)
+        assert got[name].dtype == value.dtype and got[name].shape == value.shape, name
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+def _copy_small(tmp_path):
+    dst = tmp_path / SMALL_PREFIX
+    for suffix in (".index", ".data-00000-of-00001"):
+        dst.with_name(dst.name + suffix).write_bytes(SMALL.with_name(SMALL.name + suffix)
+                                                     .read_bytes())
+    return dst
+
+
+def test_corrupted_and_truncated_bundles(tmp_path):
+    prefix = _copy_small(tmp_path)
+    index = prefix.with_name(prefix.name + ".index")
+    data = prefix.with_name(prefix.name + ".data-00000-of-00001")
+    good_index, good_data = index.read_bytes(), data.read_bytes()
+
+    index.write_bytes(good_index[:-10])
+    with pytest.raises(ValueError, match=r"ckpt-1234\.index.*(magic|truncated)"):
+        tf_bundle.read_index(prefix)
+    index.write_bytes(good_index[:30])
+    with pytest.raises(ValueError, match="too short"):
+        tf_bundle.read_index(prefix)
+    flipped = bytearray(good_index)
+    flipped[40] ^= 0x01  # inside the data block
+    index.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="checksum mismatch in block"):
+        tf_bundle.read_index(prefix)
+    index.write_bytes(b"not a checkpoint at all, but long enough to have a footer" * 2)
+    with pytest.raises(ValueError, match="bad table magic"):
+        tf_bundle.read_index(prefix)
+    index.write_bytes(good_index)
+
+    data.write_bytes(good_data[:-100])
+    with pytest.raises(ValueError, match="runs past the end.*truncated"):
+        tf_bundle.read_bundle(prefix)
+    flipped = bytearray(good_data)
+    flipped[-3] ^= 0x10
+    data.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="checksum mismatch for tensor"):
+        tf_bundle.read_bundle(prefix)
+    assert tf_bundle.read_bundle(prefix, verify_crc=False)  # the check is what failed
+    data.unlink()
+    with pytest.raises(FileNotFoundError, match="data-00000-of-00001"):
+        tf_bundle.read_bundle(prefix)
+    with pytest.raises(FileNotFoundError, match="nothing.index"):
+        tf_bundle.read_index(tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def test_small_fixture_is_not_the_whole_model():
+    with pytest.raises(ConversionError) as info:
+        tf_to_flax(SMALL)
+    problems = info.value.problems
+    # every absent variable is listed; slots and counters are not "unexpected"
+    assert len(problems) == len(tf_name_table()) - 15
+    assert all(p.startswith("missing: model/") for p in problems), problems[:3]
+    assert "scene_flow_estimator_2/conv1/kernel" in str(info.value)
+
+
+def test_converted_tf_names_are_exact(tf_weights):
+    variables, report = tf_tensors_to_flax(tf_weights)
+    flat = flax.traverse_util.flatten_dict(variables["params"], sep="/")
+    for name, entry in tf_name_table().items():
+        want = tf_weights[name].reshape(-1) if entry.squeeze_bias else tf_weights[name]
+        np.testing.assert_array_equal(flat[entry.path], want, err_msg=name)
+    assert report.parameter_count == 8296404 and not report.skipped
+
+
+def test_full_tf_checkpoint_via_cli_matches_tf_golden(full_ckpt, tmp_path, tf_weights, capsys):
+    out = tmp_path / "converted"
+    assert cli(["--format=tf", f"--input={full_ckpt}", f"--output={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "converted 257 tensors (8,296,404 parameters)" in printed
+    for line in ("skipped 257 x optimizer slot (Adam_optimizer)",
+                 "skipped 257 x optimizer slot (Adam_optimizer_1)",
+                 "skipped 3 x optimizer/step counter"):
+        assert line in printed, printed
+    meta = load_metadata(out)
+    assert meta["format"] == "tf" and meta["source"] == str(full_ckpt)
+    assert meta["parameter_count"] == 8296404 and len(meta["skipped"]) == 2 * 257 + 3
+    assert meta["skipped"]["global_step"] == "optimizer/step counter"
+    variables = load_checkpoint(out)
+
+    golden = np.load(FIX / "tf_net_golden.npz")
+    sf, aux = forward(variables, golden["i_input"], out_size=tuple(golden["i_gt_shape"]))
+    errors = {f"level{lv}": _rel(f, golden[f"i_flow{lv}"]) for lv, f in zip(LEVELS, aux["flows"])}
+    errors["level2_unrefined"] = _rel(aux["levels"]["flow_level2_unrefined"],
+                                      golden["i_flow2_unrefined"])
+    errors["sceneflow"] = _rel(sf, golden["i_out_sf"])
+    print("TF bundle -> Flax vs TF golden, relative L2:",
+          {k: f"{v:.2e}" for k, v in errors.items()})
+    assert max(errors.values()) < 1e-5, errors
+
+
+def _write_variant(folder: Path, tf_weights, edit) -> Path:
+    tensors = dict(tf_weights)
+    edit(tensors)
+    return tf_bundle.write_bundle(folder / "variant", tensors)
+
+
+def test_bad_tf_checkpoints_list_all_problems_and_write_nothing(tmp_path, tf_weights):
+    drop = "model/context_network/conv3/kernel"
+    reshape = "model/guidance_network/rgb_guidance_connections/biases2b"
+    extra = "model/context_network/conv8/kernel"
+
+    def edit(t):
+        del t[drop]
+        t[reshape] = t[reshape].reshape(-1)
+        t[extra] = np.zeros((3, 3, 4, 4), np.float32)
+        t[f"{extra}/Adam"] = np.zeros((3, 3, 4, 4), np.float32)  # slot of a non-model var
+        t["model/scene_flow_estimator_6/conv1/bias"] = np.zeros(128, np.int32)
+
+    prefix = _write_variant(tmp_path, tf_weights, edit)
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError) as info:
+        tf_to_flax(prefix)
+    text = str(info.value)
+    for needle in (f"missing: {drop}", f"mis-shaped: {reshape} is [64], expected [1, 1, 1, 64]",
+                   f"unexpected: {extra}", f"unexpected: {extra}/Adam",
+                   "wrong dtype: model/scene_flow_estimator_6/conv1/bias is int32"):
+        assert needle in text, (needle, text)
+    assert len(info.value.problems) == 5
+    assert cli(["--format=tf", f"--input={prefix}", f"--output={out}"]) == 1
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_cli_format_and_output_errors(tmp_path, full_ckpt, capsys):
+    out = tmp_path / "out"
+    # a TF checkpoint given as torch, and a torch file given as tf
+    assert cli(["--format=torch", f"--input={full_ckpt}", f"--output={out}"]) == 1
+    assert "looks like a TF checkpoint; use --format=tf" in capsys.readouterr().err
+    fake = tmp_path / "weights.safetensors"
+    fake.write_bytes(b"\0" * 16)
+    assert cli(["--format=tf", f"--input={fake}", f"--output={out}"]) == 1
+    assert "looks like a PyTorch file; use --format=torch" in capsys.readouterr().err
+    assert cli(["--format=tf", f"--input={tmp_path / 'missing'}", f"--output={out}"]) == 1
+    assert "index not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        cli(["--format=caffe", f"--input={full_ckpt}", f"--output={out}"])
+    assert info.value.code == 2
+    assert not out.exists()
+    # an existing output is kept unless --overwrite
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert cli(["--format=tf", f"--input={full_ckpt}", f"--output={out}"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "precious"
+    assert cli(["--format=tf", f"--input={full_ckpt}", f"--output={out}", "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and load_metadata(out)["format"] == "tf"
+    assert _leftovers(tmp_path) == []
+    assert os.listdir(out)  # complete checkpoint in place
