@@ -1,0 +1,193 @@
+"""Run-time harness: validation, statistics, registry, cost-volume variants, one real run.
+
+No assertion here is about speed: timings on a shared CPU are noise. The one
+end-to-end run uses tiny shapes, few repeats and exactly one subprocess.
+"""
+
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepliflow_jax.model.cost_volume import cost_volume
+from deepliflow_jax.profile import cost_volume_bench as cvb
+from deepliflow_jax.profile import runtime_configs as rc
+from deepliflow_jax.profile import timing
+
+HAS_TORCH_REF = (importlib.util.find_spec("torch") is not None
+                 and importlib.util.find_spec("weights_convert.torch_model") is not None)
+STATUSES = {"PASS", "FAIL", "PENDING", "N/A-HERE"}
+
+
+@pytest.mark.parametrize("name, message", [
+    ("nope", "unknown configuration 'nope'"),
+    ("fq1", "bit width must be in"),
+    ("fq17", "bit width must be in"),
+    ("pruned100", "pruning percentage"),
+    ("int8", "not available yet"),
+    ("structured", "not available yet"),
+])
+def test_bad_config_names_the_flag(name, message):
+    with pytest.raises(ValueError, match="--configs") as e:
+        rc.resolve(name)
+    assert message in str(e.value)
+
+
+def test_registry_families_and_order():
+    configs = rc.parse_configs("dense, fq8,pruned12.5,dense,bf16")
+    assert [c.name for c in configs] == ["dense", "fq8", "pruned12.5", "bf16"]
+    assert configs[0].executable_key == configs[1].executable_key == configs[2].executable_key
+    assert configs[3].executable_key != configs[0].executable_key
+    assert rc.resolve("torch_compile").torch_mode == "compile"
+    with pytest.raises(ValueError, match="--configs"):
+        rc.parse_configs(" , ")
+    for bits in rc.FQ_BITS:
+        assert rc.resolve(f"fq{bits}").transform is not None
+
+
+@pytest.mark.parametrize("kwargs, flag", [
+    ({"height": 100}, "--height"), ({"width": 130}, "--width"), ({"height": 0}, "--height"),
+    ({"batch_sizes": [1, 0]}, "--batch_sizes"), ({"train_batch": 0}, "--train_batch"),
+    ({"precision": "tf32"}, "--precision"), ({"repeats": 0}, "--repeats"),
+    ({"processes": -1}, "--processes"), ({"configs": "dense,bogus"}, "--configs"),
+])
+def test_run_benchmark_rejects_bad_flags_before_running(kwargs, flag):
+    args = {"configs": "dense", "height": 64, "width": 128, "batch_sizes": [1], **kwargs}
+    with pytest.raises(ValueError, match=flag):
+        timing.run_benchmark(**args)
+
+
+def test_summarize_orders_statistics():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 50):
+        times = rng.lognormal(-3, 0.5, n)
+        s = timing.summarize(times)
+        assert s["n"] == n
+        assert s["min_ms"] <= s["p10_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["max_ms"]
+        assert s["median_ms"] == pytest.approx(np.median(times) * 1e3)
+    assert timing.summarize([])["median_ms"] is None
+
+
+def test_frames_are_deterministic_and_sparse():
+    a, b = timing.make_frames(2, 64, 128, seed=3), timing.make_frames(2, 64, 128, seed=3)
+    assert a.shape == (2, 2, 64, 128, 4) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert 0.03 < np.mean(a[..., 3] != 0) < 0.07
+
+
+def test_peaks_and_precision_keys():
+    peaks, note = timing.peak_tflops("NVIDIA H100 80GB HBM3", "gpu")
+    assert peaks["bfloat16"] > peaks["tf32"] > peaks["float32"] and "SXM" in note
+    assert timing.peak_tflops("NVIDIA H100 PCIe", "gpu")[0]["tf32"] == 378.0
+    cpu, note = timing.peak_tflops("cpu", "cpu")
+    assert cpu["float32"] > 0 and "CPU assumption" in note
+    assert timing.precision_key("float32", "default", "gpu") == "tf32"
+    assert timing.precision_key("float32", "highest", "gpu") == "float32"
+    assert timing.precision_key("bfloat16", "highest", "gpu") == "bfloat16"
+    assert timing.precision_key("float32", "default", "cpu") == "float32"
+
+
+def test_compare_errors():
+    ref = np.random.default_rng(0).standard_normal((1, 4, 8, 4)).astype(np.float32)
+    assert timing._compare(ref, ref)["max_rel_err"] == 0.0
+    out = ref.copy()
+    out[0, 0, 0, 0] += 0.5
+    err = timing._compare(out, ref)
+    assert err["max_abs_err"] == pytest.approx(0.5)
+    assert err["max_rel_err"] == pytest.approx(0.5 / np.abs(ref).max())
+    assert err["flow_epe_vs_ref_px"] == pytest.approx(0.5 / 32)
+
+
+def test_transforms_on_a_small_tree():
+    tree = {"params": {"a": {"kernel": jnp.asarray(np.arange(1, 101, dtype=np.float32)
+                                                   .reshape(10, 10) - 50.5)},
+                       "b": {"bias": jnp.linspace(-1.0, 1.0, 20)}}}
+    pruned, info = rc.resolve("pruned30").transform(tree)
+    assert info["masked_fraction"] == pytest.approx(0.3)
+    assert info["zero_fraction"] == pytest.approx(0.3)
+    q, qinfo = rc.resolve("fq6").transform(tree)
+    k = np.asarray(q["params"]["a"]["kernel"])
+    steps = k / (np.abs(k).max() / 31)  # symmetric 6 bits: integer levels -31..31
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
+    assert 32 < len(np.unique(k)) <= 63 and qinfo["bits"] == 6
+
+
+@pytest.mark.parametrize("name", [n for n in cvb.VARIANTS if n != "shifted (model)"])
+def test_cost_volume_variants_equal_the_model(name):
+    shape = (2, 5, 20, 8)  # W not a multiple of banded_matmul's tile, H < 2r + 1
+    rng = np.random.default_rng(1)
+    x, w = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(2))
+    want = cost_volume(x, w)
+    got = jax.jit(cvb.VARIANTS[name])(x, w)
+    assert got.shape == want.shape == shape[:3] + (81,)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_targets_on_a_synthetic_result():
+    row = {"framework": "jax", "kind": "forward", "batch": 1, "p10_ms": 9.0, "p90_ms": 11.0,
+           "info": {}, "x_floor": 4.0, "floor_ms": 2.5, "peak_key": "tf32"}
+    result = {
+        "environment": {"device_kind": "NVIDIA H100 80GB HBM3"},
+        "settings": {"height": 384, "width": 1216},
+        "results": {
+            "dense@b1": {**row, "config": "dense", "median_ms": 10.0},
+            "bf16@b1": {**row, "config": "bf16", "median_ms": 8.0, "x_floor": 6.0,
+                        "error_vs_ref": {"flow_epe_vs_ref_rel": 0.002}},
+            "torch_eager@b1": {**row, "config": "torch_eager", "median_ms": 20.0},
+        },
+    }
+    got = {t["target"]: t["status"] for t in timing.target_checks(result)}
+    assert got["flax fp32 <= 0.7 x torch eager"] == "PASS"
+    assert got["flax fp32 <= torch.compile"] == "PENDING"
+    assert got["bf16 >= 1.5x faster than fp32"] == "FAIL"
+    assert got["fp32 within 5x of the floor"] == "PASS"
+    assert got["bf16 within 5x of the floor"] == "FAIL"
+    result["settings"]["height"] = 64
+    assert {t["status"] for t in timing.target_checks(result)} <= {"N/A-HERE", "PENDING"}
+
+
+def test_harness_end_to_end_one_subprocess(tmp_path):
+    configs = "dense,pruned50" + (",torch_eager" if HAS_TORCH_REF else "")
+    result = timing.run_benchmark(configs, height=64, width=128, batch_sizes=[1], repeats=3,
+                                  warmup=1, processes=1, mix_frameworks=True, progress=False,
+                                  note="test")
+    # schema
+    for key in ("schema_version", "created", "environment", "settings", "results", "targets",
+                "compression_honesty", "wall_s"):
+        assert key in result
+    env = result["environment"]
+    assert env["platform"] == "cpu" and env["device_kind"]
+    assert env["versions"]["jax"] == jax.__version__ and env["versions"]["jaxlib"]
+    assert env["precision_flag"] == "default" and "conv_precision" in env
+    assert set(result["results"]) == {f"{c}@b1" for c in configs.split(",")}
+    for key, row in result["results"].items():
+        assert not row["errors"], (key, row["errors"])
+        assert row["n"] == 3 and len(row["per_process_median_ms"]) == 1
+        assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
+        assert row["compile_s_median"] > 0
+        assert row["peak_device_memory"] == "n/a"  # CPU
+    dense, pruned = (result["results"][f"{c}@b1"] for c in ("dense", "pruned50"))
+    assert dense["xla_flops"] > 1e8 and dense["floor_ms"] > 0 and dense["memory_analysis"]
+    # the masked config really is 50 % sparse and runs the dense executable
+    assert pruned["info"]["masked_fraction"] == pytest.approx(0.5, abs=1e-6)
+    assert pruned["info"]["zero_fraction"] >= 0.5
+    assert pruned["compile_shared_with"] == "dense@b1"
+    assert pruned["error_vs_ref"]["max_rel_err"] > 0  # the zeros do reach the output
+    if HAS_TORCH_REF:
+        torch_row = result["results"]["torch_eager@b1"]
+        assert torch_row["vs"] == "dense@b1"
+        assert torch_row["error_vs_ref"]["max_rel_err"] < 1e-4
+    assert len(result["targets"]) >= 5
+    assert {t["status"] for t in result["targets"]} <= STATUSES
+    assert not any(t["status"] in ("PASS", "FAIL") for t in result["targets"])  # not an H100
+    assert len(result["compression_honesty"]) == 1
+    assert "same compiled executable" in result["compression_honesty"][0]
+    json_path, md_path = tmp_path / "r.json", tmp_path / "r.md"
+    timing.write_results(result, str(json_path), str(md_path))
+    assert json.loads(json_path.read_text())["schema_version"] == timing.SCHEMA_VERSION
+    md = md_path.read_text()
+    assert "| dense | 1 | float32 |" in md and "## Targets" in md and "cpu" in md
+    assert "TARGET" in timing.format_console(result)
