@@ -209,8 +209,9 @@ def load_checkpoint(directory: PathLike) -> dict:
             raise ValueError(f"unreadable checkpoint metadata in {params_dir}: {err}") from err
         item = getattr(meta, "item_metadata", meta)
         tree = getattr(item, "tree", item)
-        if not isinstance(tree, dict):
-            raise ValueError(f"{params_dir}: unexpected checkpoint tree {type(tree).__name__}")
+        if not isinstance(tree, dict):  # orbax logs and returns None for a damaged store
+            raise ValueError(f"unreadable checkpoint metadata in {params_dir} (corrupted or "
+                             f"incomplete checkpoint): got {type(tree).__name__}")
         flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
         found = {k: (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat.items()}
         problems = shape_problems(found)
