@@ -83,3 +83,21 @@ def test_lower_bits_give_smaller_files_and_float_export(tmp_path):
     rep = export_compressed(tmp_path / "f", pruned, masks=masks)
     _bits_equal(load_compressed(rep["path"]), pruned)
     assert rep["ratio"] > 2.5  # 20 % of float32 values + a 1-bit mask
+
+
+def test_zero_bits_in_state_mean_float_in_forward_and_export(tmp_path):
+    """A width of 0 in QuantState keeps a leaf float: one compiled step for all runs."""
+    cfg = QuantConfig(bits=8)
+    tx = compress(optax.adam(1e-3), quant=cfg)
+    state = tx.init(PARAMS)
+    bits = jax.tree.map(lambda b: b, state.bits)
+    bits["params"]["upconv"]["kernel"] = jnp.int32(0)
+    state = state._replace(bits=bits)
+    fwd = jax.jit(tx.forward)(PARAMS, state)
+    np.testing.assert_array_equal(
+        fwd["params"]["upconv"]["kernel"], PARAMS["params"]["upconv"]["kernel"]
+    )
+    assert len(np.unique(np.asarray(fwd["params"]["conv1"]["kernel"]))) <= 255
+    report = export_compressed(tmp_path / "m", PARAMS, quant=cfg, bits=get_bits(state))
+    assert report["layers"]["params/upconv/kernel"]["bits"] == 32
+    _bits_equal(load_compressed(report["path"]), fwd)

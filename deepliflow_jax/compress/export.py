@@ -153,7 +153,8 @@ def export_compressed(
       quant: quantizer config, or None to store floats (sparse where pruned).
       masks: pruning masks, applied first (prune, then quantize).
       bits: optional per-leaf bit widths (e.g. ``get_bits(opt_state)``)
-        overriding ``quant.bits`` on the selected leaves.
+        overriding ``quant.bits`` on the selected leaves; 0 stores a leaf as
+        float, as the forward pass keeps it.
 
     Returns:
       A report: ``bytes_on_disk``, ``float32_bytes`` (all params as float32),
@@ -182,8 +183,9 @@ def export_compressed(
         float32_bytes += 4 * x.size
         entry: dict[str, Any] = {"path": name, "shape": list(x.shape), "dtype": str(x.dtype)}
         key = f"leaf{i}"
-        if quant is not None and quant.selected(name):
-            b = check_bits(int(flat_bits.get(name, quant.bits)) or quant.bits)
+        b = int(flat_bits.get(name, quant.bits)) if quant is not None else 0
+        if quant is not None and quant.selected(name) and b:  # width 0: float leaf
+            b = check_bits(b)
             axis = quant.axis_for(name, x.ndim)
             codes, scale, zp, qmin = _encode_leaf(x, b, axis, quant.symmetric)
             nonzero = (codes != zp).ravel()

@@ -294,7 +294,8 @@ def quantize_tree(params: Any, config: QuantConfig, bits: Any = None) -> Any:
       params: parameter pytree.
       config: quantizer settings.
       bits: optional pytree of per-leaf bit widths (e.g. traced, from optimizer
-        state) overriding ``config.bits`` on selected leaves.
+        state) overriding ``config.bits`` on selected leaves; 0 keeps a leaf
+        in float.
 
     Returns:
       The pytree with selected leaves quantized and the rest unchanged.
@@ -309,10 +310,12 @@ def quantize_tree(params: Any, config: QuantConfig, bits: Any = None) -> Any:
         return map_with_path(lambda p, x: leaf(p, x, config.bits), params)
 
     def leaf_or_float(path, x, b):
-        # a traced width of 0 keeps the leaf in float, so one compiled step
-        # serves float and quantized runs alike
-        if not config.selected(path) or isinstance(b, int):
+        if not config.selected(path):
+            return x
+        if isinstance(b, int | np.integer):
             return leaf(path, x, b) if b else x
+        # A (traced) width of 0 keeps the leaf in float, so one compiled step
+        # serves float and quantized runs alike.
         return jnp.where(b > 0, leaf(path, x, jnp.maximum(b, 2)), x)
 
     return map_with_path(leaf_or_float, params, bits)
