@@ -1,0 +1,139 @@
+"""Study presets: what to run, at which size and length.
+
+``demo`` (the default, the README's main job) runs everything on the built-in
+synthetic KITTI-format world at reduced resolution on a CPU; ``paper`` is the
+paper's protocol on KITTI 2015 at 384x1216 from a converted checkpoint;
+``tiny`` is the smallest end-to-end run (the integration test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from deepliflow_jax.data.lidar import LIDAR_SWEEP
+
+KITTI_FULL_SIZE = (375, 1242)
+PAPER_PRUNE_PERCENTS = (5.0, 10.0, 15.0, 20.0, 25.0)
+PAPER_QUANT_BITS = (16, 14, 12, 10, 8, 6)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study run depends on (written to ``config.json``).
+
+    Attributes:
+      preset: name of the preset this came from.
+      data: ``"synthetic"`` (made on the fly) or ``"kitti"`` (``data_dir``).
+      data_dir: KITTI root (``training/...``) or where the synthetic world goes.
+      checkpoint: converted checkpoint dir to start from; None = pre-train here.
+      height, width: synthetic image size (KITTI: the files' own size).
+      interp_size: network input size inside the model (KITTI: 384x1216), or
+        None to run at the image size (must then be a multiple of 64).
+      num_scenes: synthetic frame pairs (split 9:1 like the original's KITTI split).
+      num_samples: LiDAR points per frame *at KITTI resolution*; reduced-size
+        images get the same density (see ``effective_samples``).
+      pretrain_steps, pretrain_lr: brief pre-training of the baseline (synthetic).
+      finetune_steps, lr1: aware training at the original's rate (1e-4).
+      refine_steps, lr2: then "refine" at the 10x lower rate (1e-5).
+      eval_every: validation every this many aware-training steps (best kept
+        by SF outlier rate, as the original).
+      prune_percents, quant_bits: the sweeps.
+      lidar_sweep: LiDAR sample counts of the Figs. 2/3 sweep.
+      runtime_repeats: timed forward passes per configuration (0 = no timing).
+      max_val_frames: cap on validation frames (None = the whole split).
+      seed: seed of data, LiDAR draws and training.
+    """
+
+    preset: str = "demo"
+    data: str = "synthetic"
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    height: int = 64
+    width: int = 192
+    interp_size: tuple[int, int] | None = None
+    num_scenes: int = 80
+    num_samples: int = 4096
+    pretrain_steps: int = 300
+    pretrain_lr: float = 3e-4
+    finetune_steps: int = 12
+    lr1: float = 1e-4
+    refine_steps: int = 12
+    lr2: float = 1e-5
+    eval_every: int = 12
+    prune_percents: tuple[float, ...] = PAPER_PRUNE_PERCENTS
+    quant_bits: tuple[int, ...] = PAPER_QUANT_BITS
+    lidar_sweep: tuple[int, ...] = (2048, 4096, 8192, 16384)
+    runtime_repeats: int = 5
+    max_val_frames: int | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, StudyConfig] = {
+    "demo": StudyConfig(),
+    "tiny": StudyConfig(
+        preset="tiny", num_scenes=10, pretrain_steps=3, finetune_steps=2, refine_steps=1,
+        eval_every=2, prune_percents=(10.0,), quant_bits=(8,), lidar_sweep=(2048, 8192),
+        runtime_repeats=1, max_val_frames=2,
+    ),
+    "paper": StudyConfig(
+        preset="paper", data="kitti", height=KITTI_FULL_SIZE[0], width=KITTI_FULL_SIZE[1],
+        interp_size=(384, 1216), pretrain_steps=0, finetune_steps=180 * 100,
+        refine_steps=180 * 100, eval_every=180 * 5, lidar_sweep=LIDAR_SWEEP,
+        runtime_repeats=50,
+    ),
+}
+
+
+def effective_samples(num_samples: int, height: int, width: int) -> int:
+    """LiDAR points at ``height`` x ``width`` with the density of ``num_samples`` on KITTI."""
+    scale = (height * width) / (KITTI_FULL_SIZE[0] * KITTI_FULL_SIZE[1])
+    return max(1, round(num_samples * scale))
+
+
+def make_config(preset: str, **overrides: Any) -> StudyConfig:
+    """The preset with ``overrides`` (None values ignored), validated.
+
+    Raises:
+      ValueError: unknown preset, or an invalid sweep value or size.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    cfg = dataclasses.replace(PRESETS[preset],
+                              **{k: v for k, v in overrides.items() if v is not None})
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: StudyConfig) -> None:
+    """Fails fast, before any long work, on values the study cannot use."""
+    if cfg.data not in ("synthetic", "kitti"):
+        raise ValueError(f"data must be 'synthetic' or 'kitti', got {cfg.data!r}")
+    if cfg.data == "kitti" and not cfg.data_dir:
+        raise ValueError("the KITTI study needs --data_dir (a folder with training/image_2, ...)")
+    if cfg.data == "kitti" and not cfg.checkpoint:
+        raise ValueError("the KITTI study needs --checkpoint (a converted DeepLiDARFlow model; "
+                         "see `python -m weights_convert`)")
+    for p in cfg.prune_percents:
+        if not 0 <= p < 100:
+            raise ValueError(f"prune percent {p} outside [0, 100)")
+    for b in cfg.quant_bits:
+        if int(b) != b or not 2 <= b <= 16:
+            raise ValueError(f"quantization bits {b} outside [2, 16]")
+    for n in (*cfg.lidar_sweep, cfg.num_samples):
+        if int(n) <= 0:
+            raise ValueError(f"LiDAR sample count {n} must be positive")
+    net = cfg.interp_size or (cfg.height, cfg.width)
+    if net[0] % 64 or net[1] % 64:
+        raise ValueError(f"network input {net[0]}x{net[1]} is not a multiple of 64; set "
+                         "height/width (synthetic) or interp_size")
+    if cfg.data == "synthetic" and cfg.num_scenes < 10:
+        raise ValueError(f"num_scenes must be >= 10 (9:1 split), got {cfg.num_scenes}")
+    for name in ("pretrain_steps", "finetune_steps", "refine_steps", "runtime_repeats"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.eval_every <= 0:
+        raise ValueError(f"eval_every must be > 0, got {cfg.eval_every}")

@@ -1,0 +1,131 @@
+"""Plots like the paper's Figs. 1-4 and 6 (needs matplotlib, the "viz" extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from deepliflow_jax.study.config import StudyConfig  # noqa: E402
+
+
+def _get(records, key, field="epe", phase=None):
+    rec = records.get(key)
+    if rec is None:
+        return None
+    m = rec["phases"][phase] if phase else rec["metrics"]
+    return m[field]
+
+
+def _baseline(ax, records):
+    if "baseline" in records:
+        ax.axhline(records["baseline"]["metrics"]["epe"], color="red", lw=1, label="original")
+
+
+def fig1(out: Path, records: dict, cfg: StudyConfig) -> Path:
+    """EPE vs bits and vs pruning percent: post, aware lr1, aware lr1 then lr2."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, keys, xs, xlabel in (
+        (axes[0], [f"quant_{b}" for b in cfg.quant_bits], list(cfg.quant_bits), "weight bits"),
+        (axes[1], [f"prune_{p:g}" for p in cfg.prune_percents], list(cfg.prune_percents),
+         "pruned %"),
+    ):
+        for label, prefix, phase, style in (("post", "post_", None, "o-"),
+                                            ("aware lr1", "aware_", "lr1", "s--"),
+                                            ("aware lr1+lr2", "aware_", "lr2", "^-")):
+            ys = [_get(records, prefix + k, phase=phase) for k in keys]
+            pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, label=label)
+        _baseline(ax, records)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("EPE (px)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].invert_xaxis()
+    fig.suptitle("Quantization (left) and pruning (right) vs EPE")
+    fig.tight_layout()
+    path = out / "fig1_epe_quant_prune.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def fig23(out: Path, records: dict, cfg: StudyConfig) -> Path:
+    """EPE vs LiDAR samples per configuration, post (left) and aware (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    ns = [str(n) for n in cfg.lidar_sweep]
+    for ax, kind in zip(axes, ("post", "aware")):
+        for key, rec in records.items():
+            if rec.get("kind") not in (kind,) and key != "baseline":
+                continue
+            if "lidar" not in rec or key.startswith("hybrid"):
+                continue
+            ys = [rec["lidar"][n]["epe"] for n in ns]
+            style = "k-" if key == "baseline" else ".-"
+            ax.plot([int(n) for n in ns], ys, style, lw=2 if key == "baseline" else 1,
+                    label=key.replace(f"{kind}_", ""))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("LiDAR samples (KITTI-resolution equivalent)")
+        ax.set_title(kind)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("EPE (px)")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = out / "fig23_lidar_sweep.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def fig4(out: Path, records: dict, cfg: StudyConfig) -> Path:
+    """Accuracy vs run time of every configuration, original and hybrids marked."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for key, rec in records.items():
+        t = (rec.get("time") or {}).get("median_ms")
+        if t is None:
+            continue
+        m = rec["metrics"]["epe"]
+        if key == "baseline":
+            ax.scatter(t, m, s=150, facecolors="none", edgecolors="green", label="original")
+        elif key.startswith("hybrid"):
+            ax.scatter(t, m, marker="*", s=120, label=key)
+        else:
+            ax.scatter(t, m, s=15, c="tab:blue" if rec["kind"] == "post" else "tab:orange")
+            ax.annotate(key.replace("_prune_", " p").replace("_quant_", " q"), (t, m),
+                        fontsize=6)
+    ax.set_xlabel("forward time (ms, median)")
+    ax.set_ylabel("EPE (px)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Pruning + quantization vs original (blue post, orange aware)")
+    fig.tight_layout()
+    path = out / "fig4_hybrid_accuracy_vs_time.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def fig6(out: Path, records: dict, cfg: StudyConfig) -> Path:
+    """Run time per configuration (median with p10-p90 bars)."""
+    keys = [k for k, r in records.items() if (r.get("time") or {}).get("median_ms")]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(keys)), 4))
+    med = [records[k]["time"]["median_ms"] for k in keys]
+    lo = [m - records[k]["time"]["p10_ms"] for k, m in zip(keys, med)]
+    hi = [records[k]["time"]["p90_ms"] - m for k, m in zip(keys, med)]
+    ax.bar(range(len(keys)), med, yerr=[lo, hi], color="tab:gray")
+    ax.set_xticks(range(len(keys)), keys, rotation=70, fontsize=7)
+    ax.set_ylabel("forward time (ms)")
+    ax.set_title("Run time per configuration (same dense convolutions for all)")
+    fig.tight_layout()
+    path = out / "fig6_runtime.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_plots(out_dir: Path, records: dict, cfg: StudyConfig) -> list[Path]:
+    return [f(Path(out_dir), records, cfg) for f in (fig1, fig23, fig4, fig6)]

@@ -1,0 +1,136 @@
+"""Tables (laid out like the paper's Tables II and III), JSON/CSV and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from deepliflow_jax.study.config import StudyConfig
+from deepliflow_jax.study.records import write_json_atomic, write_text_atomic
+
+
+def best_levels(records: dict[str, dict], cfg: StudyConfig) -> tuple[float, int]:
+    """The pruning percent and bit width with the lowest aware-training EPE."""
+
+    def epe(key):
+        return records[key]["metrics"]["epe"] if key in records else float("inf")
+
+    best_p = min(cfg.prune_percents, key=lambda p: epe(f"aware_prune_{p:g}"))
+    best_b = min(cfg.quant_bits, key=lambda b: epe(f"aware_quant_{b}"))
+    return best_p, best_b
+
+
+def _ms(rec: dict) -> str:
+    t = rec.get("time") or {}
+    return f"{t['median_ms']:.1f}" if "median_ms" in t else "-"
+
+
+def _row(rec: dict | None) -> list[str]:
+    if rec is None:
+        return ["-"] * 4
+    m = rec["metrics"]
+    pruning = f"{rec['percent']:g}%" if rec.get("percent") else f"{rec['zero_percent']:.2f}%"
+    bits = f"{rec['bits']} bits" if rec.get("bits") else "32 bits"
+    return [pruning, bits, f"{m['epe']:.3f}", f"{m['sf']:.3f}"]
+
+
+def table2(records: dict[str, dict], cfg: StudyConfig) -> str:
+    """Table II: post vs aware, per pruning level and bit width (EPE, KEO = SF %, time)."""
+    base, zero = records.get("baseline"), records.get("zero_flow")
+    lines = ["| kind | pruning | quantization | EPE | KEO (SF %) | kind | pruning | "
+             "quantization | EPE | KEO (SF %) | time (ms, aware) |", "|---" * 11 + "|"]
+    if base:
+        b = base["metrics"]
+        lines.append(f"| original | | 32 bits | {b['epe']:.3f} | {b['sf']:.3f} | original | | "
+                     f"32 bits | {b['epe']:.3f} | {b['sf']:.3f} | {_ms(base)} |")
+    keys = [f"prune_{p:g}" for p in cfg.prune_percents] + [f"quant_{b}" for b in cfg.quant_bits]
+    hybrid = sorted(k[len("hybrid_post_"):] for k in records if k.startswith("hybrid_post_"))
+    keys += [f"hybrid_{h}" for h in hybrid]
+    for k in keys:
+        post = records.get(k.replace("hybrid_", "hybrid_post_") if k.startswith("hybrid")
+                           else f"post_{k}")
+        aware = records.get(k.replace("hybrid_", "hybrid_aware_") if k.startswith("hybrid")
+                            else f"aware_{k}")
+        lines.append("| post | " + " | ".join(_row(post)) + " | aware | "
+                     + " | ".join(_row(aware)) + f" | {_ms(aware) if aware else '-'} |")
+    if zero:
+        z = zero["metrics"]
+        lines.append(f"| zero flow (reference) | | | {z['epe']:.3f} | {z['sf']:.3f} | | | | | "
+                     "| |")
+    return "\n".join(lines)
+
+
+def table3(records: dict[str, dict], cfg: StudyConfig) -> str:
+    """Table III ablation: post / aware at lr1 / aware after lr2, at the extreme levels."""
+    lines = ["| no | configuration | mode | EPE | KEO (SF %) |", "|---|---|---|---|---|"]
+    if "baseline" in records:
+        b = records["baseline"]["metrics"]
+        lines.append(f"| - | original | - | {b['epe']:.3f} | {b['sf']:.3f} |")
+    picks = []
+    if cfg.quant_bits:
+        picks += [(f"quant_{b}", f"{b} bits") for b in (max(cfg.quant_bits), min(cfg.quant_bits))]
+    if cfg.prune_percents:
+        picks += [(f"prune_{p:g}", f"{p:g} % pruning")
+                  for p in (min(cfg.prune_percents), max(cfg.prune_percents))]
+    n = 0
+    for key, label in dict.fromkeys(picks):
+        post, aware = records.get(f"post_{key}"), records.get(f"aware_{key}")
+        rows = []
+        if post:
+            rows.append(("post", post["metrics"]))
+        if aware:
+            rows.append((f"aware lr1={cfg.lr1:g}", aware["phases"]["lr1"]))
+            rows.append((f"aware lr1 then lr2={cfg.lr2:g}", aware["phases"]["lr2"]))
+        for mode, m in rows:
+            n += 1
+            lines.append(f"| {n} | {label} | {mode} | {m['epe']:.3f} | {m['sf']:.3f} |")
+    return "\n".join(lines)
+
+
+def csv_text(records: dict[str, dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["key", "kind", "percent", "bits", "zero_percent", "epe", "d0", "d1", "fl", "sf",
+                "time_ms"])
+    for k, r in records.items():
+        m = r.get("metrics", {})
+        w.writerow([k, r.get("kind"), r.get("percent", ""), r.get("bits", ""),
+                    r.get("zero_percent", ""), *(m.get(x, "") for x in
+                                                 ("epe", "d0", "d1", "fl", "sf")),
+                    (r.get("time") or {}).get("median_ms", "")])
+    return buf.getvalue()
+
+
+def write_all(out_dir: Path, records: dict[str, dict], cfg: StudyConfig,
+              wall_s: float | None = None) -> dict[str, Any]:
+    """Writes results.json, results.csv, tables.md and the plots; returns the paths."""
+    out_dir = Path(out_dir)
+    paths = {
+        "json": write_json_atomic(out_dir / "results.json",
+                                  {"config": cfg.to_dict(), "records": records,
+                                   "wall_s": wall_s}),
+        "csv": write_text_atomic(out_dir / "results.csv", csv_text(records)),
+    }
+    base = records.get("baseline", {}).get("metrics", {})
+    zero = records.get("zero_flow", {}).get("metrics", {})
+    note = ("Numbers from the synthetic KITTI-format world and a briefly pre-trained model, "
+            "not from KITTI." if cfg.data == "synthetic" else "KITTI 2015, validation split.")
+    md = [f"# Compression study ({cfg.preset})", "", note, ""]
+    if base and zero:
+        md += [f"Baseline EPE {base['epe']:.3f} vs zero flow {zero['epe']:.3f} "
+               f"(SF outliers {base['sf']:.2f} % vs {zero['sf']:.2f} %).", ""]
+    md += ["## Table II", "", table2(records, cfg), "", "## Table III (ablation)", "",
+           table3(records, cfg), ""]
+    md += ["Time: median forward pass of the model with masked / fake-quantized weights "
+           "(dense float convolutions: zeros and quantization levels do not change the "
+           "work), see the run-time study for a proper benchmark.", ""]
+    paths["tables"] = write_text_atomic(out_dir / "tables.md", "\n".join(md))
+    try:
+        from deepliflow_jax.study import plots
+    except ImportError:  # matplotlib is the optional "viz" extra
+        paths["plots"] = []
+    else:
+        paths["plots"] = plots.write_plots(out_dir, records, cfg)
+    return {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in paths.items()}

@@ -1,0 +1,219 @@
+"""The compression study of Alhimdiat et al. (2023), end to end and resumable.
+
+Order of work (each finished configuration is a record; a re-run skips it):
+  1. data: the synthetic KITTI-format world (demo) or KITTI 2015 (paper);
+  2. baseline: pre-trained briefly here (demo) or loaded from a checkpoint;
+     evaluated beside the zero-flow prediction;
+  3. post-training sweeps: pruning 5..25 % and quantization 16..6 bits;
+  4. aware-training sweeps: fine-tuning at lr1 = 1e-4, then "refine" at
+     lr2 = 1e-5, the best validation SF outlier rate kept (as the original);
+  5. hybrid: the best pruning level with the best bit width, post and aware;
+  6. every model above also at each LiDAR sample count of the sweep;
+  7. run time of every configuration (Fig. 6);
+  8. tables (Table II / III layout), JSON/CSV and plots.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from deepliflow_jax.study import report
+from deepliflow_jax.study.config import StudyConfig
+from deepliflow_jax.study.data import load_study_data, make_synthetic
+from deepliflow_jax.study.engine import Engine, post_training_masks, zero_fraction
+from deepliflow_jax.study.records import RecordStore, RunLog, progress, write_json_atomic
+
+BASELINE = "baseline"
+
+
+def _say(msg: str) -> None:
+    print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Study:
+    """One study run in ``results_dir`` (see module docstring)."""
+
+    def __init__(self, cfg: StudyConfig, results_dir: str | Path):
+        self.cfg = cfg
+        self.dir = Path(results_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.records = RecordStore(self.dir)
+        self.engine: Engine | None = None
+        self.data = None
+        self._val: dict[int, list] = {}
+        self._timing_frames = None
+
+    # -- setup -------------------------------------------------------------------
+    def _prepare(self) -> None:
+        cfg = self.cfg
+        write_json_atomic(self.dir / "config.json", cfg.to_dict())
+        if cfg.data == "synthetic":
+            root = Path(cfg.data_dir) if cfg.data_dir else self.dir / "synthetic_kitti"
+            _say(f"synthetic KITTI-format world: {cfg.num_scenes} scenes "
+                 f"{cfg.height}x{cfg.width} in {root}")
+            make_synthetic(cfg, root)
+        else:
+            root = Path(cfg.data_dir)
+        self.data = load_study_data(cfg, root)
+        _say(f"data: {len(self.data.train)} train / {len(self.data.val)} validation frames; "
+             f"{self.data.samples_for(cfg)} LiDAR points per frame")
+        self.engine = Engine(cfg.interp_size, cfg.seed)
+
+    def val_batches(self, num_samples: int | None = None) -> list:
+        n = self.data.samples_for(self.cfg, num_samples)
+        if n not in self._val:
+            self._val[n] = self.data.val_batches(n)
+        return self._val[n]
+
+    def _baseline_params(self) -> Any:
+        from deepliflow_jax.checkpoint import load_checkpoint, save_checkpoint
+
+        cfg = self.cfg
+        if cfg.checkpoint:
+            _say(f"baseline: loading {cfg.checkpoint}")
+            return load_checkpoint(cfg.checkpoint)["params"]
+        ckpt = self.dir / "baseline_checkpoint"
+        if ckpt.exists():
+            _say(f"baseline: resuming from {ckpt}")
+            return load_checkpoint(ckpt)["params"]
+        from deepliflow_jax.model.api import init_params
+
+        params = init_params(cfg.seed)["params"]
+        if cfg.pretrain_steps:
+            _say(f"baseline: pre-training {cfg.pretrain_steps} steps at lr {cfg.pretrain_lr} "
+                 "on the synthetic world (first step compiles)")
+            state = self.engine.new_state(params, lr=cfg.pretrain_lr)
+            log = RunLog(self.dir / "logs", "pretrain")
+            n = self.data.samples_for(cfg)
+            for pos in progress(range(cfg.pretrain_steps), cfg.pretrain_steps, "pre-train"):
+                state, m = self.engine.train_step(state, self.data.train_batch(pos, n))
+                if pos % 10 == 0 or pos == cfg.pretrain_steps - 1:
+                    log.log(pos, {k: float(v) for k, v in jax.device_get(m).items()})
+            log.close()
+            params = jax.device_get(state.params)
+        save_checkpoint(ckpt, {"params": params},
+                        {"source": "study pre-training", "preset": cfg.preset,
+                         "pretrain_steps": cfg.pretrain_steps})
+        return params
+
+    # -- configurations ----------------------------------------------------------
+    def _evaluate_all_lidar(self, state) -> dict[str, dict]:
+        out = {}
+        for n in self.cfg.lidar_sweep:
+            out[str(n)] = self.engine.evaluate(state, self.val_batches(n))
+        return out
+
+    def _timing(self, state) -> dict:
+        if not self.cfg.runtime_repeats:
+            return {}
+        if self._timing_frames is None:
+            self._timing_frames = self.val_batches()[0]["frames"][:1]
+        params = self.engine.compressed_params(state)
+        return self.engine.time_forward(params, self._timing_frames, self.cfg.runtime_repeats)
+
+    def _finish(self, key: str, kind: str, state, extra: dict) -> dict:
+        metrics = self.engine.evaluate(state, self.val_batches())
+        record = {"key": key, "kind": kind, **extra, "metrics": metrics,
+                  "zero_percent": zero_fraction(self.engine.compressed_params(state)),
+                  "lidar": self._evaluate_all_lidar(state), "time": self._timing(state)}
+        return self.records.put(key, record)
+
+    def post(self, key: str, params: Any, percent: float = 0.0, bits: int = 0) -> dict:
+        if self.records.has(key):
+            return self.records.get(key)
+        pruned, masks = post_training_masks(params, percent)
+        state = self.engine.new_state(pruned, masks=masks, bits=bits)
+        return self._finish(key, "post", state, {"percent": percent, "bits": bits})
+
+    def aware(self, key: str, params: Any, percent: float = 0.0, bits: int = 0) -> dict:
+        """Fine-tunes a compressed model: lr1 phase, then lr2 phase; best by SF outliers."""
+        if self.records.has(key):
+            return self.records.get(key)
+        cfg, eng = self.cfg, self.engine
+        pruned, masks = post_training_masks(params, percent)
+        state = eng.new_state(pruned, lr=cfg.lr1, masks=masks, bits=bits)
+        log = RunLog(self.dir / "logs", key)
+        n = self.data.samples_for(cfg)
+        phases = {"lr1": (cfg.lr1, cfg.finetune_steps), "lr2": (cfg.lr2, cfg.refine_steps)}
+        best_sf, best_state, per_phase, history = np.inf, state, {}, []
+        pos = 0
+        for phase, (lr, steps) in phases.items():
+            state = eng.set_lr(state, lr)
+            for i in range(steps):
+                state, m = eng.train_step(state, self.data.train_batch(pos, n))
+                pos += 1
+                if (i + 1) % cfg.eval_every == 0 or i + 1 == steps:
+                    val = eng.evaluate(state, self.val_batches())
+                    values = {**{k: float(v) for k, v in jax.device_get(m).items()},
+                              **{f"val_{k}": v for k, v in val.items()}, "lr": lr}
+                    log.log(pos, values)
+                    history.append({"step": pos, "phase": phase, **val})
+                    if val["sf"] < best_sf:
+                        best_sf, best_state = val["sf"], jax.device_get(state)
+            per_phase[phase] = eng.evaluate(best_state, self.val_batches())
+        log.close()
+        return self._finish(key, "aware", best_state,
+                            {"percent": percent, "bits": bits, "phases": per_phase,
+                             "history": history, "steps": pos})
+
+    # -- the whole study -------------------------------------------------------------
+    def run(self) -> dict:
+        t_start = time.perf_counter()
+        self._prepare()
+        cfg = self.cfg
+        params = self._baseline_params()
+        base = self.post(BASELINE, params)
+        _say(f"baseline EPE {base['metrics']['epe']:.3f}, SF outliers "
+             f"{base['metrics']['sf']:.2f} %")
+        if not self.records.has("zero_flow"):
+            zero = jax.tree.map(np.zeros_like, params)
+            state = self.engine.new_state(zero)
+            self.records.put("zero_flow", {"key": "zero_flow", "kind": "reference",
+                                           "metrics": self.engine.evaluate(state,
+                                                                           self.val_batches())})
+        sweeps = [(f"post_prune_{p:g}", "post", p, 0) for p in cfg.prune_percents]
+        sweeps += [(f"post_quant_{b}", "post", 0.0, b) for b in cfg.quant_bits]
+        sweeps += [(f"aware_prune_{p:g}", "aware", p, 0) for p in cfg.prune_percents]
+        sweeps += [(f"aware_quant_{b}", "aware", 0.0, b) for b in cfg.quant_bits]
+        for key, kind, p, b in progress(sweeps, len(sweeps), "sweeps"):
+            rec = getattr(self, kind)(key, params, p, b)
+            _say(f"{key}: EPE {rec['metrics']['epe']:.3f}, SF {rec['metrics']['sf']:.2f} %, "
+                 f"zeros {rec['zero_percent']:.2f} %")
+        best_p, best_b = report.best_levels(self.records.all(), cfg)
+        for kind in ("post", "aware"):
+            key = f"hybrid_{kind}_{best_b}_{best_p:g}"
+            rec = getattr(self, kind)(key, params, best_p, best_b)
+            _say(f"{key}: EPE {rec['metrics']['epe']:.3f}, SF {rec['metrics']['sf']:.2f} %")
+        self._qualitative(params, best_p, best_b)
+        outputs = report.write_all(self.dir, self.records.all(), cfg,
+                                   wall_s=time.perf_counter() - t_start)
+        _say(f"done in {time.perf_counter() - t_start:.0f} s; results in {self.dir}")
+        return outputs
+
+    def _qualitative(self, params: Any, percent: float, bits: int) -> None:
+        """Fig. 5: inputs and flow/D0/D1 of a few configurations on one frame."""
+        path = self.dir / "fig5_qualitative.png"
+        if path.exists():
+            return
+        from deepliflow_jax import vis
+
+        batch = self.val_batches()[0]
+        rows = []
+        for label, p, b in (("original", 0.0, 0), (f"post {bits} bits", 0.0, bits),
+                            (f"post {percent:g} %", percent, 0)):
+            pruned, masks = post_training_masks(params, p)
+            state = self.engine.new_state(pruned, masks=masks, bits=b)
+            _, out = self.engine.evaluate(state, [batch], keep_outputs=True)
+            rows.append((label, out[0][0]))
+        sample = self.data.val[0]
+        vis.save_fig5(path, sample.image0, sample.image1, rows, gt=batch["gt"][0])
+
+
+def run_study(cfg: StudyConfig, results_dir: str | Path) -> dict:
+    """Runs (or resumes) the study; returns the paths of what it wrote."""
+    return Study(cfg, results_dir).run()

@@ -1,0 +1,62 @@
+"""The whole compression study in one command.
+
+  python -m experiments.run_study                      # --preset=demo, CPU, synthetic
+  python -m experiments.run_study --preset=paper --data_dir=KITTI --checkpoint=CKPT
+
+Re-running with the same --results_dir skips finished configurations.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("preset", "demo", "demo (synthetic, CPU), paper (KITTI, GPU) or tiny.")
+flags.DEFINE_string("results_dir", None, "Output folder (default: results/<preset>).")
+flags.DEFINE_string("data_dir", None, "KITTI root (paper) or where to put the synthetic world.")
+flags.DEFINE_string("checkpoint", None, "Converted checkpoint to start from (paper preset).")
+flags.DEFINE_list("prune_percents", None, "Override the pruning sweep, e.g. 5,10,15.")
+flags.DEFINE_list("quant_bits", None, "Override the quantization sweep, e.g. 16,12,8.")
+flags.DEFINE_integer("pretrain_steps", None, "Override the pre-training length.")
+flags.DEFINE_integer("finetune_steps", None, "Override the lr1 fine-tuning length.")
+flags.DEFINE_integer("refine_steps", None, "Override the lr2 refinement length.")
+flags.DEFINE_integer("seed", None, "Seed.")
+
+
+def _floats(values, name):
+    if values is None:
+        return None
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError as err:
+        raise app.UsageError(f"--{name}: {err}") from err
+
+
+def main(argv):
+    del argv
+    from deepliflow_jax.study import make_config, run_study
+
+    bits = _floats(FLAGS.quant_bits, "quant_bits")
+    try:
+        cfg = make_config(
+            FLAGS.preset, data_dir=FLAGS.data_dir, checkpoint=FLAGS.checkpoint,
+            prune_percents=_floats(FLAGS.prune_percents, "prune_percents"),
+            quant_bits=None if bits is None else tuple(int(b) if b == int(b) else b
+                                                       for b in bits),
+            pretrain_steps=FLAGS.pretrain_steps, finetune_steps=FLAGS.finetune_steps,
+            refine_steps=FLAGS.refine_steps, seed=FLAGS.seed,
+        )
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
+    from pathlib import Path
+
+    if cfg.checkpoint and not Path(cfg.checkpoint).exists():
+        raise app.UsageError(f"--checkpoint {cfg.checkpoint} does not exist")
+    if cfg.data == "kitti" and not (Path(cfg.data_dir) / "training").is_dir():
+        raise app.UsageError(f"--data_dir {cfg.data_dir} has no training/ folder")
+    out = run_study(cfg, FLAGS.results_dir or f"results/{cfg.preset}")
+    print("\n".join(f"{k}: {v}" for k, v in out.items()))
+
+
+if __name__ == "__main__":
+    app.run(main)
