@@ -90,6 +90,7 @@ def test_refuses_other_architectures(variables, tmp_path):
     assert "unexpected: params/context_network/conv8/kernel" in text
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax teardown
 def test_missing_and_corrupted_checkpoints(variables, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_checkpoint(tmp_path / "nowhere")

@@ -1,0 +1,202 @@
+"""Scene flow for one frame pair, as the original ``inference.py``.
+
+    python -m experiments.infer --checkpoint=DIR --image1=PNG --image2=PNG \\
+        --disp1=PNG --disp2=PNG --dataset=kitti|ft3d --output_dir=OUT
+
+Inputs: two 8-bit RGB(A) frames and two 16-bit sparse disparity PNGs (value /
+256 pixels, 0 = no LiDAR point). Preprocessing is the original's
+(``deepliflow_jax.data.preprocess.prepare_inference_inputs``): RGB / 255 minus
+the dataset mean, disparity ``(d - mean) / std`` at the given points (all of
+them, no sampling) and 0 elsewhere; KITTI frames keep their size and the network
+resizes them to 384x1216 inside (``predict(..., dataset='kitti')``), FT3D frames
+are center-cropped to 512x960.
+
+Outputs in ``OUT``: ``sceneflow.npy`` (float32 ``[H, W, 4]``: optical flow u, v,
+disparity at t, disparity at t+1, in pixels, at the input resolution, or at the
+crop for FT3D), ``optical_flow.png``, ``disparity1.png``, ``disparity2.png``
+(colour coded as the original's ``colored_flow`` / ``colored_disparity``) and
+``run_info.json``. ``--random_init`` runs untrained random weights instead of a
+checkpoint (the output then means nothing; it is said loudly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = {"kitti": "KITTI", "ft3d": "FT3D"}
+RANDOM_WARNING = ("WARNING: --random_init: RANDOM, UNTRAINED WEIGHTS. The scene flow this run "
+                  "writes is meaningless; it only exercises the pipeline.")
+
+
+def read_rgb(path) -> np.ndarray:
+    """An 8-bit RGB or RGBA PNG as float32 RGB in [0, 1] ``[H, W, 3]`` (alpha dropped).
+
+    Raises:
+      FileNotFoundError: missing file.
+      ValueError: unreadable, not 8-bit, or not RGB(A); the message names the file.
+    """
+    from deepliflow_jax.data.io import read_png
+
+    image = read_png(path)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"{path}: expected an 8-bit RGB or RGBA image, got {image.dtype} "
+                         f"{list(image.shape)}")
+    return image[..., :3].astype(np.float32) / np.float32(255.0)
+
+
+def read_sparse_disparity(path) -> np.ndarray:
+    """A 16-bit grey sparse disparity PNG as float32 pixels ``[H, W]`` (0 = no point).
+
+    Raises:
+      FileNotFoundError: missing file.
+      ValueError: unreadable, not single-channel 16-bit; the message names the file.
+    """
+    from deepliflow_jax.data.io import read_png
+    from deepliflow_jax.data.kitti import read_disparity
+
+    raw = read_png(path)  # read_disparity does not say the bit depth: check it first
+    if raw.dtype != np.uint16 or raw.ndim != 2:
+        raise ValueError(f"{path}: expected a single-channel 16-bit disparity PNG (value/256), "
+                         f"got {raw.dtype} {list(raw.shape)}")
+    return read_disparity(path)[0]
+
+
+def load_inputs(image1, image2, disp1, disp2, dataset: str) -> np.ndarray:
+    """Reads and preprocesses one frame pair.
+
+    Args:
+      image1, image2: 8-bit RGB(A) PNGs of frames t and t+1.
+      disp1, disp2: 16-bit sparse disparity PNGs of frames t and t+1.
+      dataset: ``'kitti'`` or ``'ft3d'``.
+
+    Returns:
+      Network input frames ``[2, h, w, 4]`` float32 (FT3D: the 512x960 crop).
+
+    Raises:
+      FileNotFoundError, ValueError: a missing/unreadable file, mismatched sizes,
+        or an FT3D frame smaller than the crop.
+    """
+    from deepliflow_jax.data.preprocess import prepare_inference_inputs
+
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    paths = {"image1": image1, "image2": image2, "disp1": disp1, "disp2": disp2}
+    arrays = {k: (read_rgb(p) if k.startswith("image") else read_sparse_disparity(p))
+              for k, p in paths.items()}
+    shapes = {k: tuple(a.shape[:2]) for k, a in arrays.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError("frames and disparities must have one size, got " + ", ".join(
+            f"{paths[k]}: {s[0]}x{s[1]}" for k, s in shapes.items()))
+    frames, _ = prepare_inference_inputs(arrays["image1"], arrays["image2"], arrays["disp1"],
+                                         arrays["disp2"], dataset_type=DATASETS[dataset])
+    return frames
+
+
+def run_model(variables: dict, frames: np.ndarray, dataset: str,
+              interp_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Scene flow ``[h, w, 4]`` float32 for preprocessed ``frames [2, h, w, 4]``."""
+    from deepliflow_jax.predict import predict
+
+    sceneflow, _ = predict(variables, frames[None], dataset=dataset, interp_size=interp_size)
+    return np.asarray(sceneflow[0], np.float32)
+
+
+def write_outputs(output_dir, sceneflow: np.ndarray) -> dict[str, Path]:
+    """Writes ``sceneflow.npy`` and the colour-coded flow and disparity PNGs.
+
+    Returns:
+      ``{name: path}`` of the written files.
+    """
+    from deepliflow_jax import vis
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"sceneflow": out / "sceneflow.npy"}
+    np.save(paths["sceneflow"], np.asarray(sceneflow, np.float32))
+    paths["optical_flow"] = vis.save_png(out / "optical_flow.png",
+                                         vis.flow_to_color(sceneflow[..., :2]))
+    paths["disparity1"] = vis.save_png(out / "disparity1.png",
+                                       vis.disparity_to_color(sceneflow[..., 2]))
+    paths["disparity2"] = vis.save_png(out / "disparity2.png",
+                                       vis.disparity_to_color(sceneflow[..., 3]))
+    return paths
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected H,W (e.g. 384,1216), got {text!r}") from err
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = argparse.ArgumentParser(prog="python -m experiments.infer",
+                                description=__doc__.split("\n\n")[0])
+    weights = p.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="checkpoint directory (deepliflow_jax.checkpoint)")
+    weights.add_argument("--random_init", action="store_true",
+                         help="use random, untrained weights (pipeline check only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random_init")
+    for name, what in (("image1", "8-bit RGB(A) PNG of frame t"),
+                       ("image2", "8-bit RGB(A) PNG of frame t+1"),
+                       ("disp1", "16-bit sparse disparity PNG of frame t"),
+                       ("disp2", "16-bit sparse disparity PNG of frame t+1")):
+        p.add_argument(f"--{name}", required=True, help=what)
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS),
+                   help="kitti: resized to 384x1216 inside the network; ft3d: 512x960 crop")
+    p.add_argument("--output_dir", required=True, help="folder for the outputs")
+    p.add_argument("--interp_size", type=_size, default=None,
+                   help="network input size H,W (multiples of 64) instead of the dataset's")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command; returns the exit status (1 on an input error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.random_init:
+            from deepliflow_jax.model.api import init_params
+
+            print(RANDOM_WARNING, file=sys.stderr)
+            variables = init_params(args.seed)
+            source = {"random_init": True, "seed": args.seed}
+        else:
+            from deepliflow_jax.checkpoint import load_checkpoint, load_metadata
+
+            variables = load_checkpoint(args.checkpoint)
+            meta = load_metadata(args.checkpoint)
+            source = {"checkpoint": str(Path(args.checkpoint).absolute()),
+                      "checkpoint_source": meta.get("source"), "random_init": False}
+        frames = load_inputs(args.image1, args.image2, args.disp1, args.disp2, args.dataset)
+        start = time.perf_counter()
+        sceneflow = run_model(variables, frames, args.dataset, args.interp_size)
+        seconds = time.perf_counter() - start
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    paths = write_outputs(args.output_dir, sceneflow)
+    info = dict(source, dataset=args.dataset, inputs={k: str(Path(getattr(args, k)).absolute())
+                                                      for k in ("image1", "image2", "disp1",
+                                                                "disp2")},
+                frame_size=list(frames.shape[1:3]), interp_size=args.interp_size,
+                output_shape=list(sceneflow.shape), seconds_with_compile=round(seconds, 3))
+    (Path(args.output_dir) / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    for name, path in paths.items():
+        print(f"wrote {name}: {path}")
+    print(f"scene flow {sceneflow.shape[0]}x{sceneflow.shape[1]}x4 in {seconds:.1f} s "
+          "(including compilation)")
+    if args.random_init:
+        print(RANDOM_WARNING, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
