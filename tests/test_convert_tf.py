@@ -24,7 +24,12 @@ from tests.fixtures.ckpt_tf_small_make import fixture_values
 from tests.tf_golden.weights import make_weights
 from weights_convert import tf_bundle
 from weights_convert.__main__ import main as cli
-from weights_convert.convert import ConversionError, tf_tensors_to_flax, tf_to_flax
+from weights_convert.convert import (
+    ConversionError,
+    flax_to_tf_tensors,
+    tf_tensors_to_flax,
+    tf_to_flax,
+)
 from weights_convert.tf_names import tf_name_table
 
 FIX = Path(__file__).parent / "fixtures"
@@ -187,6 +192,10 @@ def test_converted_tf_names_are_exact(tf_weights):
         want = tf_weights[name].reshape(-1) if entry.squeeze_bias else tf_weights[name]
         np.testing.assert_array_equal(flat[entry.path], want, err_msg=name)
     assert report.parameter_count == 8296404 and not report.skipped
+    back = flax_to_tf_tensors(variables)  # and the reverse, bit for bit
+    assert sorted(back) == sorted(tf_weights)
+    assert all(back[k].shape == tf_weights[k].shape and np.array_equal(back[k], tf_weights[k])
+               for k in tf_weights)
 
 
 def test_full_tf_checkpoint_via_cli_matches_tf_golden(full_ckpt, tmp_path, tf_weights, capsys):
