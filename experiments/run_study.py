@@ -8,7 +8,7 @@ Re-running with the same --results_dir skips finished configurations.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "demo", "demo (synthetic, CPU), paper (KITTI, GPU) or tiny.")
@@ -34,6 +34,7 @@ def _floats(values, name):
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     from deepliflow_jax.study import make_config, run_study
 
     bits = _floats(FLAGS.quant_bits, "quant_bits")

@@ -23,3 +23,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"shared data folder not found: {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_configure(config):
+    # one persistent XLA cache for the session: subprocess tests and repeated
+    # compiles of the same model reuse executables instead of recompiling
+    import tempfile
+
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        path = os.environ.get("DEEPLIFLOW_TEST_XLA_CACHE",
+                              os.path.join(tempfile.gettempdir(), "deepliflow_jax_test_xla"))
+        os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", path)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

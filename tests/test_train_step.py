@@ -164,3 +164,18 @@ def test_fine_tune_protocol_keeps_best_and_resumes(tmp_path):
     for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state), strict=True):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     assert callable(tx.forward)
+
+
+def test_reg_scale_in_the_batch_scales_the_regularizer_without_recompiling():
+    params = {"w": {"kernel": jnp.full((3,), 2.0)}}
+    tx = optax.sgd(0.0)
+    step = jax.jit(make_train_step(lambda p, b, r: p["w"]["kernel"] * b["x"],
+                                   lambda out, b: jnp.mean(out), tx,
+                                   regularizer=l2_regularizer(0.5)))
+    state = create_train_state(params, tx)
+    x = jnp.ones(3)
+    _, m0 = step(state, {"x": x, "reg_scale": jnp.float32(0.0)})
+    _, m2 = step(state, {"x": x, "reg_scale": jnp.float32(2.0)})
+    assert float(m0["reg"]) == 0.0 and float(m0["loss"]) == pytest.approx(2.0)
+    assert float(m2["reg"]) == pytest.approx(2.0 * 0.5 * 12.0)
+    assert step._cache_size() == 1

@@ -34,18 +34,20 @@ class StudyData:
             return effective_samples(n, cfg.height, cfg.width)
         return n
 
-    def train_batch(self, position: int, num_samples: int) -> dict:
+    def train_batch(self, position: int, num_samples: int, reg_scale: float = 1.0) -> dict:
         """Batch of one frame (the paper's batch size) for training step ``position``.
 
         Frames follow a fresh seeded permutation each epoch and the LiDAR draw
         depends on (seed, frame, epoch), so a resumed run sees the same data.
+        ``reg_scale`` multiplies the original's L2 term (traced: no recompile).
         """
         n = len(self.train)
         epoch, i = divmod(int(position), n)
         index = int(np.random.default_rng([self.seed, epoch]).permutation(n)[i])
         rng = frame_rng(self.seed, index, epoch + 1)
         frames, gt = preprocess_sample(self.train[index], self.dataset_type, num_samples, rng)
-        return {"frames": frames[None], "gt": gt[None]}
+        return {"frames": frames[None], "gt": gt[None],
+                "reg_scale": np.float32(reg_scale)}
 
     def val_batches(self, num_samples: int) -> list[dict]:
         """Validation frames, one LiDAR draw each (seeded: evaluations are reproducible).

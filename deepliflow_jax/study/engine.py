@@ -9,6 +9,8 @@ A bit width of 0 keeps a tensor in float.
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from typing import Any
 
@@ -145,6 +147,24 @@ class Engine:
             times.append((time.perf_counter() - t0) * 1e3)
         return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)),
                 "p90_ms": float(np.percentile(times, 90)), "repeats": repeats}
+
+
+@functools.lru_cache(maxsize=4)
+def get_engine(interp_size: tuple[int, int] | None = None, seed: int = 0) -> Engine:
+    """A shared :class:`Engine`, so a resumed study in the same process does not recompile."""
+    return Engine(interp_size, seed)
+
+
+def enable_compilation_cache(path: str | None = None) -> None:
+    """Persists XLA executables across processes (a resumed study skips compiling).
+
+    Leaves an already configured cache alone.
+    """
+    if jax.config.jax_compilation_cache_dir:
+        return
+    path = path or os.path.join(os.path.expanduser("~"), ".cache", "deepliflow_jax", "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
 def post_training_masks(params: Any, percent: float) -> tuple[Any, Any]:

@@ -25,7 +25,13 @@ import numpy as np
 from deepliflow_jax.study import report
 from deepliflow_jax.study.config import StudyConfig
 from deepliflow_jax.study.data import load_study_data, make_synthetic
-from deepliflow_jax.study.engine import Engine, post_training_masks, zero_fraction
+from deepliflow_jax.study.engine import (
+    Engine,
+    enable_compilation_cache,
+    get_engine,
+    post_training_masks,
+    zero_fraction,
+)
 from deepliflow_jax.study.records import RecordStore, RunLog, progress, write_json_atomic
 
 BASELINE = "baseline"
@@ -62,7 +68,8 @@ class Study:
         self.data = load_study_data(cfg, root)
         _say(f"data: {len(self.data.train)} train / {len(self.data.val)} validation frames; "
              f"{self.data.samples_for(cfg)} LiDAR points per frame")
-        self.engine = Engine(cfg.interp_size, cfg.seed)
+        enable_compilation_cache()
+        self.engine = get_engine(cfg.interp_size, cfg.seed)
 
     def val_batches(self, num_samples: int | None = None) -> list:
         n = self.data.samples_for(self.cfg, num_samples)
@@ -91,7 +98,11 @@ class Study:
             log = RunLog(self.dir / "logs", "pretrain")
             n = self.data.samples_for(cfg)
             for pos in progress(range(cfg.pretrain_steps), cfg.pretrain_steps, "pre-train"):
-                state, m = self.engine.train_step(state, self.data.train_batch(pos, n))
+                # no L2 here: a few hundred Adam steps on a small data set with the L2
+                # term in the loss drive every weight with a tiny data gradient to ~0,
+                # a model unlike a released checkpoint (the paper's fine-tuning keeps it)
+                batch = self.data.train_batch(pos, n, reg_scale=0.0)
+                state, m = self.engine.train_step(state, batch)
                 if pos % 10 == 0 or pos == cfg.pretrain_steps - 1:
                     log.log(pos, {k: float(v) for k, v in jax.device_get(m).items()})
             log.close()

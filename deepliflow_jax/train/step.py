@@ -73,7 +73,8 @@ def make_train_step(
       tx: optax transform or :class:`CompressionTransformation` (the same object
         whose ``init`` built ``state.opt_state``).
       regularizer: optional ``params -> scalar`` on the float master params
-        (e.g. :func:`l2_regularizer` for the original's L2 term).
+        (e.g. :func:`l2_regularizer` for the original's L2 term). A batch that
+        is a mapping with a ``reg_scale`` entry scales it (traced, no recompile).
 
     Returns:
       The pure step. Metrics: ``loss`` (total), ``data_loss``, ``reg``,
@@ -86,6 +87,9 @@ def make_train_step(
             outputs = apply_fn(fwd, batch, rng)
         data_loss, aux = _split_loss(loss_fn(outputs, batch))
         reg = regularizer(params) if regularizer is not None else jnp.zeros((), jnp.float32)
+        if isinstance(batch, Mapping) and "reg_scale" in batch:
+            # a traced scale: runs with and without the L2 term share one executable
+            reg = reg * jnp.asarray(batch["reg_scale"], jnp.float32)
         return data_loss + reg, {"data_loss": data_loss, "reg": reg, **aux}
 
     def step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jnp.ndarray]]:

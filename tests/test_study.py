@@ -1,0 +1,72 @@
+"""The study end to end on the tiny preset, resumability, and fail-fast input checks."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from deepliflow_jax.study import make_config
+from deepliflow_jax.study.config import effective_samples
+
+
+def test_bad_input_fails_fast(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("huge")
+    with pytest.raises(ValueError, match="prune percent 100"):
+        make_config("tiny", prune_percents=(5.0, 100.0))
+    with pytest.raises(ValueError, match=r"bits 1 outside \[2, 16\]"):
+        make_config("tiny", quant_bits=(8, 1))
+    with pytest.raises(ValueError, match="--data_dir"):
+        make_config("paper")
+    with pytest.raises(ValueError, match="--checkpoint"):
+        make_config("paper", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        make_config("tiny", width=200)
+    # the command line refuses before any work and says why
+    proc = subprocess.run([sys.executable, "-m", "experiments.run_study", "--preset=paper",
+                           f"--data_dir={tmp_path}", f"--checkpoint={tmp_path / 'none'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "does not exist" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_lidar_density_is_kept_at_reduced_resolution():
+    assert effective_samples(4096, 375, 1242) == 4096
+    assert effective_samples(4096, 64, 192) == round(4096 * 64 * 192 / (375 * 1242))
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_and_resume(tmp_path):
+    from deepliflow_jax.study import run_study
+
+    cfg = make_config("tiny")
+    out = run_study(cfg, tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())["records"]
+    expected = {"baseline", "zero_flow", "post_prune_10", "post_quant_8", "aware_prune_10",
+                "aware_quant_8", "hybrid_post_8_10", "hybrid_aware_8_10"}
+    assert expected <= set(results)
+    # post-training pruning removes exactly the requested share of all parameters
+    assert results["post_prune_10"]["zero_percent"] == pytest.approx(10.0, abs=0.01)
+    assert results["post_quant_8"]["zero_percent"] > results["baseline"]["zero_percent"]
+    for key in expected - {"zero_flow"}:
+        rec = results[key]
+        assert set(rec["lidar"]) == {"2048", "8192"}
+        assert rec["metrics"]["epe"] > 0 and rec["time"]["median_ms"] > 0
+    aware = results["aware_prune_10"]
+    assert set(aware["phases"]) == {"lr1", "lr2"} and aware["steps"] == 3
+    tables = (tmp_path / "tables.md").read_text()
+    assert "## Table II" in tables and "not from KITTI" in tables
+    assert "| post | 10% | 32 bits |" in tables
+    for plot in out["plots"]:
+        assert (tmp_path / plot).stat().st_size > 1000
+    assert (tmp_path / "fig5_qualitative.png").stat().st_size > 1000
+    assert (tmp_path / "logs" / "aware_quant_8.csv").read_text().startswith("step,")
+    # a re-run trusts the finished records and redoes nothing
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "records").iterdir()}
+    (tmp_path / "records" / "aware_quant_8.json").unlink()
+    run_study(cfg, tmp_path)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "records").iterdir()}
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert changed == {"aware_quant_8.json"}
