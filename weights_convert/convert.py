@@ -147,6 +147,12 @@ def _assemble(source: str, arrays: Mapping[str, np.ndarray]) -> dict:
     return {"params": flax.traverse_util.unflatten_dict(nested)}
 
 
+def _check_unfilled(source: str, arrays: Mapping[str, np.ndarray], path: str, name: str):
+    # each model tensor is consumed exactly once: two source names for one leaf is a table bug
+    if path in arrays:
+        raise ConversionError(source, [f"{name}: {path} is already filled by another entry"])
+
+
 def _to_float32(value) -> np.ndarray:
     return np.asarray(value).astype(np.float32, copy=False)
 
@@ -201,6 +207,7 @@ def _tf_convert(source: str, found, read):
     arrays, report = {}, ConversionReport(source, "tf", skipped=skipped)
     for name, entry in table.items():
         arr = _to_float32(values[name])
+        _check_unfilled(source, arrays, entry.path, name)
         arrays[entry.path] = arr.reshape(-1) if entry.squeeze_bias else arr
         report.converted[name] = entry.path
     variables = _assemble(source, arrays)
@@ -294,6 +301,7 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, object], source: str = "<s
     arrays, report = {}, ConversionReport(source, "torch", skipped=skipped)
     for key, entry in table.items():
         arr = _to_float32(arrays_in[key])
+        _check_unfilled(source, arrays, entry.path, key)
         arrays[entry.path] = arr.transpose(PT_TO_FLAX) if entry.is_kernel else arr
         report.converted[key] = entry.path
     variables = _assemble(source, arrays)
