@@ -4,6 +4,7 @@
       [--height=384 --width=1216 --batch_sizes=1,8 --train_batch=1]
       [--repeats=20 --warmup=3 --processes=3] [--precision=default|highest]
       [--weights=params.npz] [--profile_dir=DIR] [--isolate] [--mix_frameworks]
+      [--compilation_cache_dir=DIR]
       [--output_json=FILE --output_md=FILE] [--note=TEXT]
 
 Prints one line per (config, batch) and the target check lines; see
@@ -39,6 +40,9 @@ flags.DEFINE_string("profile_dir", None, "Capture a jax.profiler trace of the JA
 flags.DEFINE_string("output_json", "experiments/results/runtime.json", "JSON results file.")
 flags.DEFINE_string("output_md", "experiments/results/runtime.md", "Markdown report file.")
 flags.DEFINE_string("note", "", "Free text stored with the results.")
+flags.DEFINE_string("compilation_cache_dir", None,
+                    "JAX persistent compilation cache for the workers (process 1 compiles, the "
+                    "others load; per-process compile times are recorded).")
 flags.DEFINE_bool("progress", True, "Show progress.")
 
 
@@ -54,7 +58,7 @@ def main(argv):
         FLAGS.configs, FLAGS.height, FLAGS.width, batch_sizes, FLAGS.train_batch,
         FLAGS.repeats, FLAGS.warmup, FLAGS.processes, FLAGS.precision, FLAGS.seed,
         FLAGS.weights, FLAGS.isolate, FLAGS.mix_frameworks, FLAGS.profile_dir,
-        FLAGS.progress, FLAGS.note)
+        FLAGS.progress, FLAGS.note, FLAGS.compilation_cache_dir)
     timing.write_results(result, FLAGS.output_json, FLAGS.output_md)
     print(timing.format_console(result))
     print(f"wrote {FLAGS.output_json} and {FLAGS.output_md}")

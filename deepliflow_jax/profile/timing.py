@@ -468,7 +468,9 @@ def _jax_train_runner(key, config, batch, spec, variables, cache) -> _Runner:
     runner = _Runner(key, config, batch)
     model = DeepLiDARFlow(dtype=jnp.dtype(config.dtype))
     tx = optax.adam(1e-4)
-    state = jax.device_put(create_train_state(variables, tx, seed=0))
+    # own copies: the step donates the state, and must not delete the buffers that the
+    # forward jobs of this process share
+    state = create_train_state(jax.tree.map(jnp.copy, variables), tx, seed=0)
     data = jax.device_put({"frames": make_frames(batch, h, w, spec["seed"]),
                            "gt": make_ground_truth(batch, h, w)})
 
@@ -586,6 +588,10 @@ def run_worker(spec: dict) -> dict:
         raise ValueError(f"--precision={spec['precision']!r}: must be one of {PRECISIONS}")
     jax.config.update("jax_default_matmul_precision",
                       None if spec["precision"] == "default" else spec["precision"])
+    if spec.get("compilation_cache_dir"):
+        # later processes load what the first compiled: their compile_s is a cache load
+        jax.config.update("jax_compilation_cache_dir", spec["compilation_cache_dir"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     env = environment(spec["precision"])
     variables = load_variables(spec.get("weights"), spec["seed"])
     cache: dict = {}
@@ -654,7 +660,8 @@ def _spawn(spec: dict, workdir: Path, index: int, mix_frameworks: bool) -> dict:
     if "jax" not in frameworks:
         env["JAX_PLATFORMS"] = "cpu"  # the torch-only worker uses JAX for host-side init only
     proc = subprocess.run(
-        [sys.executable, "-m", "deepliflow_jax.profile.timing", str(spec_path), str(out_path)],
+        [sys.executable, "-m", "deepliflow_jax.profile.timing_worker", str(spec_path),
+         str(out_path)],
         env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or not out_path.exists():
         raise RuntimeError(f"timing worker {index} failed (exit {proc.returncode}):\n"
@@ -712,7 +719,7 @@ def run_benchmark(configs: str | Sequence[str] = rc.DEFAULT_CONFIGS, height: int
                   precision: str = "default", seed: int = 0, weights: str | None = None,
                   isolate: bool = False, mix_frameworks: bool = False,
                   profile_dir: str | None = None, progress: bool = True,
-                  note: str = "") -> dict:
+                  note: str = "", compilation_cache_dir: str | None = None) -> dict:
     """Times every configuration; the library function behind ``experiments.runtime``.
 
     Args:
@@ -732,6 +739,8 @@ def run_benchmark(configs: str | Sequence[str] = rc.DEFAULT_CONFIGS, height: int
         (first process only).
       progress: show progress.
       note: free text stored with the results (e.g. "shared CPU, noisy").
+      compilation_cache_dir: JAX persistent compilation cache for the workers
+        (cuts the compile time of processes 2..n; process 1's compile is the real one).
 
     Returns:
       The results dict (``schema_version``, ``environment``, ``settings``,
@@ -758,7 +767,8 @@ def run_benchmark(configs: str | Sequence[str] = rc.DEFAULT_CONFIGS, height: int
         jobs += [{"key": f"{config.name}@b{b}", "config": config.name, "batch": b}
                  for b in sizes]
     base = {"height": height, "width": width, "repeats": repeats, "warmup": warmup,
-            "precision": precision, "seed": seed, "weights": weights}
+            "precision": precision, "seed": seed, "weights": weights,
+            "compilation_cache_dir": compilation_cache_dir}
     groups = _job_groups(jobs, isolate, mix_frameworks)
     worker_results: list[tuple[int, dict]] = []
     t0 = time.perf_counter()
@@ -844,6 +854,7 @@ def _merge(parsed, jobs, worker_results, outputs, base) -> dict:
             **stats,
             "per_process_median_ms": per_proc,
             "compile_s_median": _median_or_none(compile_s),
+            "compile_s_per_process": compile_s,
             "lower_s_median": _median_or_none(lower_s),
             "compile_shared_with": compile_info.get("shared_with"),
             "xla_flops": flops,
@@ -878,7 +889,7 @@ def _merge(parsed, jobs, worker_results, outputs, base) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "environment": env,
         "settings": {k: base[k] for k in ("height", "width", "repeats", "warmup", "precision",
-                                          "seed", "weights")},
+                                          "seed", "weights", "compilation_cache_dir")},
         "results": results,
     }
 
@@ -1002,13 +1013,14 @@ def to_markdown(result: dict) -> str:
     env, s = result["environment"], result["settings"]
     v = env.get("versions", {})
     seed = s["seed"]
+    procs = s.get("processes") or "1 (in-process)"
     peaks = ", ".join(f"{k} {x:.3g} TFLOP/s" for k, x in env.get("peak_tflops", {}).items())
     lines = [
         f"# DeepLiDARFlow run time: {env.get('device_kind')} ({env.get('platform')})", "",
         f"Created {result['created']}. Input {s['height']}x{s['width']}, precision flag "
         f"`{s['precision']}` (jax_default_matmul_precision = "
         f"{env.get('jax_default_matmul_precision')}; {env.get('conv_precision')}). "
-        f"{s['repeats']} timed rounds x {result['settings'].get('processes')} process(es), "
+        f"{s['repeats']} timed rounds x {procs} process(es), "
         f"{s['warmup']} warm-up calls; weights: {s['weights'] or f'random init (seed {seed})'}.",
         "",
     ]
@@ -1098,12 +1110,13 @@ def write_results(result: dict, json_path: str | None, md_path: str | None) -> N
         Path(md_path).write_text(to_markdown(result))
 
 
-def _worker_main(argv: Sequence[str]) -> int:
+def worker_main(argv: Sequence[str]) -> int:
+    """``python -m deepliflow_jax.profile.timing_worker SPEC.json OUT.json``.
+
+    Returns:
+      The exit status (0).
+    """
     spec_path, out_path = argv[1], argv[2]
     result = run_worker(json.loads(Path(spec_path).read_text()))
     Path(out_path).write_text(json.dumps(result, default=str))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv))
