@@ -14,6 +14,14 @@ an existing ``DIR`` is replaced only with ``overwrite=True``.
 ``load_checkpoint`` checks the stored shapes before reading any tensor, so a
 checkpoint of another architecture fails with a list of the differences. A bare
 Orbax directory holding ``{'params': ...}`` (``DIR/_METADATA``) loads too.
+
+Structured (channel-pruned) models: a tree whose normalized convs hold
+``conf_mass`` is a structured DeepLiDARFlow; ``save_checkpoint`` reads its
+channel widths from the shapes (checking every coupling) and stores them in the
+metadata (``"widths"``), and ``load_checkpoint`` builds the expected parameter
+shapes from them. ``load_checkpoint(dir, widths=...)`` insists on one
+architecture (``None`` = the original network) and refuses a checkpoint of
+another one, naming the layers whose widths differ.
 """
 
 from __future__ import annotations
@@ -38,25 +46,28 @@ METADATA_FILE = "deepliflow_checkpoint.json"
 PARAMS_DIR = "params"
 
 PathLike = str | os.PathLike
+AUTO = "auto"  # load_checkpoint: the architecture the checkpoint's metadata names
 
 
-def _expected_shapes() -> dict[str, tuple[tuple[int, ...], str]]:
+def _expected_shapes(widths: Any = None) -> dict[str, tuple[tuple[int, ...], str]]:
     from deepliflow_jax.model.api import param_shapes
 
-    flat = flax.traverse_util.flatten_dict(param_shapes(), sep="/")
+    flat = flax.traverse_util.flatten_dict(param_shapes(widths), sep="/")
     return {k: (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat.items()}
 
 
-def shape_problems(found: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
+def shape_problems(found: dict[str, tuple[tuple[int, ...], str]],
+                   widths: Any = None) -> list[str]:
     """Differences between ``{path: (shape, dtype)}`` and the model's parameters.
 
     Args:
       found: ``'params/...'`` paths (``/``-separated) with their shape and dtype name.
+      widths: channel widths of a structured model (None = the original network).
 
     Returns:
       One line per missing, unexpected, mis-shaped or non-float32 entry (empty if all match).
     """
-    want = _expected_shapes()
+    want = _expected_shapes(widths)
     problems = [f"missing: {k} {list(want[k][0])}" for k in sorted(set(want) - set(found))]
     problems += [f"unexpected: {k} {list(found[k][0])}" for k in sorted(set(found) - set(want))]
     for k in sorted(set(want) & set(found)):
@@ -68,12 +79,37 @@ def shape_problems(found: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
     return problems
 
 
-def check_variables(variables: Any, what: str = "variables") -> None:
+def _structured_widths(flat: dict[str, Any]) -> dict[str, int] | None:
+    """Widths of a structured tree (``conf_mass`` leaves), None for the original layout."""
+    if not any(k.endswith("/conf_mass") for k in flat):
+        return None
+    from deepliflow_jax.compress.structured import widths_of
+
+    tree = flax.traverse_util.unflatten_dict(flat, sep="/")
+    return widths_of(tree)
+
+
+def _describe(widths: dict[str, int] | None) -> str:
+    return "the original DeepLiDARFlow" if widths is None else "a structured DeepLiDARFlow"
+
+
+def _width_differences(have: dict[str, int] | None, want: dict[str, int] | None) -> list[str]:
+    from deepliflow_jax.model.widths import full_widths
+
+    if (have is None) != (want is None):
+        return [f"checkpoint is {_describe(have)}, requested {_describe(want)}"]
+    a, b = full_widths(have), full_widths(want)
+    return [f"{k}: checkpoint {a[k]} channels, requested {b[k]}" for k in a if a[k] != b[k]]
+
+
+def check_variables(variables: Any, what: str = "variables", widths: Any = AUTO) -> None:
     """Raises ``ValueError`` listing every difference from the model's parameter tree.
 
     Args:
       variables: ``{'params': ...}`` (arrays or anything with ``shape`` and ``dtype``).
       what: how to name the tree in the message.
+      widths: the architecture to check against: ``AUTO`` (default) reads it from
+        the tree (a structured tree holds ``conf_mass``), None is the original.
     """
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError(f"{what} must be a dict {{'params': ...}}, got "
@@ -82,7 +118,13 @@ def check_variables(variables: Any, what: str = "variables") -> None:
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep="/")
     found = {k: (tuple(np.shape(v)), np.dtype(getattr(v, "dtype", np.float64)).name)
              for k, v in flat.items()}
-    problems = shape_problems(found)
+    if isinstance(widths, str) and widths == AUTO:
+        try:
+            widths = _structured_widths(flat)
+        except ValueError as err:
+            raise ValueError(f"{what} are not a consistent structured DeepLiDARFlow: "
+                             f"{err}") from err
+    problems = shape_problems(found, widths)
     if problems:
         raise ValueError(f"{what} do not match the DeepLiDARFlow parameters "
                          f"({len(problems)} problems):\n  " + "\n  ".join(problems))
@@ -107,7 +149,8 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
       directory: the checkpoint directory to create.
       variables: ``{'params': ...}`` of DeepLiDARFlow.
       metadata: JSON-serialisable extras (e.g. ``source``, ``format``); the
-        architecture, version, date and parameter count are added.
+        architecture, version, date and parameter count are added, and for a
+        structured (pruned) model its channel ``widths``.
       overwrite: replace an existing ``directory``.
 
     Returns:
@@ -123,6 +166,7 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
                               "(--overwrite) to replace it")
     check_variables(variables)
     host = jax.tree.map(lambda x: np.asarray(x, np.float32), flax.core.unfreeze(variables))
+    widths = _structured_widths(flax.traverse_util.flatten_dict(host, sep="/"))
     info = {
         "architecture": ARCHITECTURE,
         "checkpoint_version": CHECKPOINT_VERSION,
@@ -131,6 +175,9 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
         "num_tensors": len(jax.tree.leaves(host)),
     }
     info.update(metadata or {})
+    info.pop("widths", None)
+    if widths is not None:  # the shapes decide, never a caller's note
+        info["widths"] = widths
     try:
         text = json.dumps(info, indent=2, sort_keys=True)
     except TypeError as err:
@@ -187,11 +234,21 @@ def load_metadata(directory: PathLike) -> dict:
         raise ValueError(f"unreadable checkpoint metadata {path}: {err}") from err
 
 
-def load_checkpoint(directory: PathLike) -> dict:
+def checkpoint_widths(directory: PathLike) -> dict[str, int] | None:
+    """Channel widths recorded in a checkpoint (None: the original network)."""
+    widths = load_metadata(directory).get("widths")
+    return None if widths is None else {str(k): int(v) for k, v in widths.items()}
+
+
+def load_checkpoint(directory: PathLike, widths: Any = AUTO) -> dict:
     """Loads ``{'params': ...}`` (float32 jax arrays) from a checkpoint directory.
 
     Args:
       directory: a directory written by ``save_checkpoint`` (or a bare Orbax one).
+      widths: the architecture the caller builds: ``AUTO`` (default) takes the
+        one recorded in the checkpoint (``checkpoint_widths``: the original
+        network or a structured one), None demands the original network, a
+        widths mapping demands that structured model.
 
     Returns:
       The variables pytree, ready for ``deepliflow_jax.predict.predict``.
@@ -199,9 +256,15 @@ def load_checkpoint(directory: PathLike) -> dict:
     Raises:
       FileNotFoundError: not a checkpoint.
       ValueError: another architecture (lists missing/unexpected/mis-shaped
-        parameters), or unreadable/corrupted data.
+        parameters, or the layers whose widths differ from the requested
+        ones), or unreadable/corrupted data.
     """
     params_dir = _params_dir(directory).absolute()
+    requested = widths
+    if not (isinstance(requested, str) and requested == AUTO) and requested is not None:
+        from deepliflow_jax.model.widths import freeze_widths
+
+        requested = dict(freeze_widths(requested))
     with _checkpointer() as ckptr:
         try:
             meta = ckptr.metadata(params_dir)
@@ -214,10 +277,30 @@ def load_checkpoint(directory: PathLike) -> dict:
                              f"incomplete checkpoint): got {type(tree).__name__}")
         flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
         found = {k: (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat.items()}
-        problems = shape_problems(found)
+        # the architecture is read from the stored shapes (metadata only cross-checks it)
+        try:
+            stored = _structured_widths(flat)
+        except ValueError as err:
+            raise ValueError(f"checkpoint {directory} holds an inconsistent structured "
+                             f"DeepLiDARFlow: {err}") from err
+        try:
+            noted = checkpoint_widths(directory)
+        except ValueError:  # unreadable JSON: the tensors still decide
+            noted = stored
+        if noted != stored:
+            raise ValueError(f"checkpoint {directory}: its metadata widths disagree with its "
+                             "tensors:\n  " + "\n  ".join(_width_differences(stored, noted)))
+        if not (isinstance(requested, str) and requested == AUTO):
+            diffs = _width_differences(stored, requested)
+            if diffs:
+                raise ValueError(f"checkpoint {directory} is {_describe(stored)} of another "
+                                 f"architecture than the requested one ({len(diffs)} "
+                                 f"differences):\n  " + "\n  ".join(diffs))
+        problems = shape_problems(found, stored)
         if problems:
+            what = "" if stored is None else " (structured, widths from its metadata)"
             raise ValueError(f"checkpoint {directory} is not a DeepLiDARFlow checkpoint of this "
-                             f"architecture ({len(problems)} problems):\n  "
+                             f"architecture{what} ({len(problems)} problems):\n  "
                              + "\n  ".join(problems))
         target = flax.traverse_util.unflatten_dict(
             {tuple(k.split("/")): jax.ShapeDtypeStruct(s, np.dtype(d)) for k, (s, d)

@@ -11,11 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
+from deepliflow_jax.model.widths import freeze_widths
 
 
-def create_model(dtype: Any = jnp.float32) -> DeepLiDARFlow:
-    """Returns the DeepLiDARFlow module (``dtype``: compute dtype; params stay f32)."""
-    return DeepLiDARFlow(dtype=dtype)
+def create_model(dtype: Any = jnp.float32, widths: Any = None) -> DeepLiDARFlow:
+    """Returns the DeepLiDARFlow module.
+
+    Args:
+      dtype: compute dtype (params stay float32).
+      widths: channel widths of a structured (pruned) model, None = original
+        (see :mod:`deepliflow_jax.model.widths`).
+    """
+    return DeepLiDARFlow(dtype=dtype, widths=freeze_widths(widths))
 
 
 def _fan_avg_std(shape) -> float:
@@ -23,7 +30,7 @@ def _fan_avg_std(shape) -> float:
     return float(np.sqrt(2.0 / (receptive * (shape[-2] + shape[-1]))))
 
 
-def init_params(seed: int = 0, bias_std: float = 0.0) -> dict:
+def init_params(seed: int = 0, bias_std: float = 0.0, widths: Any = None) -> dict:
     """Initialises the parameters (``{'params': ...}``) on the host with numpy.
 
     The same initialisers as the modules (and TF1's): conv kernels truncated
@@ -35,12 +42,14 @@ def init_params(seed: int = 0, bias_std: float = 0.0) -> dict:
       seed: numpy seed.
       bias_std: if > 0, biases are drawn from N(0, bias_std) instead of zero
         (tests use it so that bias handling is exercised).
+      widths: channel widths (None = the original network). The normalized
+        convs' ``conf_mass`` of a structured model starts at zero.
 
     Returns:
       ``{'params': nested dict of float32 arrays}``.
     """
     rng = np.random.default_rng(seed)
-    flat = flax.traverse_util.flatten_dict(param_shapes()["params"])
+    flat = flax.traverse_util.flatten_dict(param_shapes(widths)["params"])
     out = {}
     for path, leaf in sorted(flat.items()):
         shape, name = leaf.shape, path[-1]
@@ -50,6 +59,8 @@ def init_params(seed: int = 0, bias_std: float = 0.0) -> dict:
         elif name == "kernels":
             lim = np.sqrt(3.0) * _fan_avg_std(shape)
             value = rng.uniform(-lim, lim, shape)
+        elif name == "conf_mass":
+            value = np.zeros(shape)
         elif bias_std > 0:
             value = rng.normal(0.0, bias_std, shape)
         else:
@@ -58,21 +69,29 @@ def init_params(seed: int = 0, bias_std: float = 0.0) -> dict:
     return {"params": flax.traverse_util.unflatten_dict(out)}
 
 
-@functools.lru_cache(maxsize=1)
-def param_shapes() -> dict:
-    """Parameter shapes and dtypes (``jax.eval_shape``, no compute)."""
+def param_shapes(widths: Any = None) -> dict:
+    """Parameter shapes and dtypes (``jax.eval_shape``, no compute).
+
+    Args:
+      widths: channel widths of a structured model (None = the original).
+    """
+    return _param_shapes(freeze_widths(widths))
+
+
+@functools.lru_cache(maxsize=16)
+def _param_shapes(widths) -> dict:
     dummy = jax.ShapeDtypeStruct((1, 2, 64, 64, 4), jnp.float32)
-    return jax.eval_shape(DeepLiDARFlow().init, jax.random.PRNGKey(0), dummy)
+    return jax.eval_shape(DeepLiDARFlow(widths=widths).init, jax.random.PRNGKey(0), dummy)
 
 
 @functools.cache
-def _jitted_apply(dtype_name: str, interp_size, out_size):
-    model = DeepLiDARFlow(dtype=jnp.dtype(dtype_name))
+def _jitted_apply(dtype_name: str, interp_size, out_size, widths=None):
+    model = DeepLiDARFlow(dtype=jnp.dtype(dtype_name), widths=widths)
     return jax.jit(functools.partial(model.apply, interp_size=interp_size, out_size=out_size))
 
 
 def forward(variables: dict, frames: jax.Array, interp_size=None, out_size=None,
-            dtype: Any = jnp.float32):
+            dtype: Any = jnp.float32, widths: Any = None):
     """The whole forward pass under one ``jit`` (cached per sizes and dtype).
 
     Args:
@@ -81,6 +100,7 @@ def forward(variables: dict, frames: jax.Array, interp_size=None, out_size=None,
       interp_size: optional ``(h, w)`` the frames are resized to (legacy nearest).
       out_size: optional ``(h, w)`` of the output (legacy bilinear); default the input size.
       dtype: compute dtype.
+      widths: channel widths of a structured (pruned) model; None = original.
 
     Returns:
       ``(sceneflow, aux)`` as ``DeepLiDARFlow.__call__``.
@@ -88,4 +108,5 @@ def forward(variables: dict, frames: jax.Array, interp_size=None, out_size=None,
     interp = tuple(interp_size) if interp_size is not None else None
     # default out_size spelled out, so both spellings share one compiled function
     out = tuple(out_size) if out_size is not None else tuple(frames.shape[2:4])
-    return _jitted_apply(jnp.dtype(dtype).name, interp, out)(variables, frames)
+    fn = _jitted_apply(jnp.dtype(dtype).name, interp, out, freeze_widths(widths))
+    return fn(variables, frames)

@@ -2,7 +2,8 @@
 
 Seven 3x3 convs ``conv1`` .. ``conv7`` with 128, 128, 128, 96, 64, 32, 4
 filters and dilations 1, 2, 4, 8, 16, 1, 1; leaky ReLU 0.1 except the last.
-Its output is a residual added to the level-2 flow.
+Its output is a residual added to the level-2 flow. ``widths`` overrides the
+widths of ``conv1`` .. ``conv6`` (``conv7``, the flow residual, is fixed).
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deepliflow_jax.model.layers import Conv
+from deepliflow_jax.model.widths import Widths, lookup
 
 CONTEXT_LAYERS = ((128, 1), (128, 2), (128, 4), (96, 8), (64, 16), (32, 1), (4, 1))
 
 
 class ContextNetwork(nn.Module):
+    widths: Widths = None
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         last = len(CONTEXT_LAYERS)
         for i, (f, d) in enumerate(CONTEXT_LAYERS, start=1):
+            f = lookup(self.widths, f"conv{i}", f) if i < last else f
             x = Conv(f, dilation=d, activation=i < last, dtype=self.dtype, name=f"conv{i}")(x)
         return x

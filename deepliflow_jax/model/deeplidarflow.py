@@ -14,6 +14,15 @@ Coarse-to-fine over levels 6..2: warp frame t+1 features by the upsampled flow
 up_feature]. The context network refines level 2. Output: ``20 *`` TF1 legacy
 *bilinear* resize of the refined flow to ``out_size`` (flow values are not
 rescaled for the resolution change, as in the original).
+
+Channel widths (structured pruning): ``widths`` maps layer paths to output
+channel counts (see :mod:`deepliflow_jax.model.widths`); None (default) is the
+original network with the original parameter tree. The cost volume is the mean
+over the channels the fused features *have*: a model whose fused features were
+pruned from C to C' channels computes ``C / C'`` times the cost volume of the
+full model with those channels zeroed (the leaky ReLU after it is positively
+homogeneous, so :mod:`deepliflow_jax.compress.structured` folds ``C' / C`` into
+the cost-volume rows of the estimator's ``conv1``).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from deepliflow_jax.model.guidance import GuidanceNetwork
 from deepliflow_jax.model.layers import leaky_relu
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
+from deepliflow_jax.model.widths import Widths, freeze_widths, scoped
 
 FLOW_SCALE = 20.0
 LEVELS = (6, 5, 4, 3, 2)
@@ -50,6 +60,12 @@ class DeepLiDARFlow(nn.Module):
 
     search_range: int = SEARCH_RANGE
     dtype: Any = jnp.float32
+    widths: Widths = None
+
+    def __post_init__(self):
+        # a dict is accepted and frozen (module attributes must be hashable)
+        object.__setattr__(self, "widths", freeze_widths(self.widths))
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, frames: jnp.ndarray, interp_size=None, out_size=None):
@@ -62,9 +78,10 @@ class DeepLiDARFlow(nn.Module):
         rgb, disp = x[..., :3], x[..., 3:4]
         conf = (disp != 0).astype(disp.dtype)
 
-        feats, confidences = GuidanceNetwork(dtype=self.dtype, name="guidance_network")(
-            rgb, disp, conf
-        )
+        widths = self.widths
+        feats, confidences = GuidanceNetwork(
+            widths=scoped(widths, "guidance_network"), dtype=self.dtype, name="guidance_network"
+        )(rgb, disp, conf)
         flows, levels = [], {}
         up_flow = up_feature = None
         for i, level in enumerate(LEVELS):
@@ -80,14 +97,16 @@ class DeepLiDARFlow(nn.Module):
                 parts += [up_flow, up_feature]
             is_output = level == LEVELS[-1]
             flow, est_feat, up_flow, up_feature = SceneFlowEstimator(
-                is_output=is_output, dtype=self.dtype, name=f"scene_flow_estimator_{level}"
+                is_output=is_output, widths=scoped(widths, f"scene_flow_estimator_{level}"),
+                dtype=self.dtype, name=f"scene_flow_estimator_{level}"
             )(jnp.concatenate(parts, axis=-1))
             if not is_output:
                 flows.append(flow)
                 levels[f"flow_level{level}"] = flow
         levels["flow_level2_unrefined"] = flow
         context_in = jnp.concatenate([est_feat, flow], axis=-1)
-        refined = flow + ContextNetwork(dtype=self.dtype, name="context_network")(context_in)
+        refined = flow + ContextNetwork(widths=scoped(widths, "context_network"), dtype=self.dtype,
+                                        name="context_network")(context_in)
         refined = refined.astype(jnp.float32)
         flows.append(refined)
         levels["flow_level2"] = refined

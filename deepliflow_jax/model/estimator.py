@@ -5,7 +5,8 @@ Convs ``conv1`` (128), ``conv2`` (128), ``conv3`` (96), ``conv4`` (64),
 flow of this level (network units, pixels / 20). Except at the output level,
 4x4 stride-2 transposed convs (linear, 4 channels each) upsample the flow
 (``deconv_up_flow``) and the 32-channel features (``deconv_up_feature``) for
-the level below.
+the level below. ``widths`` overrides the widths of ``conv1`` .. ``conv_f``
+(the 4-channel outputs are fixed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deepliflow_jax.model.layers import Conv, ConvTranspose
+from deepliflow_jax.model.widths import Widths, lookup
 
 ESTIMATOR_FILTERS = (("conv1", 128), ("conv2", 128), ("conv3", 96), ("conv4", 64), ("conv_f", 32))
 SF_CHANNELS = 4  # u, v, d0, d1
@@ -25,12 +27,13 @@ class SceneFlowEstimator(nn.Module):
     """Returns ``(flow, features, up_flow, up_feature)``; the ups are None at the output."""
 
     is_output: bool = False
+    widths: Widths = None
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray):
         for name, f in ESTIMATOR_FILTERS:
-            x = Conv(f, dtype=self.dtype, name=name)(x)
+            x = Conv(lookup(self.widths, name, f), dtype=self.dtype, name=name)(x)
         flow = Conv(SF_CHANNELS, activation=False, dtype=self.dtype, name="conv_w")(x)
         if self.is_output:
             return flow, x, None, None

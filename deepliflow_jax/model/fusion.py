@@ -4,7 +4,8 @@ Reproduces the loops at the end of ``networks.final_network``: four 3x3 convs
 to 16 channels on the decoded depth data (``convdepth_refine_{a,b,c,d}{i}``),
 then four 3x3 convs to 64 channels on [RGB features, refined depth]
 (``convconcat_refine_{a,b,c,d}{i}``), for the five levels i = 0 (level 6) .. 4
-(level 2).
+(level 2). ``widths`` (see :mod:`deepliflow_jax.model.widths`) overrides the
+channel counts; None is the original network.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deepliflow_jax.model.layers import Conv
+from deepliflow_jax.model.widths import Widths, lookup
 
 DEPTH_REFINE_FILTERS = 16
 FUSED_FILTERS = 64
 
 
 class Fusion(nn.Module):
+    widths: Widths = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -29,9 +32,12 @@ class Fusion(nn.Module):
         for i, (rgb, (depth, _)) in enumerate(zip(rgb_pyramid, depth_pyramid)):
             x = depth
             for s in "abcd":
-                x = Conv(DEPTH_REFINE_FILTERS, dtype=self.dtype, name=f"convdepth_refine_{s}{i}")(x)
+                name = f"convdepth_refine_{s}{i}"
+                f = lookup(self.widths, name, DEPTH_REFINE_FILTERS)
+                x = Conv(f, dtype=self.dtype, name=name)(x)
             x = jnp.concatenate([rgb, x], axis=-1)
             for s in "abcd":
-                x = Conv(FUSED_FILTERS, dtype=self.dtype, name=f"convconcat_refine_{s}{i}")(x)
+                name = f"convconcat_refine_{s}{i}"
+                x = Conv(lookup(self.widths, name, FUSED_FILTERS), dtype=self.dtype, name=name)(x)
             fused.append(x)
         return fused

@@ -16,19 +16,28 @@ import jax.numpy as jnp
 from deepliflow_jax.model.feature_pyramid import RGBDecoder, RGBEncoder
 from deepliflow_jax.model.fusion import Fusion
 from deepliflow_jax.model.sparse_depth import DepthDecoder, DepthEncoder
+from deepliflow_jax.model.widths import Widths, scoped
 
 
 class GuidanceNetwork(nn.Module):
-    """Returns (fused features of levels 6..2, depth-decoder confidences 6..2)."""
+    """Returns (fused features of levels 6..2, depth-decoder confidences 6..2).
 
+    ``widths``: channel widths keyed relative to this module (None = original).
+    """
+
+    widths: Widths = None
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, rgb: jnp.ndarray, depth: jnp.ndarray, conf: jnp.ndarray):
-        rgb_enc = RGBEncoder(dtype=self.dtype, name="rgb_encoder")(rgb)
-        depth_enc = DepthEncoder(dtype=self.dtype, name="depth_encoder")(depth, conf)
-        depth_dec = DepthDecoder(dtype=self.dtype, name="depth_decoder")(depth_enc)
+        w, dt = self.widths, self.dtype
+        rgb_enc = RGBEncoder(widths=scoped(w, "rgb_encoder"), dtype=dt, name="rgb_encoder")(rgb)
+        depth_enc = DepthEncoder(widths=scoped(w, "depth_encoder"), dtype=dt,
+                                 name="depth_encoder")(depth, conf)
+        depth_dec = DepthDecoder(widths=scoped(w, "depth_decoder"), dtype=dt,
+                                 name="depth_decoder")(depth_enc)
         confidences = [c for _, c in depth_dec]
-        rgb_dec = RGBDecoder(dtype=self.dtype, name="rgb_decoder")(rgb_enc, confidences)
-        fused = Fusion(dtype=self.dtype, name="fusion")(rgb_dec, depth_dec)
+        rgb_dec = RGBDecoder(widths=scoped(w, "rgb_decoder"), dtype=dt, name="rgb_decoder")(
+            rgb_enc, confidences)
+        fused = Fusion(widths=scoped(w, "fusion"), dtype=dt, name="fusion")(rgb_dec, depth_dec)
         return fused, confidences

@@ -20,6 +20,15 @@ ignores reuse: the second frame gets biases of its own (``..._1/biases<num>`` in
 the checkpoint). Here both frames run as one batch ``[2B, ...]`` (frame t first,
 then frame t+1) and the module holds ``biases`` (frame t) and ``biases_1``
 (frame t+1).
+
+Structured (channel-pruned) models: the confidence normaliser ``sum(W)`` runs
+over *all* input channels of the original layer, also those whose confidence
+is zero. When pruning removes input channels, their softplus weight mass is kept
+per output channel in a parameter ``conf_mass`` (``conf_mass=True``; never
+trained: it enters through ``stop_gradient``), and ``conf' = conv(conf, W) /
+(sum(W) + conf_mass)``. With ``conf_mass = 0`` (an unpruned layer) this is the
+original formula, and a pruned layer reproduces the full layer exactly when
+the removed channels carry zero data and zero confidence.
 """
 
 from __future__ import annotations
@@ -75,10 +84,19 @@ def _per_frame_bias(x: jnp.ndarray, biases: jnp.ndarray) -> jnp.ndarray:
 
 
 class NormalizedConv(nn.Module):
-    """3x3 stride-1 'SAME' normalized convolution on ``(data, conf)``."""
+    """3x3 stride-1 'SAME' normalized convolution on ``(data, conf)``.
+
+    Attributes:
+      features: output channels.
+      ksize: kernel size.
+      conf_mass: hold the ``conf_mass`` parameter of structured models (see module
+        docstring); False (the original) has no such parameter.
+      dtype: compute dtype.
+    """
 
     features: int
     ksize: int = 3
+    conf_mass: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -106,5 +124,9 @@ class NormalizedConv(nn.Module):
         nconv = numerator / (denominator + NCONV_EPS)
         nconv = _per_frame_bias(nconv, jnp.stack([biases, biases_1]).astype(self.dtype))
         nconv = leaky_relu(nconv, NCONV_SLOPE)
-        cout = denominator / jnp.sum(w, axis=(0, 1, 2)).astype(self.dtype)
+        mass = jnp.sum(w, axis=(0, 1, 2))
+        if self.conf_mass:
+            removed = self.param("conf_mass", nn.initializers.zeros, (self.features,))
+            mass = mass + jax.lax.stop_gradient(removed)
+        cout = denominator / mass.astype(self.dtype)
         return nconv, cout
