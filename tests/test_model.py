@@ -109,3 +109,15 @@ def test_bad_input_is_refused_before_tracing(variables):
         predict(variables, x, dataset="ft3d")
     with pytest.raises(ValueError, match="network input is 60x128"):
         predict(variables, x, interp_size=(60, 128))
+
+
+def test_init_params_kernel_gain_scales_conv_kernels_only():
+    from deepliflow_jax.model.api import init_params
+
+    a = flax.traverse_util.flatten_dict(init_params(3)["params"], sep="/")
+    b = flax.traverse_util.flatten_dict(init_params(3, kernel_gain=2.0)["params"], sep="/")
+    for k in a:
+        factor = 2.0 if k.endswith("/kernel") else 1.0
+        np.testing.assert_allclose(b[k], factor * a[k], rtol=1e-6, err_msg=k)
+    std = np.std(a["scene_flow_estimator_2/conv2/kernel"])
+    np.testing.assert_allclose(std, np.sqrt(2 / (9 * 256)), rtol=0.05)  # Xavier, fan-avg

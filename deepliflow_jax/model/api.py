@@ -42,6 +42,11 @@ def init_params(seed: int = 0, bias_std: float = 0.0, widths: Any = None) -> dic
       seed: numpy seed.
       bias_std: if > 0, biases are drawn from N(0, bias_std) instead of zero
         (tests use it so that bias handling is exercised).
+      kernel_gain: multiplies the conv kernels (not the normalized-conv ones).
+        1 is TF1's Xavier, as the original; with it the signal shrinks through the
+        deep leaky-ReLU(0.1) chain (fused level-6 features ~1e-4, level-6 flow
+        ~1e-6 at init), fine for the original's long training but a poor start for
+        a short one; sqrt(2) (He) keeps activations O(1).
       widths: channel widths (None = the original network). The normalized
         convs' ``conf_mass`` of a structured model starts at zero.
 
@@ -55,7 +60,7 @@ def init_params(seed: int = 0, bias_std: float = 0.0, widths: Any = None) -> dic
         shape, name = leaf.shape, path[-1]
         if name == "kernel":
             std = _fan_avg_std(shape) / 0.87962566  # std of N(0,1) truncated at 2
-            value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * std
+            value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * std * kernel_gain
         elif name == "kernels":
             lim = np.sqrt(3.0) * _fan_avg_std(shape)
             value = rng.uniform(-lim, lim, shape)

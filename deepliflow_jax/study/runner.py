@@ -90,7 +90,9 @@ class Study:
             return load_checkpoint(ckpt)["params"]
         from deepliflow_jax.model.api import init_params
 
-        params = init_params(cfg.seed)["params"]
+        # He-scaled kernels: with Xavier (the original's) a few hundred steps from
+        # scratch leave a model whose output hardly depends on its input or weights
+        params = init_params(cfg.seed, kernel_gain=float(np.sqrt(2.0)))["params"]
         if cfg.pretrain_steps:
             _say(f"baseline: pre-training {cfg.pretrain_steps} steps at lr {cfg.pretrain_lr} "
                  "on the synthetic world (first step compiles)")
