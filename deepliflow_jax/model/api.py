@@ -30,7 +30,18 @@ def _fan_avg_std(shape) -> float:
     return float(np.sqrt(2.0 / (receptive * (shape[-2] + shape[-1]))))
 
 
-def init_params(seed: int = 0, bias_std: float = 0.0, widths: Any = None) -> dict:
+def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:
+    """N(0, 1) truncated at +-2 (redrawn, not clipped), as TF's truncated_normal."""
+    x = rng.standard_normal(shape)
+    out = np.abs(x) > 2.0
+    while out.any():
+        x[out] = rng.standard_normal(int(out.sum()))
+        out = np.abs(x) > 2.0
+    return x
+
+
+def init_params(seed: int = 0, bias_std: float = 0.0, widths: Any = None,
+                kernel_gain: float = 1.0) -> dict:
     """Initialises the parameters (``{'params': ...}``) on the host with numpy.
 
     The same initialisers as the modules (and TF1's): conv kernels truncated
@@ -60,7 +71,7 @@ def init_params(seed: int = 0, bias_std: float = 0.0, widths: Any = None) -> dic
         shape, name = leaf.shape, path[-1]
         if name == "kernel":
             std = _fan_avg_std(shape) / 0.87962566  # std of N(0,1) truncated at 2
-            value = np.clip(rng.standard_normal(shape), -2.0, 2.0) * std * kernel_gain
+            value = _truncated_normal(rng, shape) * std * kernel_gain
         elif name == "kernels":
             lim = np.sqrt(3.0) * _fan_avg_std(shape)
             value = rng.uniform(-lim, lim, shape)
