@@ -1,0 +1,752 @@
+"""Functional API for notebooks and scripts (re-exported lazily by ``deepliflow_jax``).
+
+Thin wrappers over the library, for a Colab user or a script that does not want absl
+flags: pure functions over ``{'params': ...}`` pytrees and arrays, no global state,
+the same on CPU and GPU. Training and evaluation go through the study's
+:func:`deepliflow_jax.study.engine.get_engine`, so dense, pruned and quantized
+configurations (and a study in the same process, or one that shares the persistent
+XLA cache) share ONE compiled train step and ONE compiled evaluation; prediction and
+timing share one compiled forward per frame size (:func:`deepliflow_jax.model.api.forward`).
+
+Typical use (64x192 frames keep a CPU run to minutes; see ``experiments/quickstart.ipynb``)::
+
+    import deepliflow_jax as dl
+    root = dl.make_synthetic_dataset("/tmp/world", num_scenes=10)
+    data = dl.load_dataset(root)
+    variables = dl.init_params(seed=0)
+    pair = dl.validation_pair(data)
+    sceneflow = dl.predict_sceneflow(variables, pair["frames"])      # [64, 192, 4]
+    tuned, history = dl.finetune(variables, data, steps=2, percent=10, bits=8)
+    print(dl.evaluate(tuned, data))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from deepliflow_jax.study.data import StudyData
+
+PathLike = str | Path
+DATASETS = {"kitti": "KITTI", "ft3d": "FT3D"}
+# the study runs KITTI frames at the original's network size
+KITTI_INTERP_SIZE = (384, 1216)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_variables(variables: Any, name: str = "variables") -> Mapping:
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        got = type(variables).__name__ if not isinstance(variables, Mapping) else \
+            f"keys {sorted(variables)}"
+        raise ValueError(f"{name} must be a {{'params': ...}} pytree (as init_params or "
+                         f"load_checkpoint return), got {got}")
+    return variables
+
+
+def _dataset_type(dataset: str) -> str:
+    if not isinstance(dataset, str) or dataset.lower() not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)} (any case), got {dataset!r}")
+    return DATASETS[dataset.lower()]
+
+
+def _percent(percent: Any) -> float:
+    from deepliflow_jax.compress.prune import check_percent
+
+    return 0.0 if percent is None else check_percent(percent)
+
+
+def _bits(bits: Any) -> int:
+    from deepliflow_jax.compress.quantize import check_bits
+
+    if bits is None or (isinstance(bits, int | np.integer) and bits == 0):
+        return 0
+    return check_bits(bits)
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+def prepare_frames(image0: Any, image1: Any, disp0: Any, disp1: Any,
+                   dataset: str = "kitti") -> np.ndarray:
+    """Network input for one frame pair, preprocessed exactly as the original ``inference.py``.
+
+    RGB in [0, 1] minus the dataset mean, and the sparse LiDAR disparity normalised with
+    the dataset's statistics (0 where there is no point). KITTI frames keep their size
+    (:func:`predict_sceneflow` resizes them inside the network, as the original);
+    FlyingThings3D frames are center-cropped to 512x960.
+
+    Args:
+      image0, image1: RGB ``[H, W, 3]`` (or RGBA) of frames t and t+1, uint8 or float
+        in [0, 1].
+      disp0, disp1: sparse disparities ``[H, W]`` in pixels, 0 = no LiDAR point.
+      dataset: ``'kitti'`` or ``'ft3d'`` (any case): the RGB mean, disparity statistics
+        and crop.
+
+    Returns:
+      float32 ``[2, h, w, 4]`` frames for :func:`predict_sceneflow`.
+
+    Raises:
+      ValueError: an unknown dataset, wrong shapes or dtypes, 0..255 floats, or NaNs;
+        the message names the argument.
+
+    Example:
+      >>> import numpy as np
+      >>> image = np.zeros((64, 128, 3), np.uint8)
+      >>> disp = np.zeros((64, 128), np.float32); disp[10, 20] = 30.0
+      >>> prepare_frames(image, image, disp, disp, "kitti").shape
+      (2, 64, 128, 4)
+    """
+    from deepliflow_jax.data.preprocess import prepare_inference_inputs
+
+    dataset_type = _dataset_type(dataset)
+    images = []
+    for name, image in (("image0", image0), ("image1", image1)):
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise ValueError(f"{name} must be [H, W, 3] (or RGBA), got shape {arr.shape}")
+        if arr.dtype == np.uint8:
+            arr = arr.astype(np.float32) / np.float32(255.0)
+        elif np.issubdtype(arr.dtype, np.floating):
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name} contains NaN/inf values")
+            if arr.size and (arr.min() < -1e-3 or arr.max() > 1.0 + 1e-3):
+                raise ValueError(f"{name} must be uint8 or float in [0, 1], got float values "
+                                 f"in [{arr.min():g}, {arr.max():g}] (divide by 255?)")
+        else:
+            raise ValueError(f"{name} must be uint8 or float, got dtype {arr.dtype}")
+        images.append(arr[..., :3])
+    if images[0].shape != images[1].shape:
+        raise ValueError(f"image0 {images[0].shape} and image1 {images[1].shape} differ in size")
+    disps = []
+    for name, disp in (("disp0", disp0), ("disp1", disp1)):
+        arr = np.asarray(disp, np.float32)
+        if arr.shape != images[0].shape[:2]:
+            raise ValueError(f"{name} must be [H, W] = {images[0].shape[:2]} like the images, "
+                             f"got {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains NaN/inf values; use 0 for 'no LiDAR point'")
+        disps.append(arr)
+    frames, _ = prepare_inference_inputs(images[0], images[1], disps[0], disps[1],
+                                         dataset_type=dataset_type)
+    return frames
+
+
+def input_images(frames: Any, dataset: str = "kitti") -> tuple[np.ndarray, np.ndarray]:
+    """The RGB images (float in [0, 1]) of preprocessed frames: the mean added back.
+
+    Args:
+      frames: ``[2, H, W, 4]`` or ``[1, 2, H, W, 4]`` network input.
+      dataset: ``'kitti'`` or ``'ft3d'``: whose RGB mean was subtracted.
+
+    Returns:
+      ``(image0, image1)``, float32 ``[H, W, 3]`` each, clipped to [0, 1].
+
+    Example:
+      >>> import numpy as np
+      >>> image = np.full((64, 128, 3), 128, np.uint8)
+      >>> disp = np.zeros((64, 128))
+      >>> im0, im1 = input_images(prepare_frames(image, image, disp, disp))
+      >>> round(float(im0[0, 0, 0]), 3)
+      0.502
+    """
+    from deepliflow_jax.data.preprocess import rgb_mean
+
+    arr = np.asarray(frames, np.float32)
+    if arr.ndim == 5 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 4 or arr.shape[0] != 2 or arr.shape[-1] != 4:
+        raise ValueError(f"frames must be [2, H, W, 4] or [1, 2, H, W, 4], got {np.shape(frames)}")
+    images = np.clip(arr[..., :3] + rgb_mean(_dataset_type(dataset)), 0.0, 1.0)
+    return images[0], images[1]
+
+
+def read_example(directory: PathLike, example: int = 1) -> dict[str, Any]:
+    """One of the original release's example pairs (``ex_{n}_im_10.png`` ...) as input.
+
+    Args:
+      directory: folder with the files (e.g. ``shared/data/deeplidarflow_examples``).
+      example: 1 (KITTI, 375x1242) or 2 (FlyingThings3D, cropped to 512x960).
+
+    Returns:
+      ``{'frames': [2, h, w, 4], 'dataset': 'kitti' | 'ft3d', 'image0', 'image1'}``
+      (the images as float [0, 1] ``[h, w, 3]``).
+
+    Raises:
+      FileNotFoundError / ValueError: a missing or unreadable file (named).
+
+    Example:
+      >>> ex = read_example(examples_dir, 1)  # e.g. shared/data/deeplidarflow_examples
+      >>> ex["frames"].shape, ex["dataset"]
+      ((2, 375, 1242, 4), 'kitti')
+    """
+    from deepliflow_jax.data.pipeline import read_inference_example
+
+    frames, dataset_type = read_inference_example(directory, example)
+    dataset = dataset_type.lower()
+    image0, image1 = input_images(frames, dataset)
+    return {"frames": frames, "dataset": dataset, "image0": image0, "image1": image1}
+
+
+def predict_sceneflow(variables: Mapping, frames: Any, dataset: str | None = None, *,
+                      interp_size: tuple[int, int] | None = None,
+                      dtype: Any = jnp.float32) -> jax.Array:
+    """Scene flow (u, v, d0, d1 in pixels) at the frames' resolution.
+
+    :func:`deepliflow_jax.predict.predict` without the per-level outputs: KITTI frames
+    run at 384x1216 inside the network (``dataset='kitti'``), FT3D at the 512x960 crop,
+    anything else at its own size (a multiple of 64) or at ``interp_size``. One compiled
+    forward per size, shared with :func:`time_model`.
+
+    Args:
+      variables: ``{'params': ...}`` (dense, pruned or quantized alike).
+      frames: ``[2, H, W, 4]`` (one pair) or ``[B, 2, H, W, 4]``.
+      dataset: ``'kitti'``, ``'ft3d'`` or None (run at the frame size).
+      interp_size: network input ``(h, w)`` overriding the dataset's.
+      dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``).
+
+    Returns:
+      ``[H, W, 4]`` for one pair, else ``[B, H, W, 4]`` (a jax array).
+
+    Raises:
+      ValueError: bad variables, frames or sizes (see ``predict``).
+
+    Example:
+      >>> import numpy as np
+      >>> variables = init_params(0)
+      >>> frames = np.zeros((2, 64, 192, 4), np.float32)
+      >>> predict_sceneflow(variables, frames).shape
+      (64, 192, 4)
+    """
+    from deepliflow_jax.predict import predict
+
+    _check_variables(variables)
+    single = np.ndim(frames) == 4
+    sceneflow, _ = predict(variables, frames, dataset=dataset, interp_size=interp_size,
+                           dtype=dtype)
+    return sceneflow[0] if single else sceneflow
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class Dataset(StudyData):
+    """A decoded train/validation split (a :class:`~deepliflow_jax.study.data.StudyData`).
+
+    Attributes:
+      num_samples: LiDAR points per frame the study uses for it (synthetic worlds: the
+        KITTI density at their size).
+      interp_size: network input size (None: the frame size; KITTI: 384x1216).
+      root: the folder it was read from.
+    """
+
+    num_samples: int = 4096
+    interp_size: tuple[int, int] | None = None
+    root: str = ""
+
+
+def make_synthetic_dataset(directory: PathLike, num_scenes: int = 10, height: int = 64,
+                           width: int = 192, seed: int = 0, progress: bool = False) -> Path:
+    """Writes the built-in synthetic street world (exact scene-flow ground truth), KITTI layout.
+
+    Resumable: scenes already on disk are kept. The defaults are the study's ``tiny``
+    preset (64x192, 10 scenes: 9 train, 1 validation).
+
+    Args:
+      directory: data-set root (``training/`` is created in it).
+      num_scenes: frame pairs (>= 10 for :func:`load_dataset`'s 9:1 split).
+      height, width: image size (multiples of 64 run at that size).
+      seed: data-set seed.
+      progress: show progress.
+
+    Returns:
+      The root path.
+
+    Example:
+      >>> import tempfile
+      >>> root = make_synthetic_dataset(tempfile.mkdtemp(), num_scenes=10)
+      >>> sorted(p.name for p in (root / "training").iterdir())[:2]
+      ['disp_occ_0', 'disp_occ_1']
+    """
+    from deepliflow_jax.data.synthetic import generate_dataset
+
+    _positive_int(num_scenes, "num_scenes")
+    root = Path(directory).expanduser()
+    generate_dataset(root, num_scenes, height, width, seed=seed, progress=progress)
+    return root
+
+
+def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed: int = 0,
+                 num_samples: int | None = None) -> Dataset:
+    """Decodes a scene-flow data set in the KITTI layout, split as the study splits it.
+
+    A synthetic world (it has ``synthetic.json``) gets the study's 9:1 split (every
+    tenth frame is validation) and the KITTI LiDAR density at its size; a KITTI 2015
+    root gets the original release's 180/20 split, 4096 LiDAR points and the 384x1216
+    network size. LiDAR draws are seeded per frame, so evaluations are reproducible.
+
+    Args:
+      directory: the root (with ``training/``).
+      max_val_frames: cap on validation frames (None: all).
+      seed: LiDAR draw / training order seed.
+      num_samples: LiDAR points per frame, overriding the default.
+
+    Returns:
+      A :class:`Dataset` (``.train``, ``.val`` samples; ``train_batch``, ``val_batches``).
+
+    Raises:
+      FileNotFoundError: no data set there. ValueError: a split is empty.
+
+    Example:
+      >>> data = load_dataset(root)  # root = make_synthetic_dataset(folder)
+      >>> len(data.train), len(data.val), data.num_samples, data.interp_size
+      (9, 1, 108, None)
+    """
+    from deepliflow_jax.study.config import StudyConfig
+    from deepliflow_jax.study.data import load_study_data
+
+    root = Path(directory).expanduser()
+    if not (root / "training").is_dir():
+        raise FileNotFoundError(f"no data set at {root}: expected {root / 'training'} (see "
+                                "make_synthetic_dataset or a KITTI scene flow 2015 root)")
+    if max_val_frames is not None:
+        _positive_int(max_val_frames, "max_val_frames")
+    meta_path = root / "synthetic.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        cfg = StudyConfig(preset="api", data="synthetic", data_dir=str(root),
+                          height=int(meta["height"]), width=int(meta["width"]),
+                          num_scenes=int(meta["num_scenes"]), max_val_frames=max_val_frames,
+                          seed=seed)
+    else:
+        cfg = StudyConfig(preset="api", data="kitti", data_dir=str(root),
+                          interp_size=KITTI_INTERP_SIZE, max_val_frames=max_val_frames,
+                          seed=seed)
+    data = load_study_data(cfg, root)
+    n = data.samples_for(cfg) if num_samples is None else _positive_int(num_samples,
+                                                                          "num_samples")
+    interp = cfg.interp_size
+    h, w = data.val[0].image0.shape[:2]
+    if interp is not None and h % 64 == 0 and w % 64 == 0:
+        interp = None
+    return Dataset(train=data.train, val=data.val, dataset_type=data.dataset_type,
+                   seed=data.seed, num_samples=n, interp_size=interp, root=str(root))
+
+
+def _as_dataset(data: Any) -> Dataset:
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, str | Path):
+        return load_dataset(data)
+    raise ValueError(f"data must be a data-set folder or a Dataset from load_dataset, got "
+                     f"{type(data).__name__}")
+
+
+def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.ndarray]:
+    """One validation frame pair with its ground truth, as the study evaluates it.
+
+    Args:
+      data: a :class:`Dataset` or its folder.
+      index: validation frame index.
+
+    Returns:
+      ``{'frames': [2, H, W, 4], 'gt': [H, W, 4], 'image0', 'image1': [H, W, 3] float}``
+      (the same LiDAR draw as :func:`evaluate` uses).
+
+    Example:
+      >>> pair = validation_pair(data)  # data = load_dataset(make_synthetic_dataset(folder))
+      >>> pair["frames"].shape, pair["gt"].shape
+      ((2, 64, 192, 4), (64, 192, 4))
+    """
+    from deepliflow_jax.data.lidar import frame_rng
+    from deepliflow_jax.data.pipeline import preprocess_sample
+
+    data = _as_dataset(data)
+    if isinstance(index, bool) or not isinstance(index, int | np.integer) or \
+            not 0 <= index < len(data.val):
+        raise ValueError(f"index must be in [0, {len(data.val)}) (validation frames), "
+                         f"got {index!r}")
+    sample = data.val[int(index)]
+    # the draw of StudyData.val_batches for this frame
+    frames, gt = preprocess_sample(sample, data.dataset_type, data.num_samples,
+                                   frame_rng(data.seed, int(index), 0))
+    return {"frames": frames, "gt": gt, "image0": sample.image0, "image1": sample.image1}
+
+
+# ----------------------------------------------------------------------------- train / eval
+
+
+def _engine(data: Dataset, interp_size: tuple[int, int] | None = None):
+    from deepliflow_jax.study.engine import get_engine
+
+    size = data.interp_size if interp_size is None else tuple(interp_size)
+    # seed 0 always: the engine's seed is unused by the step, and another value
+    # would compile another step
+    return get_engine(size, 0)
+
+
+def _state(engine: Any, params: Any, percent: float, bits: int, lr: float = 1e-4):
+    from deepliflow_jax.study.engine import post_training_masks
+
+    # the step donates its state: never hand it the caller's arrays
+    params = jax.tree.map(jnp.array, params)
+    pruned, masks = post_training_masks(params, percent)
+    return engine.new_state(pruned, lr=lr, masks=masks, bits=bits)
+
+
+def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
+             percent: float | None = None, bits: int | None = None, lr: float = 1e-4,
+             l2: bool = True, start: int = 0, interp_size: tuple[int, int] | None = None,
+             log_every: int = 0) -> tuple[dict, list[dict[str, float]]]:
+    """Compression-aware fine-tuning for ``steps`` steps (Adam, batch 1, as the paper).
+
+    Pruning by ``percent`` (global magnitude, weights and biases) happens first and its
+    mask is kept through training; ``bits`` fake-quantizes every tensor in the forward
+    pass (straight-through gradient). The step is the study's one compiled step, so any
+    ``percent`` / ``bits`` / ``lr`` reuses it.
+
+    Args:
+      variables: ``{'params': ...}`` to start from (not modified).
+      data: a :class:`Dataset` or its folder (the training split is used).
+      steps: number of steps (>= 0).
+      percent: pruning percentage in [0, 100), or None.
+      bits: weight bit width in [2, 16], or None / 0 for float.
+      lr: learning rate (the paper: 1e-4, then 1e-5).
+      l2: add the original's L2 weight decay term to the loss.
+      start: data position of the first step (continue a run with ``start=steps``).
+      interp_size: network input size, overriding the data set's.
+      log_every: print the loss every this many steps (0: silent).
+
+    Returns:
+      ``(variables, history)``: the parameters as the forward pass uses them (pruned
+      entries exactly 0, values on the quantization grid: ready for
+      :func:`predict_sceneflow`) and one dict of losses per step.
+
+    Raises:
+      ValueError: bad variables, data, steps, percent or bits.
+
+    Example:
+      >>> tuned, history = finetune(init_params(0), data, steps=2, percent=10, bits=8)
+      >>> len(history), history[-1]["step"], history[-1]["loss"] > 0
+      (2, 1, True)
+    """
+    params = _check_variables(variables)["params"]
+    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    percent, bits = _percent(percent), _bits(bits)
+    data = _as_dataset(data)
+    engine = _engine(data, interp_size)
+    state = _state(engine, params, percent, bits, lr)
+    history = []
+    for i, pos in enumerate(range(int(start), int(start) + int(steps))):
+        batch = data.train_batch(pos, data.num_samples, reg_scale=1.0 if l2 else 0.0)
+        state, metrics = engine.train_step(state, batch)
+        record = {"step": pos, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
+        history.append(record)
+        if log_every and (i % log_every == 0 or i == steps - 1):
+            print(f"step {pos}: loss {record['loss']:.4f} (data {record['data_loss']:.4f})",
+                  flush=True)
+    return {"params": engine.compressed_params(state)}, history
+
+
+def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | None = None,
+             bits: int | None = None, interp_size: tuple[int, int] | None = None
+             ) -> dict[str, float]:
+    """EPE and outlier rates on the validation split, as the study (and the original).
+
+    ``percent`` / ``bits`` compress the model post-training first (prune, then quantize);
+    every configuration runs the study's one compiled evaluation.
+
+    Args:
+      variables: ``{'params': ...}``.
+      data: a :class:`Dataset` or its folder.
+      percent: post-training pruning percentage, or None.
+      bits: post-training weight bit width, or None / 0 for float.
+      interp_size: network input size, overriding the data set's.
+
+    Returns:
+      ``{'epe': px, 'd0', 'd1', 'fl', 'sf': outlier %, 'frames': n}`` (frame-averaged).
+
+    Example:
+      >>> evaluate(init_params(0), data, bits=8)["epe"] > 0
+      True
+    """
+    params = _check_variables(variables)["params"]
+    percent, bits = _percent(percent), _bits(bits)
+    data = _as_dataset(data)
+    engine = _engine(data, interp_size)
+    metrics = engine.evaluate(_state(engine, params, percent, bits),
+                              data.val_batches(data.num_samples))
+    return {**metrics, "frames": len(data.val)}
+
+
+def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: int = 10, *,
+               batch: int = 1, warmup: int = 1, dataset: str | None = None,
+               dtype: Any = jnp.float32) -> dict[str, Any]:
+    """Wall time of the jitted forward pass (the :func:`predict_sceneflow` executable).
+
+    Pruned or fake-quantized weights are still dense float tensors, so every
+    configuration of one size runs the same convolutions (the paper's Fig. 6 measures
+    the same thing on its GPU).
+
+    Args:
+      variables: ``{'params': ...}``.
+      height, width: frame size (multiples of 64, or KITTI's with ``dataset='kitti'``).
+      repeats: timed calls (>= 1).
+      batch: frame pairs per call.
+      warmup: untimed calls after the first (compiling) one.
+      dataset: as :func:`predict_sceneflow` (``'kitti'`` runs at 384x1216 inside).
+      dtype: compute dtype.
+
+    Returns:
+      ``{'first_call_s' (compile + run), 'median_ms', 'p10_ms', 'p90_ms', 'repeats',
+      'batch', 'height', 'width', 'backend', 'device'}``.
+
+    Example:
+      >>> time_model(init_params(0), 64, 192, repeats=2)["median_ms"] > 0
+      True
+    """
+    from deepliflow_jax.profile.timing import make_frames, summarize
+
+    _check_variables(variables)
+    repeats = _positive_int(repeats, "repeats")
+    batch = _positive_int(batch, "batch")
+    warmup = _positive_int(warmup, "warmup", minimum=0)
+    frames = jax.device_put(make_frames(batch, _positive_int(height, "height"),
+                                        _positive_int(width, "width")))
+    variables = jax.device_put(variables)
+
+    def call():
+        return jax.block_until_ready(predict_sceneflow(variables, frames, dataset, dtype=dtype))
+
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    stats = summarize(times)
+    return {"first_call_s": first, "median_ms": stats["median_ms"], "p10_ms": stats["p10_ms"],
+            "p90_ms": stats["p90_ms"], "repeats": repeats, "batch": batch, "height": height,
+            "width": width, "backend": jax.default_backend(),
+            "device": str(jax.devices()[0].device_kind)}
+
+
+DEFAULT_CONFIGS = ((0.0, 0), (10.0, 0), (0.0, 8), (10.0, 8))
+
+
+def compression_table(variables: Mapping, data: Dataset | PathLike,
+                      configs: Sequence[tuple[float, int]] = DEFAULT_CONFIGS, *,
+                      repeats: int = 0) -> list[dict[str, Any]]:
+    """Post-training compression of one model, one row per ``(percent, bits)``.
+
+    Args:
+      variables: ``{'params': ...}``.
+      data: a :class:`Dataset` or its folder (validation split).
+      configs: ``(pruning percent, bits)`` pairs; 0 = no pruning / float.
+      repeats: timed forward passes per configuration (0: no timing).
+
+    Returns:
+      Rows ``{'percent', 'bits', 'zero_percent', 'epe', 'd0', 'd1', 'fl', 'sf',
+      'median_ms'}`` (``median_ms`` None without timing); :func:`format_table` prints them.
+
+    Example:
+      >>> rows = compression_table(init_params(0), data, [(0, 0), (10, 8)])
+      >>> rows[1]["zero_percent"] >= 10.0
+      True
+    """
+    from deepliflow_jax.study.engine import zero_fraction
+
+    params = _check_variables(variables)["params"]
+    data = _as_dataset(data)
+    if not configs:
+        raise ValueError("configs must hold at least one (percent, bits) pair")
+    checked = []
+    for config in configs:
+        if not isinstance(config, Sequence) or len(config) != 2:
+            raise ValueError(f"each config must be a (percent, bits) pair, got {config!r}")
+        checked.append((_percent(config[0]), _bits(config[1])))
+    engine = _engine(data)
+    batches = data.val_batches(data.num_samples)
+    h, w = data.val[0].image0.shape[:2]
+    rows = []
+    for percent, bits in checked:
+        state = _state(engine, params, percent, bits)
+        compressed = engine.compressed_params(state)
+        row = {"percent": percent, "bits": bits,
+               "zero_percent": zero_fraction(compressed), **engine.evaluate(state, batches),
+               "median_ms": None}
+        if repeats:
+            row["median_ms"] = time_model(
+                {"params": compressed}, h, w, repeats,
+                dataset=None if data.interp_size is None else data.dataset_type.lower(),
+            )["median_ms"]
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table of :func:`compression_table` rows.
+
+    Args:
+      rows: the rows.
+
+    Returns:
+      The table text.
+
+    Example:
+      >>> print(format_table([{"percent": 10.0, "bits": 8, "zero_percent": 12.5, "epe": 3.2,
+      ...                      "d0": 1.0, "d1": 2.0, "fl": 3.0, "sf": 4.0, "median_ms": None}]))
+      | pruning | weights | zeros % | EPE (px) | D0 % | D1 % | Fl % | SF % | time (ms) |
+      |---|---|---|---|---|---|---|---|---|
+      | 10% | 8 bits | 12.50 | 3.200 | 1.00 | 2.00 | 3.00 | 4.00 | - |
+    """
+    lines = ["| pruning | weights | zeros % | EPE (px) | D0 % | D1 % | Fl % | SF % | time (ms) |",
+             "|---" * 9 + "|"]
+    for r in rows:
+        ms = "-" if r.get("median_ms") is None else f"{r['median_ms']:.1f}"
+        weights = f"{r['bits']} bits" if r["bits"] else "float32"
+        lines.append(
+            f"| {r['percent']:g}% | {weights} | "
+            f"{r['zero_percent']:.2f} | {r['epe']:.3f} | {r['d0']:.2f} | {r['d1']:.2f} | "
+            f"{r['fl']:.2f} | {r['sf']:.2f} | {ms} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def _one_frame(sceneflow: Any, name: str = "sceneflow") -> np.ndarray:
+    arr = np.asarray(sceneflow, np.float32)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3 or arr.shape[-1] != 4:
+        raise ValueError(f"{name} must be [H, W, 4] (or [1, H, W, 4]; pick one frame of a "
+                         f"batch), got {np.shape(sceneflow)}")
+    return arr
+
+
+def flow_image(sceneflow: Any, max_flow: float = -1.0) -> np.ndarray:
+    """The optical flow of a scene flow, Middlebury colour coded (as the original).
+
+    Args:
+      sceneflow: ``[H, W, 4]`` (or ``[1, H, W, 4]``) from :func:`predict_sceneflow`.
+      max_flow: flow radius of full saturation (<= 0: the image's largest).
+
+    Returns:
+      uint8 RGB ``[H, W, 3]``.
+
+    Example:
+      >>> import numpy as np
+      >>> flow_image(np.ones((64, 128, 4), np.float32)).shape
+      (64, 128, 3)
+    """
+    from deepliflow_jax.vis import flow_to_color
+
+    return flow_to_color(_one_frame(sceneflow)[..., :2], max_flow)
+
+
+def disparity_image(sceneflow: Any, frame: int = 0, max_disp: float = -1.0) -> np.ndarray:
+    """Disparity at t (``frame=0``) or t+1 (``frame=1``), jet colour coded (as the original).
+
+    Args:
+      sceneflow: ``[H, W, 4]`` (or ``[1, H, W, 4]``).
+      frame: 0 (d0) or 1 (d1).
+      max_disp: disparity of the top colour (<= 0: the image's largest).
+
+    Returns:
+      uint8 RGB ``[H, W, 3]``.
+
+    Example:
+      >>> import numpy as np
+      >>> disparity_image(np.ones((64, 128, 4), np.float32), frame=1).dtype
+      dtype('uint8')
+    """
+    from deepliflow_jax.vis import disparity_to_color
+
+    if frame not in (0, 1):
+        raise ValueError(f"frame must be 0 (disparity at t) or 1 (at t+1), got {frame!r}")
+    return disparity_to_color(_one_frame(sceneflow)[..., 2 + frame], max_disp)
+
+
+def plot_sceneflow(sceneflow: Any, image0: Any = None, image1: Any = None, *,
+                   gt: Any = None, title: str | None = None):
+    """A matplotlib figure: inputs, then flow / D0 / D1 of the prediction (and ``gt``).
+
+    Colour scales come from ``gt`` when given (its valid pixels), else from the
+    prediction, and are shared by both rows.
+
+    Args:
+      sceneflow: ``[H, W, 4]`` prediction.
+      image0, image1: optional input images (float [0, 1] or uint8).
+      gt: optional ground truth ``[H, W, 4]`` (``d0 > 0`` = valid).
+      title: figure title.
+
+    Returns:
+      The ``matplotlib.figure.Figure`` (needs the ``viz`` extra).
+
+    Example:
+      >>> import numpy as np
+      >>> fig = plot_sceneflow(np.ones((64, 128, 4), np.float32), title="ones")
+      >>> len(fig.axes)
+      3
+    """
+    import matplotlib.pyplot as plt
+
+    from deepliflow_jax.vis import sceneflow_panels
+
+    pred = _one_frame(sceneflow)
+    ref = pred if gt is None else _one_frame(gt, "gt")
+    valid = ref[..., 2] > 0 if gt is not None else np.ones(ref.shape[:2], bool)
+    max_flow = float(np.max(np.linalg.norm(ref[..., :2], axis=-1)[valid], initial=1e-6))
+    max_disp = float(np.max(ref[..., 2:4][valid], initial=1e-6))
+    rows = []
+    if image0 is not None or image1 is not None:
+        rows.append([("image t", image0), ("image t+1", image1)])
+    names = ("optical flow", "disparity t", "disparity t+1")
+    rows.append(list(zip([f"{n} (pred)" for n in names],
+                         sceneflow_panels(pred, None, max_flow, max_disp), strict=True)))
+    if gt is not None:
+        rows.append(list(zip([f"{n} (gt)" for n in names],
+                             sceneflow_panels(ref, valid.astype(int), max_flow, max_disp),
+                             strict=True)))
+    ncol = max(len(r) for r in rows)
+    h, w = pred.shape[:2]
+    fig, axes = plt.subplots(len(rows), ncol, squeeze=False,
+                             figsize=(3.2 * ncol, 3.2 * h / w * len(rows) + 0.8))
+    for r, row in enumerate(rows):
+        for c in range(ncol):
+            ax = axes[r][c]
+            if c < len(row) and row[c][1] is not None:
+                ax.imshow(row[c][1])
+                ax.set_title(row[c][0], fontsize=9)
+                ax.axis("off")
+            else:
+                fig.delaxes(ax)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
