@@ -1,0 +1,119 @@
+"""``experiments/quickstart.ipynb``: generated from its script, valid, and it runs.
+
+The notebook is executed headless with nbclient in a fresh IPython kernel (this
+interpreter), at the small sizes it uses on a CPU (64x192 synthetic frames, the study's
+``tiny`` shapes). The kernel gets the persistent XLA cache of the test session
+(``conftest.py``), so the forward, train step and evaluation compiled by the API and
+study tests are loaded rather than compiled again. A failing cell fails the test.
+"""
+
+import ast
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "experiments" / "quickstart.ipynb"
+CELL_TIMEOUT_S = 900
+
+
+def _notebook():
+    import nbformat
+
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def test_notebook_is_what_its_generator_writes():
+    from experiments._make_notebook import render
+
+    assert NOTEBOOK.read_text() == render(), (
+        "experiments/quickstart.ipynb is stale: run `python experiments/_make_notebook.py`")
+
+
+def test_notebook_is_valid_and_plain_python():
+    import nbformat
+
+    nb = _notebook()
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert len(code) >= 10
+    for cell in code:
+        ast.parse(cell.source)  # no IPython-only syntax (`!pip`, `%magic`)
+        assert not cell.outputs and cell.execution_count is None  # stored clean
+    text = "\n".join(c.source for c in code)
+    for step in ("predict_sceneflow", "prune", "quantize", "finetune", "evaluate",
+                 "time_model", "plot_sceneflow", "compression_table", "read_example"):
+        assert f"dl.{step}(" in text, step
+    assert "../shared" not in text  # the example folder is an input, never a fixed path
+
+
+def _kernel_spec(folder: Path) -> str:
+    """A kernel spec running this interpreter (the installed 'python3' may be another one)."""
+    name = "deepliflow-test"
+    spec = folder / "kernels" / name
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "deepliflow test", "language": "python"}))
+    return name
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    try:
+        import nbclient
+    except ImportError as err:  # in the `dev` extra: never skip silently in CI
+        pytest.fail(f"executing the notebook needs nbclient and ipykernel "
+                    f"(pip install -e '.[dev]'): {err}")
+    import jax
+
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    kernel = _kernel_spec(tmp_path / "jupyter")
+    env = dict(os.environ)
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend, so figures become outputs
+    env.update({
+        "CI": env.get("CI", "1"),  # the install cell must never pip install here
+        "DEEPLIFLOW_SMALL": "1",
+        "DEEPLIFLOW_WORKDIR": str(tmp_path / "work"),
+        "DEEPLIFLOW_EXAMPLES": str(SHARED_DATA / "deeplidarflow_examples")
+        if SHARED_DATA.is_dir() else "",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
+    })
+    cache = jax.config.jax_compilation_cache_dir
+    if cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache
+    nb = _notebook()
+    client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=CELL_TIMEOUT_S,
+                                     resources={"metadata": {"path": str(REPO / "experiments")}})
+    start = time.perf_counter()
+    try:
+        client.execute(env=env)
+    finally:
+        import nbformat
+
+        nbformat.write(nb, tmp_path / "executed.ipynb")  # for a failure's post-mortem
+    seconds = time.perf_counter() - start
+    print(f"notebook ran in {seconds:.0f} s")
+
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    # prediction vs gt, loss curve (+ the example frames and the released flow)
+    assert len(images) >= (4 if SHARED_DATA.is_dir() else 2)
+
+    def text(o):
+        return o.get("text", "") + o.get("data", {}).get("text/markdown", "")
+
+    everything = "".join(text(o) for o in outputs)
+    assert "| pruning | weights | zeros % |" in everything
+    assert everything.count("| 10% |") == 2  # the table's pruned rows
+    assert "random, untrained weights" in everything
+    assert "saved " in everything and "notebook ran in" in everything
+    assert (tmp_path / "work" / "flow.png").stat().st_size > 0
+    assert (tmp_path / "work" / "tuned_p10_q8" / "deepliflow_checkpoint.json").is_file()
