@@ -1,0 +1,589 @@
+"""Measured trade-offs of structured pruning and int8 (the ``structured_tradeoff`` experiment).
+
+For a trained dense model and each pruning ratio: prune channels (L1 by
+default, :mod:`.structured`), fine-tune the smaller model with the jitted optax
+train step (:func:`deepliflow_jax.train.step.make_train_step`, KITTI loss and
+the original's L2 term), then measure, with and without int8 (post-training,
+calibrated on a few training batches, :mod:`.int8`):
+
+* parameters, FLOPs (XLA ``cost_analysis`` and eq. (3) conv FLOPs of the
+  forward that is timed), size on disk (an Orbax checkpoint for float models,
+  the int8 ``.npz`` for int8 ones);
+* latency: one AOT-compiled executable per model (``profile.timing.aot_compile``)
+  evaluates the validation set *and* is timed on the validation batch; all
+  models are timed in interleaved rounds (every model once per round) so that
+  the load of a shared machine hits them alike; ``profile.timing.summarize``;
+* EPE and outlier rates on the synthetic validation set (frame-averaged).
+
+The dense model fine-tuned for the same number of steps is measured too: a
+briefly pre-trained model still improves with any extra training, so it is
+the fair reference for the pruned models' accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from deepliflow_jax.compress import int8 as int8_lib
+from deepliflow_jax.compress.structured import (
+    channel_masks,
+    count_params,
+    mask_outputs,
+    shrink,
+    structured_prune,
+    widths_of,
+)
+from deepliflow_jax.losses import kitti_loss, l2_regularizer
+from deepliflow_jax.metrics import frame_counts, metrics_from_counts
+from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
+from deepliflow_jax.model.widths import freeze_widths
+from deepliflow_jax.train.state import create_train_state
+from deepliflow_jax.train.step import make_train_step
+
+TARGET_EPE_INCREASE = 0.05
+TARGET_SPEEDUP = 1.3
+TARGET_DISK_REDUCTION = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class TradeoffConfig:
+    """Settings of one trade-off run.
+
+    Attributes:
+      ratios: fractions of channels removed per layer (0.1 .. 0.7).
+      finetune_steps: fine-tuning steps of every pruned model (and the dense reference).
+      lr: Adam learning rate of the fine-tuning.
+      scope, multiple, scorer, exclude: see :func:`.structured.plan_pruning`.
+      int8: also measure each model in int8.
+      calib_batches: training batches for the int8 activation ranges.
+      repeats: timed rounds (each model once per round).
+      warmup: untimed calls per model before timing.
+      dense_finetune: also fine-tune the dense model (the fair accuracy reference).
+      finetune_mode: ``"masked"`` (one compiled step for every ratio: the full
+        model under channel masks, then shrunk; see :class:`Trainer`) or
+        ``"shrunk"`` (each smaller model compiles and trains its own step).
+      pretrain_steps, pretrain_lr: pre-training when no baseline checkpoint exists.
+      seed: training seed.
+    """
+
+    ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
+    finetune_steps: int = 40
+    lr: float = 1e-4
+    scope: str = "layer"
+    multiple: int = 8
+    scorer: str = "l1"
+    exclude: str | None = None
+    int8: bool = True
+    calib_batches: int = 4
+    repeats: int = 7
+    warmup: int = 1
+    dense_finetune: bool = True
+    finetune_mode: str = "masked"
+    pretrain_steps: int = 300
+    pretrain_lr: float = 3e-4
+    seed: int = 0
+
+    def __post_init__(self):
+        for r in self.ratios:
+            if not 0.0 < r < 1.0:
+                raise ValueError(f"pruning ratio {r} outside (0, 1)")
+        for name in ("finetune_steps", "calib_batches", "repeats", "warmup", "pretrain_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.finetune_mode not in ("masked", "shrunk"):
+            raise ValueError(f"finetune_mode must be 'masked' or 'shrunk', got "
+                             f"{self.finetune_mode!r}")
+        if self.int8 and self.calib_batches < 1:
+            raise ValueError("int8 needs calib_batches >= 1")
+
+
+class Trainer:
+    """The jitted optax train step (``make_train_step``) for one architecture.
+
+    Two ways to fine-tune a pruned model:
+
+    * ``Trainer(widths)`` trains the smaller model itself (its own compiled step);
+    * ``Trainer(None, masked=True)`` trains the *full* model with the removed
+      channels zeroed at every producer (``structured.mask_outputs``; the masks
+      travel in the batch, so one compiled step serves every pruning ratio and
+      the dense model), and :func:`.structured.shrink` is applied afterwards.
+      Both train the same function: the kept weights get the same gradients and
+      Adam updates, and shrinking the fine-tuned full model reproduces it
+      exactly (the removed normalized-conv inputs' weight mass, which the masked
+      run keeps training, becomes the shrunken layer's ``conf_mass``).
+
+    Args:
+      widths: channel widths (None = the original network).
+      lr: Adam learning rate.
+      seed: train-state seed.
+      masked: train the full model under channel masks (``batch["masks"]``).
+    """
+
+    def __init__(self, widths: Any = None, lr: float = 1e-4, seed: int = 0,
+                 masked: bool = False):
+        if masked and widths is not None:
+            raise ValueError("masked fine-tuning runs the full model: widths must be None")
+        self.widths = None if widths is None else dict(freeze_widths(widths))
+        self.model = DeepLiDARFlow(widths=freeze_widths(widths))
+        self.masked = masked
+        self.seed = seed
+        self.tx = optax.adam(lr)
+        step = make_train_step(self._apply, self._loss, self.tx,
+                               regularizer=lambda p: l2_regularizer(p))
+        self._step = jax.jit(step, donate_argnums=0)
+
+    def _apply(self, params, batch, rng):
+        del rng
+        gt = batch["gt"]
+        if not self.masked:
+            return self.model.apply({"params": params}, batch["frames"], None, gt.shape[1:3])
+        with mask_outputs(batch["masks"]):
+            return self.model.apply({"params": params}, batch["frames"], None, gt.shape[1:3])
+
+    @staticmethod
+    def _loss(outputs, batch):
+        return kitti_loss(outputs[1]["flows"], batch["gt"])
+
+    def fine_tune(self, params: Any, batch_fn: Callable[[int], dict], steps: int,
+                  log: Callable[[str], None] = print, masks: Any = None
+                  ) -> tuple[Any, list[float]]:
+        """``steps`` Adam steps from ``params`` on ``batch_fn(position)``.
+
+        Args:
+          params: bare parameter tree.
+          batch_fn: position -> ``{"frames", "gt"}``.
+          steps: number of steps.
+          log: progress printer.
+          masks: ``{group: 0/1 [width]}`` (masked trainers only; default all ones).
+
+        Returns:
+          ``(params on the host, losses)``.
+        """
+        if steps == 0:
+            return params, []
+        if self.masked and masks is None:
+            masks = {k: np.ones(v, np.float32) for k, v in widths_of(params).items()}
+        state = create_train_state(jax.tree.map(jnp.asarray, params), self.tx, self.seed)
+        losses = []
+        t0 = time.perf_counter()
+        for pos in range(steps):
+            batch = batch_fn(pos)
+            if self.masked:
+                batch = {**batch, "masks": masks}
+            state, metrics = self._step(state, batch)
+            losses.append(float(metrics["loss"]))
+            if pos == 0:
+                log(f"  first step (compile) {time.perf_counter() - t0:.0f} s, "
+                    f"loss {losses[0]:.3f}")
+        log(f"  {steps} steps in {time.perf_counter() - t0:.0f} s; loss "
+            f"{np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}")
+        return jax.device_get(state.params), losses
+
+
+def pretrain(data, steps: int, lr: float, seed: int, log=print) -> Any:
+    """Pre-trains the dense model from the initialisation (no baseline checkpoint)."""
+    from deepliflow_jax.model.api import init_params
+
+    params = init_params(seed)["params"]
+    n = data.samples
+    return Trainer(None, lr, seed).fine_tune(params, lambda p: data.train_batch(p, n), steps,
+                                             log)[0]
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def dir_size(path: str | os.PathLike) -> int:
+    """Bytes of all files under ``path`` (or of the file)."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def float_disk_bytes(params: Any, workdir: Path) -> int:
+    """Size of the model's Orbax checkpoint (``save_checkpoint``)."""
+    from deepliflow_jax.checkpoint import save_checkpoint
+
+    out = workdir / f"ckpt_{time.monotonic_ns()}"
+    save_checkpoint(out, {"params": params})
+    size = dir_size(out)
+    shutil.rmtree(out, ignore_errors=True)
+    return size
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One model to measure: a compiled forward and what it needs."""
+
+    name: str
+    ratio: float
+    int8: bool
+    params: int
+    disk_bytes: int
+    compiled: Any
+    args: tuple
+    info: dict
+    extra: dict = dataclasses.field(default_factory=dict)
+    times: list = dataclasses.field(default_factory=list)
+
+
+def _conv_gflops(fn, *args) -> float:
+    from deepliflow_jax.profile.table1 import conv_eq3_flops
+
+    return conv_eq3_flops(fn, *args)[0] / 1e9
+
+
+def evaluate_outputs(sf: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """Frame-averaged EPE / D0 / D1 / Fl / SF outlier rates."""
+    counts = jax.device_get(frame_counts(jnp.asarray(sf), jnp.asarray(gt)))
+    return {k: float(v) for k, v in metrics_from_counts(counts, "frame").items()}
+
+
+def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
+                   workdir: Path, *, quant: bool = False, calib: Sequence[np.ndarray] = (),
+                   log=print) -> Candidate:
+    """Compiles the forward of one model on the validation batch and evaluates it.
+
+    Args:
+      name: label.
+      ratio: pruning ratio (0 = dense).
+      params: float params (bare tree).
+      widths: channel widths (None = the original network).
+      val: ``{"frames", "gt"}`` validation batch.
+      workdir: scratch folder for size measurements.
+      quant: measure the int8 model instead (post-training, calibrated on ``calib``).
+      calib: training frame batches for the activation ranges.
+
+    Returns:
+      A :class:`Candidate` with metrics in ``extra``.
+    """
+    from deepliflow_jax.profile.timing import aot_compile
+
+    frames = jax.device_put(jnp.asarray(val["frames"]))
+    out_size = tuple(val["gt"].shape[1:3])
+    frozen = freeze_widths(widths)
+    if quant:
+        ranges = int8_lib.calibrate({"params": params}, calib, widths=widths)
+        qmodel = int8_lib.quantize_int8({"params": params}, ranges)
+        path = workdir / f"int8_{time.monotonic_ns()}.npz"
+        disk = int8_lib.save_int8(path, qmodel, {"name": name})
+        path.unlink()
+        qmodel = jax.device_put(qmodel)
+
+        def fn(q, f):
+            return int8_lib.int8_apply(q, f, None, out_size, frozen)[0]
+
+        args = (qmodel, frames)
+        n_params = count_params({k: v for k, v in qmodel.items()})
+    else:
+        model = DeepLiDARFlow(widths=frozen)
+
+        def fn(p, f):
+            return model.apply({"params": p}, f, None, out_size)[0]
+
+        args = (jax.device_put(params), frames)
+        disk = float_disk_bytes(params, workdir)
+        n_params = count_params(params)
+    t0 = time.perf_counter()
+    compiled, info = aot_compile(fn, *args)
+    info["conv_gflops_eq3"] = _conv_gflops(fn, *args)
+    sf = np.asarray(jax.block_until_ready(compiled(*args)))
+    metrics = evaluate_outputs(sf, val["gt"])
+    extra = {"metrics": metrics}
+    if quant:
+        report = int8_lib.hlo_conv_report(compiled.as_text())
+        report["selected_layers"] = len(qmodel["convs"])
+        report["integer_convs_ran"] = report["integer_convolutions"] >= len(qmodel["convs"])
+        extra["hlo"] = report
+    log(f"  {name}: compiled in {time.perf_counter() - t0:.0f} s; EPE {metrics['epe']:.3f}, "
+        f"SF {metrics['sf']:.2f} %, {n_params:,} params, {disk / 1e6:.2f} MB")
+    return Candidate(name, ratio, quant, n_params, disk, compiled, args, info, extra)
+
+
+def time_candidates(cands: Sequence[Candidate], repeats: int, warmup: int, log=print) -> None:
+    """Interleaved timing: every model once per round, round order rotated."""
+    for c in cands:
+        for _ in range(warmup):
+            jax.block_until_ready(c.compiled(*c.args))
+    for r in range(repeats):
+        order = list(cands[r % len(cands):]) + list(cands[: r % len(cands)])
+        for c in order:
+            t0 = time.perf_counter()
+            jax.block_until_ready(c.compiled(*c.args))
+            c.times.append(time.perf_counter() - t0)
+    log(f"  timed {len(cands)} models x {repeats} rounds")
+
+
+def _row(c: Candidate, dense: Candidate, references: dict[str, Candidate]) -> dict[str, Any]:
+    from deepliflow_jax.profile.timing import summarize
+
+    t = summarize(c.times)
+    td = summarize(dense.times)
+    m = c.extra["metrics"]
+    row = {
+        "name": c.name, "ratio": c.ratio, "int8": c.int8, "params": c.params,
+        "param_fraction": c.params / dense.params,
+        "disk_bytes": c.disk_bytes, "disk_fraction": c.disk_bytes / dense.disk_bytes,
+        "gflops_xla": (c.info["flops"] or float("nan")) / 1e9,
+        "conv_gflops_eq3": c.info["conv_gflops_eq3"],
+        "compile_s": c.info["compile_s"],
+        "latency_ms": t["median_ms"], "latency_p10_ms": t["p10_ms"],
+        "latency_p90_ms": t["p90_ms"], "latency_n": t["n"],
+        "speedup": td["median_ms"] / t["median_ms"],
+        **{k: m[k] for k in ("epe", "d0", "d1", "fl", "sf")},
+    }
+    for key, ref in references.items():
+        row[f"epe_change_vs_{key}"] = m["epe"] / ref.extra["metrics"]["epe"] - 1.0
+    if "hlo" in c.extra:
+        row["hlo"] = c.extra["hlo"]
+    return row
+
+
+def target_check(rows: list[dict], reference: str) -> dict[str, Any]:
+    """The issue's target: EPE <= +5 %, >= 1.3x faster, >= 50 % smaller on disk.
+
+    Args:
+      rows: result rows (the first is the dense model).
+      reference: which dense row the EPE is compared with (``dense`` or ``dense_ft``).
+
+    Returns:
+      ``{"met": bool, "best": row name or None, "candidates": [...]}``.
+    """
+    key = f"epe_change_vs_{reference}"
+    ok = [r for r in rows if r["ratio"] > 0 and r[key] <= TARGET_EPE_INCREASE
+          and r["speedup"] >= TARGET_SPEEDUP and r["disk_fraction"] <= 1 - TARGET_DISK_REDUCTION]
+    best = max(ok, key=lambda r: r["speedup"]) if ok else None
+    return {"met": bool(ok), "reference": reference, "best": best["name"] if best else None,
+            "candidates": [r["name"] for r in ok]}
+
+
+@dataclasses.dataclass
+class TradeoffData:
+    """What the run needs from the data: training batches, the validation batch, calibration."""
+
+    train_batch: Callable[[int, int], dict]
+    val: dict
+    samples: int
+    description: str
+
+
+def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
+                 workdir: str | os.PathLike | None = None, log=print) -> dict[str, Any]:
+    """The whole trade-off measurement (see module docstring).
+
+    Args:
+      cfg: settings.
+      data: data access.
+      baseline: trained dense params (bare tree).
+      workdir: scratch folder (default: a temporary one).
+      log: progress printer.
+
+    Returns:
+      ``{"rows": [...], "target": {...}, "config": {...}, "structures": {...}}``.
+    """
+    scratch = Path(workdir or tempfile.mkdtemp(prefix="structured_tradeoff_"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    n = data.samples
+    calib = [data.train_batch(10_000 + i, n)["frames"] for i in range(cfg.calib_batches)]
+
+    def batches(pos):
+        return data.train_batch(pos, n)
+
+    start = time.perf_counter()
+    cands: list[Candidate] = []
+    structures: dict[str, Any] = {}
+
+    def measure(name, ratio, params, widths):
+        cands.append(make_candidate(name, ratio, params, widths, data.val, scratch, log=log))
+        if cfg.int8:
+            cands.append(make_candidate(f"{name}+int8", ratio, params, widths, data.val, scratch,
+                                        quant=True, calib=calib, log=log))
+
+    masked = cfg.finetune_mode == "masked"
+    shared = Trainer(None, cfg.lr, cfg.seed, masked=masked)  # compiles on first use
+    log("dense baseline")
+    measure("dense", 0.0, baseline, None)
+    if cfg.dense_finetune and cfg.finetune_steps:
+        log(f"dense + {cfg.finetune_steps} fine-tuning steps (reference)")
+        ft, losses = shared.fine_tune(baseline, batches, cfg.finetune_steps, log)
+        measure("dense_ft", 0.0, ft, None)
+        structures["dense_ft"] = {"losses": losses}
+    for ratio in cfg.ratios:
+        name = f"pruned{int(round(ratio * 100))}"
+        log(f"{name}: structured pruning {ratio:.0%} of the channels per layer "
+            f"({cfg.scope}, multiple {cfg.multiple}, {cfg.scorer}); fine-tuning "
+            f"{cfg.finetune_mode}")
+        res = structured_prune({"params": baseline}, ratio, scope=cfg.scope,
+                               multiple=cfg.multiple, scorer=cfg.scorer, exclude=cfg.exclude)
+        if masked:
+            masks = channel_masks(widths_of(baseline), res.keep)
+            full, losses = shared.fine_tune(baseline, batches, cfg.finetune_steps, log, masks)
+            params = shrink({"params": full}, res.keep)[0]["params"]
+        else:
+            params, losses = Trainer(res.widths, cfg.lr, cfg.seed).fine_tune(
+                res.variables["params"], batches, cfg.finetune_steps, log)
+        structures[name] = {**res.summary(), "losses": losses}
+        measure(name, ratio, params, res.widths)
+    log("timing")
+    time_candidates(cands, cfg.repeats, cfg.warmup, log)
+    by_name = {c.name: c for c in cands}
+    refs = {"dense": by_name["dense"]}
+    if "dense_ft" in by_name:
+        refs["dense_ft"] = by_name["dense_ft"]
+    rows = [_row(c, by_name["dense"], refs) for c in cands]
+    reference = "dense_ft" if "dense_ft" in refs else "dense"
+    from deepliflow_jax.profile.timing import environment
+
+    return {
+        "config": dataclasses.asdict(cfg),
+        "data": data.description,
+        "rows": rows,
+        "target": {"vs_" + k: target_check(rows, k) for k in refs},
+        "primary_reference": reference,
+        "structures": structures,
+        "environment": environment(),
+        "wall_s": time.perf_counter() - start,
+        "timed_input": list(np.shape(data.val["frames"])),
+    }
+
+
+def synthetic_data(data_dir: str | os.PathLike, seed: int = 0) -> TradeoffData:
+    """The study's synthetic KITTI-format world (``demo`` preset: 80 scenes, 64x192).
+
+    Generated into ``data_dir`` if missing (as the study does); split 9:1.
+    """
+    from deepliflow_jax.study.config import make_config
+    from deepliflow_jax.study.data import load_study_data, make_synthetic
+
+    cfg = make_config("demo", seed=seed)
+    root = Path(data_dir)
+    make_synthetic(cfg, root, progress=False)
+    data = load_study_data(cfg, root)
+    n = data.samples_for(cfg)
+    val = data.val_batches(n)
+    if len(val) != 1:
+        raise ValueError(f"expected one validation batch of equal-size frames, got {len(val)}")
+    desc = (f"synthetic KITTI-format world ({root}): {len(data.train)} training / "
+            f"{len(data.val)} validation frames at {cfg.height}x{cfg.width}, {n} LiDAR points "
+            "per frame")
+    return TradeoffData(data.train_batch, val[0], n, desc)
+
+
+def baseline_params(checkpoint: str | os.PathLike | None, data: TradeoffData,
+                    cfg: TradeoffConfig, save_to: str | os.PathLike, log=print) -> Any:
+    """The trained dense model: ``checkpoint`` if it exists, else pre-trained here and saved.
+
+    Raises:
+      ValueError: the checkpoint is not the original (dense) architecture.
+    """
+    from deepliflow_jax.checkpoint import load_checkpoint, save_checkpoint
+
+    for path in (checkpoint, save_to):
+        if path and Path(path).exists():
+            log(f"baseline: {path}")
+            return jax.device_get(load_checkpoint(path, widths=None)["params"])
+    log(f"baseline: no checkpoint; pre-training {cfg.pretrain_steps} steps at lr "
+        f"{cfg.pretrain_lr}")
+    params = pretrain(data, cfg.pretrain_steps, cfg.pretrain_lr, cfg.seed, log)
+    save_checkpoint(save_to, {"params": params}, {"source": "structured_tradeoff pre-training",
+                                                  "pretrain_steps": cfg.pretrain_steps})
+    return params
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The trade-off table (and the target verdicts) as Markdown."""
+    env = result["environment"]
+    shape = result["timed_input"]
+    lines = [
+        "# Structured pruning + int8: measured trade-offs "
+        f"({env.get('platform', '?').upper()}; GPU pending)",
+        "",
+        f"Device: {env.get('platform', '?')} ({env.get('cpu', '?')}, {env.get('cpu_count')} "
+        f"cores visible), jax {env.get('versions', {}).get('jax', '?')}. "
+        f"Latency: median (p10-p90) of "
+        f"{result['config']['repeats']} interleaved rounds of one AOT-compiled forward on the "
+        f"validation batch {shape} (B x frames x H x W x C); shared 2-core machine, other jobs "
+        "running: compare rows with each other, not with other runs.",
+        f"Data: {result['data']}.",
+        f"Fine-tuning: {result['config']['finetune_steps']} Adam steps at lr "
+        f"{result['config']['lr']} for every pruned model and for `dense_ft`.",
+        "",
+        "| model | ratio | int8 | params | disk MB | GFLOPs (XLA) | conv GFLOPs eq.3 | "
+        "latency ms | speedup | EPE | vs dense | vs dense_ft | D1 % | Fl % | SF % |",
+        "|---" * 15 + "|",
+    ]
+    for r in result["rows"]:
+        ft = r.get("epe_change_vs_dense_ft")
+        lines.append(
+            f"| {r['name']} | {r['ratio']:.0%} | {'yes' if r['int8'] else 'no'} | "
+            f"{r['params']:,} ({r['param_fraction']:.0%}) | {r['disk_bytes'] / 1e6:.2f} "
+            f"({r['disk_fraction']:.0%}) | {r['gflops_xla']:.2f} | {r['conv_gflops_eq3']:.2f} | "
+            f"{r['latency_ms']:.0f} ({r['latency_p10_ms']:.0f}-{r['latency_p90_ms']:.0f}) | "
+            f"{r['speedup']:.2f}x | {r['epe']:.3f} | {r['epe_change_vs_dense']:+.1%} | "
+            f"{'-' if ft is None else f'{ft:+.1%}'} | {r['d1']:.1f} | {r['fl']:.1f} | "
+            f"{r['sf']:.1f} |")
+    lines += ["", "Target (issue 8): EPE at most +5 %, at least 1.3x faster (here: CPU, "
+              "labelled), at least 50 % smaller on disk."]
+    for key, t in result["target"].items():
+        verdict = f"met by {', '.join(t['candidates'])} (fastest: {t['best']})" if t["met"] \
+            else "not met"
+        lines.append(f"* EPE {key.replace('_', ' ')}: {verdict}.")
+    hlo = [r for r in result["rows"] if "hlo" in r]
+    if hlo:
+        h = hlo[0]["hlo"]
+        lines += ["", f"Integer convolutions in the compiled HLO ({env.get('platform', '?')}): "
+                  f"{h['integer_convolutions']} of {h['selected_layers']} selected convs "
+                  f"are integer ({h['int8_convolutions']} with s8 operands, "
+                  f"{h['int32_convolutions']} whose s8 codes XLA widened to s32 before the "
+                  f"convolution); {h['float_convolutions']} float convolutions (the normalized "
+                  f"convs: weight-only int8, dequantized in the step). Operand types: "
+                  f"{h['operand_types']}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """EPE vs latency (the paper's Fig. 4 layout): float and int8 per pruning ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for quant, marker, label in ((False, "o", "float32"), (True, "s", "int8")):
+        rows = [r for r in result["rows"] if r["int8"] == quant]
+        if not rows:
+            continue
+        ax.plot([r["latency_ms"] for r in rows], [r["epe"] for r in rows], marker=marker,
+                linestyle="", label=label)
+        for r in rows:
+            ax.annotate(r["name"].replace("+int8", ""), (r["latency_ms"], r["epe"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+    dense = result["rows"][0]
+    ax.axhline(dense["epe"] * (1 + TARGET_EPE_INCREASE), color="gray", linestyle="--",
+               linewidth=0.8, label="dense EPE +5 %")
+    ax.axvline(dense["latency_ms"] / TARGET_SPEEDUP, color="gray", linestyle=":",
+               linewidth=0.8, label="dense latency / 1.3")
+    backend = result["environment"].get("platform", "cpu").upper()
+    ax.set_xlabel(f"latency per validation batch [ms] ({backend}, shared machine)")
+    ax.set_ylabel("EPE [px] (synthetic validation)")
+    ax.set_title("Structured pruning (+ int8): accuracy vs latency")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""Structured pruning (+ int8) trade-offs: params, FLOPs, disk, latency, EPE; Fig. 4-style plot.
+
+  python -m experiments.structured_tradeoff                       # CPU, synthetic world
+  python -m experiments.structured_tradeoff --ratios=0.1,0.3,0.5,0.7 --finetune_steps=40
+
+Writes <output_prefix>.{json,md,png} (default experiments/results/structured_tradeoff_cpu).
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("ratios", ["0.1", "0.3", "0.5", "0.7"], "Channel pruning ratios per layer.")
+flags.DEFINE_integer("finetune_steps", 40, "Fine-tuning steps per pruned model (and dense_ft).")
+flags.DEFINE_float("lr", 1e-4, "Fine-tuning learning rate (Adam).")
+flags.DEFINE_enum("scope", "layer", ["layer", "global"], "Per-layer or global ratio.")
+flags.DEFINE_integer("multiple", 8, "Round kept channel counts to multiples of this.")
+flags.DEFINE_string("exclude", None, "Regex of channel groups never pruned.")
+flags.DEFINE_bool("int8", True, "Also measure every model in int8.")
+flags.DEFINE_integer("calib_batches", 4, "Training batches for the int8 activation ranges.")
+flags.DEFINE_integer("repeats", 7, "Timed rounds (every model once per round).")
+flags.DEFINE_bool("dense_finetune", True, "Fine-tune the dense model too (accuracy reference).")
+flags.DEFINE_enum("finetune_mode", "masked", ["masked", "shrunk"],
+                  "masked: one compiled step for all ratios (full model under channel masks, "
+                  "shrunk afterwards; the same function); shrunk: each smaller model trains "
+                  "with its own compiled step.")
+flags.DEFINE_string("checkpoint", "/tmp/study_demo/baseline_checkpoint",
+                    "Trained dense checkpoint; pre-trained here if it does not exist.")
+flags.DEFINE_integer("pretrain_steps", 300, "Pre-training steps when no checkpoint exists.")
+flags.DEFINE_string("data_dir", None, "Synthetic world (default: next to --checkpoint, else "
+                    "/tmp/structured_tradeoff/synthetic_kitti).")
+flags.DEFINE_string("workdir", "/tmp/structured_tradeoff", "Scratch and pre-trained baseline.")
+flags.DEFINE_string("output_prefix", "experiments/results/structured_tradeoff_cpu",
+                    "Writes PREFIX.json, PREFIX.md and PREFIX.png.")
+flags.DEFINE_integer("seed", 0, "Seed.")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    import json
+    from pathlib import Path
+
+    from deepliflow_jax.compress import tradeoff as tr
+    from deepliflow_jax.study.engine import enable_compilation_cache
+
+    try:
+        cfg = tr.TradeoffConfig(
+            ratios=tuple(float(r) for r in FLAGS.ratios), finetune_steps=FLAGS.finetune_steps,
+            lr=FLAGS.lr, scope=FLAGS.scope, multiple=FLAGS.multiple, exclude=FLAGS.exclude,
+            int8=FLAGS.int8, calib_batches=FLAGS.calib_batches, repeats=FLAGS.repeats,
+            dense_finetune=FLAGS.dense_finetune, finetune_mode=FLAGS.finetune_mode,
+            pretrain_steps=FLAGS.pretrain_steps,
+            seed=FLAGS.seed)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
+    enable_compilation_cache()
+    work = Path(FLAGS.workdir)
+    data_dir = FLAGS.data_dir
+    if data_dir is None:
+        sibling = Path(FLAGS.checkpoint).parent / "synthetic_kitti"
+        data_dir = sibling if sibling.is_dir() else work / "synthetic_kitti"
+    data = tr.synthetic_data(data_dir, FLAGS.seed)
+    print(data.description, flush=True)
+    baseline = tr.baseline_params(FLAGS.checkpoint, data, cfg, work / "baseline_checkpoint")
+    result = tr.run_tradeoff(cfg, data, baseline, work / "scratch")
+    prefix = Path(FLAGS.output_prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    prefix.with_suffix(".md").write_text(tr.to_markdown(result))
+    tr.plot(result, prefix.with_suffix(".png"))
+    print(tr.to_markdown(result))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,123 @@
+"""Fixed-point int8: integer convs vs fake quantization, HLO evidence, compact storage, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepliflow_jax.compress import int8
+from deepliflow_jax.compress.quantize import fake_quant
+from deepliflow_jax.compress.structured import structured_prune
+from deepliflow_jax.model.layers import Conv, ConvTranspose
+
+
+def _layer(kind, rng, cin=5, cout=7):
+    shape = (4, 4, cout, cin) if kind == "deconv" else (3, 3, cin, cout)
+    return (rng.normal(0, 0.3, shape).astype(np.float32),
+            rng.normal(0, 0.1, cout).astype(np.float32))
+
+
+@pytest.mark.parametrize("module", [Conv(7, stride=2), Conv(7, dilation=2),
+                                    Conv(7, activation=False), ConvTranspose(7)],
+                         ids=["stride2", "dilation2", "linear", "deconv"])
+def test_integer_conv_matches_fake_quant(module):
+    rng = np.random.default_rng(0)
+    kind = "deconv" if isinstance(module, ConvTranspose) else "conv"
+    kernel, bias = _layer(kind, rng)
+    x = jnp.asarray(rng.normal(0, 1, (2, 8, 8, 5)).astype(np.float32))
+    amax = 2.0  # some inputs saturate
+    q = int8.quantize_layer(kernel, bias, amax, kind)
+    assert q["w"].dtype == np.int8 and np.abs(q["w"]).max() == 127
+    # stored codes are exactly the compress quantizer's grid
+    axis = -2 if kind == "deconv" else -1
+    np.testing.assert_array_equal(q["w"].astype(np.float32) * q["w_scale"],
+                                  np.asarray(fake_quant(jnp.asarray(kernel), 8, axis=axis)))
+    got = np.asarray(int8.integer_conv(module, x, q))
+    ref = np.asarray(int8.fake_quant_conv(module, x, jnp.asarray(kernel), jnp.asarray(bias),
+                                          amax))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    # and it is a real approximation of the float layer (not trivially equal to it)
+    params = {"params": {"kernel": kernel, "bias": bias}}
+    exact = np.asarray(module.apply(params, x))
+    err = np.abs(got - exact).max()
+    assert 1e-4 < err < 0.2 * np.abs(exact).max()
+
+
+def test_fake_quant_conv_has_straight_through_gradient():
+    rng = np.random.default_rng(1)
+    kernel, bias = _layer("conv", rng)
+    x = jnp.asarray(rng.normal(0, 1, (1, 6, 6, 5)).astype(np.float32))
+    module = Conv(7, activation=False)
+
+    def loss(xx, amax):
+        return jnp.sum(int8.fake_quant_conv(module, xx, jnp.asarray(kernel), bias, amax))
+
+    g_in = jax.grad(loss)(x, 10.0)
+    g_sat = jax.grad(loss)(x, 1e-3)  # everything saturates: no gradient
+    assert np.abs(np.asarray(g_in)).min() > 0
+    np.testing.assert_array_equal(np.asarray(g_sat), 0)
+
+
+def test_hlo_report_sees_int8_convolutions():
+    rng = np.random.default_rng(2)
+    kernel, bias = _layer("conv", rng)
+    q = int8.quantize_layer(kernel, bias, 1.0)
+    x = jnp.asarray(rng.normal(0, 1, (1, 8, 8, 5)).astype(np.float32))
+    module = Conv(7)
+    text = jax.jit(lambda a: int8.integer_conv(module, a, q)).lower(x).compile().as_text()
+    report = int8.hlo_conv_report(text)
+    assert report["integer_convolutions"] == 1 and report["float_convolutions"] == 0
+    float_text = jax.jit(lambda a: module.apply({"params": {"kernel": kernel, "bias": bias}}, a)
+                         ).lower(x).compile().as_text()
+    float_report = int8.hlo_conv_report(float_text)
+    assert float_report["integer_convolutions"] == 0 and float_report["float_convolutions"] == 1
+    # GPU-style custom calls are parsed too
+    gpu = ("%p0 = s8[1,8,8,8]{3,2,1,0} parameter(0)\n%p1 = s8[3,3,8,8]{3,2,1,0} parameter(1)\n"
+           '%cc = (s32[1,8,8,8]{3,2,1,0}, u8[0]{0}) custom-call(%p0, %p1), '
+           'custom_call_target="__cudnn$convForward"\n')
+    assert int8.hlo_conv_report(gpu)["int8_convolutions"] == 1
+
+
+def test_quantize_save_load_and_errors(variables, tmp_path):
+    res = structured_prune(variables, 0.5)
+    with pytest.raises(ValueError, match="no calibrated activation range"):
+        int8.quantize_int8(res.variables, {})
+    with pytest.raises(ValueError, match="selects no conv layer"):
+        int8.quantize_int8(res.variables, {}, int8.Int8Config(include="nothing_matches"))
+    paths = int8._conv_layers(int8.Int8Config())
+    q = int8.quantize_int8(res.variables, {p: 1.0 for p in paths})
+    assert len(q["convs"]) == 106 and len(q["nconv"]) == 15
+    assert int8.int8_widths(q) == res.widths
+    size = int8.save_int8(tmp_path / "m.npz", q, {"note": "test"})
+    float_bytes = 4 * res.params_after
+    assert size < 0.3 * float_bytes  # int8 codes + small float32 side data
+    back, meta = int8.load_int8(tmp_path / "m.npz")
+    assert meta["widths"] == res.widths and meta["note"] == "test"
+    for path, layer in q["convs"].items():
+        for key, value in layer.items():
+            np.testing.assert_array_equal(back["convs"][path][key], value)
+            assert back["convs"][path][key].dtype == np.asarray(value).dtype
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not a DeepLiDARFlow int8 model"):
+        int8.load_int8(tmp_path / "other.npz")
+
+
+@pytest.mark.slow
+def test_whole_int8_model_matches_fake_quant_and_runs_integer_convs(variables):
+    from deepliflow_jax.profile.timing import make_frames
+
+    res = structured_prune(variables, 0.5)
+    calib = [make_frames(1, 64, 64, seed=s) for s in range(2)]
+    ranges = int8.calibrate(res.variables, calib)
+    q = int8.quantize_int8(res.variables, ranges)
+    frames = jnp.asarray(make_frames(1, 64, 64, seed=7))
+    report = int8.compiled_int8_report(q, frames, widths=res.widths)
+    assert report["integer_convs_ran"] and report["lowered_int8"] == 106
+    got = np.asarray(jax.jit(lambda a, f: int8.int8_apply(a, f, widths=res.widths)[0])(q, frames))
+    ref = np.asarray(jax.jit(lambda v, f: int8.fake_quant_apply(v, ranges, f)[0])(
+        res.variables, frames))
+    dense = np.asarray(jax.jit(res.model().apply)(res.variables, frames)[0])
+    # identical up to fp32 accumulation order (and the rare requantization it flips)
+    assert np.linalg.norm(got - ref) < 1e-2 * np.linalg.norm(ref)
+    # while int8 itself moves the output noticeably more than that
+    assert np.linalg.norm(ref - dense) > np.linalg.norm(got - ref)
