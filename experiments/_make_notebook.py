@@ -174,7 +174,7 @@ pruned, masks = dl.prune(variables, 10.0)
 quantized = dl.quantize(pruned, 8)
 for name, v in (("dense", variables), ("pruned 10 %", pruned), ("pruned + 8 bits", quantized)):
     print(f"{name:>16}: {dl.zero_fraction(v):6.2f} % zeros")
-assert dl.zero_fraction(pruned) >= 10.0
+assert dl.zero_fraction(pruned) > 9.99  # floor(10 % of all entries)
 change = jnp.abs(dl.predict_sceneflow(quantized, pair["frames"]) - sceneflow).max()
 print(f"largest change of the prediction: {float(change):.4f} px")"""),
     ("markdown", """\
@@ -196,7 +196,7 @@ its L2 term. Every configuration reuses one compiled train step."""),
     ("code", """\
 tuned, history = dl.finetune(variables, data, steps=FINETUNE_STEPS, percent=10, bits=8,
                              lr=1e-4, log_every=max(1, FINETUNE_STEPS // 10))
-assert dl.zero_fraction(tuned) >= 10.0  # pruned weights stayed zero
+assert dl.zero_fraction(tuned) >= dl.zero_fraction(pruned)  # pruned weights stayed 0
 plt.figure(figsize=(5, 3))
 plt.plot([h["step"] for h in history], [h["loss"] for h in history], marker="o")
 plt.xlabel("step")

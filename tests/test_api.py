@@ -254,8 +254,8 @@ def test_finetune_keeps_the_mask_and_the_grid_and_leaves_its_input_alone(model, 
     jax.tree.map(np.testing.assert_array_equal, model, before)  # not donated
     assert [h["step"] for h in history] == [0, 1]
     assert all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in history)
-    assert dl.zero_fraction(tuned) >= 10.0
-    pruned, masks = dl.prune(model, 10.0)
+    pruned, masks = dl.prune(model, 10.0)  # floor(10 % of the entries): just under 10 %
+    assert dl.zero_fraction(tuned) >= dl.zero_fraction(pruned) > 9.99
     for p, m in zip(jax.tree.leaves(tuned), jax.tree.leaves(masks), strict=True):
         p = np.asarray(p)
         assert not p[~np.asarray(m)].any()  # pruned entries stay exactly zero
@@ -296,7 +296,7 @@ def test_time_model(model):
 def test_compression_table(model, data):
     rows = dl.compression_table(model, data, [(0, 0), (10, 0), (10, 8)], repeats=1)
     assert [(r["percent"], r["bits"]) for r in rows] == [(0, 0), (10, 0), (10, 8)]
-    assert rows[0]["zero_percent"] < 1.0 <= 10.0 <= rows[1]["zero_percent"]
+    assert rows[0]["zero_percent"] < 1.0 and rows[1]["zero_percent"] > 9.99
     assert rows[2]["zero_percent"] >= rows[1]["zero_percent"]
     assert rows[0]["epe"] == dl.evaluate(model, data)["epe"]
     assert all(r["median_ms"] > 0 for r in rows)
