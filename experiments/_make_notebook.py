@@ -216,7 +216,7 @@ assert all(np.isfinite(m["epe"]) for m in results.values())"""),
     ("code", """\
 timing = dl.time_model(tuned, HEIGHT, WIDTH, repeats=5)
 print(f"{HEIGHT}x{WIDTH}: median {timing['median_ms']:.1f} ms per pair on {timing['device']} "
-      f"(first call with compilation {timing['first_call_s']:.1f} s)")
+      f"(first call {timing['first_call_s']:.1f} s: it compiles unless this size ran before)")
 if not SMALL:  # the paper's setting: KITTI frames, 384x1216 inside the network
     kitti = dl.time_model(tuned, 375, 1242, repeats=20, dataset="kitti")
     print(f"KITTI 375x1242: median {kitti['median_ms']:.1f} ms")"""),
