@@ -1,7 +1,7 @@
 """Structured pruning (+ int8) trade-offs: params, FLOPs, disk, latency, EPE; Fig. 4-style plot.
 
   python -m experiments.structured_tradeoff                       # CPU, synthetic world
-  python -m experiments.structured_tradeoff --ratios=0.1,0.3,0.5,0.7 --finetune_steps=40
+  python -m experiments.structured_tradeoff --ratios=0.3,0.5,0.7 --finetune_steps=120
 
 Writes <output_prefix>.{json,md,png} (default experiments/results/structured_tradeoff_cpu).
 """
@@ -12,8 +12,11 @@ from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ratios", ["0.1", "0.3", "0.5", "0.7"], "Channel pruning ratios per layer.")
-flags.DEFINE_integer("finetune_steps", 40, "Fine-tuning steps per pruned model (and dense_ft).")
-flags.DEFINE_float("lr", 1e-4, "Fine-tuning learning rate (Adam).")
+flags.DEFINE_integer("finetune_steps", 120, "Fine-tuning steps per pruned model (and dense_ft).")
+flags.DEFINE_float("lr", 3e-4, "Fine-tuning learning rate (Adam).")
+flags.DEFINE_float("refine_fraction", 0.25, "Last fraction of the steps at lr / 10.")
+flags.DEFINE_integer("eval_every", 0, "Validate every N fine-tuning steps and keep the best "
+                     "(by SF outliers, as the original and the study); 0 = keep the last step.")
 flags.DEFINE_enum("scope", "layer", ["layer", "global"], "Per-layer or global ratio.")
 flags.DEFINE_integer("multiple", 8, "Round kept channel counts to multiples of this.")
 flags.DEFINE_string("exclude", None, "Regex of channel groups never pruned.")
@@ -48,7 +51,9 @@ def main(argv):
     try:
         cfg = tr.TradeoffConfig(
             ratios=tuple(float(r) for r in FLAGS.ratios), finetune_steps=FLAGS.finetune_steps,
-            lr=FLAGS.lr, scope=FLAGS.scope, multiple=FLAGS.multiple, exclude=FLAGS.exclude,
+            lr=FLAGS.lr, refine_fraction=FLAGS.refine_fraction, eval_every=FLAGS.eval_every,
+            scope=FLAGS.scope,
+            multiple=FLAGS.multiple, exclude=FLAGS.exclude,
             int8=FLAGS.int8, calib_batches=FLAGS.calib_batches, repeats=FLAGS.repeats,
             dense_finetune=FLAGS.dense_finetune, finetune_mode=FLAGS.finetune_mode,
             pretrain_steps=FLAGS.pretrain_steps,

@@ -4,9 +4,22 @@ Pure functions over ``{'params': {...}}`` pytrees, leaves chosen by regex over
 '/'-joined paths; optax-style transforms keep masks and quantizer settings in
 the optimizer state. See :mod:`.modes` for the post-/aware-training recipes and
 the order of pruning and quantization.
+
+Real acceleration (issue 8): :mod:`.structured` removes whole channels and
+builds a physically smaller network; :mod:`.int8` runs it with integer
+convolutions; :mod:`.tradeoff` measures both.
 """
 
 from deepliflow_jax.compress.export import export_compressed, load_compressed
+from deepliflow_jax.compress.int8 import (
+    Int8Config,
+    calibrate,
+    fake_quant_apply,
+    int8_apply,
+    load_int8,
+    quantize_int8,
+    save_int8,
+)
 from deepliflow_jax.compress.modes import aware_training, dynamic_threshold_prune, post_training
 from deepliflow_jax.compress.prune import (
     apply_masks,
@@ -36,6 +49,15 @@ from deepliflow_jax.compress.schedules import (
     polynomial_schedule,
 )
 from deepliflow_jax.compress.select import flatten, map_with_path, select, unflatten
+from deepliflow_jax.compress.structured import (
+    StructuredResult,
+    dependency_graph,
+    masked_apply,
+    plan_pruning,
+    shrink,
+    structured_prune,
+    widths_of,
+)
 from deepliflow_jax.compress.transforms import (
     CompressionTransformation,
     MaskState,
@@ -52,16 +74,20 @@ __all__ = [
     "DEEPLIDARFLOW_CHANNEL_AXES",
     "CompressionTransformation",
     "DynamicThresholdState",
+    "Int8Config",
     "MaskState",
     "PruningSchedule",
     "QuantConfig",
     "QuantState",
+    "StructuredResult",
     "activation_quantization",
     "apply_masks",
     "aware_training",
+    "calibrate",
     "compress",
     "compute_masks",
     "dense_masks",
+    "dependency_graph",
     "dynamic_threshold_init",
     "dynamic_threshold_prune",
     "dynamic_threshold_update",
@@ -69,23 +95,33 @@ __all__ = [
     "export_compressed",
     "fake_quant",
     "fake_quant_activation",
+    "fake_quant_apply",
     "flatten",
     "forward_params",
     "get_bits",
     "get_masks",
+    "int8_apply",
     "load_compressed",
+    "load_int8",
     "map_with_path",
     "masked",
+    "masked_apply",
     "one_shot_schedule",
+    "plan_pruning",
     "polynomial_schedule",
     "post_training",
     "prune",
     "pruning_thresholds",
     "quantize",
+    "quantize_int8",
     "quantize_tree",
     "quantized",
+    "save_int8",
     "select",
+    "shrink",
     "sparsity_report",
+    "structured_prune",
     "unflatten",
+    "widths_of",
     "zero_report",
 ]

@@ -65,6 +65,10 @@ class TradeoffConfig:
       ratios: fractions of channels removed per layer (0.1 .. 0.7).
       finetune_steps: fine-tuning steps of every pruned model (and the dense reference).
       lr: Adam learning rate of the fine-tuning.
+      refine_fraction: the last fraction of the steps runs at ``lr / 10``.
+      eval_every: validate every this many fine-tuning steps and keep the best
+        by validation SF outlier rate (the original's and the study's protocol),
+        for the pruned models and ``dense_ft`` alike; 0 keeps the last step.
       scope, multiple, scorer, exclude: see :func:`.structured.plan_pruning`.
       int8: also measure each model in int8.
       calib_batches: training batches for the int8 activation ranges.
@@ -79,8 +83,10 @@ class TradeoffConfig:
     """
 
     ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
-    finetune_steps: int = 40
-    lr: float = 1e-4
+    finetune_steps: int = 120
+    lr: float = 3e-4
+    refine_fraction: float = 0.25
+    eval_every: int = 0
     scope: str = "layer"
     multiple: int = 8
     scorer: str = "l1"
@@ -99,9 +105,12 @@ class TradeoffConfig:
         for r in self.ratios:
             if not 0.0 < r < 1.0:
                 raise ValueError(f"pruning ratio {r} outside (0, 1)")
-        for name in ("finetune_steps", "calib_batches", "repeats", "warmup", "pretrain_steps"):
+        for name in ("finetune_steps", "eval_every", "calib_batches", "repeats", "warmup",
+                     "pretrain_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.refine_fraction < 1.0:
+            raise ValueError(f"refine_fraction must be in [0, 1), got {self.refine_fraction}")
         if self.finetune_mode not in ("masked", "shrunk"):
             raise ValueError(f"finetune_mode must be 'masked' or 'shrunk', got "
                              f"{self.finetune_mode!r}")
@@ -129,17 +138,23 @@ class Trainer:
       lr: Adam learning rate.
       seed: train-state seed.
       masked: train the full model under channel masks (``batch["masks"]``).
+      refine_after: from this step on the rate is ``lr * refine_factor`` (the
+        paper's "fine-tune, then refine at a 10x lower rate"); None: constant.
+      refine_factor: see ``refine_after``.
     """
 
     def __init__(self, widths: Any = None, lr: float = 1e-4, seed: int = 0,
-                 masked: bool = False):
+                 masked: bool = False, refine_after: int | None = None,
+                 refine_factor: float = 0.1):
         if masked and widths is not None:
             raise ValueError("masked fine-tuning runs the full model: widths must be None")
         self.widths = None if widths is None else dict(freeze_widths(widths))
         self.model = DeepLiDARFlow(widths=freeze_widths(widths))
         self.masked = masked
         self.seed = seed
-        self.tx = optax.adam(lr)
+        schedule = lr if refine_after is None else optax.piecewise_constant_schedule(
+            lr, {int(refine_after): refine_factor})
+        self.tx = optax.adam(schedule)
         step = make_train_step(self._apply, self._loss, self.tx,
                                regularizer=lambda p: l2_regularizer(p))
         self._step = jax.jit(step, donate_argnums=0)
@@ -157,8 +172,9 @@ class Trainer:
         return kitti_loss(outputs[1]["flows"], batch["gt"])
 
     def fine_tune(self, params: Any, batch_fn: Callable[[int], dict], steps: int,
-                  log: Callable[[str], None] = print, masks: Any = None
-                  ) -> tuple[Any, list[float]]:
+                  log: Callable[[str], None] = print, masks: Any = None,
+                  evaluate: Callable[[Any], dict] | None = None, eval_every: int = 0,
+                  select: str = "sf") -> tuple[Any, list[float]]:
         """``steps`` Adam steps from ``params`` on ``batch_fn(position)``.
 
         Args:
@@ -167,16 +183,27 @@ class Trainer:
           steps: number of steps.
           log: progress printer.
           masks: ``{group: 0/1 [width]}`` (masked trainers only; default all ones).
+          evaluate: params -> validation metrics; with ``eval_every`` > 0 the
+            params are evaluated every ``eval_every`` steps and after the last
+            one, and the best by ``select`` are returned (the original's and the
+            study's protocol: best validation SF outlier rate). Step 0 is not a
+            candidate: something fine-tuned is always returned.
+          eval_every: see ``evaluate``; 0 returns the last step's params.
+          select: the metric minimised by the selection.
 
         Returns:
-          ``(params on the host, losses)``.
+          ``(params on the host, losses)``; ``self.history`` holds
+          ``[(step, metrics)]`` and ``self.selected_step`` the step returned.
         """
+        self.history: list[tuple[int, dict]] = []
+        self.selected_step = steps
         if steps == 0:
             return params, []
         if self.masked and masks is None:
             masks = {k: np.ones(v, np.float32) for k, v in widths_of(params).items()}
         state = create_train_state(jax.tree.map(jnp.asarray, params), self.tx, self.seed)
         losses = []
+        best, best_value = None, float("inf")
         t0 = time.perf_counter()
         for pos in range(steps):
             batch = batch_fn(pos)
@@ -187,9 +214,18 @@ class Trainer:
             if pos == 0:
                 log(f"  first step (compile) {time.perf_counter() - t0:.0f} s, "
                     f"loss {losses[0]:.3f}")
+            done = pos + 1
+            if evaluate is not None and eval_every and (done % eval_every == 0 or done == steps):
+                host = jax.device_get(state.params)
+                m = evaluate(host)
+                self.history.append((done, m))
+                if m[select] < best_value:
+                    best, best_value, self.selected_step = host, m[select], done
         log(f"  {steps} steps in {time.perf_counter() - t0:.0f} s; loss "
-            f"{np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}")
-        return jax.device_get(state.params), losses
+            f"{np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}"
+            + (f"; kept step {self.selected_step} (best validation {select} "
+               f"{best_value:.2f})" if best is not None else ""))
+        return (best if best is not None else jax.device_get(state.params)), losses
 
 
 def pretrain(data, steps: int, lr: float, seed: int, log=print) -> Any:
@@ -413,14 +449,42 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
                                         quant=True, calib=calib, log=log))
 
     masked = cfg.finetune_mode == "masked"
-    shared = Trainer(None, cfg.lr, cfg.seed, masked=masked)  # compiles on first use
+    refine = int(round(cfg.finetune_steps * (1 - cfg.refine_fraction)))
+    shared = Trainer(None, cfg.lr, cfg.seed, masked=masked,
+                     refine_after=refine)  # compiles on first use
+    val_frames = jnp.asarray(data.val["frames"])
+    val_size = tuple(data.val["gt"].shape[1:3])
+    full_model = DeepLiDARFlow()
+
+    @jax.jit
+    def masked_forward(p, m, f):
+        with mask_outputs(m):
+            return full_model.apply({"params": p}, f, None, val_size)[0]
+
+    def validator(masks=None, widths=None):
+        """params -> validation metrics (masked full model, or the smaller model)."""
+        if not cfg.eval_every:
+            return None
+        if masks is None:
+            masks = {k: np.ones(v, np.float32) for k, v in widths_of(baseline).items()}
+        if widths is not None:
+            small = DeepLiDARFlow(widths=freeze_widths(widths))
+            fwd = jax.jit(lambda p, f: small.apply({"params": p}, f, None, val_size)[0])
+            return lambda p: evaluate_outputs(np.asarray(fwd(p, val_frames)), data.val["gt"])
+        return lambda p: evaluate_outputs(np.asarray(masked_forward(p, masks, val_frames)),
+                                          data.val["gt"])
+
+    def selection(trainer):
+        return {"selected_step": trainer.selected_step,
+                "validation_history": [{"step": s, **m} for s, m in trainer.history]}
     log("dense baseline")
     measure("dense", 0.0, baseline, None)
     if cfg.dense_finetune and cfg.finetune_steps:
         log(f"dense + {cfg.finetune_steps} fine-tuning steps (reference)")
-        ft, losses = shared.fine_tune(baseline, batches, cfg.finetune_steps, log)
+        ft, losses = shared.fine_tune(baseline, batches, cfg.finetune_steps, log,
+                                      evaluate=validator(), eval_every=cfg.eval_every)
         measure("dense_ft", 0.0, ft, None)
-        structures["dense_ft"] = {"losses": losses}
+        structures["dense_ft"] = {"losses": losses, **selection(shared)}
     for ratio in cfg.ratios:
         name = f"pruned{int(round(ratio * 100))}"
         log(f"{name}: structured pruning {ratio:.0%} of the channels per layer "
@@ -430,12 +494,16 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
                                multiple=cfg.multiple, scorer=cfg.scorer, exclude=cfg.exclude)
         if masked:
             masks = channel_masks(widths_of(baseline), res.keep)
-            full, losses = shared.fine_tune(baseline, batches, cfg.finetune_steps, log, masks)
+            trainer = shared
+            full, losses = trainer.fine_tune(baseline, batches, cfg.finetune_steps, log, masks,
+                                             evaluate=validator(masks), eval_every=cfg.eval_every)
             params = shrink({"params": full}, res.keep)[0]["params"]
         else:
-            params, losses = Trainer(res.widths, cfg.lr, cfg.seed).fine_tune(
-                res.variables["params"], batches, cfg.finetune_steps, log)
-        structures[name] = {**res.summary(), "losses": losses}
+            trainer = Trainer(res.widths, cfg.lr, cfg.seed, refine_after=refine)
+            params, losses = trainer.fine_tune(
+                res.variables["params"], batches, cfg.finetune_steps, log,
+                evaluate=validator(widths=res.widths), eval_every=cfg.eval_every)
+        structures[name] = {**res.summary(), "losses": losses, **selection(trainer)}
         measure(name, ratio, params, res.widths)
     log("timing")
     time_candidates(cands, cfg.repeats, cfg.warmup, log)
@@ -521,8 +589,15 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"validation batch {shape} (B x frames x H x W x C); shared 2-core machine, other jobs "
         "running: compare rows with each other, not with other runs.",
         f"Data: {result['data']}.",
-        f"Fine-tuning: {result['config']['finetune_steps']} Adam steps at lr "
-        f"{result['config']['lr']} for every pruned model and for `dense_ft`.",
+        f"Fine-tuning ({result['config']['finetune_mode']}): "
+        f"{result['config']['finetune_steps']} Adam steps at lr {result['config']['lr']}, the "
+        f"last {result['config']['refine_fraction']:.0%} at a 10x lower rate, for every pruned "
+        "model and for `dense_ft`"
+        + (f"; validated every {result['config']['eval_every']} steps, the best validation "
+           "SF outlier rate kept (the original's and the study's protocol; selection on the "
+           "reported set)" if result["config"].get("eval_every") else "; the last step kept")
+        + "; int8 = post-training, calibrated on "
+        f"{result['config']['calib_batches']} training batches.",
         "",
         "| model | ratio | int8 | params | disk MB | GFLOPs (XLA) | conv GFLOPs eq.3 | "
         "latency ms | speedup | EPE | vs dense | vs dense_ft | D1 % | Fl % | SF % |",
@@ -569,20 +644,29 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
         rows = [r for r in result["rows"] if r["int8"] == quant]
         if not rows:
             continue
-        ax.plot([r["latency_ms"] for r in rows], [r["epe"] for r in rows], marker=marker,
-                linestyle="", label=label)
+        pruned = sorted((r for r in rows if r["ratio"] > 0), key=lambda r: r["ratio"])
+        line = ax.plot([r["latency_ms"] for r in pruned], [r["epe"] for r in pruned],
+                       marker=marker, label=f"{label}, pruned")[0]
+        dense_rows = [r for r in rows if r["ratio"] == 0]
+        ax.plot([r["latency_ms"] for r in dense_rows], [r["epe"] for r in dense_rows],
+                marker=marker, linestyle="", color=line.get_color(), markerfacecolor="none")
         for r in rows:
-            ax.annotate(r["name"].replace("+int8", ""), (r["latency_ms"], r["epe"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.annotate(r["name"].replace("+int8", "").replace("pruned", "p"),
+                        (r["latency_ms"], r["epe"]), textcoords="offset points",
+                        xytext=(4, 4 if quant else -10), fontsize=7)
     dense = result["rows"][0]
     ax.axhline(dense["epe"] * (1 + TARGET_EPE_INCREASE), color="gray", linestyle="--",
                linewidth=0.8, label="dense EPE +5 %")
+    ft = [r for r in result["rows"] if r["name"] == "dense_ft"]
+    if ft:
+        ax.axhline(ft[0]["epe"] * (1 + TARGET_EPE_INCREASE), color="tab:green",
+                   linestyle="--", linewidth=0.8, label="dense_ft EPE +5 %")
     ax.axvline(dense["latency_ms"] / TARGET_SPEEDUP, color="gray", linestyle=":",
                linewidth=0.8, label="dense latency / 1.3")
     backend = result["environment"].get("platform", "cpu").upper()
     ax.set_xlabel(f"latency per validation batch [ms] ({backend}, shared machine)")
     ax.set_ylabel("EPE [px] (synthetic validation)")
-    ax.set_title("Structured pruning (+ int8): accuracy vs latency")
+    ax.set_title("Structured pruning (+ int8): accuracy vs latency (hollow: dense)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
