@@ -27,8 +27,8 @@ STATUSES = {"PASS", "FAIL", "PENDING", "N/A-HERE"}
     ("fq1", "bit width must be in"),
     ("fq17", "bit width must be in"),
     ("pruned100", "pruning percentage"),
-    ("int8", "not available yet"),
-    ("structured", "not available yet"),
+    ("structured0", "channel percentage"),
+    ("structured100", "channel percentage"),
 ])
 def test_bad_config_names_the_flag(name, message):
     with pytest.raises(ValueError, match="--configs") as e:
@@ -46,6 +46,16 @@ def test_registry_families_and_order():
         rc.parse_configs(" , ")
     for bits in rc.FQ_BITS:
         assert rc.resolve(f"fq{bits}").transform is not None
+    # other models compile on their own
+    for name in ("structured25", "structured", "int8"):
+        config = rc.resolve(name)
+        assert config.builder is not None and config.executable_key != configs[0].executable_key
+    planned = rc.register(rc.RuntimeConfig("planned_x", "jax", "test", unavailable="later"))
+    try:
+        with pytest.raises(ValueError, match="not available yet: later"):
+            rc.resolve(planned.name)
+    finally:
+        rc._REGISTRY.pop(planned.name)
 
 
 @pytest.mark.parametrize("kwargs, flag", [

@@ -2,12 +2,13 @@
 
 A configuration is a named way to run the network: which framework (``jax`` or
 ``torch``), which compute dtype, and which transformation of the float32
-parameters (pruning masks applied, fake quantization, ...). Names are looked up
-with :func:`resolve`; families take a number in the name (``pruned50`` prunes
-50 %, ``fq8`` fake-quantizes to 8 bits). New variants (structured pruning,
-integer kernels) are added with :func:`register` / :func:`register_family`;
-the planned ones are registered already as *unavailable* with the reason, so
-asking for them fails with a clear message rather than a typo-like error.
+parameters (pruning masks applied, fake quantization, ...) or which other model
+(a ``builder``: structurally pruned, integer kernels). Names are looked up with
+:func:`resolve`; families take a number in the name (``pruned50`` prunes 50 %
+of the weights, ``fq8`` fake-quantizes to 8 bits, ``structured25`` removes 25 %
+of the channels). New variants are added with :func:`register` /
+:func:`register_family`; a planned one can be registered as *unavailable* with
+the reason, so that asking for it fails with a clear message.
 
 Parameter variants of the same dtype share one compiled XLA executable (the
 parameters are arguments of the executable, never constants), so a masked or
@@ -30,6 +31,7 @@ FQ_BITS = (16, 14, 12, 10, 8, 6)
 DEFAULT_PRUNE_PERCENT = 50.0
 
 ParamTransform = Callable[[dict], tuple[dict, dict]]
+Builder = Callable[[dict, np.ndarray, tuple[int, int], str], tuple[Callable, Any, dict]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,10 @@ class RuntimeConfig:
         before timing (None: unchanged); ``info`` lands in the results.
       torch_mode: ``"eager"`` or ``"compile"`` for torch configs.
       unavailable: None, or why this configuration cannot run yet.
+      builder: for a JAX forward that is not the plain model on (transformed)
+        params (structured pruning, integer kernels):
+        ``(variables, frames, out_size, dtype) -> (apply_fn, params, info)`` with
+        ``apply_fn(params, frames) -> (sceneflow, aux)``; compiled on its own.
     """
 
     name: str
@@ -56,6 +62,7 @@ class RuntimeConfig:
     transform: ParamTransform | None = None
     torch_mode: str | None = None
     unavailable: str | None = None
+    builder: Builder | None = None
 
     def __post_init__(self):
         if self.framework not in FRAMEWORKS:
@@ -68,6 +75,8 @@ class RuntimeConfig:
     @property
     def executable_key(self) -> tuple[str, str, str]:
         """Configs with the same key run the same compiled program."""
+        if self.builder is not None:
+            return (self.framework, self.kind, f"{self.dtype}/{self.name}")
         return (self.framework, self.kind, self.dtype if self.torch_mode is None
                 else f"{self.dtype}/{self.torch_mode}")
 
@@ -215,6 +224,61 @@ def _leaves(tree: Any) -> list:
     return jax.tree.leaves(tree)
 
 
+def structured_builder(ratio: float) -> Builder:
+    """Channel pruning (``compress.structured``, L1 scores, widths rounded to 8).
+
+    Returns:
+      A builder: the smaller model (``widths``) on the shrunken params.
+    """
+
+    def build(variables, frames, out_size, dtype):
+        import functools
+
+        import jax.numpy as jnp
+
+        from deepliflow_jax.compress.structured import structured_prune
+
+        res = structured_prune(variables, ratio)
+        model = res.model(dtype=jnp.dtype(dtype))
+        info = {k: v for k, v in res.summary().items() if k != "widths"}
+        info["channel_ratio_removed"] = ratio
+        return functools.partial(model.apply, out_size=out_size), res.variables, info
+
+    return build
+
+
+def int8_builder(variables, frames, out_size, dtype):
+    """Integer convolutions (``compress.int8``), calibrated on the benchmark input.
+
+    Returns:
+      ``(int8_apply, qmodel, info)``; ``info`` says how many convs are selected.
+    """
+    del dtype  # integer convs; the rest float32
+    import jax.numpy as jnp
+
+    from deepliflow_jax.compress.int8 import calibrate, int8_apply, quantize_int8
+
+    ranges = calibrate(variables, [jnp.asarray(frames)])
+    qmodel = quantize_int8(variables, ranges)
+
+    def apply(q, f):
+        return int8_apply(q, f, None, out_size)
+
+    return apply, qmodel, {"int8_layers": len(qmodel["convs"]),
+                           "calibration": "max |x| on the benchmark input itself"}
+
+
+def _structured(match: re.Match) -> RuntimeConfig:
+    percent = float(match.group(1))
+    if not 0 < percent < 100:
+        raise ValueError(f"channel percentage must be in (0, 100), got {percent:g}")
+    return RuntimeConfig(
+        name=match.group(0), framework="jax",
+        description=f"float32, {percent:g} % of the channels of every group removed "
+                    "(structured, smaller dense convs)",
+        builder=structured_builder(percent / 100.0))
+
+
 def _pruned(match: re.Match) -> RuntimeConfig:
     percent = float(match.group(1))
     if not 0 <= percent < 100:
@@ -258,16 +322,14 @@ register(RuntimeConfig("train_step", "jax", "one fine-tuning step (forward + bac
                        kind="train_step"))
 register(RuntimeConfig("train_step_bf16", "jax", "fine-tuning step, bfloat16 compute",
                        dtype="bfloat16", kind="train_step"))
-# planned variants: registered so that the name is known and the reason is given
-register(RuntimeConfig(
-    "structured", "jax", "structurally pruned (channels removed: smaller dense convs)",
-    unavailable="needs deepliflow_jax.compress structured pruning (not in the package yet); "
-                "register a RuntimeConfig whose transform returns the slimmed params and "
-                "whose model is built from them"))
-register(RuntimeConfig(
-    "int8", "jax", "integer (int8 x int8 -> int32) convolutions",
-    unavailable="no integer-kernel model variant exists yet; fake quantization (fq8) runs "
-                "float32 convolutions"))
+register_family(r"structured(\d+(?:\.\d+)?)", _structured)
+register(RuntimeConfig("structured", "jax", "alias of structured50",
+                       builder=structured_builder(0.5)))
+register(RuntimeConfig("int8", "jax", "int8 x int8 -> int32 convolutions (calibrated "
+                       "activations), float normalized convs / cost volume / warping",
+                       builder=int8_builder))
+# a variant that is planned but missing is registered with unavailable="why" so that its
+# name gives a clear error rather than an "unknown configuration"
 
-DEFAULT_CONFIGS = ("dense,bf16,pruned50,fq16,fq14,fq12,fq10,fq8,fq6,"
+DEFAULT_CONFIGS = ("dense,bf16,pruned50,fq16,fq14,fq12,fq10,fq8,fq6,structured50,int8,"
                    "torch_eager,torch_compile,train_step")
