@@ -255,6 +255,11 @@ class Dataset(StudyData):
         KITTI density at their size).
       interp_size: network input size (None: the frame size; KITTI: 384x1216).
       root: the folder it was read from.
+
+    Example:
+      >>> batch = data.train_batch(0, data.num_samples)  # data = load_dataset(folder)
+      >>> batch["frames"].shape, batch["gt"].shape
+      ((1, 2, 64, 192, 4), (1, 64, 192, 4))
     """
 
     num_samples: int = 4096

@@ -37,14 +37,23 @@ def test_import_is_lazy_and_light():
     assert proc.returncode == 0, proc.stderr
 
 
+# Re-exports whose docstrings (in modules owned elsewhere) still lack Args/Returns/Example.
+INCOMPLETE_DOCS = {"convert_checkpoint", "create_model", "enable_compilation_cache",
+                   "init_params", "load_checkpoint", "make_config", "param_shapes", "prune",
+                   "quantize", "run_study", "save_checkpoint", "save_png", "zero_fraction"}
+
+
 def test_every_exported_name_resolves_and_is_documented():
     assert dl.__all__ == sorted(set(dl.__all__))
+    assert INCOMPLETE_DOCS <= set(dl.__all__)
     for name in dl.__all__:
         obj = getattr(dl, name)
         doc = obj.__doc__ or ""
         assert doc.strip(), f"{name} has no docstring"
-        if callable(obj) and obj.__module__ == "deepliflow_jax.api" and name != "Dataset":
-            assert "Args:" in doc and "Returns:" in doc and "Example:" in doc, name
+        if name in INCOMPLETE_DOCS:
+            continue
+        sections = ("Example:",) if isinstance(obj, type) else ("Args:", "Returns:", "Example:")
+        assert all(s in doc for s in sections), f"{name}: docstring needs {sections}"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         dl.nope  # noqa: B018
     # a submodule import does not shadow an exported function
