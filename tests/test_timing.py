@@ -163,22 +163,24 @@ def test_harness_end_to_end_one_subprocess(tmp_path):
     configs = "dense,pruned50" + (",torch_eager" if HAS_TORCH_REF else "")
     result = timing.run_benchmark(configs, height=64, width=128, batch_sizes=[1], repeats=3,
                                   warmup=1, processes=1, mix_frameworks=True, progress=False,
-                                  note="test")
+                                  precision="highest", note="test")  # no TF32 on a GPU
     # schema
     for key in ("schema_version", "created", "environment", "settings", "results", "targets",
                 "compression_honesty", "wall_s"):
         assert key in result
     env = result["environment"]
-    assert env["platform"] == "cpu" and env["device_kind"]
+    on_cpu = jax.default_backend() == "cpu"  # the GPU session runs this file too
+    assert env["platform"] == jax.default_backend() and env["device_kind"]
     assert env["versions"]["jax"] == jax.__version__ and env["versions"]["jaxlib"]
-    assert env["precision_flag"] == "default" and "conv_precision" in env
+    assert env["precision_flag"] == "highest" and "conv_precision" in env
+    assert env["jax_default_matmul_precision"] == "highest"
     assert set(result["results"]) == {f"{c}@b1" for c in configs.split(",")}
     for key, row in result["results"].items():
         assert not row["errors"], (key, row["errors"])
         assert row["n"] == 3 and len(row["per_process_median_ms"]) == 1
         assert row["p10_ms"] <= row["median_ms"] <= row["p90_ms"]
         assert row["compile_s_median"] > 0
-        assert row["peak_device_memory"] == "n/a"  # CPU
+        assert (row["peak_device_memory"] == "n/a") == on_cpu  # memory_stats: n/a on CPU
     dense, pruned = (result["results"][f"{c}@b1"] for c in ("dense", "pruned50"))
     assert dense["xla_flops"] > 1e8 and dense["floor_ms"] > 0 and dense["memory_analysis"]
     # the masked config really is 50 % sparse and runs the dense executable
@@ -199,5 +201,6 @@ def test_harness_end_to_end_one_subprocess(tmp_path):
     timing.write_results(result, str(json_path), str(md_path))
     assert json.loads(json_path.read_text())["schema_version"] == timing.SCHEMA_VERSION
     md = md_path.read_text()
-    assert "| dense | 1 | float32 |" in md and "## Targets" in md and "cpu" in md
+    assert "| dense | 1 | float32 |" in md and "## Targets" in md
+    assert env["device_kind"] in md
     assert "TARGET" in timing.format_console(result)
