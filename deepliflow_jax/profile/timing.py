@@ -243,6 +243,15 @@ def _versions() -> dict[str, Any]:
     return out
 
 
+def _config_value(name: str) -> Any:
+    import jax
+
+    try:
+        return getattr(jax.config, name)
+    except AttributeError:  # newer JAX: read() only
+        return jax.config.read(name)
+
+
 def environment(precision: str = "default") -> dict[str, Any]:
     """Device and software facts recorded with every result (initialises JAX).
 
@@ -266,7 +275,7 @@ def environment(precision: str = "default") -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "versions": _versions(),
         "precision_flag": precision,
-        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+        "jax_default_matmul_precision": _config_value("jax_default_matmul_precision"),
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
