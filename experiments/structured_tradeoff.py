@@ -12,6 +12,8 @@ from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ratios", ["0.1", "0.3", "0.5", "0.7"], "Channel pruning ratios per layer.")
+flags.DEFINE_multi_string("plan", [], "Extra per-layer plan NAME:REGEX=RATIO[;REGEX=RATIO], e.g. "
+                          "'g60h20:guidance_network=0.6;scene_flow_estimator|context_network=0.2'.")
 flags.DEFINE_integer("finetune_steps", 120, "Fine-tuning steps per pruned model (and dense_ft).")
 flags.DEFINE_float("lr", 3e-4, "Fine-tuning learning rate (Adam).")
 flags.DEFINE_float("refine_fraction", 0.25, "Last fraction of the steps at lr / 10.")
@@ -39,6 +41,23 @@ flags.DEFINE_string("output_prefix", "experiments/results/structured_tradeoff_cp
 flags.DEFINE_integer("seed", 0, "Seed.")
 
 
+def _plans(specs):
+    plans = []
+    for spec in specs:
+        name, sep, body = spec.partition(":")
+        try:
+            if not sep or not name:
+                raise ValueError("expected NAME:REGEX=RATIO[;REGEX=RATIO]")
+            pairs = tuple((p.rsplit("=", 1)[0], float(p.rsplit("=", 1)[1]))
+                          for p in body.split(";") if p)
+            if not pairs:
+                raise ValueError("no REGEX=RATIO pair")
+        except (ValueError, IndexError) as err:
+            raise app.UsageError(f"--plan {spec!r}: {err}") from err
+        plans.append((name, pairs))
+    return tuple(plans)
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
@@ -50,7 +69,8 @@ def main(argv):
 
     try:
         cfg = tr.TradeoffConfig(
-            ratios=tuple(float(r) for r in FLAGS.ratios), finetune_steps=FLAGS.finetune_steps,
+            ratios=tuple(float(r) for r in FLAGS.ratios), plans=_plans(FLAGS.plan),
+            finetune_steps=FLAGS.finetune_steps,
             lr=FLAGS.lr, refine_fraction=FLAGS.refine_fraction, eval_every=FLAGS.eval_every,
             scope=FLAGS.scope,
             multiple=FLAGS.multiple, exclude=FLAGS.exclude,

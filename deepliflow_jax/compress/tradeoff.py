@@ -63,6 +63,9 @@ class TradeoffConfig:
 
     Attributes:
       ratios: fractions of channels removed per layer (0.1 .. 0.7).
+      plans: extra named per-layer plans ``((name, ((regex, ratio), ...)), ...)``
+        (see :func:`.structured.plan_pruning`); their rows' ``ratio`` is the
+        fraction of all channels removed.
       finetune_steps: fine-tuning steps of every pruned model (and the dense reference).
       lr: Adam learning rate of the fine-tuning.
       refine_fraction: the last fraction of the steps runs at ``lr / 10``.
@@ -83,6 +86,7 @@ class TradeoffConfig:
     """
 
     ratios: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
+    plans: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
     finetune_steps: int = 120
     lr: float = 3e-4
     refine_fraction: float = 0.25
@@ -380,6 +384,7 @@ def _row(c: Candidate, dense: Candidate, references: dict[str, Candidate]) -> di
         "latency_p90_ms": t["p90_ms"], "latency_n": t["n"],
         "speedup": td["median_ms"] / t["median_ms"],
         **{k: m[k] for k in ("epe", "d0", "d1", "fl", "sf")},
+        "plan": c.extra.get("plan", "uniform"),
     }
     for key, ref in references.items():
         row[f"epe_change_vs_{key}"] = m["epe"] / ref.extra["metrics"]["epe"] - 1.0
@@ -485,11 +490,14 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
                                       evaluate=validator(), eval_every=cfg.eval_every)
         measure("dense_ft", 0.0, ft, None)
         structures["dense_ft"] = {"losses": losses, **selection(shared)}
-    for ratio in cfg.ratios:
-        name = f"pruned{int(round(ratio * 100))}"
-        log(f"{name}: structured pruning {ratio:.0%} of the channels per layer "
-            f"({cfg.scope}, multiple {cfg.multiple}, {cfg.scorer}); fine-tuning "
-            f"{cfg.finetune_mode}")
+    jobs = [(f"pruned{int(round(r * 100))}", r) for r in cfg.ratios]
+    jobs += [(name, dict(spec)) for name, spec in cfg.plans]
+    total_channels = sum(widths_of(baseline).values())
+    for name, ratio in jobs:
+        what = f"{ratio:.0%} of the channels per layer" if isinstance(ratio, float) else \
+            f"per-layer ratios {ratio}"
+        log(f"{name}: structured pruning {what} ({cfg.scope}, multiple {cfg.multiple}, "
+            f"{cfg.scorer}); fine-tuning {cfg.finetune_mode}")
         res = structured_prune({"params": baseline}, ratio, scope=cfg.scope,
                                multiple=cfg.multiple, scorer=cfg.scorer, exclude=cfg.exclude)
         if masked:
@@ -503,8 +511,13 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
             params, losses = trainer.fine_tune(
                 res.variables["params"], batches, cfg.finetune_steps, log,
                 evaluate=validator(widths=res.widths), eval_every=cfg.eval_every)
-        structures[name] = {**res.summary(), "losses": losses, **selection(trainer)}
-        measure(name, ratio, params, res.widths)
+        structures[name] = {**res.summary(), "losses": losses, **selection(trainer),
+                            "plan": ratio}
+        removed = 1.0 - sum(res.widths.values()) / total_channels
+        measure(name, ratio if isinstance(ratio, float) else removed, params, res.widths)
+        if not isinstance(ratio, float):
+            for c in cands[-2:]:
+                c.extra["plan"] = name
     log("timing")
     time_candidates(cands, cfg.repeats, cfg.warmup, log)
     by_name = {c.name: c for c in cands}
@@ -619,6 +632,15 @@ def to_markdown(result: dict[str, Any]) -> str:
         verdict = f"met by {', '.join(t['candidates'])} (fastest: {t['best']})" if t["met"] \
             else "not met"
         lines.append(f"* EPE {key.replace('_', ' ')}: {verdict}.")
+    plans = result["config"].get("plans") or []
+    if plans:
+        lines += ["", "Per-layer plans (ratio column = fraction of all channels removed): "
+                  + "; ".join(f"`{name}` = {dict(spec)}" for name, spec in plans) + ". "
+                  "Caveat: such plans come from a sensitivity check (each module pruned "
+                  "without fine-tuning) and from the uniform rows, measured on the same "
+                  "validation frames as the table (there is no separate test split), so their "
+                  "EPE comparison is optimistic; with 8 validation frames, EPE differences of "
+                  "a few percent are within the noise of fine-tuning."]
     hlo = [r for r in result["rows"] if "hlo" in r]
     if hlo:
         h = hlo[0]["hlo"]
@@ -644,12 +666,16 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
         rows = [r for r in result["rows"] if r["int8"] == quant]
         if not rows:
             continue
-        pruned = sorted((r for r in rows if r["ratio"] > 0), key=lambda r: r["ratio"])
+        pruned = sorted((r for r in rows if r["ratio"] > 0 and r.get("plan", "uniform")
+                         == "uniform"), key=lambda r: r["ratio"])
         line = ax.plot([r["latency_ms"] for r in pruned], [r["epe"] for r in pruned],
                        marker=marker, label=f"{label}, pruned")[0]
         dense_rows = [r for r in rows if r["ratio"] == 0]
         ax.plot([r["latency_ms"] for r in dense_rows], [r["epe"] for r in dense_rows],
                 marker=marker, linestyle="", color=line.get_color(), markerfacecolor="none")
+        plans = [r for r in rows if r.get("plan", "uniform") != "uniform"]
+        ax.plot([r["latency_ms"] for r in plans], [r["epe"] for r in plans], marker="*",
+                markersize=11, linestyle="", color=line.get_color())
         for r in rows:
             ax.annotate(r["name"].replace("+int8", "").replace("pruned", "p"),
                         (r["latency_ms"], r["epe"]), textcoords="offset points",
@@ -666,7 +692,8 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
     backend = result["environment"].get("platform", "cpu").upper()
     ax.set_xlabel(f"latency per validation batch [ms] ({backend}, shared machine)")
     ax.set_ylabel("EPE [px] (synthetic validation)")
-    ax.set_title("Structured pruning (+ int8): accuracy vs latency (hollow: dense)")
+    ax.set_title("Structured pruning (+ int8): EPE vs latency (hollow: dense, star: per-layer "
+                 "plan)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
