@@ -2,6 +2,9 @@
 
   python -m experiments.run_study                      # --preset=demo, CPU, synthetic
   python -m experiments.run_study --preset=paper --data_dir=KITTI --checkpoint=CKPT
+  python -m experiments.run_study --experiments=post_prune,post_quant   # one part
+
+Library: ``deepliflow_jax.study.run_study(make_config(preset, ...), results_dir)``.
 
 Re-running with the same --results_dir skips finished configurations.
 """
@@ -21,6 +24,12 @@ flags.DEFINE_integer("pretrain_steps", None, "Override the pre-training length."
 flags.DEFINE_integer("finetune_steps", None, "Override the lr1 fine-tuning length.")
 flags.DEFINE_integer("refine_steps", None, "Override the lr2 refinement length.")
 flags.DEFINE_integer("seed", None, "Seed.")
+flags.DEFINE_list("experiments", None, "Parts to run (default all): post_prune, post_quant, "
+                  "aware_prune, aware_quant, hybrid.")
+flags.DEFINE_list("lidar_sweep", None, "Override the LiDAR sample counts (KITTI-resolution "
+                  "equivalent), e.g. 2048,16384.")
+flags.DEFINE_integer("runtime_repeats", None, "Timed forward passes per configuration "
+                     "(0: no timing).")
 
 
 def _floats(values, name):
@@ -35,7 +44,7 @@ def _floats(values, name):
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    from deepliflow_jax.study import make_config, run_study
+    from deepliflow_jax.study import make_config
 
     bits = _floats(FLAGS.quant_bits, "quant_bits")
     try:
@@ -46,6 +55,10 @@ def main(argv):
                                                        for b in bits),
             pretrain_steps=FLAGS.pretrain_steps, finetune_steps=FLAGS.finetune_steps,
             refine_steps=FLAGS.refine_steps, seed=FLAGS.seed,
+            experiments=None if FLAGS.experiments is None else tuple(FLAGS.experiments),
+            lidar_sweep=None if FLAGS.lidar_sweep is None else tuple(
+                int(n) for n in _floats(FLAGS.lidar_sweep, "lidar_sweep")),
+            runtime_repeats=FLAGS.runtime_repeats,
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err
@@ -55,7 +68,13 @@ def main(argv):
         raise app.UsageError(f"--checkpoint {cfg.checkpoint} does not exist")
     if cfg.data == "kitti" and not (Path(cfg.data_dir) / "training").is_dir():
         raise app.UsageError(f"--data_dir {cfg.data_dir} has no training/ folder")
-    out = run_study(cfg, FLAGS.results_dir or f"results/{cfg.preset}")
+    from deepliflow_jax.study.runner import Study
+
+    try:
+        study = Study(cfg, FLAGS.results_dir or f"results/{cfg.preset}")
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
+    out = study.run()
     print("\n".join(f"{k}: {v}" for k, v in out.items()))
 
 

@@ -23,6 +23,10 @@ def test_bad_input_fails_fast(tmp_path):
         make_config("paper", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="multiple of 64"):
         make_config("tiny", width=200)
+    with pytest.raises(ValueError, match="subset of"):
+        make_config("tiny", experiments=("post_prune", "ablation"))
+    with pytest.raises(ValueError, match="hybrid needs"):
+        make_config("tiny", quant_bits=())
     # the command line refuses before any work and says why
     proc = subprocess.run([sys.executable, "-m", "experiments.run_study", "--preset=paper",
                            f"--data_dir={tmp_path}", f"--checkpoint={tmp_path / 'none'}"],
@@ -30,6 +34,19 @@ def test_bad_input_fails_fast(tmp_path):
     assert proc.returncode != 0
     assert "does not exist" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_results_folder_of_other_settings_is_refused(tmp_path):
+    """Records of another configuration are never mixed into a resumed study."""
+    saved = json.dumps(make_config("tiny").to_dict())
+    (tmp_path / "config.json").write_text(saved)
+    proc = subprocess.run([sys.executable, "-m", "experiments.run_study", "--preset=tiny",
+                           "--finetune_steps=5", f"--results_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "finetune_steps differ" in proc.stderr
+    assert (tmp_path / "config.json").read_text() == saved  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
 
 
 def test_lidar_density_is_kept_at_reduced_resolution():
@@ -70,3 +87,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "records").iterdir()}
     changed = {k for k in after if before.get(k) != after[k]}
     assert changed == {"aware_quant_8.json"}
+    # one part, one more level: only that configuration is added
+    run_study(make_config("tiny", experiments=("post_prune",), prune_percents=(10.0, 20.0)),
+              tmp_path)
+    added = {p.name for p in (tmp_path / "records").iterdir()} - set(after)
+    assert added == {"post_prune_20.json"}

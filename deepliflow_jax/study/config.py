@@ -9,6 +9,7 @@ paper's protocol on KITTI 2015 at 384x1216 from a converted checkpoint;
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from deepliflow_jax.data.lidar import LIDAR_SWEEP
@@ -16,6 +17,12 @@ from deepliflow_jax.data.lidar import LIDAR_SWEEP
 KITTI_FULL_SIZE = (375, 1242)
 PAPER_PRUNE_PERCENTS = (5.0, 10.0, 15.0, 20.0, 25.0)
 PAPER_QUANT_BITS = (16, 14, 12, 10, 8, 6)
+
+
+# the study's parts; Table III comes from the aware records, Figs. 2/3 and 6 from every record
+EXPERIMENTS = ("post_prune", "post_quant", "aware_prune", "aware_quant", "hybrid")
+# fields a resumed study may change: they only add or drop configurations
+RESUMABLE_CHANGES = ("prune_percents", "quant_bits", "experiments")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +50,8 @@ class StudyConfig:
       runtime_repeats: timed forward passes per configuration (0 = no timing).
       max_val_frames: cap on validation frames (None = the whole split).
       seed: seed of data, LiDAR draws and training.
+      experiments: which parts run (a subset of ``EXPERIMENTS``); the baseline and
+        zero-flow reference always do.
     """
 
     preset: str = "demo"
@@ -67,6 +76,7 @@ class StudyConfig:
     runtime_repeats: int = 5
     max_val_frames: int | None = None
     seed: int = 0
+    experiments: tuple[str, ...] = EXPERIMENTS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,6 +118,17 @@ def make_config(preset: str, **overrides: Any) -> StudyConfig:
     return cfg
 
 
+def resume_conflicts(saved: dict[str, Any], cfg: StudyConfig) -> list[str]:
+    """Fields whose value differs from a results folder's saved ``config.json``.
+
+    Records of a study with other data, lengths, learning rates, LiDAR counts or timing
+    must not be mixed with new ones; the sweeps and the parts may change.
+    """
+    now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as saved
+    return sorted(k for k in set(now) | set(saved)
+                  if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+
+
 def validate(cfg: StudyConfig) -> None:
     """Fails fast, before any long work, on values the study cannot use."""
     if cfg.data not in ("synthetic", "kitti"):
@@ -135,5 +156,11 @@ def validate(cfg: StudyConfig) -> None:
     for name in ("pretrain_steps", "finetune_steps", "refine_steps", "runtime_repeats"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    unknown = sorted(set(cfg.experiments) - set(EXPERIMENTS))
+    if unknown or not cfg.experiments:
+        raise ValueError(f"experiments must be a non-empty subset of {list(EXPERIMENTS)}, got "
+                         f"{list(cfg.experiments)}")
+    if "hybrid" in cfg.experiments and not (cfg.prune_percents and cfg.quant_bits):
+        raise ValueError("the hybrid needs at least one pruning level and one bit width")
     if cfg.eval_every <= 0:
         raise ValueError(f"eval_every must be > 0, got {cfg.eval_every}")

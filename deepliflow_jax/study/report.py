@@ -12,13 +12,21 @@ from deepliflow_jax.study.records import write_json_atomic, write_text_atomic
 
 
 def best_levels(records: dict[str, dict], cfg: StudyConfig) -> tuple[float, int]:
-    """The pruning percent and bit width with the lowest aware-training EPE."""
+    """The pruning percent and bit width with the lowest aware-training EPE.
 
-    def epe(key):
-        return records[key]["metrics"]["epe"] if key in records else float("inf")
+    Without aware records (a study of the post-training parts only) the post-training
+    EPE decides; with neither, the smallest pruning level and the largest bit width.
+    """
 
-    best_p = min(cfg.prune_percents, key=lambda p: epe(f"aware_prune_{p:g}"))
-    best_b = min(cfg.quant_bits, key=lambda b: epe(f"aware_quant_{b}"))
+    def epe(name):
+        for kind in ("aware", "post"):
+            if f"{kind}_{name}" in records:
+                return records[f"{kind}_{name}"]["metrics"]["epe"]
+        return float("inf")
+
+    # ties go to the mildest level: sorted from it
+    best_p = min(sorted(cfg.prune_percents), key=lambda p: epe(f"prune_{p:g}"))
+    best_b = min(sorted(cfg.quant_bits, reverse=True), key=lambda b: epe(f"quant_{b}"))
     return best_p, best_b
 
 

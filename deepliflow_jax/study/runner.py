@@ -15,6 +15,7 @@ Order of work (each finished configuration is a record; a re-run skips it):
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 
 from deepliflow_jax.study import report
-from deepliflow_jax.study.config import StudyConfig
+from deepliflow_jax.study.config import StudyConfig, resume_conflicts
 from deepliflow_jax.study.data import load_study_data, make_synthetic
 from deepliflow_jax.study.engine import (
     Engine,
@@ -47,6 +48,7 @@ class Study:
     def __init__(self, cfg: StudyConfig, results_dir: str | Path):
         self.cfg = cfg
         self.dir = Path(results_dir)
+        self.check_resume()  # before anything is written there
         self.dir.mkdir(parents=True, exist_ok=True)
         self.records = RecordStore(self.dir)
         self.engine: Engine | None = None
@@ -70,6 +72,22 @@ class Study:
              f"{self.data.samples_for(cfg)} LiDAR points per frame")
         enable_compilation_cache()
         self.engine = get_engine(cfg.interp_size, cfg.seed)
+
+    def check_resume(self) -> None:
+        """Refuses a results folder written with another configuration (before any work)."""
+        saved = self.dir / "config.json"
+        if not saved.is_file():
+            return
+        try:
+            conflicts = resume_conflicts(json.loads(saved.read_text()), self.cfg)
+        except (ValueError, AttributeError) as err:
+            raise ValueError(f"{saved} is not a study configuration ({err}); use another "
+                             "results folder") from err
+        if conflicts:
+            raise ValueError(
+                f"{self.dir} holds a study run with other settings ({', '.join(conflicts)} "
+                f"differ from {saved}); its records would be mixed with new ones: use another "
+                "results folder, or the same settings to resume")
 
     def val_batches(self, num_samples: int | None = None) -> list:
         n = self.data.samples_for(self.cfg, num_samples)
@@ -189,16 +207,18 @@ class Study:
             self.records.put("zero_flow", {"key": "zero_flow", "kind": "reference",
                                            "metrics": self.engine.evaluate(state,
                                                                            self.val_batches())})
-        sweeps = [(f"post_prune_{p:g}", "post", p, 0) for p in cfg.prune_percents]
-        sweeps += [(f"post_quant_{b}", "post", 0.0, b) for b in cfg.quant_bits]
-        sweeps += [(f"aware_prune_{p:g}", "aware", p, 0) for p in cfg.prune_percents]
-        sweeps += [(f"aware_quant_{b}", "aware", 0.0, b) for b in cfg.quant_bits]
+        sweeps = []
+        for kind in ("post", "aware"):
+            if f"{kind}_prune" in cfg.experiments:
+                sweeps += [(f"{kind}_prune_{p:g}", kind, p, 0) for p in cfg.prune_percents]
+            if f"{kind}_quant" in cfg.experiments:
+                sweeps += [(f"{kind}_quant_{b}", kind, 0.0, b) for b in cfg.quant_bits]
         for key, kind, p, b in progress(sweeps, len(sweeps), "sweeps"):
             rec = getattr(self, kind)(key, params, p, b)
             _say(f"{key}: EPE {rec['metrics']['epe']:.3f}, SF {rec['metrics']['sf']:.2f} %, "
                  f"zeros {rec['zero_percent']:.2f} %")
         best_p, best_b = report.best_levels(self.records.all(), cfg)
-        for kind in ("post", "aware"):
+        for kind in ("post", "aware") if "hybrid" in cfg.experiments else ():
             key = f"hybrid_{kind}_{best_b}_{best_p:g}"
             rec = getattr(self, kind)(key, params, best_p, best_b)
             _say(f"{key}: EPE {rec['metrics']['epe']:.3f}, SF {rec['metrics']['sf']:.2f} %")
