@@ -159,6 +159,24 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
     Raises:
       FileExistsError: ``directory`` exists and ``overwrite`` is False.
       ValueError: the variables are not DeepLiDARFlow's, or metadata is not JSON.
+
+    Example:
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from deepliflow_jax.model.api import init_params
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> variables = init_params(0)
+      >>> path = save_checkpoint(Path(tmp.name) / "ckpt", variables, {"source": "init_params(0)"})
+      >>> sorted(p.name for p in path.iterdir())
+      ['deepliflow_checkpoint.json', 'params']
+      >>> meta = load_metadata(path)
+      >>> meta["source"], meta["parameter_count"]
+      ('init_params(0)', 8296404)
+      >>> save_checkpoint(path, variables)
+      Traceback (most recent call last):
+      ...
+      FileExistsError: checkpoint output ... already exists; pass overwrite=True ...
+      >>> tmp.cleanup()
     """
     out = Path(directory).absolute()
     if (out.exists() or out.is_symlink()) and not overwrite:
@@ -258,6 +276,25 @@ def load_checkpoint(directory: PathLike, widths: Any = AUTO) -> dict:
       ValueError: another architecture (lists missing/unexpected/mis-shaped
         parameters, or the layers whose widths differ from the requested
         ones), or unreadable/corrupted data.
+
+    Example:
+      >>> import tempfile
+      >>> import jax
+      >>> import numpy as np
+      >>> from pathlib import Path
+      >>> from deepliflow_jax.model.api import init_params
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> variables = init_params(0)
+      >>> path = save_checkpoint(Path(tmp.name) / "ckpt", variables)
+      >>> loaded = load_checkpoint(path)
+      >>> all(np.array_equal(a, b) for a, b in
+      ...     zip(jax.tree.leaves(loaded), jax.tree.leaves(variables), strict=True))
+      True
+      >>> load_checkpoint(Path(tmp.name) / "missing")
+      Traceback (most recent call last):
+      ...
+      FileNotFoundError: checkpoint directory not found: .../missing
+      >>> tmp.cleanup()
     """
     params_dir = _params_dir(directory).absolute()
     requested = widths

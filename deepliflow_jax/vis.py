@@ -311,7 +311,32 @@ def fig5_image(image0: np.ndarray, image1: np.ndarray,
 
 
 def save_png(path: PathLike, image: np.ndarray) -> Path:
-    """Writes a uint8 RGB (or float [0, 1]) image as PNG with pypng; returns the path."""
+    """Writes a uint8 RGB (or float [0, 1]) image as PNG with pypng; returns the path.
+
+    Args:
+      path: output file (parent folders are created).
+      image: ``[H, W, 3]`` (extra channels such as alpha are dropped), ``[H, W]``
+        (grey, written as RGB) or ``[H, W, 1]`` (a grey PNG); uint8, or float
+        clipped to [0, 1] and scaled to 0..255.
+
+    Returns:
+      ``path`` as a ``Path``.
+
+    Raises:
+      ValueError: ``image`` is not ``[H, W]`` or ``[H, W, C]``.
+
+    Example:
+      >>> import tempfile
+      >>> import numpy as np
+      >>> from pathlib import Path
+      >>> from deepliflow_jax.data.io import read_png
+      >>> ramp = np.linspace(0.0, 1.0, 8).reshape(2, 4)  # float grey levels
+      >>> path = save_png(Path(tempfile.mkdtemp()) / "ramp.png", ramp)
+      >>> path.name
+      'ramp.png'
+      >>> read_png(path)[..., 0].tolist()
+      [[0, 36, 73, 109], [146, 182, 219, 255]]
+    """
     path = Path(path)
     write_png(path, _to_uint8_rgb(image))
     return path

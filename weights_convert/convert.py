@@ -502,9 +502,35 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
       The ``ConversionReport``.
 
     Raises:
-      ValueError: unknown format, or any conversion problem (nothing is written).
+      ValueError: unknown format, or any conversion problem (nothing is written;
+        ``ConversionError`` lists every missing, unexpected, mis-shaped or
+        non-float entry).
       FileNotFoundError: missing input.
       FileExistsError: output exists and ``overwrite`` is False.
+
+    Example:
+      A TF checkpoint in the original release's naming, written here from random
+      weights with this package's own tensor-bundle writer, converted and loaded:
+
+      >>> import tempfile
+      >>> from pathlib import Path
+      >>> from deepliflow_jax.checkpoint import load_checkpoint
+      >>> from deepliflow_jax.model.api import init_params
+      >>> from weights_convert import tf_bundle
+      >>> from weights_convert.convert import flax_to_tf_tensors
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> root = Path(tmp.name)
+      >>> prefix = tf_bundle.write_bundle(root / "model.ckpt", flax_to_tf_tensors(init_params(0)))
+      >>> report = convert_checkpoint("tf", prefix, root / "converted")
+      >>> print(report.summary())
+      converted 257 tensors (8,296,404 parameters) from tf checkpoint .../model.ckpt
+      >>> sorted(load_checkpoint(root / "converted")["params"])[:2]
+      ['context_network', 'guidance_network']
+      >>> convert_checkpoint("onnx", prefix, root / "other")
+      Traceback (most recent call last):
+      ...
+      ValueError: format must be one of ('tf', 'torch'), got 'onnx'
+      >>> tmp.cleanup()
     """
     from deepliflow_jax.checkpoint import save_checkpoint
 

@@ -186,6 +186,18 @@ def prune(
     Raises:
       ValueError: percent outside [0, 100), unknown scope, a selection that is
         empty, or masks that do not match the params.
+
+    Example:
+      >>> import numpy as np
+      >>> params = {"w": np.array([0.5, -0.1, 2.0, 0.05]), "b": np.array([1.0, -3.0])}
+      >>> pruned, masks = prune(params, 50.0)  # the 3 smallest of all 6 entries
+      >>> np.asarray(pruned["w"]).tolist(), np.asarray(masks["w"]).tolist()
+      ([0.0, 0.0, 2.0, 0.0], [False, False, True, False])
+      >>> pruned, _ = prune(params, 50.0, scope="layer")  # half of each leaf
+      >>> np.asarray(pruned["w"]).tolist(), np.asarray(pruned["b"]).tolist()
+      ([0.5, 0.0, 2.0, 0.0], [0.0, -3.0])
+      >>> np.asarray(prune(params, 50.0, include="w")[0]["b"]).tolist()  # b stays dense
+      [1.0, -3.0]
     """
     percent = check_percent(percent)
     if scope not in SCOPES:

@@ -346,6 +346,17 @@ def quantize(
 
     Raises:
       ValueError: bits outside [2, 16] or a selection that is empty.
+
+    Example:
+      >>> import numpy as np
+      >>> params = {"w": np.array([0.3, -1.5, 0.8, 0.1])}
+      >>> q = quantize(params, 3)  # codes -3..3, scale max|w| / 3 = 0.5
+      >>> np.asarray(q["w"]).tolist()
+      [0.5, -1.5, 1.0, 0.0]
+      >>> quantize(params, 1)
+      Traceback (most recent call last):
+      ...
+      ValueError: bits must be an integer in [2, 16], got 1
     """
     config = QuantConfig(
         bits=check_bits(bits),

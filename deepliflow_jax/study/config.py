@@ -105,10 +105,28 @@ def effective_samples(num_samples: int, height: int, width: int) -> int:
 
 
 def make_config(preset: str, **overrides: Any) -> StudyConfig:
-    """The preset with ``overrides`` (None values ignored), validated.
+    """A study configuration: the preset with ``overrides`` (None values ignored), validated.
+
+    Args:
+      preset: ``"demo"``, ``"tiny"`` or ``"paper"`` (see ``PRESETS``).
+      **overrides: ``StudyConfig`` fields to change (e.g. ``seed=1``,
+        ``prune_percents=(10.0,)``); a None value keeps the preset's.
+
+    Returns:
+      The frozen ``StudyConfig``.
 
     Raises:
       ValueError: unknown preset, or an invalid sweep value or size.
+      TypeError: an override that is not a ``StudyConfig`` field.
+
+    Example:
+      >>> cfg = make_config("tiny", seed=3, max_val_frames=None)
+      >>> cfg.height, cfg.width, cfg.seed, cfg.max_val_frames
+      (64, 192, 3, 2)
+      >>> make_config("tiny", prune_percents=(100.0,))
+      Traceback (most recent call last):
+      ...
+      ValueError: prune percent 100.0 outside [0, 100)
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")

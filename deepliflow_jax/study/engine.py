@@ -158,7 +158,29 @@ def get_engine(interp_size: tuple[int, int] | None = None, seed: int = 0) -> Eng
 def enable_compilation_cache(path: str | None = None) -> None:
     """Persists XLA executables across processes (a resumed study skips compiling).
 
-    Leaves an already configured cache alone.
+    Sets JAX's process-wide ``jax_compilation_cache_dir`` (and stores only
+    executables that took at least 2 s to compile). Leaves an already configured
+    cache alone: if ``jax_compilation_cache_dir`` is set (by an earlier call, the
+    ``JAX_COMPILATION_CACHE_DIR`` environment variable or the caller), nothing
+    changes.
+
+    Args:
+      path: cache folder (created by JAX on first use); None means
+        ``~/.cache/deepliflow_jax/xla``.
+
+    Returns:
+      None.
+
+    Example:
+      >>> import jax, os, tempfile
+      >>> configured = jax.config.jax_compilation_cache_dir  # e.g. set by the tests
+      >>> path = os.path.join(tempfile.mkdtemp(), "xla")
+      >>> enable_compilation_cache(path)
+      >>> jax.config.jax_compilation_cache_dir == (configured or path)
+      True
+      >>> enable_compilation_cache(os.path.join(tempfile.mkdtemp(), "other"))  # left alone
+      >>> jax.config.jax_compilation_cache_dir == (configured or path)
+      True
     """
     if jax.config.jax_compilation_cache_dir:
         return
@@ -175,7 +197,25 @@ def post_training_masks(params: Any, percent: float) -> tuple[Any, Any]:
 
 
 def zero_fraction(params: Any) -> float:
-    """Percentage of exactly-zero values over all parameters."""
+    """Percentage of exactly-zero values over all parameters.
+
+    Args:
+      params: any pytree of arrays (e.g. ``{'params': ...}`` or a pruned tree).
+
+    Returns:
+      ``100 * (number of entries == 0) / (number of entries)`` over all leaves,
+      a float in [0, 100].
+
+    Raises:
+      ZeroDivisionError: ``params`` holds no entries (no leaves, or only empty ones).
+
+    Example:
+      >>> import numpy as np
+      >>> zero_fraction({"w": np.array([0.0, 1.5, 0.0, -2.0]), "b": np.zeros(4)})
+      75.0
+      >>> zero_fraction(prune({"w": np.arange(1.0, 11.0)}, 30.0)[0])
+      30.0
+    """
     leaves = jax.tree.leaves(params)
     zeros = sum(int(np.count_nonzero(np.asarray(x) == 0)) for x in leaves)
     return 100.0 * zeros / sum(int(np.size(x)) for x in leaves)

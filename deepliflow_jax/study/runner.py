@@ -248,5 +248,36 @@ class Study:
 
 
 def run_study(cfg: StudyConfig, results_dir: str | Path) -> dict:
-    """Runs (or resumes) the study; returns the paths of what it wrote."""
+    """Runs (or resumes) the study; returns the paths of what it wrote.
+
+    Finished configurations are records in ``results_dir``; a re-run with the same
+    settings skips them (see the module docstring for the order of work). An end-to-end
+    run takes minutes even for the ``tiny`` preset; ``tests/test_study.py`` runs it
+    (``test_tiny_study_end_to_end_and_resume``).
+
+    Args:
+      cfg: the configuration, e.g. from ``make_config``.
+      results_dir: folder for the records, logs, tables and plots (created; a folder
+        of an earlier run with the same settings is resumed).
+
+    Returns:
+      ``{"json": ..., "csv": ..., "tables": ..., "plots": [...]}``: the paths (str)
+      of ``results.json``, ``results.csv``, ``tables.md`` and the plots (none without
+      matplotlib).
+
+    Raises:
+      ValueError: ``results_dir`` holds a run with other settings (or an unreadable
+        ``config.json``), checked before anything is written; or the data set has
+        no frames in one of its splits.
+      FileNotFoundError: the configured checkpoint or KITTI data is missing.
+
+    Example:
+      >>> import tempfile
+      >>> from deepliflow_jax.study import make_config
+      >>> cfg = make_config("tiny")
+      >>> cfg.pretrain_steps, cfg.finetune_steps, cfg.prune_percents, cfg.quant_bits
+      (3, 2, (10.0,), (8,))
+      >>> sorted(run_study(cfg, tempfile.mkdtemp()))  # doctest: +SKIP
+      ['csv', 'json', 'plots', 'tables']
+    """
     return Study(cfg, results_dir).run()
