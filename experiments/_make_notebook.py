@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 
 NOTEBOOK = Path(__file__).resolve().with_name("quickstart.ipynb")
-# where Colab installs the package from (the public repository)
-REPO_URL = "https://github.com/deepliflow/deepliflow_jax"
 
 CELLS: list[tuple[str, str]] = [
     ("markdown", """\
@@ -35,20 +33,24 @@ compiled train step and evaluation are shared with it. The released KITTI exampl
 original) only with `SMALL = False`. We neither crop nor downscale it: a crop is another
 input, and a downscaled frame would need its disparities and LiDAR density rescaled,
 so neither would be comparable with what the released model predicts for it."""),
-    ("code", f"""\
+    ("code", """\
 # Install (Colab only): skipped when the package is importable, and never under CI.
 import importlib.util
 import os
 import subprocess
 import sys
 
-REPO_URL = os.environ.get("DEEPLIFLOW_REPO_URL", "{REPO_URL}")
+# the git URL of your deepliflow_jax clone or fork (e.g. https://github.com/<you>/deepliflow_jax)
+REPO_URL = os.environ.get("DEEPLIFLOW_REPO_URL", "")
 if importlib.util.find_spec("deepliflow_jax") is None:
     if os.environ.get("CI") is not None or "google.colab" not in sys.modules:
         raise RuntimeError("deepliflow_jax is not installed: run `pip install -e '.[viz]'` "
                            "in the repository root")
+    if not REPO_URL:
+        raise RuntimeError("set REPO_URL above to the git URL of deepliflow_jax (or upload "
+                           "the repository and `pip install -e '.[viz]'` it)")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    f"deepliflow_jax[viz] @ git+{{REPO_URL}}"], check=True)"""),
+                    f"deepliflow_jax[viz] @ git+{REPO_URL}"], check=True)"""),
     ("code", """\
 # Settings (environment variables override them, e.g. in CI)
 import tempfile
