@@ -83,25 +83,32 @@ def fig23(out: Path, records: dict, cfg: StudyConfig) -> Path:
 
 def fig4(out: Path, records: dict, cfg: StudyConfig) -> Path:
     """Accuracy vs run time of every configuration, original and hybrids marked."""
+    colors = {"post": "tab:blue", "aware": "tab:orange"}
+    names = {"post": "post-training", "aware": "aware training"}
     fig, ax = plt.subplots(figsize=(7, 5))
+    labelled = set()
     for key, rec in records.items():
         t = (rec.get("time") or {}).get("median_ms")
         if t is None:
             continue
         m = rec["metrics"]["epe"]
+        kind = rec.get("kind")
         if key == "baseline":
             ax.scatter(t, m, s=150, facecolors="none", edgecolors="green", label="original")
         elif key.startswith("hybrid"):
-            ax.scatter(t, m, marker="*", s=120, label=key)
-        else:
-            ax.scatter(t, m, s=15, c="tab:blue" if rec["kind"] == "post" else "tab:orange")
-            ax.annotate(key.replace("_prune_", " p").replace("_quant_", " q"), (t, m),
-                        fontsize=6)
+            ax.scatter(t, m, marker="*", s=160, c=colors[kind], edgecolors="black",
+                       label=f"hybrid, {names[kind]}: {rec['bits']} bits + {rec['percent']:g} %")
+        elif kind in colors:
+            label = None if kind in labelled else names[kind]
+            labelled.add(kind)
+            ax.scatter(t, m, s=15, c=colors[kind], label=label)
+            ax.annotate(key.split("_", 1)[1].replace("prune_", "p").replace("quant_", "q"),
+                        (t, m), fontsize=6)
     ax.set_xlabel("forward time (ms, median)")
     ax.set_ylabel("EPE (px)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title("Pruning + quantization vs original (blue post, orange aware)")
+    ax.set_title("Accuracy vs run time (p = pruned %, q = weight bits)")
     fig.tight_layout()
     path = out / "fig4_hybrid_accuracy_vs_time.png"
     fig.savefig(path, dpi=100)
