@@ -19,6 +19,22 @@ def variables():
 
 
 @pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """The synthetic world of the study's tiny preset (64x192, 10 scenes)."""
+    from deepliflow_jax.api import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("tiny") / "world", num_scenes=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_world):
+    """``tiny_world`` decoded; its train step is the one every 64x192 test shares."""
+    from deepliflow_jax.api import load_dataset
+
+    return load_dataset(tiny_world)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"shared data folder not found: {SHARED_DATA}")

@@ -166,13 +166,13 @@ def test_format_table():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return dl.make_synthetic_dataset(tmp_path_factory.mktemp("api") / "world", num_scenes=10)
+def world(tiny_world):
+    return tiny_world
 
 
 @pytest.fixture(scope="module")
-def data(world):
-    return dl.load_dataset(world)
+def data(tiny_data):
+    return tiny_data
 
 
 def test_load_dataset_splits_like_the_study(data, world, tmp_path):
