@@ -410,8 +410,6 @@ def _engine(data: Dataset, interp_size: tuple[int, int] | None = None):
 def _state(engine: Any, params: Any, percent: float, bits: int, lr: float = 1e-4):
     from deepliflow_jax.study.engine import post_training_masks
 
-    # the step donates its state: never hand it the caller's arrays
-    params = jax.tree.map(jnp.array, params)
     pruned, masks = post_training_masks(params, percent)
     return engine.new_state(pruned, lr=lr, masks=masks, bits=bits)
 

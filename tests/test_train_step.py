@@ -179,3 +179,15 @@ def test_reg_scale_in_the_batch_scales_the_regularizer_without_recompiling():
     assert float(m0["reg"]) == 0.0 and float(m0["loss"]) == pytest.approx(2.0)
     assert float(m2["reg"]) == pytest.approx(2.0 * 0.5 * 12.0)
     assert step._cache_size() == 1
+
+
+def test_a_donating_step_never_deletes_the_callers_parameters():
+    """The study starts every configuration from the same loaded (device) baseline."""
+    tx = optax.adam(1e-2)
+    step = jax.jit(make_train_step(apply_fn, loss_fn, tx), donate_argnums=0)
+    params = jax.tree.map(jnp.asarray, PARAMS)  # device arrays, as load_checkpoint returns
+    for _ in range(2):  # two configurations from the same parameters
+        state, _ = step(create_train_state(params, tx), data_fn(0))
+        jax.block_until_ready(state)
+    assert not any(x.is_deleted() for x in jax.tree.leaves(params))
+    np.testing.assert_array_equal(params["params"]["out"]["bias"], PARAMS["params"]["out"]["bias"])

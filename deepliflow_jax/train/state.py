@@ -45,7 +45,7 @@ def create_train_state(
       data_pos: starting data position.
 
     Returns:
-      A :class:`TrainState` at step 0.
+      A :class:`TrainState` at step 0, holding copies of ``params``.
     """
     if isinstance(seed, int):
         rng = jax.random.PRNGKey(seed)
@@ -53,7 +53,9 @@ def create_train_state(
         rng = jax.random.key_data(seed)
     else:
         rng = jnp.asarray(seed, jnp.uint32)
-    params = jax.tree.map(jnp.asarray, params)
+    # own copies: train steps donate their state, and must never delete the caller's
+    # arrays (e.g. a loaded baseline that later configurations start from again)
+    params = jax.tree.map(lambda x: jnp.array(x, copy=True), params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
