@@ -374,8 +374,10 @@ def save_fig5_matplotlib(path: PathLike, image0, image1, results, gt=None, dpi: 
     grid_rows += [(label, sceneflow_panels(sf, None, max_flow, max_disp))
                   for label, sf in results]
     h, w = np.asarray(image0).shape[:2]
+    # tiles at half their size, but never so small that the 8-pt labels crowd them
+    fig_w = max(9.0, 1.5 * w / dpi)
     fig, axes = plt.subplots(len(grid_rows), 3, squeeze=False,
-                             figsize=(3 * w / dpi * 0.5, len(grid_rows) * h / dpi * 0.5 + 0.5))
+                             figsize=(fig_w, len(grid_rows) * (fig_w / 3 * h / w + 0.15) + 0.3))
     titles = ("optical flow", "D0", "D1")
     for r, (label, tiles) in enumerate(grid_rows):
         for c in range(3):

@@ -244,7 +244,11 @@ class Study:
             _, out = self.engine.evaluate(state, [batch], keep_outputs=True)
             rows.append((label, out[0][0]))
         sample = self.data.val[0]
-        vis.save_fig5(path, sample.image0, sample.image1, rows, gt=batch["gt"][0])
+        try:  # labelled rows and columns when matplotlib (the viz extra) is there
+            vis.save_fig5_matplotlib(path, sample.image0, sample.image1, rows,
+                                     gt=batch["gt"][0])
+        except ImportError:
+            vis.save_fig5(path, sample.image0, sample.image1, rows, gt=batch["gt"][0])
 
 
 def run_study(cfg: StudyConfig, results_dir: str | Path) -> dict:
