@@ -92,3 +92,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
               tmp_path)
     added = {p.name for p in (tmp_path / "records").iterdir()} - set(after)
     assert added == {"post_prune_20.json"}
+    # the paper preset's flow: every configuration starts from a loaded checkpoint (device
+    # arrays that a donating train step must not consume)
+    again = make_config("tiny", checkpoint=str(tmp_path / "baseline_checkpoint"))
+    run_study(again, tmp_path / "from_checkpoint")
+    loaded = json.loads((tmp_path / "from_checkpoint" / "results.json").read_text())["records"]
+    assert expected <= set(loaded)
+    assert loaded["baseline"]["metrics"] == results["baseline"]["metrics"]
+    assert loaded["hybrid_post_8_10"]["metrics"] == results["hybrid_post_8_10"]["metrics"]
