@@ -7,6 +7,11 @@
   step counters is written at test time with the writer, converted by the CLI
   and run on golden case 'i' of ``tf_net_golden.npz`` (outputs of real TF kernels
   for the same weights).
+* The original release's naming (``tests/fixtures/tf_release.py``: Adam slots and
+  counters under the training script's ``train/`` scope) is written with the
+  writer from ``init_params`` weights; the CLI converts it, reports the slots as
+  skipped and the report keeps them. Other slot kinds, outer scopes and the
+  refusals are checked in memory (no network is compiled).
 """
 
 import json
@@ -18,15 +23,17 @@ import numpy as np
 import pytest
 
 from deepliflow_jax.checkpoint import load_checkpoint, load_metadata
-from deepliflow_jax.model.api import forward
+from deepliflow_jax.model.api import forward, param_shapes
 from tests.fixtures.ckpt_tf_small_make import PREFIX as SMALL_PREFIX
 from tests.fixtures.ckpt_tf_small_make import fixture_values
+from tests.fixtures.tf_release import release_checkpoint_tensors, release_slots
 from tests.tf_golden.weights import make_weights
 from weights_convert import tf_bundle
 from weights_convert.__main__ import main as cli
 from weights_convert.convert import (
     ConversionError,
     flax_to_tf_tensors,
+    parse_tf_slot,
     tf_tensors_to_flax,
     tf_to_flax,
 )
@@ -281,3 +288,150 @@ def test_cli_format_and_output_errors(tmp_path, full_ckpt, capsys):
     assert not (out / "keep.txt").exists() and load_metadata(out)["format"] == "tf"
     assert _leftovers(tmp_path) == []
     assert os.listdir(out)  # complete checkpoint in place
+
+
+# ----------------------------------------------------------------------------- release naming
+
+@pytest.fixture(scope="module")
+def release_model(variables):
+    """The 257 TF-named tensors of ``init_params(seed=0, bias_std=0.1)``."""
+    return flax_to_tf_tensors(variables)
+
+
+@pytest.fixture(scope="module")
+def release_ckpt(tmp_path_factory, release_model):
+    """A bundle named exactly as the original release's (see ``tf_release.py``)."""
+    folder = tmp_path_factory.mktemp("tf_release")
+    return tf_bundle.write_bundle(folder / "DeepLiDARFlow-KITTI-epoch-40-step-41",
+                                  release_checkpoint_tensors(release_model, global_step=41))
+
+
+def _same_tree(a, b):
+    flat_a = flax.traverse_util.flatten_dict(a["params"], sep="/")
+    flat_b = flax.traverse_util.flatten_dict(b["params"], sep="/")
+    return sorted(flat_a) == sorted(flat_b) and all(
+        np.array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k])) for k in flat_a)
+
+
+def test_release_named_bundle_via_cli(release_ckpt, variables, tmp_path, capsys):
+    out = tmp_path / "converted"
+    assert cli(["--format=tf", f"--input={release_ckpt}", f"--output={out}"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("converted 257 tensors (8,296,404 parameters)",
+                 "skipped 257 x optimizer slot (Adam_optimizer)\n",
+                 "skipped 257 x optimizer slot (Adam_optimizer_1)\n",
+                 "skipped 3 x optimizer/step counter\n", "global_step 41\n"):
+        assert line in printed, printed
+    meta = load_metadata(out)
+    assert len(meta["skipped"]) == 2 * 257 + 3 and meta["global_step"] == 41
+    slot = "train/model/guidance_network/rgb_features_encoder_decoder/conv1a/kernel/Adam_optimizer"
+    assert meta["skipped"][slot] == "optimizer slot (Adam_optimizer)"
+    assert meta["skipped"][slot + "_1"] == "optimizer slot (Adam_optimizer_1)"
+    assert meta["skipped"]["train/global_step"] == "optimizer/step counter"
+    assert _same_tree(load_checkpoint(out), variables)
+
+
+def test_release_slots_are_kept_in_the_report(release_ckpt, release_model):
+    _, report = tf_to_flax(release_ckpt)
+    want = release_slots(release_model)
+    shapes = flax.traverse_util.flatten_dict(param_shapes()["params"], sep="/")
+    assert len(report.slots) == 2 * 257
+    for name, entry in tf_name_table().items():
+        for slot in ("Adam_optimizer", "Adam_optimizer_1"):
+            got = report.slots[(entry.path, slot)]
+            assert got.dtype == np.float32 and got.shape == shapes[entry.path].shape, name
+            np.testing.assert_array_equal(got.reshape(want[f"train/{name}/{slot}"].shape),
+                                          want[f"train/{name}/{slot}"], err_msg=name)
+    assert report.global_step == 41 and isinstance(report.global_step, int)
+    assert report.optimizer_scalars["train/beta1_power"] == pytest.approx(0.9 ** 301, rel=1e-6)
+    assert report.optimizer_scalars["train/beta2_power"] == pytest.approx(0.999 ** 301, rel=1e-6)
+    assert "slots" not in report.metadata()  # arrays never go into the JSON metadata
+
+
+SLOT_FORMS = {  # extra entry (``{v}``: each of two model variables) -> its skip reason
+    "default Adam, no scope": {"{v}/Adam": "optimizer slot (Adam)",
+                               "{v}/Adam_1": "optimizer slot (Adam_1)"},
+    "two outer scopes": {"tower_0/train/{v}/Momentum": "optimizer slot (Momentum)"},
+    "RMSProp": {"train/{v}/RMSProp": "optimizer slot (RMSProp)",
+                "train/{v}/RMSProp_1": "optimizer slot (RMSProp_1)"},
+    "moving average": {"{v}/ExponentialMovingAverage": "moving average (ExponentialMovingAverage)"},
+    "uniquified second optimizer": {
+        "train/{v}/Adam_optimizer_2": "optimizer slot (Adam_optimizer_2)",
+        "train/{v}/Adam_optimizer_3": "optimizer slot (Adam_optimizer_3)"},
+    "counters": {"beta1_power": "optimizer/step counter", "a/b/beta2_power_1":
+                 "optimizer/step counter", "eval/global_step": "optimizer/step counter"},
+}
+SLOT_VARIABLES = ("model/context_network/conv1/kernel",  # a conv kernel
+                  "model/guidance_network/rgb_guidance_connections_1/biases3b")  # [1, 1, 1, C]
+
+
+@pytest.mark.parametrize("form", list(SLOT_FORMS))
+def test_slot_and_counter_forms_are_skipped_and_kept(form, release_model):
+    table = tf_name_table()
+    tensors, reasons, slots = dict(release_model), {}, {}
+    for pattern, reason in SLOT_FORMS[form].items():
+        if "{v}" not in pattern:
+            tensors[pattern] = np.asarray(7 if "step" in pattern else 0.5,
+                                          np.int64 if "step" in pattern else np.float32)
+            reasons[pattern] = reason
+        for var in SLOT_VARIABLES if "{v}" in pattern else ():
+            name = pattern.format(v=var)
+            rng = np.random.default_rng(len(name))
+            tensors[name] = rng.standard_normal(release_model[var].shape).astype(np.float32)
+            reasons[name] = reason
+            slots[(table[var].path, name.rpartition("/")[2])] = tensors[name].reshape(-1) \
+                if table[var].squeeze_bias else tensors[name]
+    _, report = tf_tensors_to_flax(tensors)
+    assert report.skipped == reasons and report.parameter_count == 8296404
+    assert sorted(report.slots) == sorted(slots)
+    for key, want in slots.items():
+        np.testing.assert_array_equal(report.slots[key], want, err_msg=str(key))
+    if form == "counters":
+        assert report.global_step == 7 and report.optimizer_scalars["beta1_power"] == 0.5
+
+
+def test_parse_tf_slot_needs_a_model_variable_at_a_scope_boundary():
+    var = "model/context_network/conv1/kernel"
+    assert parse_tf_slot(f"train/{var}/Adam_optimizer_1") == (var, "Adam_optimizer_1", "train/")
+    assert parse_tf_slot(f"{var}/Adam") == (var, "Adam", "")
+    for name in (f"x{var}/Adam", f"{var}/Adagrad", f"{var}/Adam_optimizerX", var,
+                 f"train/{var}", "train/model/context_network/conv8/kernel/Adam", "Adam"):
+        assert parse_tf_slot(name) is None, name
+
+
+def test_entries_not_tied_to_a_model_variable_are_refused(release_model, tmp_path):
+    kernel = "model/context_network/conv1/kernel"
+    bias = "model/guidance_network/rgb_guidance_connections/biases0b"  # [1, 1, 1, 16]
+    bad = {
+        "train/model/context_network/conv8/kernel/Adam_optimizer": np.zeros(3, np.float32),
+        f"train/{kernel}/Adagrad": np.zeros(release_model[kernel].shape, np.float32),
+        f"train/{kernel}": release_model[kernel],  # a model variable under another scope
+        f"x{kernel}/Adam": release_model[kernel],
+        f"train/{bias}/Adam_optimizer": np.zeros(16, np.float32),  # slot of the wrong shape
+        "train/model/context_network/conv2/bias/Adam_optimizer_1": np.zeros(128, np.int32),
+        "train/global_step": np.zeros(2, np.int32),
+    }
+    with pytest.raises(ConversionError) as info:
+        tf_tensors_to_flax({**release_model, **bad})
+    text = str(info.value)
+    for needle in ("unexpected: train/model/context_network/conv8/kernel/Adam_optimizer ",
+                   f"unexpected: train/{kernel}/Adagrad ", f"unexpected: train/{kernel} ",
+                   f"unexpected: x{kernel}/Adam ",
+                   f"mis-shaped slot: train/{bias}/Adam_optimizer is [16], but its variable "
+                   f"{bias} is [1, 1, 1, 16]",
+                   "wrong dtype: train/model/context_network/conv2/bias/Adam_optimizer_1 is "
+                   "int32, expected float32",
+                   "mis-shaped: train/global_step is [2], expected a scalar"):
+        assert needle in text, (needle, text)
+    assert len(info.value.problems) == len(bad)
+    # the same slot of one variable under two scopes cannot both be kept
+    twice = {**release_model, f"{kernel}/Adam": release_model[kernel],
+             f"train/{kernel}/Adam": release_model[kernel]}
+    with pytest.raises(ConversionError, match=f"two Adam slots for {kernel}: {kernel}/Adam and "
+                                              f"train/{kernel}/Adam"):
+        tf_tensors_to_flax(twice)
+    # and from a file, through the CLI: nothing written
+    prefix = tf_bundle.write_bundle(tmp_path / "bad", {**release_model, **bad})
+    out = tmp_path / "out"
+    assert cli(["--format=tf", f"--input={prefix}", f"--output={out}"]) == 1
+    assert not out.exists() and _leftovers(tmp_path) == []

@@ -9,10 +9,12 @@ Every conversion goes through an explicit name table (``tf_names.tf_name_table``
   dtype (shapes come from ``jax.eval_shape`` of the model, transformed into the
   source layout);
 * every source entry must be either a model tensor of the table or a known
-  non-model entry (optimizer slots of a model variable such as ``<var>/Adam``,
-  ``<var>/Adam_1`` or the original's ``<var>/Adam_optimizer{,_1}``; ``beta1_power``,
-  ``beta2_power``, ``global_step``; for PyTorch files, non-weight items of a
-  training checkpoint dict), which are reported as skipped;
+  non-model entry, reported as skipped: for TF, an optimizer slot or moving-average
+  shadow of a model variable, ``[<outer scopes>/]<var>/<slot>`` with ``<slot>`` one of
+  ``TF_SLOTS`` (the original release: ``train/<var>/Adam_optimizer{,_1}``), of the
+  variable's shape (kept in ``ConversionReport.slots``), and the scalars
+  ``beta1_power``, ``beta2_power``, ``global_step`` under any scope; for PyTorch
+  files, non-weight items of a training checkpoint dict;
 * all problems (missing, unexpected, mis-shaped, wrong dtype) are collected and
   raised together as one ``ConversionError``; nothing is written then.
 
@@ -27,11 +29,13 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import flax
 import numpy as np
@@ -50,6 +54,13 @@ PathLike = str | os.PathLike
 # TF non-model entries: step counters and Adam's accumulators (also when uniquified, _1)
 _TF_NON_MODEL = re.compile(r"^(.*/)?(global_step|beta1_power|beta2_power)(_\d+)?$")
 _TF_OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
+# Slot components TF appends to a variable's name (slot_creator: ``<var>/<optimizer
+# name>``, uniquified ``_N`` for the second slot of one optimizer and for repeats):
+# AdamOptimizer m, v (``Adam``, ``Adam_1``; the original names its optimizer
+# ``Adam_optimizer``), MomentumOptimizer, RMSPropOptimizer (rms, momentum) and
+# ExponentialMovingAverage's shadow.
+TF_SLOTS = ("Adam", "Adam_optimizer", "Momentum", "RMSProp", "ExponentialMovingAverage")
+_TF_SLOT = re.compile(r"^(?:" + "|".join(TF_SLOTS) + r")(?:_\d+)?$")
 
 
 class ConversionError(ValueError):
@@ -64,17 +75,40 @@ class ConversionError(ValueError):
 
 @dataclass
 class ConversionReport:
-    """What a conversion did: source entries used (-> Flax path) and skipped (-> reason)."""
+    """What a conversion did: source entries used (-> Flax path) and skipped (-> reason).
+
+    Attributes:
+      source, format: the input and ``'tf'``/``'torch'``.
+      converted: ``{source name: flax path}`` of the 257 model tensors.
+      skipped: ``{source name: reason}`` of every other entry.
+      parameter_count: number of converted parameters.
+      notes: what was done to the names (e.g. a removed key prefix).
+      slots: TF only: ``{(flax path, slot): float32 array}``, the optimizer slots and
+        moving-average shadows of the model variables, in the Flax layout of their
+        variable; ``slot`` is the component as written, e.g. ``'Adam_optimizer'``
+        (Adam's first moment m) and ``'Adam_optimizer_1'`` (its second moment v),
+        in the order TF's ``AdamOptimizer._create_slots`` creates them. Not converted
+        into any optimizer state, and not saved.
+      optimizer_scalars: TF only: ``{source name: value}`` of ``beta1_power``,
+        ``beta2_power`` and ``global_step`` entries.
+      global_step: TF only: the checkpoint's ``global_step`` when it has exactly one.
+        The original's ``train.py`` counts validation rounds with it, not Adam steps
+        (Adam's step count is ``log(beta1_power) / log(beta1) - 1``).
+    """
 
     source: str
     format: str
     converted: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     parameter_count: int = 0
+    notes: list[str] = field(default_factory=list)
+    slots: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
+    optimizer_scalars: dict[str, float] = field(default_factory=dict)
+    global_step: int | None = None
 
     def metadata(self) -> dict:
         """JSON-ready metadata for ``deepliflow_jax.checkpoint.save_checkpoint``."""
-        return {
+        meta = {
             "source": self.source,
             "format": self.format,
             "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -83,6 +117,11 @@ class ConversionReport:
             "converted_tensors": len(self.converted),
             "skipped": dict(sorted(self.skipped.items())),
         }
+        if self.notes:
+            meta["notes"] = list(self.notes)
+        if self.global_step is not None:
+            meta["global_step"] = self.global_step
+        return meta
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -91,7 +130,10 @@ class ConversionReport:
             reasons[r] = reasons.get(r, 0) + 1
         lines = [f"converted {len(self.converted)} tensors ({self.parameter_count:,} parameters) "
                  f"from {self.format} checkpoint {self.source}"]
+        lines += list(self.notes)
         lines += [f"skipped {n} x {r}" for r, n in sorted(reasons.items())]
+        if self.global_step is not None:
+            lines.append(f"global_step {self.global_step}")
         return "\n".join(lines)
 
 
@@ -105,22 +147,25 @@ def _flax_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def _validate(source: str, found: Mapping[str, tuple[tuple[int, ...], str]],
-              table: Mapping[str, tuple[str, tuple[int, ...]]], skip_reason) -> dict[str, str]:
+              table: Mapping[str, tuple[str, tuple[int, ...]]], classify) -> dict[str, str]:
     """Checks a source against the table; returns the skipped entries or raises.
 
     Args:
       source: name for messages.
       found: ``{source name: (shape, dtype name)}``.
       table: ``{source name: (flax path, expected source shape)}``.
-      skip_reason: ``name -> reason or None`` for entries outside the table.
+      classify: ``(name, shape, dtype) -> (reason, problem)`` for entries outside the
+        table: reason None = unexpected; a problem refuses a known but malformed entry.
     """
     problems, skipped = [], {}
     for name in sorted(set(table) - set(found)):
         problems.append(f"missing: {name} {list(table[name][1])} (-> {table[name][0]})")
     for name in sorted(set(found) - set(table)):
-        reason = skip_reason(name)
+        reason, problem = classify(name, *found[name])
         if reason is None:
             problems.append(f"unexpected: {name} {found[name][1]}{list(found[name][0])}")
+        elif problem is not None:
+            problems.append(problem)
         else:
             skipped[name] = reason
     for name in sorted(set(found) & set(table)):
@@ -159,6 +204,47 @@ def _to_float32(value) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- TF
 
+class TFSlot(NamedTuple):
+    """A TF checkpoint entry that belongs to a model variable without being one."""
+
+    variable: str  # the model variable's name in ``tf_name_table``
+    slot: str  # the slot component, e.g. 'Adam_optimizer_1'
+    scope: str  # outer scopes in front of the variable, e.g. 'train/' ('' for none)
+
+    @property
+    def reason(self) -> str:
+        kind = "moving average" if self.slot.startswith("ExponentialMovingAverage") else \
+            "optimizer slot"
+        return f"{kind} ({self.slot})"
+
+
+def parse_tf_slot(name: str, table: Mapping[str, object] | None = None) -> TFSlot | None:
+    """Splits ``[<outer scopes>/]<model variable>/<slot>``; None for anything else.
+
+    Args:
+      name: a TF checkpoint entry, e.g. the original release's
+        ``train/model/context_network/conv1/kernel/Adam_optimizer_1`` (its training
+        script builds ``AdamOptimizer(name='Adam_optimizer')`` in a ``train`` scope).
+      table: the model variables (default ``tf_name_table()``).
+
+    Returns:
+      ``TFSlot(variable, slot, scope)`` when the last component is one of ``TF_SLOTS``
+      (or its uniquified ``_N`` form) and what precedes it ends in a model variable
+      at a scope boundary; otherwise None.
+    """
+    table = tf_name_table() if table is None else table
+    head, sep, slot = name.rpartition("/")
+    if not sep or not _TF_SLOT.match(slot):
+        return None
+    start = 0
+    while True:
+        if head[start:] in table:
+            return TFSlot(head[start:], slot, head[:start])
+        start = head.find("/", start) + 1
+        if start == 0:
+            return None
+
+
 def tf_skip_reason(name: str, table: Mapping[str, object] | None = None) -> str | None:
     """Why a TF checkpoint entry outside the model table is skipped (None: unexpected)."""
     table = tf_name_table() if table is None else table
@@ -166,10 +252,28 @@ def tf_skip_reason(name: str, table: Mapping[str, object] | None = None) -> str 
         return "TF2 object graph"
     if _TF_NON_MODEL.match(name):
         return "optimizer/step counter"
-    base, _, slot = name.rpartition("/")
-    if base in table and slot:
-        return f"optimizer slot ({slot})"
-    return None
+    slot = parse_tf_slot(name, table)
+    return None if slot is None else slot.reason
+
+
+def _tf_classify(expected: Mapping[str, tuple[str, tuple[int, ...]]]):
+    def classify(name: str, shape: tuple[int, ...], dtype: str):
+        reason = tf_skip_reason(name, expected)
+        if reason is None or name == _TF_OBJECT_GRAPH:
+            return reason, None
+        if _TF_NON_MODEL.match(name):
+            if tuple(shape) != ():
+                return reason, f"mis-shaped: {name} is {list(shape)}, expected a scalar"
+            return reason, None
+        var = parse_tf_slot(name, expected).variable
+        want = tuple(expected[var][1])
+        if tuple(shape) != want:
+            return reason, (f"mis-shaped slot: {name} is {list(shape)}, but its variable "
+                            f"{var} is {list(want)}")
+        if dtype not in FLOAT_DTYPES:
+            return reason, f"wrong dtype: {name} is {dtype}, expected float32"
+        return reason, None
+    return classify
 
 
 def tf_expected_shapes() -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -186,11 +290,12 @@ def tf_tensors_to_flax(tensors: Mapping[str, np.ndarray], source: str = "<tensor
     """Converts in-memory TF-named tensors (e.g. read with ``tf_bundle.read_bundle``).
 
     Args:
-      tensors: ``{original TF variable name: array}``; non-model entries allowed.
+      tensors: ``{original TF variable name: array}``; optimizer slots, moving
+        averages and step counters allowed (see ``tf_to_flax``).
       source: name for messages and the report.
 
     Returns:
-      ``(variables, ConversionReport)``.
+      ``(variables, ConversionReport)``; the report keeps the slots and counters.
 
     Raises:
       ConversionError: missing, unexpected, mis-shaped or non-float entries.
@@ -202,8 +307,21 @@ def tf_tensors_to_flax(tensors: Mapping[str, np.ndarray], source: str = "<tensor
 def _tf_convert(source: str, found, read):
     expected = tf_expected_shapes()
     table = tf_name_table()
-    skipped = _validate(source, found, expected, lambda n: tf_skip_reason(n, table))
-    values = read(sorted(expected))
+    skipped = _validate(source, found, expected, _tf_classify(expected))
+    slots = {n: parse_tf_slot(n, table) for n in skipped}
+    slots = {n: s for n, s in slots.items() if s is not None}
+    owners: dict[tuple[str, str], str] = {}
+    problems = []
+    for name, slot in sorted(slots.items()):
+        key = (slot.variable, slot.slot)
+        if key in owners:  # e.g. 'train/<var>/Adam' beside '<var>/Adam'
+            problems.append(f"two {slot.slot} slots for {slot.variable}: {owners[key]} "
+                            f"and {name}")
+        owners[key] = name
+    if problems:
+        raise ConversionError(source, problems)
+    scalars = sorted(n for n in skipped if _TF_NON_MODEL.match(n))
+    values = read(sorted(expected) + sorted(slots) + scalars)
     arrays, report = {}, ConversionReport(source, "tf", skipped=skipped)
     for name, entry in table.items():
         arr = _to_float32(values[name])
@@ -212,18 +330,37 @@ def _tf_convert(source: str, found, read):
         report.converted[name] = entry.path
     variables = _assemble(source, arrays)
     report.parameter_count = int(sum(a.size for a in arrays.values()))
+    for name, slot in sorted(slots.items()):
+        entry = table[slot.variable]
+        arr = _to_float32(values[name])
+        report.slots[(entry.path, slot.slot)] = arr.reshape(-1) if entry.squeeze_bias else arr
+    steps = []
+    for name in scalars:
+        value = np.asarray(values[name])
+        if name.rpartition("/")[2] == "global_step":
+            steps.append(int(value))
+        report.optimizer_scalars[name] = value.item()
+    report.global_step = steps[0] if len(steps) == 1 else None
     return variables, report
 
 
 def tf_to_flax(prefix: PathLike, verify_crc: bool = True):
     """Converts an original TF release checkpoint (tensor bundle) to Flax variables.
 
-    Only the index is read before validation; optimizer slots are never decoded.
+    Only the index is read before validation. Besides the 257 model variables, a
+    training checkpoint may hold optimizer slots and moving-average shadows of
+    them under any outer scope (``[<scopes>/]<var>/<slot>``, ``<slot>`` one of
+    ``TF_SLOTS`` or a uniquified ``_N`` form, of the variable's shape) and the
+    scalars ``beta1_power``, ``beta2_power``, ``global_step`` (any scope): these
+    are skipped, reported and kept in the report (``slots``, ``global_step``).
+    The original release names its Adam slots
+    ``train/<var>/Adam_optimizer{,_1}`` and its counters ``train/global_step``,
+    ``train/beta{1,2}_power`` (``train.py``).
 
     Args:
       prefix: checkpoint prefix (``PREFIX.index`` + ``PREFIX.data-*``), its
         ``.index`` file, or a folder holding one checkpoint.
-      verify_crc: check the CRC-32C of every model tensor.
+      verify_crc: check the CRC-32C of every tensor read.
 
     Returns:
       ``(variables, ConversionReport)``.
@@ -231,7 +368,8 @@ def tf_to_flax(prefix: PathLike, verify_crc: bool = True):
     Raises:
       FileNotFoundError: index or data file missing.
       ValueError: unreadable/corrupted files (``ConversionError`` for a checkpoint
-        that does not fit the model).
+        that does not fit the model, e.g. an entry tied to no model variable or a
+        slot whose shape is not its variable's).
     """
     path = Path(prefix)
     if path.is_file() and path.suffix in TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,):
@@ -270,20 +408,56 @@ def torch_expected_shapes() -> dict[str, tuple[str, tuple[int, ...]]]:
     return out
 
 
-def _strip_wrappers(state: Mapping[str, object]) -> tuple[dict, str | None]:
-    """Removes a ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile) prefix."""
-    for prefix in ("module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items()}, prefix
-    return dict(state), None
+# key prefixes of module wrappers: DataParallel / DistributedDataParallel, torch.compile
+TORCH_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip_wrappers(state: Mapping[str, object]) -> tuple[dict, list[str]]:
+    """Removes any stack of wrapper prefixes shared by every key (``module._orig_mod.``)."""
+    state, removed = dict(state), []
+    while state:
+        prefix = next((p for p in TORCH_WRAPPER_PREFIXES if all(k.startswith(p) for k in state)),
+                      None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        removed.append(prefix)
+    return state, removed
+
+
+def _strip_torch_prefixes(state: Mapping[str, object], table: Mapping[str, object]
+                          ) -> tuple[dict, list[str]]:
+    """Removes wrapper prefixes, then a model name shared by every key (``model.``, ``net.``).
+
+    The model name is removed only when what remains (after any further wrapper
+    prefixes) is exactly the table's key set; otherwise the keys are left as they
+    are, for the validation to refuse by name.
+    """
+    state, wrappers = _strip_wrappers(state)
+    notes = []
+    if wrappers:
+        notes.append(f"removed wrapper prefix {''.join(wrappers)!r} from every key")
+    heads = {k.partition(".")[0] for k in state}
+    if set(state) != set(table) and len(heads) == 1 and all("." in k for k in state):
+        head = heads.pop() + "."
+        inner, more = _strip_wrappers({k[len(head):]: v for k, v in state.items()})
+        if set(inner) == set(table):
+            state = inner
+            notes.append(f"removed model name {head + ''.join(more)!r} from every key "
+                         "(the rest is exactly the name table)")
+    return state, notes
 
 
 def torch_state_dict_to_flax(state_dict: Mapping[str, object], source: str = "<state_dict>"):
     """Converts a "PyTorch DeepLiDARFlow" state dict (numpy arrays or torch tensors).
 
     Args:
-      state_dict: ``{key: array}`` in the layout of ``NAMING.md``; a ``module.``
-        or ``_orig_mod.`` prefix on every key is removed.
+      state_dict: ``{key: array}`` in the layout of ``NAMING.md``. Any stack of
+        wrapper prefixes on every key (``module.`` from DataParallel/DDP,
+        ``_orig_mod.`` from torch.compile, e.g. ``module._orig_mod.``) is removed;
+        then one leading name shared by every key (``model.``, ``net.``: a training
+        framework's module attribute) is removed when the rest is exactly the name
+        table. Both are noted in the report.
       source: name for messages and the report.
 
     Returns:
@@ -292,13 +466,13 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, object], source: str = "<s
     Raises:
       ConversionError: missing, unexpected, mis-shaped or non-float entries.
     """
-    state, _ = _strip_wrappers(state_dict)
+    table = torch_name_table()
+    state, notes = _strip_torch_prefixes(state_dict, table)
     arrays_in = {k: _as_numpy(v, source, k) for k, v in state.items()}
     found = {k: (tuple(v.shape), v.dtype.name) for k, v in arrays_in.items()}
     expected = torch_expected_shapes()
-    skipped = _validate(source, found, expected, lambda n: None)
-    table = torch_name_table()
-    arrays, report = {}, ConversionReport(source, "torch", skipped=skipped)
+    skipped = _validate(source, found, expected, lambda n, shape, dtype: (None, None))
+    arrays, report = {}, ConversionReport(source, "torch", skipped=skipped, notes=notes)
     for key, entry in table.items():
         arr = _to_float32(arrays_in[key])
         _check_unfilled(source, arrays, entry.path, key)
@@ -344,15 +518,60 @@ def _as_numpy(value, source: str, key: str) -> np.ndarray:
 
 # weights_only checkpoints often wrap the state dict together with training state
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+# numpy type codes whose dtypes a training checkpoint may pickle: bool, ints, floats, complex
+_NUMPY_CODES = "?bhilqBHILQefdgFDG"
+
+
+def numpy_safe_globals() -> list:
+    """The allow-list of numpy reconstructors for ``torch.load(..., weights_only=True)``.
+
+    numpy scalars (``np.float64(2.1)``, ``np.int64(3)``: ``multiarray.scalar``) and
+    numeric arrays (``multiarray._reconstruct``, ``ndarray``), with their dtypes
+    (``np.dtype`` and the numeric dtype classes, not object, string or structured
+    ones), under numpy 2's ``numpy._core`` and numpy 1's ``numpy.core`` module names.
+    Used scoped (``torch.serialization.safe_globals``), never added globally.
+
+    Returns:
+      A list for ``torch.serialization.safe_globals``: classes/functions and
+      ``(function, qualified name)`` pairs.
+    """
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover (numpy 1)
+        from numpy.core import multiarray
+    out: list = [np.dtype, np.ndarray]
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        out += [(multiarray.scalar, f"{module}.scalar"),
+                (multiarray._reconstruct, f"{module}._reconstruct")]
+    for cls in dict.fromkeys(type(np.dtype(c)) for c in _NUMPY_CODES):
+        if cls is not np.dtype:  # numpy < 1.25 has no per-dtype classes
+            out.append(cls)
+    return out
+
+
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global|but got <class '([^']+)'>")
+
+
+def _disallowed_globals(torch, path: Path, err: Exception) -> list[str]:
+    """The globals that made a weights-only load fail (all of them where torch can list them)."""
+    names = {a or b for a, b in _UNSAFE_GLOBAL.findall(str(err))}
+    if names:
+        try:  # zip checkpoints: every global the pickle refers to, not only the first
+            names |= set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 (legacy files: the error's name is what we have)
+            pass
+    return sorted(names)
 
 
 def load_torch_file(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Reads a PyTorch weights file without unpickling arbitrary objects.
 
-    ``.safetensors`` is read with ``safetensors.numpy``; ``.pt``/``.pth``/``.bin``
-    with ``torch.load(..., weights_only=True)``. A training checkpoint dict with a
-    ``state_dict``/``model_state_dict``/``model`` entry yields that entry; its other
-    items are reported as skipped.
+    ``.safetensors`` is read with ``safetensors``; ``.pt``/``.pth``/``.bin`` with
+    ``torch.load(..., weights_only=True)`` and, scoped to that call, the numpy
+    scalar/array/dtype reconstructors of ``numpy_safe_globals`` (training
+    checkpoints keep ``np.float64`` metrics beside the weights). A training
+    checkpoint dict with a ``state_dict``/``model_state_dict``/``model`` entry
+    yields that entry; its other items are reported as skipped.
 
     Args:
       path: the file.
@@ -362,7 +581,8 @@ def load_torch_file(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, st
 
     Raises:
       FileNotFoundError: missing file.
-      ValueError: unknown suffix, a TF checkpoint, or an unreadable/corrupted file.
+      ValueError: unknown suffix, a TF checkpoint, a file holding objects outside
+        the allow-list (named in the message), or an unreadable/corrupted file.
     """
     path = Path(path)
     if path.is_dir() or path.name.endswith((".index", ".meta")) or ".data-" in path.name \
@@ -380,11 +600,21 @@ def load_torch_file(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, st
     except ImportError as err:
         raise ValueError(f"reading {path} needs PyTorch: pip install 'deepliflow_jax[torch]'"
                          ) from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors: all mean an unusable file
-        raise ValueError(f"unreadable PyTorch file {path} (corrupted, truncated, or not a "
-                         f"weights-only checkpoint): {type(err).__name__}: {err}") from err
+    with torch.serialization.safe_globals(numpy_safe_globals()):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            names = _disallowed_globals(torch, path, err)
+            if names:
+                raise ValueError(
+                    f"{path} holds objects that are not allowed in a weights-only load: "
+                    f"{', '.join(names)} (only tensors, Python containers and scalars, and "
+                    "numpy scalars/arrays are read; nothing else is unpickled)") from err
+            raise ValueError(f"unreadable PyTorch file {path} (corrupted, truncated, or not a "
+                             f"PyTorch checkpoint): {type(err).__name__}: {err}") from err
+        except Exception as err:  # zip, EOF and torch errors: a damaged file
+            raise ValueError(f"unreadable PyTorch file {path} (corrupted, truncated, or not a "
+                             f"PyTorch checkpoint): {type(err).__name__}: {err}") from err
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
     skipped = {}
