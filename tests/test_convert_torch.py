@@ -8,7 +8,10 @@ unrefined level 2, the depth confidences and the output must agree to a relative
 L2 error of 1e-5 in float32.
 """
 
+import datetime
+import io
 import pickle
+import zipfile
 from pathlib import Path
 
 import flax
@@ -25,6 +28,7 @@ from weights_convert.convert import (  # noqa: E402
     ConversionError,
     flax_to_torch_state_dict,
     load_torch_file,
+    numpy_safe_globals,
     save_torch_file,
     torch_expected_shapes,
     torch_state_dict_to_flax,
@@ -204,12 +208,14 @@ def test_corrupted_torch_files_give_clear_errors(flax_vars, tmp_path):
         path.write_bytes(data[: len(data) // 2])
         with pytest.raises(ValueError, match=f"unreadable .*{path.name}"):
             load_torch_file(path)
-    # a pickle that is not weights only is refused, not executed
+    # a pickle that is not weights only is refused, not executed, and not called corrupted
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"x": Path("/")}, f, protocol=2)
-    with pytest.raises(ValueError, match="evil.pt"):
+    with pytest.raises(ValueError, match="evil.pt holds objects that are not allowed in a "
+                                         "weights-only load: pathlib.PosixPath") as info:
         load_torch_file(evil)
+    assert "corrupted" not in str(info.value).replace(str(evil), "")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_torch_file(tmp_path / "missing.pt")
     (tmp_path / "w.npz").write_bytes(b"x")
@@ -217,6 +223,143 @@ def test_corrupted_torch_files_give_clear_errors(flax_vars, tmp_path):
         load_torch_file(tmp_path / "w.npz")
     with pytest.raises(FileExistsError, match="w.pt"):
         save_torch_file(small, pt)
+
+
+# how training frameworks prefix the keys -> the note the report carries
+PREFIXES = {
+    "module._orig_mod.": "removed wrapper prefix 'module._orig_mod.' from every key",
+    "_orig_mod.module.": "removed wrapper prefix '_orig_mod.module.' from every key",
+    "module.module.": "removed wrapper prefix 'module.module.' from every key",
+    "model.": "removed model name 'model.' from every key (the rest is exactly the name table)",
+    "net.": "removed model name 'net.' from every key (the rest is exactly the name table)",
+    "model.module.": "removed model name 'model.module.' from every key (the rest is exactly "
+                     "the name table)",
+}
+
+
+@pytest.fixture(scope="module")
+def torch_state(flax_vars):
+    return {k: torch.from_numpy(v) for k, v in flax_to_torch_state_dict(flax_vars).items()}
+
+
+def _same(a, b):
+    return all(jax.tree.leaves(jax.tree.map(
+        lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)), a, b)))
+
+
+@pytest.mark.parametrize("prefix", list(PREFIXES))
+def test_stacked_wrappers_and_model_names_are_removed(prefix, torch_state, flax_vars):
+    variables, report = torch_state_dict_to_flax({prefix + k: v for k, v in torch_state.items()})
+    assert report.notes == [PREFIXES[prefix]] and not report.skipped
+    assert _same(variables, flax_vars)
+
+
+def test_wrapper_then_model_name(torch_state, flax_vars):
+    variables, report = torch_state_dict_to_flax(
+        {f"_orig_mod.model.{k}": v for k, v in torch_state.items()})
+    assert report.notes == ["removed wrapper prefix '_orig_mod.' from every key",
+                            "removed model name 'model.' from every key (the rest is exactly "
+                            "the name table)"]
+    assert _same(variables, flax_vars)
+
+
+def test_model_name_is_kept_unless_the_rest_is_exactly_the_table(torch_state):
+    table = torch_name_table()
+    # one more module under the same name: nothing is stripped, every key is refused
+    extra = {f"model.{k}": v for k, v in torch_state.items()}
+    extra["model.criterion.weight"] = torch.ones(3)
+    with pytest.raises(ConversionError) as info:
+        torch_state_dict_to_flax(extra)
+    text = str(info.value)
+    assert "unexpected: model.criterion.weight" in text
+    assert "missing: context_network.conv1.weight" in text
+    assert len(info.value.problems) == 2 * len(table) + 1
+    # one key short under the name: refused by name, no stripping
+    short = {f"net.{k}": v for k, v in torch_state.items() if k != "context_network.conv7.bias"}
+    with pytest.raises(ConversionError, match="unexpected: net.context_network.conv1.weight"):
+        torch_state_dict_to_flax(short)
+    # two different names (a model and its EMA copy): refused
+    two = {f"model.{k}": v for k, v in torch_state.items()}
+    two.update({f"ema.{k}": v for k, v in torch_state.items()})
+    with pytest.raises(ConversionError) as info:
+        torch_state_dict_to_flax(two)
+    assert len(info.value.problems) == 3 * len(table)
+
+
+def _training_checkpoint(torch_state, path):
+    """A Lightning-style training checkpoint with numpy scalars beside the state dict."""
+    torch.save({"state_dict": {f"model.{k}": v for k, v in torch_state.items()}, "epoch": 3,
+                "best_epe": np.float64(2.1), "lr": np.float32(1e-4), "step": np.int64(7000),
+                "improved": np.bool_(True), "samples": np.array([100, 500, 1000]),
+                "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(3)}}}]}, path)
+    return path
+
+
+def test_training_checkpoint_with_numpy_scalars(torch_state, flax_vars, tmp_path, capsys):
+    path = _training_checkpoint(torch_state, tmp_path / "last.ckpt.pth")
+    before = list(torch.serialization.get_safe_globals())
+    variables, report = torch_to_flax(path)
+    assert _same(variables, flax_vars)
+    assert report.skipped == {k: "training checkpoint item" for k in (
+        "epoch", "best_epe", "lr", "step", "improved", "samples", "optimizer_states")}
+    # the numpy allow-list is scoped to the load, never added globally
+    assert list(torch.serialization.get_safe_globals()) == before
+    out = tmp_path / "ckpt"
+    assert cli(["--format=torch", f"--input={path}", f"--output={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "removed model name 'model.' from every key" in printed
+    assert "skipped 7 x training checkpoint item" in printed
+    assert _same(load_checkpoint(out), flax_vars)
+
+
+def _rewrite_pickle(path: Path, edit) -> None:
+    """Edits the ``data.pkl`` of a ``torch.save`` zip in place (other members unchanged)."""
+    with zipfile.ZipFile(path) as zin:
+        members = [(info, zin.read(info.filename)) for info in zin.infolist()]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zout:
+        for info, data in members:
+            zout.writestr(info, edit(data) if info.filename.endswith("/data.pkl") else data)
+    path.write_bytes(buf.getvalue())
+
+
+def test_numpy_1_scalar_names_are_allowed(tmp_path):
+    path = tmp_path / "np1.pt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "best_epe": np.float64(2.5),
+                "curve": np.arange(3.0)}, path)
+
+    def numpy1(data):
+        assert b"numpy._core.multiarray" in data
+        return data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+    _rewrite_pickle(path, numpy1)
+    state, skipped = load_torch_file(path)
+    assert sorted(state) == ["w"] and sorted(skipped) == ["best_epe", "curve"]
+    assert any(isinstance(g, tuple) and g[1] == "numpy.core.multiarray.scalar"
+               for g in numpy_safe_globals())
+
+
+def test_objects_outside_the_allow_list_are_named(torch_state, tmp_path):
+    state = dict(list(torch_state.items())[:2])
+    cases = {"path.pt": ({"state_dict": state, "log_dir": Path("/tmp"), "best": np.float64(1.0),
+                          "date": datetime.date(2020, 1, 1)},
+                         "datetime.date, pathlib.PosixPath"),  # every one, not only the first
+             "objects.pt": ({"state_dict": state, "names": np.array(["a", 1], dtype=object)},
+                            "numpy.dtypes.ObjectDType")}
+    for name, (obj, culprit) in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(ValueError) as info:
+            load_torch_file(tmp_path / name)
+        text = str(info.value).replace(str(tmp_path), "")
+        assert text.startswith(f"/{name} holds objects that are not allowed in a "
+                               f"weights-only load: {culprit}"), text
+        assert "corrupted" not in text and "numpy._core.multiarray.scalar" not in text
+    # a truncated training checkpoint with numpy scalars is still called truncated
+    path = _training_checkpoint(torch_state, tmp_path / "cut.pth")
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(ValueError, match="unreadable PyTorch file .*cut.pth .*corrupted, "
+                                         "truncated"):
+        load_torch_file(path)
 
 
 @pytest.mark.parametrize("case", ["i", "ii"])
