@@ -5,7 +5,10 @@ Converts an original TF release checkpoint (``--input`` = its prefix, e.g.
 (``.pt``/``.pth``/``.safetensors``) into an Orbax checkpoint directory for
 ``deepliflow_jax.checkpoint.load_checkpoint``. ``--format=orbax`` goes the other
 way: ``--input`` is such a directory and ``--output`` a ``.safetensors``/``.pt``
-file. Nothing is written when the input does not fit the model, and an existing
+file. Optimizer slots, moving averages and step counters of a TF training
+checkpoint, and the non-weight items of a PyTorch training checkpoint, are skipped
+and counted in the printed summary. Nothing is written when the input does not fit
+the model (an entry tied to no model variable included), and an existing
 output is replaced only with ``--overwrite``. Exit status 1 with the error on
 stderr for any input problem.
 """
