@@ -164,7 +164,7 @@ def test_checkpoint_round_trip_and_wrong_architecture(variables, tmp_path):
 @pytest.mark.slow
 def test_pruning_a_pruned_model_and_fine_tuning_it(variables):
     """Second-stage pruning accumulates conf_mass; the smaller model trains with make_train_step."""
-    from deepliflow_jax.compress.tradeoff import Trainer
+    from deepliflow_jax.study.tradeoff import Trainer
     from deepliflow_jax.profile.timing import make_ground_truth
 
     first = st.structured_prune(variables, 0.25)

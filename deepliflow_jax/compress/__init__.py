@@ -5,9 +5,9 @@ Pure functions over ``{'params': {...}}`` pytrees, leaves chosen by regex over
 the optimizer state. See :mod:`.modes` for the post-/aware-training recipes and
 the order of pruning and quantization.
 
-Real acceleration (issue 8): :mod:`.structured` removes whole channels and
-builds a physically smaller network; :mod:`.int8` runs it with integer
-convolutions; :mod:`.tradeoff` measures both.
+Real acceleration: :mod:`.structured` removes whole channels and builds a
+physically smaller network; :mod:`.int8` runs it with integer convolutions;
+``deepliflow_jax.study.tradeoff`` measures both.
 """
 
 from deepliflow_jax.compress.export import export_compressed, load_compressed
