@@ -1,6 +1,6 @@
 """Run-time harness: AOT-compiled, warmed-up, device-resident, multi-process timing.
 
-Method (issue 7):
+Method:
 
 * every configuration is compiled ahead of time (``jit(...).lower().compile()``);
   lowering and compile time are reported separately from run time;
@@ -58,7 +58,7 @@ GPU_PEAK_TFLOPS = {
     "GTX 1660 Ti": {"float32": 5.4, "tf32": 5.4, "bfloat16": 5.4},
 }
 
-# Targets of issue 7 (one H100, batch 1, 384x1216).
+# The run-time targets (one H100, batch 1, 384x1216).
 TARGET_SIZE = (384, 1216)
 TARGET_EAGER_RATIO = 0.7
 TARGET_BF16_SPEEDUP = 1.5
@@ -991,7 +991,7 @@ def _row(result: dict, name: str, batch: int = 1) -> dict | None:
 
 
 def target_checks(result: dict) -> list[dict[str, str]]:
-    """The issue's targets, evaluated on whatever was measured.
+    """The run-time targets, evaluated on whatever was measured.
 
     Returns:
       One dict per target: ``{"target", "status", "detail"}``; status is PASS,

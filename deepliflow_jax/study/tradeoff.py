@@ -44,11 +44,11 @@ from deepliflow_jax.compress.structured import (
     mask_outputs,
     shrink,
     structured_prune,
-    widths_of,
 )
 from deepliflow_jax.losses import kitti_loss, l2_regularizer
 from deepliflow_jax.metrics import frame_counts, metrics_from_counts
 from deepliflow_jax.model.api import init_params
+from deepliflow_jax.model.channels import widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.profile.table1 import conv_eq3_flops
@@ -395,7 +395,7 @@ def _row(c: Candidate, dense: Candidate, references: dict[str, Candidate]) -> di
 
 
 def target_check(rows: list[dict], reference: str) -> dict[str, Any]:
-    """The issue's target: EPE <= +5 %, >= 1.3x faster, >= 50 % smaller on disk.
+    """The trade-off target: EPE <= +5 %, >= 1.3x faster, >= 50 % smaller on disk.
 
     Args:
       rows: result rows (the first is the dense model).
@@ -623,7 +623,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{r['speedup']:.2f}x | {r['epe']:.3f} | {r['epe_change_vs_dense']:+.1%} | "
             f"{'-' if ft is None else f'{ft:+.1%}'} | {r['d1']:.1f} | {r['fl']:.1f} | "
             f"{r['sf']:.1f} |")
-    lines += ["", "Target (issue 8): EPE at most +5 %, at least 1.3x faster (here: CPU, "
+    lines += ["", "Target: EPE at most +5 %, at least 1.3x faster (here: CPU, "
               "labelled), at least 50 % smaller on disk."]
     for key, t in result["target"].items():
         verdict = f"met by {', '.join(t['candidates'])} (fastest: {t['best']})" if t["met"] \
