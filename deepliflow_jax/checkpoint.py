@@ -83,7 +83,7 @@ def _structured_widths(flat: dict[str, Any]) -> dict[str, int] | None:
     """Widths of a structured tree (``conf_mass`` leaves), None for the original layout."""
     if not any(k.endswith("/conf_mass") for k in flat):
         return None
-    from deepliflow_jax.compress.structured import widths_of
+    from deepliflow_jax.model.channels import widths_of
 
     tree = flax.traverse_util.unflatten_dict(flat, sep="/")
     return widths_of(tree)

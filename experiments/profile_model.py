@@ -42,7 +42,7 @@ def run(height: int, width: int, batch: int = 1, repeats: int = 10, checkpoint: 
 
 
 def _json_ready(result: dict) -> dict:
-    """The result with the parts the JSON schema of the issue names first."""
+    """The result with the parts the JSON schema names first."""
     modules = {k: {"params": v["params"], "conv_layers": v["conv_layers"],
                    "gflops": v["gflops_eq3"], "gflops_xla": v["gflops_xla"],
                    "conv_ops": v["conv_ops"]} for k, v in result["modules"].items()}

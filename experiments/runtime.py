@@ -16,6 +16,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from deepliflow_jax.profile import runtime_configs
+from weights_convert import torch_bridge
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("configs", runtime_configs.DEFAULT_CONFIGS,
@@ -58,7 +59,8 @@ def main(argv):
         FLAGS.configs, FLAGS.height, FLAGS.width, batch_sizes, FLAGS.train_batch,
         FLAGS.repeats, FLAGS.warmup, FLAGS.processes, FLAGS.precision, FLAGS.seed,
         FLAGS.weights, FLAGS.isolate, FLAGS.mix_frameworks, FLAGS.profile_dir,
-        FLAGS.progress, FLAGS.note, FLAGS.compilation_cache_dir)
+        FLAGS.progress, FLAGS.note, FLAGS.compilation_cache_dir,
+        torch_reference=torch_bridge.LOADER)
     timing.write_results(result, FLAGS.output_json, FLAGS.output_md)
     print(timing.format_console(result))
     print(f"wrote {FLAGS.output_json} and {FLAGS.output_md}")

@@ -64,7 +64,7 @@ def main(argv):
     import json
     from pathlib import Path
 
-    from deepliflow_jax.compress import tradeoff as tr
+    from deepliflow_jax.study import tradeoff as tr
     from deepliflow_jax.study.engine import enable_compilation_cache
 
     try:

@@ -9,6 +9,7 @@ import pytest
 from deepliflow_jax.checkpoint import load_checkpoint, load_metadata, save_checkpoint
 from deepliflow_jax.compress import structured as st
 from deepliflow_jax.model.api import param_shapes
+from deepliflow_jax.model.channels import dependency_graph, widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.widths import default_widths, freeze_widths
 from deepliflow_jax.profile.timing import make_frames
@@ -21,14 +22,14 @@ def _flat(tree):
 
 
 def test_graph_covers_every_layer_and_reads_the_original_widths():
-    layers, groups = st.dependency_graph()
+    layers, groups = dependency_graph()
     params = param_shapes()["params"]
     kernels = {k.rsplit("/", 1)[0] for k in _flat(params) if k.endswith(("/kernel", "/kernels"))}
     assert kernels == set(layers)  # every weight-bearing layer is in the graph, nothing else
-    assert st.widths_of(params) == default_widths()
+    assert widths_of(params) == default_widths()
     assert set(groups) == set(default_widths())
     assert all(g.producers and g.consumers for g in groups.values())
-    # the couplings the issue names
+    # the couplings of the network
     assert set(groups["guidance_network/rgb_encoder/conv3b"].producers) == {
         "guidance_network/rgb_encoder/conv3b", "guidance_network/rgb_decoder/deconv_upsample3to2"}
     assert layers["scene_flow_estimator_6/conv1"].inputs == (81, FUSED0, FUSED0)
@@ -100,7 +101,7 @@ def test_shrunken_model_equals_masked_full_model(variables):
     keep.update({k: v for k, v in odd.items() if k.startswith("context_network")})
     small, widths = st.shrink(variables, keep)
     assert widths["context_network/conv1"] == 90 and widths[FUSED0] == 32
-    assert st.widths_of(small) == widths
+    assert widths_of(small) == widths
     model = DeepLiDARFlow(widths=widths)
     frames = jnp.asarray(make_frames(1, 64, 64, seed=3))
     apply_small = jax.jit(lambda v, f: model.apply(v, f))
@@ -164,8 +165,8 @@ def test_checkpoint_round_trip_and_wrong_architecture(variables, tmp_path):
 @pytest.mark.slow
 def test_pruning_a_pruned_model_and_fine_tuning_it(variables):
     """Second-stage pruning accumulates conf_mass; the smaller model trains with make_train_step."""
-    from deepliflow_jax.compress.tradeoff import Trainer
     from deepliflow_jax.profile.timing import make_ground_truth
+    from deepliflow_jax.study.tradeoff import Trainer
 
     first = st.structured_prune(variables, 0.25)
     keep = st.plan_pruning(first.variables, 0.25, multiple=1)

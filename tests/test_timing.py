@@ -16,6 +16,7 @@ from deepliflow_jax.model.cost_volume import cost_volume
 from deepliflow_jax.profile import cost_volume_bench as cvb
 from deepliflow_jax.profile import runtime_configs as rc
 from deepliflow_jax.profile import timing
+from weights_convert import torch_bridge
 
 HAS_TORCH_REF = (importlib.util.find_spec("torch") is not None
                  and importlib.util.find_spec("weights_convert.torch_model") is not None)
@@ -159,11 +160,21 @@ def test_targets_on_a_synthetic_result():
     assert {t["status"] for t in timing.target_checks(result)} <= {"N/A-HERE", "PENDING"}
 
 
+def test_torch_configs_need_the_reference_loader_named():
+    # the harness imports nothing above itself: the caller names the torch reference
+    with pytest.raises(ValueError, match="torch_reference=None.*module:function"):
+        timing.run_benchmark("dense,torch_eager", height=64, width=128, batch_sizes=[1])
+    with pytest.raises(ModuleNotFoundError):
+        timing.torch_reference_loader("no_such_module:load")
+    assert timing.torch_reference_loader(torch_bridge.LOADER) is torch_bridge.load_reference
+
+
 def test_harness_end_to_end_one_subprocess(tmp_path):
     configs = "dense,pruned50" + (",torch_eager" if HAS_TORCH_REF else "")
     result = timing.run_benchmark(configs, height=64, width=128, batch_sizes=[1], repeats=3,
                                   warmup=1, processes=1, mix_frameworks=True, progress=False,
-                                  precision="highest", note="test")  # no TF32 on a GPU
+                                  precision="highest", note="test",  # no TF32 on a GPU
+                                  torch_reference=torch_bridge.LOADER)
     # schema
     for key in ("schema_version", "created", "environment", "settings", "results", "targets",
                 "compression_honesty", "wall_s"):

@@ -5,9 +5,9 @@ Pure functions over ``{'params': {...}}`` pytrees, leaves chosen by regex over
 the optimizer state. See :mod:`.modes` for the post-/aware-training recipes and
 the order of pruning and quantization.
 
-Real acceleration (issue 8): :mod:`.structured` removes whole channels and
-builds a physically smaller network; :mod:`.int8` runs it with integer
-convolutions; :mod:`.tradeoff` measures both.
+Real acceleration: :mod:`.structured` removes whole channels and builds a
+physically smaller network; :mod:`.int8` runs it with integer convolutions;
+``deepliflow_jax.study.tradeoff`` measures both.
 """
 
 from deepliflow_jax.compress.export import export_compressed, load_compressed
@@ -51,12 +51,10 @@ from deepliflow_jax.compress.schedules import (
 from deepliflow_jax.compress.select import flatten, map_with_path, select, unflatten
 from deepliflow_jax.compress.structured import (
     StructuredResult,
-    dependency_graph,
     masked_apply,
     plan_pruning,
     shrink,
     structured_prune,
-    widths_of,
 )
 from deepliflow_jax.compress.transforms import (
     CompressionTransformation,
@@ -87,7 +85,6 @@ __all__ = [
     "compress",
     "compute_masks",
     "dense_masks",
-    "dependency_graph",
     "dynamic_threshold_init",
     "dynamic_threshold_prune",
     "dynamic_threshold_update",
@@ -122,6 +119,5 @@ __all__ = [
     "sparsity_report",
     "structured_prune",
     "unflatten",
-    "widths_of",
     "zero_report",
 ]

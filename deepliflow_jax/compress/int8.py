@@ -43,7 +43,7 @@ import numpy as np
 
 from deepliflow_jax.compress.export import _encode_leaf  # numpy twin of quantize.encode
 from deepliflow_jax.compress.quantize import encode, fake_quant
-from deepliflow_jax.compress.structured import architecture_widths, dependency_graph
+from deepliflow_jax.model.channels import architecture_widths, dependency_graph, widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import Conv, ConvTranspose, leaky_relu
 from deepliflow_jax.model.widths import freeze_widths
@@ -404,7 +404,6 @@ def int8_widths(qmodel: Mapping[str, Any]) -> dict[str, int] | None:
     """The channel widths of an int8 model (None: the original network)."""
     if not any(k.endswith("/conf_mass") for k in qmodel["float"]):
         return None
-    from deepliflow_jax.compress.structured import widths_of
 
     flat = dict(qmodel["float"])
     for path, q in qmodel["convs"].items():

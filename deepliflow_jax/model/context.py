@@ -13,10 +13,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from deepliflow_jax.model.config import CONTEXT_LAYERS
 from deepliflow_jax.model.layers import Conv
 from deepliflow_jax.model.widths import Widths, lookup
 
-CONTEXT_LAYERS = ((128, 1), (128, 2), (128, 4), (96, 8), (64, 16), (32, 1), (4, 1))
+__all__ = ["CONTEXT_LAYERS", "ContextNetwork"]
 
 
 class ContextNetwork(nn.Module):

@@ -32,6 +32,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from deepliflow_jax.model.config import FLOW_SCALE, LEVELS, SEARCH_RANGE, SIZE_MULTIPLE
 from deepliflow_jax.model.context import ContextNetwork
 from deepliflow_jax.model.cost_volume import cost_volume
 from deepliflow_jax.model.estimator import SceneFlowEstimator
@@ -41,10 +42,7 @@ from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_l
 from deepliflow_jax.model.warping import bilinear_warp
 from deepliflow_jax.model.widths import Widths, freeze_widths, scoped
 
-FLOW_SCALE = 20.0
-LEVELS = (6, 5, 4, 3, 2)
-SEARCH_RANGE = 4
-SIZE_MULTIPLE = 64  # six stride-2 levels whose transposed convs must double exactly
+__all__ = ["DeepLiDARFlow", "FLOW_SCALE", "LEVELS", "SEARCH_RANGE", "SIZE_MULTIPLE"]
 
 
 class DeepLiDARFlow(nn.Module):

@@ -16,11 +16,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from deepliflow_jax.model.config import ESTIMATOR_FILTERS, SF_CHANNELS
 from deepliflow_jax.model.layers import Conv, ConvTranspose
 from deepliflow_jax.model.widths import Widths, lookup
 
-ESTIMATOR_FILTERS = (("conv1", 128), ("conv2", 128), ("conv3", 96), ("conv4", 64), ("conv_f", 32))
-SF_CHANNELS = 4  # u, v, d0, d1
+__all__ = ["ESTIMATOR_FILTERS", "SF_CHANNELS", "SceneFlowEstimator"]
 
 
 class SceneFlowEstimator(nn.Module):

@@ -16,10 +16,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from deepliflow_jax.model.config import PYRAMID_FILTERS
 from deepliflow_jax.model.layers import Conv, ConvTranspose
 from deepliflow_jax.model.widths import Widths, lookup
 
-PYRAMID_FILTERS = (16, 32, 64, 96, 128, 196)
+__all__ = ["PYRAMID_FILTERS", "RGBDecoder", "RGBEncoder"]
 
 
 class RGBEncoder(nn.Module):

@@ -15,11 +15,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from deepliflow_jax.model.config import DEPTH_REFINE_FILTERS, FUSED_FILTERS
 from deepliflow_jax.model.layers import Conv
 from deepliflow_jax.model.widths import Widths, lookup
 
-DEPTH_REFINE_FILTERS = 16
-FUSED_FILTERS = 64
+__all__ = ["DEPTH_REFINE_FILTERS", "FUSED_FILTERS", "Fusion"]
 
 
 class Fusion(nn.Module):

@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-LEAKY_SLOPE = 0.1  # tf_utils.convolution / upconvolution and the cost volume
+from deepliflow_jax.model.config import LEAKY_SLOPE
+
 XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "truncated_normal")
 
 

@@ -39,11 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from deepliflow_jax.model.config import NCONV_EPS, NCONV_SLOPE, NUM_FRAMES
 from deepliflow_jax.model.layers import leaky_relu
-
-NCONV_EPS = 1e-5
-NCONV_SLOPE = 0.2  # tf.nn.leaky_relu default alpha
-NUM_FRAMES = 2
 
 
 def confidence_max_pool(data: jnp.ndarray, conf: jnp.ndarray):

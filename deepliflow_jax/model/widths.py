@@ -28,8 +28,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from deepliflow_jax.model.config import (
+    CONTEXT_LAYERS,
+    DEPTH_REFINE_FILTERS,
+    ESTIMATOR_FILTERS,
+    FUSED_FILTERS,
+    LEVELS,
+    PYRAMID_FILTERS,
+)
+
 Widths = tuple[tuple[str, int], ...] | None
-LEVELS = (6, 5, 4, 3, 2)
 
 G = "guidance_network"
 
@@ -40,12 +48,6 @@ def default_widths() -> dict[str, int]:
     Returns:
       ``{layer path: output channels}`` in network order.
     """
-    # the blocks import this module: their constants are read here, lazily
-    from deepliflow_jax.model.context import CONTEXT_LAYERS
-    from deepliflow_jax.model.estimator import ESTIMATOR_FILTERS
-    from deepliflow_jax.model.feature_pyramid import PYRAMID_FILTERS
-    from deepliflow_jax.model.fusion import DEPTH_REFINE_FILTERS, FUSED_FILTERS
-
     out: dict[str, int] = {}
     for i, f in enumerate(PYRAMID_FILTERS, start=1):
         out[f"{G}/rgb_encoder/conv{i}a"] = f

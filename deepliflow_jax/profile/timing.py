@@ -1,6 +1,6 @@
 """Run-time harness: AOT-compiled, warmed-up, device-resident, multi-process timing.
 
-Method (issue 7):
+Method:
 
 * every configuration is compiled ahead of time (``jit(...).lower().compile()``);
   lowering and compile time are reported separately from run time;
@@ -26,6 +26,7 @@ GPU that would preallocate most of its memory); the workers do.
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -57,7 +58,7 @@ GPU_PEAK_TFLOPS = {
     "GTX 1660 Ti": {"float32": 5.4, "tf32": 5.4, "bfloat16": 5.4},
 }
 
-# Targets of issue 7 (one H100, batch 1, 384x1216).
+# The run-time targets (one H100, batch 1, 384x1216).
 TARGET_SIZE = (384, 1216)
 TARGET_EAGER_RATIO = 0.7
 TARGET_BF16_SPEEDUP = 1.5
@@ -539,16 +540,34 @@ def _jax_train_runner(key, config, batch, spec, variables, cache) -> _Runner:
     return runner
 
 
+def torch_reference_loader(address: str | None) -> Callable[[dict, str], Any]:
+    """The PyTorch reference's loader named by ``"module:function"``.
+
+    The reference lives in ``weights_convert``, beside the library; the caller
+    (``experiments.runtime``: ``weights_convert.torch_bridge.LOADER``) names it, so
+    the harness imports nothing above itself.
+
+    Raises:
+      ValueError: no address, or one not of the form ``"module:function"``.
+      ImportError, AttributeError: the module or function does not exist.
+    """
+    if not address or ":" not in address:
+        raise ValueError(f"torch_reference={address!r}: torch configurations need the "
+                         "PyTorch reference's loader as 'module:function', e.g. "
+                         "'weights_convert.torch_bridge:load_reference'")
+    module, name = address.split(":", 1)
+    return getattr(importlib.import_module(module), name)
+
+
 def _torch_runner(key, config, batch, spec, variables, cache) -> _Runner:
     import torch
-
-    from deepliflow_jax.profile import torch_bridge
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _set_torch_precision(spec["precision"], device)
     runner = _Runner(key, config, batch)
     if "torch_ref" not in cache:
-        cache["torch_ref"] = torch_bridge.load_reference(variables, device)
+        cache["torch_ref"] = torch_reference_loader(spec.get("torch_reference"))(
+            variables, device)
     ref = cache["torch_ref"]
     frames = make_frames(batch, spec["height"], spec["width"], spec["seed"])
     x = ref.make_input(frames)
@@ -759,7 +778,8 @@ def run_benchmark(configs: str | Sequence[str] = rc.DEFAULT_CONFIGS, height: int
                   precision: str = "default", seed: int = 0, weights: str | None = None,
                   isolate: bool = False, mix_frameworks: bool = False,
                   profile_dir: str | None = None, progress: bool = True,
-                  note: str = "", compilation_cache_dir: str | None = None) -> dict:
+                  note: str = "", compilation_cache_dir: str | None = None,
+                  torch_reference: str | None = None) -> dict:
     """Times every configuration; the library function behind ``experiments.runtime``.
 
     Args:
@@ -781,6 +801,8 @@ def run_benchmark(configs: str | Sequence[str] = rc.DEFAULT_CONFIGS, height: int
       note: free text stored with the results (e.g. "shared CPU, noisy").
       compilation_cache_dir: JAX persistent compilation cache for the workers
         (cuts the compile time of processes 2..n; process 1's compile is the real one).
+      torch_reference: ``"module:function"`` of the PyTorch reference's loader, needed
+        by the torch configurations (``weights_convert.torch_bridge.LOADER``).
 
     Returns:
       The results dict (``schema_version``, ``environment``, ``settings``,
@@ -801,6 +823,8 @@ def run_benchmark(configs: str | Sequence[str] = rc.DEFAULT_CONFIGS, height: int
         raise ValueError(f"--warmup={warmup}: must be >= 0")
     if processes < 0:
         raise ValueError(f"--processes={processes}: must be >= 0 (0 = in this process)")
+    if any(c.framework == "torch" for c in parsed):
+        torch_reference_loader(torch_reference)  # refuse a missing loader before any work
     jobs = []
     for config in parsed:
         sizes = [train_batch] if config.kind == "train_step" else batch_sizes
@@ -808,7 +832,7 @@ def run_benchmark(configs: str | Sequence[str] = rc.DEFAULT_CONFIGS, height: int
                  for b in sizes]
     base = {"height": height, "width": width, "repeats": repeats, "warmup": warmup,
             "precision": precision, "seed": seed, "weights": weights,
-            "compilation_cache_dir": compilation_cache_dir}
+            "compilation_cache_dir": compilation_cache_dir, "torch_reference": torch_reference}
     groups = _job_groups(jobs, isolate, mix_frameworks)
     worker_results: list[tuple[int, dict]] = []
     t0 = time.perf_counter()
@@ -967,7 +991,7 @@ def _row(result: dict, name: str, batch: int = 1) -> dict | None:
 
 
 def target_checks(result: dict) -> list[dict[str, str]]:
-    """The issue's targets, evaluated on whatever was measured.
+    """The run-time targets, evaluated on whatever was measured.
 
     Returns:
       One dict per target: ``{"target", "status", "detail"}``; status is PASS,

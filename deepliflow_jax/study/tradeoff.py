@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from deepliflow_jax.checkpoint import load_checkpoint, save_checkpoint
 from deepliflow_jax.compress import int8 as int8_lib
 from deepliflow_jax.compress.structured import (
     channel_masks,
@@ -43,12 +44,17 @@ from deepliflow_jax.compress.structured import (
     mask_outputs,
     shrink,
     structured_prune,
-    widths_of,
 )
 from deepliflow_jax.losses import kitti_loss, l2_regularizer
 from deepliflow_jax.metrics import frame_counts, metrics_from_counts
+from deepliflow_jax.model.api import init_params
+from deepliflow_jax.model.channels import widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.widths import freeze_widths
+from deepliflow_jax.profile.table1 import conv_eq3_flops
+from deepliflow_jax.profile.timing import aot_compile, environment, summarize
+from deepliflow_jax.study.config import make_config
+from deepliflow_jax.study.data import load_study_data, make_synthetic
 from deepliflow_jax.train.state import create_train_state
 from deepliflow_jax.train.step import make_train_step
 
@@ -234,7 +240,6 @@ class Trainer:
 
 def pretrain(data, steps: int, lr: float, seed: int, log=print) -> Any:
     """Pre-trains the dense model from the initialisation (no baseline checkpoint)."""
-    from deepliflow_jax.model.api import init_params
 
     params = init_params(seed)["params"]
     n = data.samples
@@ -255,7 +260,6 @@ def dir_size(path: str | os.PathLike) -> int:
 
 def float_disk_bytes(params: Any, workdir: Path) -> int:
     """Size of the model's Orbax checkpoint (``save_checkpoint``)."""
-    from deepliflow_jax.checkpoint import save_checkpoint
 
     out = workdir / f"ckpt_{time.monotonic_ns()}"
     save_checkpoint(out, {"params": params})
@@ -281,7 +285,6 @@ class Candidate:
 
 
 def _conv_gflops(fn, *args) -> float:
-    from deepliflow_jax.profile.table1 import conv_eq3_flops
 
     return conv_eq3_flops(fn, *args)[0] / 1e9
 
@@ -310,7 +313,6 @@ def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
     Returns:
       A :class:`Candidate` with metrics in ``extra``.
     """
-    from deepliflow_jax.profile.timing import aot_compile
 
     frames = jax.device_put(jnp.asarray(val["frames"]))
     out_size = tuple(val["gt"].shape[1:3])
@@ -368,7 +370,6 @@ def time_candidates(cands: Sequence[Candidate], repeats: int, warmup: int, log=p
 
 
 def _row(c: Candidate, dense: Candidate, references: dict[str, Candidate]) -> dict[str, Any]:
-    from deepliflow_jax.profile.timing import summarize
 
     t = summarize(c.times)
     td = summarize(dense.times)
@@ -394,7 +395,7 @@ def _row(c: Candidate, dense: Candidate, references: dict[str, Candidate]) -> di
 
 
 def target_check(rows: list[dict], reference: str) -> dict[str, Any]:
-    """The issue's target: EPE <= +5 %, >= 1.3x faster, >= 50 % smaller on disk.
+    """The trade-off target: EPE <= +5 %, >= 1.3x faster, >= 50 % smaller on disk.
 
     Args:
       rows: result rows (the first is the dense model).
@@ -526,7 +527,6 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
         refs["dense_ft"] = by_name["dense_ft"]
     rows = [_row(c, by_name["dense"], refs) for c in cands]
     reference = "dense_ft" if "dense_ft" in refs else "dense"
-    from deepliflow_jax.profile.timing import environment
 
     return {
         "config": dataclasses.asdict(cfg),
@@ -546,8 +546,6 @@ def synthetic_data(data_dir: str | os.PathLike, seed: int = 0) -> TradeoffData:
 
     Generated into ``data_dir`` if missing (as the study does); split 9:1.
     """
-    from deepliflow_jax.study.config import make_config
-    from deepliflow_jax.study.data import load_study_data, make_synthetic
 
     cfg = make_config("demo", seed=seed)
     root = Path(data_dir)
@@ -570,7 +568,6 @@ def baseline_params(checkpoint: str | os.PathLike | None, data: TradeoffData,
     Raises:
       ValueError: the checkpoint is not the original (dense) architecture.
     """
-    from deepliflow_jax.checkpoint import load_checkpoint, save_checkpoint
 
     for path in (checkpoint, save_to):
         if path and Path(path).exists():
@@ -626,7 +623,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             f"{r['speedup']:.2f}x | {r['epe']:.3f} | {r['epe_change_vs_dense']:+.1%} | "
             f"{'-' if ft is None else f'{ft:+.1%}'} | {r['d1']:.1f} | {r['fl']:.1f} | "
             f"{r['sf']:.1f} |")
-    lines += ["", "Target (issue 8): EPE at most +5 %, at least 1.3x faster (here: CPU, "
+    lines += ["", "Target: EPE at most +5 %, at least 1.3x faster (here: CPU, "
               "labelled), at least 50 % smaller on disk."]
     for key, t in result["target"].items():
         verdict = f"met by {', '.join(t['candidates'])} (fastest: {t['best']})" if t["met"] \
