@@ -776,10 +776,14 @@ def flow_image(sceneflow: Any, max_flow: float = -1.0) -> np.ndarray:
 
     Args:
       sceneflow: ``[H, W, 4]`` (or ``[1, H, W, 4]``) from :func:`predict_sceneflow`.
-      max_flow: flow radius of full saturation (<= 0: the image's largest).
+      max_flow: flow radius of full saturation (<= 0: the image's largest finite one).
 
     Returns:
-      uint8 RGB ``[H, W, 3]``.
+      uint8 RGB ``[H, W, 3]``; pixels with a NaN/inf flow are black.
+
+    Raises:
+      ValueError: a wrong shape, or no pixel with a finite flow (a failed prediction:
+        refused rather than drawn as a black picture).
 
     Example:
       >>> import numpy as np
@@ -797,10 +801,13 @@ def disparity_image(sceneflow: Any, frame: int = 0, max_disp: float = -1.0) -> n
     Args:
       sceneflow: ``[H, W, 4]`` (or ``[1, H, W, 4]``).
       frame: 0 (d0) or 1 (d1).
-      max_disp: disparity of the top colour (<= 0: the image's largest).
+      max_disp: disparity of the top colour (<= 0: the image's largest finite one).
 
     Returns:
-      uint8 RGB ``[H, W, 3]``.
+      uint8 RGB ``[H, W, 3]``; NaN/inf pixels are black.
+
+    Raises:
+      ValueError: a wrong shape or ``frame``, or no finite disparity.
 
     Example:
       >>> import numpy as np
@@ -838,13 +845,12 @@ def plot_sceneflow(sceneflow: Any, image0: Any = None, image1: Any = None, *,
     """
     import matplotlib.pyplot as plt
 
-    from deepliflow_jax.vis import sceneflow_panels
+    from deepliflow_jax.vis import color_scales, sceneflow_panels
 
     pred = _one_frame(sceneflow)
     ref = pred if gt is None else _one_frame(gt, "gt")
     valid = ref[..., 2] > 0 if gt is not None else np.ones(ref.shape[:2], bool)
-    max_flow = float(np.max(np.linalg.norm(ref[..., :2], axis=-1)[valid], initial=1e-6))
-    max_disp = float(np.max(ref[..., 2:4][valid], initial=1e-6))
+    max_flow, max_disp = color_scales(ref, valid, floor=1e-6)
     rows = []
     if image0 is not None or image1 is not None:
         rows.append([("image t", image0), ("image t+1", image1)])
