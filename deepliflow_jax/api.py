@@ -46,11 +46,14 @@ KITTI_INTERP_SIZE = (384, 1216)
 
 
 def _check_variables(variables: Any, name: str = "variables") -> Mapping:
+    from deepliflow_jax.predict import check_variable_dtypes
+
     if not isinstance(variables, Mapping) or "params" not in variables:
         got = type(variables).__name__ if not isinstance(variables, Mapping) else \
             f"keys {sorted(variables)}"
         raise ValueError(f"{name} must be a {{'params': ...}} pytree (as init_params or "
                          f"load_checkpoint return), got {got}")
+    check_variable_dtypes(variables, name)
     return variables
 
 
@@ -69,7 +72,8 @@ def _percent(percent: Any) -> float:
 def _bits(bits: Any) -> int:
     from deepliflow_jax.compress.quantize import check_bits
 
-    if bits is None or (isinstance(bits, int | np.integer) and bits == 0):
+    if bits is None or (isinstance(bits, int | np.integer) and not isinstance(bits, bool)
+                        and bits == 0):
         return 0
     return check_bits(bits)
 
@@ -95,7 +99,9 @@ def prepare_frames(image0: Any, image1: Any, disp0: Any, disp1: Any,
     Args:
       image0, image1: RGB ``[H, W, 3]`` (or RGBA) of frames t and t+1, uint8 or float
         in [0, 1].
-      disp0, disp1: sparse disparities ``[H, W]`` in pixels, 0 = no LiDAR point.
+      disp0, disp1: sparse disparities ``[H, W]`` in pixels (float), 0 = no LiDAR point.
+        A KITTI 16-bit disparity PNG holds 256 x pixels: divide it by 256 first (or read
+        it with ``deepliflow_jax.data.kitti.read_disparity``).
       dataset: ``'kitti'`` or ``'ft3d'`` (any case): the RGB mean, disparity statistics
         and crop.
 
@@ -103,8 +109,9 @@ def prepare_frames(image0: Any, image1: Any, disp0: Any, disp1: Any,
       float32 ``[2, h, w, 4]`` frames for :func:`predict_sceneflow`.
 
     Raises:
-      ValueError: an unknown dataset, wrong shapes or dtypes, 0..255 floats, or NaNs;
-        the message names the argument.
+      ValueError: an unknown dataset, wrong shapes or dtypes, 0..255 floats, NaNs, or a
+        disparity that is not in pixels (uint16, negative, above 1000 px); the message
+        names the argument and the fix.
 
     Example:
       >>> import numpy as np
@@ -113,7 +120,7 @@ def prepare_frames(image0: Any, image1: Any, disp0: Any, disp1: Any,
       >>> prepare_frames(image, image, disp, disp, "kitti").shape
       (2, 64, 128, 4)
     """
-    from deepliflow_jax.data.preprocess import prepare_inference_inputs
+    from deepliflow_jax.data.preprocess import check_disparity_pixels, prepare_inference_inputs
 
     dataset_type = _dataset_type(dataset)
     images = []
@@ -136,13 +143,11 @@ def prepare_frames(image0: Any, image1: Any, disp0: Any, disp1: Any,
         raise ValueError(f"image0 {images[0].shape} and image1 {images[1].shape} differ in size")
     disps = []
     for name, disp in (("disp0", disp0), ("disp1", disp1)):
-        arr = np.asarray(disp, np.float32)
+        arr = np.asarray(disp)
         if arr.shape != images[0].shape[:2]:
             raise ValueError(f"{name} must be [H, W] = {images[0].shape[:2]} like the images, "
                              f"got {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"{name} contains NaN/inf values; use 0 for 'no LiDAR point'")
-        disps.append(arr)
+        disps.append(check_disparity_pixels(arr, name))
     frames, _ = prepare_inference_inputs(images[0], images[1], disps[0], disps[1],
                                          dataset_type=dataset_type)
     return frames
@@ -206,26 +211,35 @@ def read_example(directory: PathLike, example: int = 1) -> dict[str, Any]:
 
 def predict_sceneflow(variables: Mapping, frames: Any, dataset: str | None = None, *,
                       interp_size: tuple[int, int] | None = None,
-                      dtype: Any = jnp.float32) -> jax.Array:
+                      dtype: Any = jnp.float32, resize: bool = False) -> jax.Array:
     """Scene flow (u, v, d0, d1 in pixels) at the frames' resolution.
 
     :func:`deepliflow_jax.predict.predict` without the per-level outputs: KITTI frames
     run at 384x1216 inside the network (``dataset='kitti'``), FT3D at the 512x960 crop,
     anything else at its own size (a multiple of 64) or at ``interp_size``. One compiled
-    forward per size, shared with :func:`time_model`.
+    forward per size, shared with :func:`time_model`. Every check runs before anything
+    is compiled.
 
     Args:
-      variables: ``{'params': ...}`` (dense, pruned or quantized alike).
-      frames: ``[2, H, W, 4]`` (one pair) or ``[B, 2, H, W, 4]``.
-      dataset: ``'kitti'``, ``'ft3d'`` or None (run at the frame size).
-      interp_size: network input ``(h, w)`` overriding the dataset's.
-      dtype: compute dtype (``jnp.float32`` or ``jnp.bfloat16``).
+      variables: ``{'params': ...}`` of float arrays (dense, pruned or quantized alike;
+        not the boolean masks of ``prune``).
+      frames: ``[2, H, W, 4]`` (one pair) or ``[B, 2, H, W, 4]`` from
+        :func:`prepare_frames`: RGB in [0, 1] minus the mean (within [-1, 1]) and the
+        normalised sparse disparity.
+      dataset: ``'kitti'``, ``'ft3d'`` (any case) or None (run at the frame size).
+        ``'kitti'`` takes frames of about KITTI's size (375x1242, each side within
+        1.25x of 384x1216) unless ``resize``.
+      interp_size: network input ``(h, w)`` (multiples of 64) overriding the dataset's.
+      dtype: floating compute dtype (``jnp.float32`` or ``jnp.bfloat16``).
+      resize: with ``dataset='kitti'``, resize frames of any size to 384x1216.
 
     Returns:
       ``[H, W, 4]`` for one pair, else ``[B, H, W, 4]`` (a jax array).
 
     Raises:
-      ValueError: bad variables, frames or sizes (see ``predict``).
+      ValueError: bad variables (not ``{'params': ...}``, non-float leaves), frames
+        (shape, NaN/inf, values that are not preprocessed), sizes (not multiples of 64,
+        a KITTI preset on non-KITTI frames) or compute dtype (see ``predict``).
 
     Example:
       >>> import numpy as np
@@ -239,7 +253,7 @@ def predict_sceneflow(variables: Mapping, frames: Any, dataset: str | None = Non
     _check_variables(variables)
     single = np.ndim(frames) == 4
     sceneflow, _ = predict(variables, frames, dataset=dataset, interp_size=interp_size,
-                           dtype=dtype)
+                           dtype=dtype, resize=resize)
     return sceneflow[0] if single else sceneflow
 
 
@@ -253,7 +267,8 @@ class Dataset(StudyData):
     Attributes:
       num_samples: LiDAR points per frame the study uses for it (synthetic worlds: the
         KITTI density at their size).
-      interp_size: network input size (None: the frame size; KITTI: 384x1216).
+      interp_size: network input size, multiples of 64 (None: the frame size, which
+        must then be a multiple of 64; KITTI: 384x1216).
       root: the folder it was read from.
 
     Example:
@@ -299,31 +314,39 @@ def make_synthetic_dataset(directory: PathLike, num_scenes: int = 10, height: in
 
 
 def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed: int = 0,
-                 num_samples: int | None = None) -> Dataset:
+                 num_samples: int | None = None,
+                 interp_size: tuple[int, int] | None = None) -> Dataset:
     """Decodes a scene-flow data set in the KITTI layout, split as the study splits it.
 
     A synthetic world (it has ``synthetic.json``) gets the study's 9:1 split (every
     tenth frame is validation) and the KITTI LiDAR density at its size; a KITTI 2015
     root gets the original release's 180/20 split, 4096 LiDAR points and the 384x1216
     network size. LiDAR draws are seeded per frame, so evaluations are reproducible.
+    The network size is checked here, before anything is compiled.
 
     Args:
       directory: the root (with ``training/``).
       max_val_frames: cap on validation frames (None: all).
       seed: LiDAR draw / training order seed.
       num_samples: LiDAR points per frame, overriding the default.
+      interp_size: network input ``(h, w)`` (multiples of 64) for every function that
+        uses this data set: frames are resized to it inside the network and the output
+        back (None: the frame size if it is a multiple of 64, KITTI frames 384x1216).
 
     Returns:
       A :class:`Dataset` (``.train``, ``.val`` samples; ``train_batch``, ``val_batches``).
 
     Raises:
-      FileNotFoundError: no data set there. ValueError: a split is empty.
+      FileNotFoundError: no data set there.
+      ValueError: a split is empty, a bad argument, or frames whose size is not a
+        multiple of 64 and no ``interp_size`` (the message suggests one).
 
     Example:
       >>> data = load_dataset(root)  # root = make_synthetic_dataset(folder)
       >>> len(data.train), len(data.val), data.num_samples, data.interp_size
       (9, 1, 108, None)
     """
+    from deepliflow_jax.predict import check_interp_size
     from deepliflow_jax.study.config import StudyConfig
     from deepliflow_jax.study.data import load_study_data
 
@@ -333,6 +356,8 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
                                 "make_synthetic_dataset or a KITTI scene flow 2015 root)")
     if max_val_frames is not None:
         _positive_int(max_val_frames, "max_val_frames")
+    if interp_size is not None:
+        interp_size = check_interp_size(interp_size)
     meta_path = root / "synthetic.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -347,21 +372,65 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
     data = load_study_data(cfg, root)
     n = data.samples_for(cfg) if num_samples is None else _positive_int(num_samples,
                                                                           "num_samples")
-    interp = cfg.interp_size
-    h, w = data.val[0].image0.shape[:2]
-    if interp is not None and h % 64 == 0 and w % 64 == 0:
+    interp = cfg.interp_size if interp_size is None else interp_size
+    if interp_size is None and interp is not None and all(
+            h % 64 == 0 and w % 64 == 0 for h, w in _frame_sizes(data)):
         interp = None
-    return Dataset(train=data.train, val=data.val, dataset_type=data.dataset_type,
-                   seed=data.seed, num_samples=n, interp_size=interp, root=str(root))
+    dataset = Dataset(train=data.train, val=data.val, dataset_type=data.dataset_type,
+                      seed=data.seed, num_samples=n, interp_size=interp, root=str(root))
+    _network_input(dataset, None, "load_dataset")
+    return dataset
 
 
-def _as_dataset(data: Any) -> Dataset:
-    if isinstance(data, Dataset):
-        return data
+def _frame_sizes(data: StudyData) -> list[tuple[int, int]]:
+    return sorted({tuple(s.image0.shape[:2]) for s in [*data.train, *data.val]})
+
+
+def _network_input(data: Dataset, interp_size: Any, caller: str) -> tuple[int, int] | None:
+    """The network input size ``caller`` runs ``data`` at, checked before any compile.
+
+    The advice in the message fits the caller: ``interp_size`` of ``finetune`` /
+    ``evaluate``, else of ``load_dataset``.
+    """
+    from deepliflow_jax.predict import check_interp_size, check_network_size, nearest_network_size
+
+    if interp_size is not None:
+        return check_interp_size(interp_size)
+    if data.interp_size is not None:
+        return check_interp_size(data.interp_size, "Dataset.interp_size")
+    for h, w in _frame_sizes(data):
+        size = nearest_network_size(h, w)
+        where = "load_dataset" if caller in ("load_dataset", "compression_table") else \
+            f"{caller} (or to load_dataset)"
+        root = f" at {data.root}" if data.root else ""
+        check_network_size(h, w, f"the frame size of the data set{root}", (
+            f"pass interp_size={size} to {where} to resize the frames inside the network "
+            f"(as the original does for KITTI), or use frames of a multiple of 64"))
+    return None
+
+
+def _as_dataset(data: Any, need: str | None = None, caller: str = "") -> Dataset:
+    """``data`` as a :class:`Dataset`; ``need='train'`` / ``'val'``: that split is not empty."""
     if isinstance(data, str | Path):
-        return load_dataset(data)
-    raise ValueError(f"data must be a data-set folder or a Dataset from load_dataset, got "
-                     f"{type(data).__name__}")
+        data = load_dataset(data)
+    elif not isinstance(data, Dataset):
+        raise ValueError(f"data must be a data-set folder or a Dataset from load_dataset, "
+                         f"got {type(data).__name__}")
+    if need is not None and not getattr(data, need):
+        split = "validation" if need == "val" else "training"
+        raise ValueError(f"{caller} needs {split} frames, but the data set has none "
+                         f"(data.{need} is empty); load_dataset(root) keeps every tenth frame "
+                         f"of a synthetic world for validation (KITTI: the original's 180/20 "
+                         f"split)")
+    return data
+
+
+def _checked_data(data: Any, interp_size: Any, caller: str, need: str) -> Dataset:
+    """The input checks of ``finetune`` / ``evaluate`` / ``compression_table``: the data set,
+    its split, and the network size, before anything is compiled."""
+    data = _as_dataset(data, need, caller)
+    _network_input(data, interp_size, caller)
+    return data
 
 
 def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.ndarray]:
@@ -383,7 +452,7 @@ def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.nd
     from deepliflow_jax.data.lidar import frame_rng
     from deepliflow_jax.data.pipeline import preprocess_sample
 
-    data = _as_dataset(data)
+    data = _as_dataset(data, "val", "validation_pair")
     if isinstance(index, bool) or not isinstance(index, int | np.integer) or \
             not 0 <= index < len(data.val):
         raise ValueError(f"index must be in [0, {len(data.val)}) (validation frames), "
@@ -440,16 +509,26 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
     Returns:
       ``(variables, history)``: the parameters as the forward pass uses them (pruned
       entries exactly 0, values on the quantization grid: ready for
-      :func:`predict_sceneflow`) and one dict of losses per step.
+      :func:`predict_sceneflow`) and one dict per step: ``step`` (data position),
+      ``loss`` = ``data_loss + reg``, ``data_loss`` (the original's multi-scale robust
+      KITTI loss, ``losses.kitti_loss``: flows in network units, pixels / 20, robust
+      error ``(|.|_1 + 0.01) ** 0.4`` averaged over valid pixels, levels weighted
+      1, 1, 1, 2, 4; dimensionless), ``reg`` (the L2 weight decay ``1e-4 * sum(w**2) / 2``
+      of the conv kernels, 0 with ``l2=False``) and ``grad_norm`` (global L2 norm of
+      the gradient).
 
     Raises:
-      ValueError: bad variables, data, steps, percent or bits.
+      FileNotFoundError: ``data`` is a folder without a data set.
+      ValueError: bad variables (not ``{'params': ...}`` of floats), data (no training
+        frames, a frame size that is not a multiple of 64 without ``interp_size``),
+        steps, lr, percent or bits; all checked before anything is compiled.
 
     Example:
       >>> tuned, history = finetune(init_params(0), data, steps=2, percent=10, bits=8)
       >>> len(history), history[-1]["step"], history[-1]["loss"] > 0
       (2, 1, True)
     """
+    data = _checked_data(data, interp_size, "finetune", "train")
     params = _check_variables(variables)["params"]
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
@@ -489,10 +568,17 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
     Returns:
       ``{'epe': px, 'd0', 'd1', 'fl', 'sf': outlier %, 'frames': n}`` (frame-averaged).
 
+    Raises:
+      FileNotFoundError: ``data`` is a folder without a data set.
+      ValueError: bad variables (not ``{'params': ...}`` of floats), data (no validation
+        frames, a frame size that is not a multiple of 64 without ``interp_size``),
+        percent or bits; all checked before anything is compiled.
+
     Example:
       >>> evaluate(init_params(0), data, bits=8)["epe"] > 0
       True
     """
+    data = _checked_data(data, interp_size, "evaluate", "val")
     params = _check_variables(variables)["params"]
     percent, bits = _percent(percent), _bits(bits)
     data = _as_dataset(data)
@@ -504,6 +590,7 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
 
 def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: int = 10, *,
                batch: int = 1, warmup: int = 1, dataset: str | None = None,
+               interp_size: tuple[int, int] | None = None,
                dtype: Any = jnp.float32) -> dict[str, Any]:
     """Wall time of the jitted forward pass (the :func:`predict_sceneflow` executable).
 
@@ -513,33 +600,60 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
 
     Args:
       variables: ``{'params': ...}``.
-      height, width: frame size (multiples of 64, or KITTI's with ``dataset='kitti'``).
+      height, width: frame size (multiples of 64, or KITTI's, about 375x1242, with
+        ``dataset='kitti'``, or any with ``interp_size``).
       repeats: timed calls (>= 1).
       batch: frame pairs per call.
       warmup: untimed calls after the first (compiling) one.
       dataset: as :func:`predict_sceneflow` (``'kitti'`` runs at 384x1216 inside).
-      dtype: compute dtype.
+      interp_size: network input ``(h, w)`` (multiples of 64) the frames are resized to.
+      dtype: floating compute dtype.
 
     Returns:
       ``{'first_call_s' (compile + run), 'median_ms', 'p10_ms', 'p90_ms', 'repeats',
       'batch', 'height', 'width', 'backend', 'device'}``.
 
+    Raises:
+      ValueError: bad variables, counts, dataset or dtype, or a size the network cannot
+        run (the message names the fix); all checked before anything is compiled.
+
     Example:
       >>> time_model(init_params(0), 64, 192, repeats=2)["median_ms"] > 0
       True
     """
+    from deepliflow_jax.predict import (
+        check_compute_dtype,
+        check_interp_size,
+        check_kitti_size,
+        check_network_size,
+        nearest_network_size,
+    )
     from deepliflow_jax.profile.timing import make_frames, summarize
 
     _check_variables(variables)
     repeats = _positive_int(repeats, "repeats")
     batch = _positive_int(batch, "batch")
     warmup = _positive_int(warmup, "warmup", minimum=0)
-    frames = jax.device_put(make_frames(batch, _positive_int(height, "height"),
-                                        _positive_int(width, "width")))
+    height, width = _positive_int(height, "height"), _positive_int(width, "width")
+    dtype = check_compute_dtype(dtype)
+    kind = None if dataset is None else _dataset_type(dataset)
+    size = nearest_network_size(height, width)
+    if interp_size is not None:
+        interp_size = check_interp_size(interp_size)
+    elif kind == "KITTI":
+        check_kitti_size(height, width, "pass height=375, width=1242 (a KITTI frame), "
+                         "dataset=None to time the network at the frame size, or "
+                         f"interp_size=(h, w) (e.g. {size})")
+    elif kind is None:
+        check_network_size(height, width, "height x width", (
+            f"pass height and width that are multiples of 64 (e.g. {size[0]}x{size[1]}), or "
+            f"interp_size={size} to time the network at that size on these frames"))
+    frames = jax.device_put(make_frames(batch, height, width))
     variables = jax.device_put(variables)
 
     def call():
-        return jax.block_until_ready(predict_sceneflow(variables, frames, dataset, dtype=dtype))
+        return jax.block_until_ready(predict_sceneflow(variables, frames, dataset,
+                                                       interp_size=interp_size, dtype=dtype))
 
     t0 = time.perf_counter()
     call()
@@ -576,6 +690,11 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
       Rows ``{'percent', 'bits', 'zero_percent', 'epe', 'd0', 'd1', 'fl', 'sf',
       'median_ms'}`` (``median_ms`` None without timing); :func:`format_table` prints them.
 
+    Raises:
+      FileNotFoundError: ``data`` is a folder without a data set.
+      ValueError: bad variables, data (no validation frames, an unusable frame size) or
+        configs; all checked before anything is compiled.
+
     Example:
       >>> rows = compression_table(init_params(0), data, [(0, 0), (10, 8)])
       >>> rows[1]["zero_percent"] > 9.99  # floor(10 % of the entries), plus 8-bit zeros
@@ -584,7 +703,8 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
     from deepliflow_jax.study.engine import zero_fraction
 
     params = _check_variables(variables)["params"]
-    data = _as_dataset(data)
+    data = _checked_data(data, None, "compression_table", "val")
+    repeats = _positive_int(repeats, "repeats", minimum=0)
     if not configs:
         raise ValueError("configs must hold at least one (percent, bits) pair")
     checked = []
@@ -603,10 +723,9 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
                "zero_percent": zero_fraction(compressed), **engine.evaluate(state, batches),
                "median_ms": None}
         if repeats:
-            row["median_ms"] = time_model(
-                {"params": compressed}, h, w, repeats,
-                dataset=None if data.interp_size is None else data.dataset_type.lower(),
-            )["median_ms"]
+            # the network size of the evaluation (KITTI: 384x1216, as dataset='kitti')
+            row["median_ms"] = time_model({"params": compressed}, h, w, repeats,
+                                          interp_size=data.interp_size)["median_ms"]
         rows.append(row)
     return rows
 
@@ -657,10 +776,14 @@ def flow_image(sceneflow: Any, max_flow: float = -1.0) -> np.ndarray:
 
     Args:
       sceneflow: ``[H, W, 4]`` (or ``[1, H, W, 4]``) from :func:`predict_sceneflow`.
-      max_flow: flow radius of full saturation (<= 0: the image's largest).
+      max_flow: flow radius of full saturation (<= 0: the image's largest finite one).
 
     Returns:
-      uint8 RGB ``[H, W, 3]``.
+      uint8 RGB ``[H, W, 3]``; pixels with a NaN/inf flow are black.
+
+    Raises:
+      ValueError: a wrong shape, or no pixel with a finite flow (a failed prediction:
+        refused rather than drawn as a black picture).
 
     Example:
       >>> import numpy as np
@@ -678,10 +801,13 @@ def disparity_image(sceneflow: Any, frame: int = 0, max_disp: float = -1.0) -> n
     Args:
       sceneflow: ``[H, W, 4]`` (or ``[1, H, W, 4]``).
       frame: 0 (d0) or 1 (d1).
-      max_disp: disparity of the top colour (<= 0: the image's largest).
+      max_disp: disparity of the top colour (<= 0: the image's largest finite one).
 
     Returns:
-      uint8 RGB ``[H, W, 3]``.
+      uint8 RGB ``[H, W, 3]``; NaN/inf pixels are black.
+
+    Raises:
+      ValueError: a wrong shape or ``frame``, or no finite disparity.
 
     Example:
       >>> import numpy as np
@@ -719,13 +845,12 @@ def plot_sceneflow(sceneflow: Any, image0: Any = None, image1: Any = None, *,
     """
     import matplotlib.pyplot as plt
 
-    from deepliflow_jax.vis import sceneflow_panels
+    from deepliflow_jax.vis import color_scales, sceneflow_panels
 
     pred = _one_frame(sceneflow)
     ref = pred if gt is None else _one_frame(gt, "gt")
     valid = ref[..., 2] > 0 if gt is not None else np.ones(ref.shape[:2], bool)
-    max_flow = float(np.max(np.linalg.norm(ref[..., :2], axis=-1)[valid], initial=1e-6))
-    max_disp = float(np.max(ref[..., 2:4][valid], initial=1e-6))
+    max_flow, max_disp = color_scales(ref, valid, floor=1e-6)
     rows = []
     if image0 is not None or image1 is not None:
         rows.append([("image t", image0), ("image t+1", image1)])

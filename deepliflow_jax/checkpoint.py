@@ -79,6 +79,75 @@ def shape_problems(found: dict[str, tuple[tuple[int, ...], str]],
     return problems
 
 
+MAX_LISTED = 5  # problems of each kind shown before "... and N more"
+PROBLEM_KINDS = ("unexpected", "missing", "mis-shaped", "wrong dtype")
+
+
+def _likely_cause(found: dict[str, tuple], problems: list[str], widths: Any) -> str:
+    """One sentence on why ``found`` differs from the model, when the pattern is clear."""
+    want = _expected_shapes(widths)
+    kinds = {k: [p for p in problems if p.startswith(k + ":")] for k in PROBLEM_KINDS}
+    tops = sorted({k.split("/")[0] for k in found})
+    state = ("this looks like a train state (it holds " + ", ".join(tops) + ")"
+             if set(tops) & {"opt_state", "step", "rng"} else "")
+    # the model's tree nested deeper, e.g. {'params': {'params': ...}} or {'params': {'model':
+    # ...}}: the parameters under one prefix instead of 'params'
+    prefixes: dict[str, int] = {}
+    for key in found:
+        for w in want:
+            rel = w.split("/", 1)[1]
+            if key.endswith("/" + rel) and key != w:
+                prefix = key[: -len(rel) - 1]
+                prefixes[prefix] = prefixes.get(prefix, 0) + 1
+    if prefixes:
+        prefix, count = max(prefixes.items(), key=lambda kv: kv[1])
+        if count >= len(want) // 2:
+            subtree = "variables" + "".join(f"['{p}']" for p in prefix.split("/"))
+            return (f"{state or 'this looks like a wrapped tree'}, with the DeepLiDARFlow "
+                    f"parameters under '{prefix}/': pass {{'params': {subtree}}}")
+    if state:
+        return state + ": save or load its {'params': ...} only"
+    if not set(found) & set(want):
+        return (f"this looks like a checkpoint of another model: none of its {len(found)} "
+                "tensors is a DeepLiDARFlow parameter")
+    if any(p.split()[1].endswith("/conf_mass") for p in kinds["unexpected"]) or (
+            kinds["mis-shaped"] and not kinds["missing"] and all(
+                len(found[k][0]) == len(want[k][0])
+                and all(a <= b for a, b in zip(found[k][0], want[k][0], strict=True))
+                for k in set(want) & set(found) if tuple(found[k][0]) != want[k][0])):
+        return ("this looks like a structured (channel-pruned) DeepLiDARFlow checked "
+                "against the original widths: load it with its widths (load_checkpoint "
+                "reads them from the metadata; check_variables(..., widths=...))")
+    if kinds["wrong dtype"] and len(kinds["wrong dtype"]) == len(problems):
+        return ("every tensor is there but some have another dtype: cast them with "
+                "jax.tree.map(lambda x: np.asarray(x, np.float32), variables)")
+    return ""
+
+
+def summarize_problems(found: dict[str, tuple[tuple[int, ...], str]], problems: list[str],
+                       widths: Any = None) -> str:
+    """``shape_problems`` as a readable message: counts, a likely cause, a few of each kind.
+
+    Args:
+      found: ``{path: (shape, dtype name)}`` as for :func:`shape_problems`.
+      problems: its result (not empty).
+      widths: the architecture checked against.
+
+    Returns:
+      ``"N missing, M unexpected; <likely cause>:\n  <first lines of each kind>"``;
+      at most ``MAX_LISTED`` lines per kind, the rest counted.
+    """
+    groups = {k: [p for p in problems if p.startswith(k + ":")] for k in PROBLEM_KINDS}
+    counts = ", ".join(f"{len(v)} {k}" for k, v in groups.items() if v)
+    cause = _likely_cause(found, problems, widths)
+    lines = []
+    for kind, items in groups.items():
+        lines += items[:MAX_LISTED]
+        if len(items) > MAX_LISTED:
+            lines.append(f"... and {len(items) - MAX_LISTED} more {kind}")
+    return f"{counts}{'; ' + cause if cause else ''}:\n  " + "\n  ".join(lines)
+
+
 def _structured_widths(flat: dict[str, Any]) -> dict[str, int] | None:
     """Widths of a structured tree (``conf_mass`` leaves), None for the original layout."""
     if not any(k.endswith("/conf_mass") for k in flat):
@@ -127,7 +196,8 @@ def check_variables(variables: Any, what: str = "variables", widths: Any = AUTO)
     problems = shape_problems(found, widths)
     if problems:
         raise ValueError(f"{what} do not match the DeepLiDARFlow parameters "
-                         f"({len(problems)} problems):\n  " + "\n  ".join(problems))
+                         f"({len(problems)} problems): "
+                         + summarize_problems(found, problems, widths))
 
 
 def parameter_count(variables: dict) -> int:
@@ -337,8 +407,8 @@ def load_checkpoint(directory: PathLike, widths: Any = AUTO) -> dict:
         if problems:
             what = "" if stored is None else " (structured, widths from its metadata)"
             raise ValueError(f"checkpoint {directory} is not a DeepLiDARFlow checkpoint of this "
-                             f"architecture{what} ({len(problems)} problems):\n  "
-                             + "\n  ".join(problems))
+                             f"architecture{what} ({len(problems)} problems): "
+                             + summarize_problems(found, problems, stored))
         target = flax.traverse_util.unflatten_dict(
             {tuple(k.split("/")): jax.ShapeDtypeStruct(s, np.dtype(d)) for k, (s, d)
              in found.items()})

@@ -7,6 +7,12 @@ here from its segment data so no plotting library is needed). ``outlier_map`` is
 original's green/magenta ``get_error_maps`` and ``error_map`` the KITTI devkit's
 log-scaled scene-flow error colours of ``get_error_KITTI``. matplotlib is only used by
 ``save_fig5_matplotlib`` (optional "viz" extra), imported there.
+
+Non-finite values: a NaN/inf pixel of a flow or disparity is drawn black (the
+original's "unknown flow" colour) and left out of the automatic colour scale; a picture
+with no finite pixel at all is refused (``ValueError``): it would be a black image that
+looks like a result. Images are channels-last (``[H, W, C]``); a channels-first array
+is refused rather than drawn as a few-pixel-high strip.
 """
 
 from __future__ import annotations
@@ -52,6 +58,27 @@ def make_color_wheel() -> np.ndarray:
     return wheel
 
 
+def _require_finite(values: np.ndarray, what: str,
+                    hint: str = ". The prediction failed upstream: check the frames "
+                                "(prepare_frames) and the variables") -> np.ndarray:
+    """The finite mask of ``values``; ``ValueError`` if there is none (a blank picture)."""
+    finite = np.isfinite(values)
+    if values.size and not finite.any():
+        raise ValueError(f"{what} has no finite value (all {values.size} are NaN/inf): "
+                         f"nothing to draw{hint}")
+    return finite
+
+
+def _auto_scale(scale: float, values: np.ndarray, name: str) -> float:
+    """``scale`` if > 0, else the largest finite value (NaN/inf pixels ignored)."""
+    if not np.isfinite(scale):
+        raise ValueError(f"{name} must be a finite number (<= 0: automatic), got {scale!r}")
+    if scale > 0:
+        return float(scale)
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else -1.0
+
+
 def _flow_colors(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     # compute_color of the original: hue from the angle, saturation from the radius.
     nan = np.isnan(u) | np.isnan(v)
@@ -83,16 +110,26 @@ def flow_to_color(flow: np.ndarray, max_flow: float = -1.0, mask: np.ndarray | N
       mask: optional ``[H, W]``; pixels where it is not 1 are black.
 
     Returns:
-      uint8 ``[H, W, 3]``.
+      uint8 ``[H, W, 3]``; pixels with a NaN/inf (or above 1e7, the Middlebury "unknown"
+      marker) u or v are black and do not set the automatic scale.
+
+    Raises:
+      ValueError: a wrong shape, or no pixel with a finite flow.
     """
     flow = np.asarray(flow, np.float64)
     if flow.ndim != 3 or flow.shape[2] < 2:
         raise ValueError(f"flow must be [H, W, >=2], got {flow.shape}")
     u, v = flow[..., 0].copy(), flow[..., 1].copy()
-    unknown = (np.abs(u) > UNKNOWN_FLOW_THRESH) | (np.abs(v) > UNKNOWN_FLOW_THRESH)
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = _require_finite(u + v, "flow (u, v)")  # NaN/inf if u or v is
+    with np.errstate(invalid="ignore"):
+        unknown = ~finite | (np.abs(u) > UNKNOWN_FLOW_THRESH) | \
+            (np.abs(v) > UNKNOWN_FLOW_THRESH)
     u[unknown] = 0.0
     v[unknown] = 0.0
     max_rad = max_flow
+    if not np.isfinite(max_rad):
+        raise ValueError(f"max_flow must be a finite number (<= 0: automatic), got {max_flow!r}")
     if max_rad < 0:
         max_rad = max(-1.0, float(np.max(np.sqrt(u**2 + v**2))))
     eps = np.finfo(float).eps
@@ -130,21 +167,26 @@ def disparity_to_color(disp: np.ndarray, max_disp: float = -1.0,
 
     Args:
       disp: ``[H, W]`` disparity.
-      max_disp: value mapped to the top colour; <= 0 = the image maximum. Larger values
-        are pure red.
+      max_disp: value mapped to the top colour; <= 0 = the image maximum (of the finite
+        pixels). Larger values are pure red.
       mask: optional ``[H, W]``; pixels where it is not 1 are black.
 
     Returns:
-      uint8 ``[H, W, 3]``.
+      uint8 ``[H, W, 3]``; NaN/inf pixels are black.
+
+    Raises:
+      ValueError: a wrong shape, or no finite pixel.
     """
     disp = np.asarray(disp, np.float64)
     if disp.ndim != 2:
         raise ValueError(f"disp must be [H, W], got {disp.shape}")
-    max_d = max_disp if max_disp > 0 else float(np.max(disp))
+    finite = _require_finite(disp, "disparity")
+    max_d = _auto_scale(max_disp, disp, "max_disp")
     with np.errstate(divide="ignore", invalid="ignore"):
-        vals = disp / max_d
+        vals = np.where(finite, disp / max_d, np.nan)
     img = apply_jet(vals)
-    img[vals > 1] = (1.0, 0.0, 0.0)
+    with np.errstate(invalid="ignore"):
+        img[vals > 1] = (1.0, 0.0, 0.0)
     if mask is not None:
         img[np.asarray(mask) != 1] = 0.0
     return np.uint8(img * 255)
@@ -234,6 +276,22 @@ def _fill_from_neighbours(img: np.ndarray) -> np.ndarray:
     return out
 
 
+def color_scales(ref: np.ndarray, valid: np.ndarray | None = None, floor: float = 1.0
+                 ) -> tuple[float, float]:
+    """``(max_flow, max_disp)`` of a scene flow ``[H, W, 4]`` for shared colour scales.
+
+    The largest flow radius and disparity over ``valid`` pixels (default all) whose
+    values are finite (a NaN pixel must not turn the whole picture black), at least
+    ``floor``.
+    """
+    ref = np.asarray(ref, np.float64)
+    ok = np.isfinite(ref).all(axis=-1)
+    if valid is not None:
+        ok &= np.asarray(valid, bool)
+    return (float(np.max(np.linalg.norm(ref[..., :2], axis=-1)[ok], initial=floor)),
+            float(np.max(ref[..., 2:4][ok], initial=floor)))
+
+
 def sceneflow_panels(sceneflow: np.ndarray, mask: np.ndarray | None = None,
                      max_flow: float = -1.0, max_disp: float = -1.0) -> list[np.ndarray]:
     """Colour-coded flow, D0 and D1 of a scene flow ``[H, W, 4]`` (``plot_sceneflow``)."""
@@ -243,14 +301,35 @@ def sceneflow_panels(sceneflow: np.ndarray, mask: np.ndarray | None = None,
             disparity_to_color(sceneflow[..., 3], max_disp, mask)]
 
 
-def _to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+def _to_uint8_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """uint8 ``[H, W, 3]`` (``[H, W, 1]`` stays grey) of a uint8 or float [0, 1] image.
+
+    Float NaN/inf pixels become black; an image with no finite pixel, a channels-first
+    array, integers other than uint8 and 0..255 floats are refused (``ValueError``).
+    """
     image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+        hint = ("; it looks channels-first (C, H, W): pass np.moveaxis(image, 0, -1)"
+                if image.shape[0] in (1, 3, 4) else "")
+        raise ValueError(f"{name} must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] "
+                         f"(channels last), got shape {image.shape}{hint}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"{name} must be [H, W] or [H, W, C] (channels last), got shape "
+                         f"{image.shape}")
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     image = image[..., :3]
-    if image.dtype != np.uint8:
-        image = np.uint8(np.clip(image, 0.0, 1.0) * 255.0 + 0.5)
-    return image
+    if image.dtype == np.uint8:
+        return image
+    if np.issubdtype(image.dtype, np.integer):
+        raise ValueError(f"{name} is {image.dtype}: pass uint8 (0..255) or float in [0, 1]")
+    image = np.asarray(image, np.float64)
+    finite = _require_finite(image, name, "")
+    if image[finite].max(initial=0.0) > 2.0:
+        raise ValueError(f"{name} is float with values up to {image[finite].max():g}, but "
+                         "float images are [0, 1]: these look like 0..255 values; pass "
+                         "image.astype(np.uint8) or image / 255")
+    return np.uint8(np.clip(np.where(finite, image, 0.0), 0.0, 1.0) * 255.0 + 0.5)
 
 
 def compose_grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 4,
@@ -298,11 +377,9 @@ def fig5_image(image0: np.ndarray, image1: np.ndarray,
     if not results and gt is None:
         raise ValueError("fig5_image needs at least one result or a ground truth")
     ref = np.asarray(gt if gt is not None else results[0][1], np.float64)
-    ref_valid = ref[..., 2] > 0 if gt is not None else np.ones(ref.shape[:2], bool)
-    if max_flow <= 0:
-        max_flow = float(np.max(np.linalg.norm(ref[..., :2], axis=-1)[ref_valid], initial=1.0))
-    if max_disp <= 0:
-        max_disp = float(np.max(ref[..., 2:4][ref_valid], initial=1.0))
+    auto_flow, auto_disp = color_scales(ref, ref[..., 2] > 0 if gt is not None else None)
+    max_flow = max_flow if max_flow > 0 else auto_flow
+    max_disp = max_disp if max_disp > 0 else auto_disp
     rows = [[image0, image1]]
     if gt is not None:
         rows.append(sceneflow_panels(gt, (gt[..., 2] > 0).astype(int), max_flow, max_disp))
@@ -323,7 +400,10 @@ def save_png(path: PathLike, image: np.ndarray) -> Path:
       ``path`` as a ``Path``.
 
     Raises:
-      ValueError: ``image`` is not ``[H, W]`` or ``[H, W, C]``.
+      ValueError: ``image`` is not ``[H, W]`` or ``[H, W, C]`` with C in 1, 3, 4
+        (channels-first arrays are refused, naming the fix), an integer type other
+        than uint8, 0..255 floats, or no finite pixel (NaN/inf pixels of an image
+        that has finite ones are written black).
 
     Example:
       >>> import tempfile
@@ -364,10 +444,9 @@ def save_fig5_matplotlib(path: PathLike, image0, image1, results, gt=None, dpi: 
     max_flow = kwargs.get("max_flow", -1.0)
     max_disp = kwargs.get("max_disp", -1.0)
     valid = ref[..., 2] > 0 if gt is not None else np.ones(ref.shape[:2], bool)
-    if max_flow <= 0:
-        max_flow = float(np.max(np.linalg.norm(ref[..., :2], axis=-1)[valid], initial=1.0))
-    if max_disp <= 0:
-        max_disp = float(np.max(ref[..., 2:4][valid], initial=1.0))
+    auto_flow, auto_disp = color_scales(ref, valid)
+    max_flow = max_flow if max_flow > 0 else auto_flow
+    max_disp = max_disp if max_disp > 0 else auto_disp
     if gt is not None:
         grid_rows.append(("ground truth", sceneflow_panels(gt, valid.astype(int), max_flow,
                                                            max_disp)))

@@ -1,7 +1,8 @@
 """Scene flow for one frame pair, as the original ``inference.py``.
 
     python -m experiments.infer --checkpoint=DIR --image1=PNG --image2=PNG \\
-        --disp1=PNG --disp2=PNG --dataset=kitti|ft3d --output_dir=OUT
+        --disp1=PNG --disp2=PNG --dataset=kitti|ft3d --output_dir=OUT [--interp_size=H,W]
+        [--resize] [--random_init --seed=N]
 
 Inputs: two 8-bit RGB(A) frames and two 16-bit sparse disparity PNGs (value /
 256 pixels, 0 = no LiDAR point). Preprocessing is the original's
@@ -17,21 +18,29 @@ crop for FT3D), ``optical_flow.png``, ``disparity1.png``, ``disparity2.png``
 (colour coded as the original's ``colored_flow`` / ``colored_disparity``) and
 ``run_info.json``. ``--random_init`` runs untrained random weights instead of a
 checkpoint (the output then means nothing; it is said loudly).
+
+Flags are absl flags, kept in this script's own ``FlagValues`` (``FLAGS``) so that
+``main(argv)`` can run in a process where other scripts defined flags of the same
+names (``--checkpoint``, ``--output_dir``); ``--help`` lists them. A usage error exits
+with status 2, an input error (a missing or unreadable file, a size the network
+cannot run) with 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
 DATASETS = {"kitti": "KITTI", "ft3d": "FT3D"}
 RANDOM_WARNING = ("WARNING: --random_init: RANDOM, UNTRAINED WEIGHTS. The scene flow this run "
                   "writes is meaningless; it only exercises the pipeline.")
+KITTI_SIZE_ADVICE = ("pass --interp_size=H,W (multiples of 64) to run the network at another "
+                     "size, or --resize to resize to 384x1216 anyway")
 
 
 def read_rgb(path) -> np.ndarray:
@@ -99,11 +108,19 @@ def load_inputs(image1, image2, disp1, disp2, dataset: str) -> np.ndarray:
 
 
 def run_model(variables: dict, frames: np.ndarray, dataset: str,
-              interp_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Scene flow ``[h, w, 4]`` float32 for preprocessed ``frames [2, h, w, 4]``."""
-    from deepliflow_jax.predict import predict
+              interp_size: tuple[int, int] | None = None, resize: bool = False) -> np.ndarray:
+    """Scene flow ``[h, w, 4]`` float32 for preprocessed ``frames [2, h, w, 4]``.
 
-    sceneflow, _ = predict(variables, frames[None], dataset=dataset, interp_size=interp_size)
+    Raises:
+      ValueError: KITTI frames far from KITTI's size without ``interp_size`` or
+        ``resize`` (the message names the flags), or anything ``predict`` refuses.
+    """
+    from deepliflow_jax.predict import check_kitti_size, predict
+
+    if dataset == "kitti" and interp_size is None and not resize:
+        check_kitti_size(*frames.shape[1:3], advice=KITTI_SIZE_ADVICE)
+    sceneflow, _ = predict(variables, frames[None], dataset=dataset, interp_size=interp_size,
+                           resize=resize)
     return np.asarray(sceneflow[0], np.float32)
 
 
@@ -128,39 +145,96 @@ def write_outputs(output_dir, sceneflow: np.ndarray) -> dict[str, Path]:
     return paths
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``'H,W'`` (or ``'HxW'``) as ``(H, W)``, multiples of 64; None stays None.
+
+    Raises:
+      ValueError: anything else, with an example.
+    """
+    from deepliflow_jax.model.deeplidarflow import SIZE_MULTIPLE
+
+    if text is None:
+        return None
     try:
         h, w = (int(v) for v in text.lower().replace("x", ",").split(","))
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected H,W (e.g. 384,1216), got {text!r}") from err
+        raise ValueError(f"expected H,W (e.g. 384,1216), got {text!r}") from err
+    if h <= 0 or w <= 0 or h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+        raise ValueError(f"H and W must be positive multiples of {SIZE_MULTIPLE} (e.g. "
+                         f"384,1216), got {text!r}")
     return h, w
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser."""
-    p = argparse.ArgumentParser(prog="python -m experiments.infer",
-                                description=__doc__.split("\n\n")[0])
-    weights = p.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--checkpoint", help="checkpoint directory (deepliflow_jax.checkpoint)")
-    weights.add_argument("--random_init", action="store_true",
-                         help="use random, untrained weights (pipeline check only)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --random_init")
-    for name, what in (("image1", "8-bit RGB(A) PNG of frame t"),
-                       ("image2", "8-bit RGB(A) PNG of frame t+1"),
-                       ("disp1", "16-bit sparse disparity PNG of frame t"),
-                       ("disp2", "16-bit sparse disparity PNG of frame t+1")):
-        p.add_argument(f"--{name}", required=True, help=what)
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS),
-                   help="kitti: resized to 384x1216 inside the network; ft3d: 512x960 crop")
-    p.add_argument("--output_dir", required=True, help="folder for the outputs")
-    p.add_argument("--interp_size", type=_size, default=None,
-                   help="network input size H,W (multiples of 64) instead of the dataset's")
-    return p
+def _valid_size(text: str | None) -> bool:
+    try:
+        parse_size(text)
+    except ValueError as err:
+        raise flags.ValidationError(str(err)) from err
+    return True
+
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("checkpoint", None, "Checkpoint directory (deepliflow_jax.checkpoint).",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("random_init", False, "Use random, untrained weights (pipeline check only).",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of --random_init.", flag_values=FLAGS)
+for _name, _what in (("image1", "8-bit RGB(A) PNG of frame t."),
+                     ("image2", "8-bit RGB(A) PNG of frame t+1."),
+                     ("disp1", "16-bit sparse disparity PNG of frame t."),
+                     ("disp2", "16-bit sparse disparity PNG of frame t+1.")):
+    flags.DEFINE_string(_name, None, _what, flag_values=FLAGS)
+    flags.mark_flag_as_required(_name, flag_values=FLAGS)
+flags.DEFINE_enum("dataset", None, sorted(DATASETS), "kitti: resized to 384x1216 inside the "
+                  "network (frames of about KITTI's 375x1242); ft3d: 512x960 crop.",
+                  flag_values=FLAGS)
+flags.mark_flag_as_required("dataset", flag_values=FLAGS)
+flags.DEFINE_string("output_dir", None, "Folder for the outputs.", flag_values=FLAGS)
+flags.mark_flag_as_required("output_dir", flag_values=FLAGS)
+flags.DEFINE_string("interp_size", None, "Network input size H,W (multiples of 64) instead of "
+                    "the dataset's.", flag_values=FLAGS)
+flags.register_validator("interp_size", _valid_size, flag_values=FLAGS)
+flags.DEFINE_bool("resize", False, "With --dataset=kitti: resize frames of any size to "
+                  "384x1216 (otherwise frames far from KITTI's size are refused).",
+                  flag_values=FLAGS)
+flags.register_multi_flags_validator(
+    ["checkpoint", "random_init"], lambda v: bool(v["checkpoint"]) != bool(v["random_init"]),
+    "exactly one of --checkpoint and --random_init is required", flag_values=FLAGS)
+
+
+def parse_flags(argv: list[str]) -> None:
+    """Parses ``argv`` (flags only, no program name) into ``FLAGS``, from the defaults.
+
+    Raises:
+      SystemExit: 0 after ``--help``; 2 on a usage error (printed to stderr).
+    """
+    prog = "python -m experiments.infer"
+    if {"-h", "--help", "--helpshort", "--helpfull"} & set(argv):
+        print(f"{__doc__}\nflags:\n{FLAGS.get_help()}")
+        raise SystemExit(0)
+    FLAGS.unparse_flags()  # every call starts from the defaults
+    try:
+        rest = FLAGS([prog, *argv])
+    except flags.Error as err:
+        print(f"{prog}: usage error: {err}\n(--help lists the flags)", file=sys.stderr)
+        raise SystemExit(2) from err
+    if len(rest) > 1:
+        print(f"{prog}: usage error: unexpected arguments {rest[1:]}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command; returns the exit status (1 on an input error)."""
-    args = build_parser().parse_args(argv)
+    """Runs the command; returns the exit status (1 on an input error).
+
+    Args:
+      argv: the flags (default ``sys.argv[1:]``).
+
+    Raises:
+      SystemExit: 2 on a usage error (an unknown, missing or malformed flag).
+    """
+    parse_flags(sys.argv[1:] if argv is None else list(argv))
+    args = FLAGS
+    interp_size = parse_size(args.interp_size)
     try:
         if args.random_init:
             from deepliflow_jax.model.api import init_params
@@ -177,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                       "checkpoint_source": meta.get("source"), "random_init": False}
         frames = load_inputs(args.image1, args.image2, args.disp1, args.disp2, args.dataset)
         start = time.perf_counter()
-        sceneflow = run_model(variables, frames, args.dataset, args.interp_size)
+        sceneflow = run_model(variables, frames, args.dataset, interp_size, args.resize)
         seconds = time.perf_counter() - start
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -186,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     info = dict(source, dataset=args.dataset, inputs={k: str(Path(getattr(args, k)).absolute())
                                                       for k in ("image1", "image2", "disp1",
                                                                 "disp2")},
-                frame_size=list(frames.shape[1:3]), interp_size=args.interp_size,
+                frame_size=list(frames.shape[1:3]),
+                interp_size=None if interp_size is None else list(interp_size),
                 output_shape=list(sceneflow.shape), seconds_with_compile=round(seconds, 3))
     (Path(args.output_dir) / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
     for name, path in paths.items():

@@ -15,7 +15,6 @@ Masks are boolean pytrees with the params' structure; ``True`` means kept.
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 from typing import Any
 
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax.compress.checks import check_number
 from deepliflow_jax.compress.select import (
     Pattern,
     check_same_structure,
@@ -37,13 +37,11 @@ def check_percent(percent: Any) -> float:
     """Validates a concrete pruning percentage; returns it as float.
 
     Raises:
-      ValueError: if ``percent`` is not a finite number in ``[0, 100)``.
+      ValueError: if ``percent`` is not a finite number in ``[0, 100)`` (a bool or a
+        string is refused, as for every compression argument: ``check_number``).
     """
-    try:
-        value = float(percent)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"percent must be a number in [0, 100), got {percent!r}") from e
-    if not math.isfinite(value) or not 0.0 <= value < 100.0:
+    value = check_number(percent, "percent", "a number in [0, 100)")
+    if not 0.0 <= value < 100.0:
         raise ValueError(f"percent must be in [0, 100), got {percent!r}")
     return value
 

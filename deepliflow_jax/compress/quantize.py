@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax.compress.checks import check_number
 from deepliflow_jax.compress.select import Pattern, flatten, map_with_path, matches, select
 
 MIN_BITS, MAX_BITS = 2, 16
@@ -56,15 +57,13 @@ def check_bits(bits: Any, name: str = "bits") -> int:
     """Validates a concrete bit width; returns it as int.
 
     Raises:
-      ValueError: if ``bits`` is not an integer in [2, 16].
+      ValueError: if ``bits`` is not an integer in [2, 16] (a bool or a string is
+        refused, as for every compression argument: ``check_number``).
     """
-    try:
-        value = int(bits)
-        ok = value == bits
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or not MIN_BITS <= value <= MAX_BITS:
-        raise ValueError(f"{name} must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+    what = f"an integer in [{MIN_BITS}, {MAX_BITS}]"
+    value = check_number(bits, name, what, integer=True)
+    if not MIN_BITS <= value <= MAX_BITS:
+        raise ValueError(f"{name} must be {what}, got {bits!r}")
     return value
 
 

@@ -25,6 +25,16 @@ DISP_MEAN_STD = {
 FT3D_CROP = (512, 960)
 KITTI_BATCH_CROP = (370, 1220)
 KITTI_MODEL_SHAPE = (384, 1216)
+# Value ranges that tell preprocessed input from raw input (checked before any compile).
+# RGB in [0, 1] minus a dataset mean (0.37..0.42) lies in [-0.43, 0.64]: anything outside
+# [-1, 1] was not divided by 255 or not preprocessed at all.
+RGB_LIMIT = 1.0
+# KITTI's largest ground-truth disparities are about 230 px (1242 px wide frames); a
+# 16-bit KITTI disparity PNG read without the /256 holds thousands.
+MAX_DISPARITY_PX = 1000.0
+# Mean normalised disparity of a frame's LiDAR points above which they cannot have been
+# normalised (10 = a mean disparity of 228 px for KITTI, 395 px for FT3D).
+MAX_MEAN_NORMALIZED_DISPARITY = 10.0
 
 
 def check_dataset_type(dataset_type: str) -> str:
@@ -42,6 +52,98 @@ def rgb_mean(dataset_type: str) -> np.ndarray:
 def disp_mean_std(dataset_type: str) -> tuple[float, float]:
     """(mean, std) of the disparity used to normalise the LiDAR channel."""
     return DISP_MEAN_STD[check_dataset_type(dataset_type)]
+
+
+def normalized_disparity_range() -> tuple[float, float]:
+    """``(low, high)``: normalised disparities of points at 0..``MAX_DISPARITY_PX`` pixels.
+
+    Over both datasets' statistics: about ``(-1.41, 48.6)``.
+    """
+    return (min(-m / s for m, s in DISP_MEAN_STD.values()),
+            max((MAX_DISPARITY_PX - m) / s for m, s in DISP_MEAN_STD.values()))
+
+
+def check_disparity_pixels(disp: np.ndarray, name: str = "disp") -> np.ndarray:
+    """A sparse disparity in pixels as float32, refusing what cannot be one.
+
+    Args:
+      disp: ``[H, W]`` disparities in pixels, 0 = no LiDAR point (float or int).
+      name: the argument's name, for the messages.
+
+    Returns:
+      ``disp`` as float32.
+
+    Raises:
+      ValueError: a uint16 array (KITTI's PNG encoding, 256 x pixels), a bool or
+        non-numeric dtype, NaN/inf, negative values, or values above
+        ``MAX_DISPARITY_PX``; the message names ``name`` and the fix.
+    """
+    arr = np.asarray(disp)
+    if arr.dtype == np.uint16:
+        raise ValueError(f"{name} is uint16: KITTI's 16-bit disparity PNGs store 256 x the "
+                         f"disparity in pixels (0 = no point); pass {name} / 256.0 (float "
+                         "pixels), or read the PNG with deepliflow_jax.data.kitti.read_disparity")
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating)
+                                     or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must be a disparity map in pixels (float), got dtype "
+                         f"{arr.dtype}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN/inf values; use 0 for 'no LiDAR point'")
+    if arr.size and arr.min() < 0:
+        y, x = np.unravel_index(int(np.argmin(arr)), arr.shape)[-2:]
+        raise ValueError(f"{name} has negative disparities (down to {arr.min():g} px, at "
+                         f"pixel ({y}, {x})); a disparity is >= 0 pixels, 0 = no LiDAR point")
+    if arr.size and arr.max() > MAX_DISPARITY_PX:
+        raise ValueError(f"{name} reaches {arr.max():g}, more than {MAX_DISPARITY_PX:g} px: "
+                         "not a disparity in pixels (KITTI's largest are about 230 px). A "
+                         "16-bit KITTI disparity PNG holds 256 x pixels: divide it by 256 "
+                         "(deepliflow_jax.data.kitti.read_disparity does)")
+    return arr
+
+
+def check_network_frames(frames: np.ndarray) -> None:
+    """Refuses finite ``[..., 4]`` frames whose values are not preprocessed network input.
+
+    RGB (channels 0-2) must lie in [-1, 1] (RGB in [0, 1] minus the dataset mean) and
+    the LiDAR points of channel 3 (0 = no point) in the normalised range of
+    :func:`normalized_disparity_range` (symmetric: beyond +-48.6 is raw data), with a
+    mean of at most ``MAX_MEAN_NORMALIZED_DISPARITY``.
+
+    Raises:
+      ValueError: naming the channel, what the values look like, and the fix.
+    """
+    rgb = frames[..., :3]
+    if rgb.size and (rgb.min() < -RGB_LIMIT or rgb.max() > RGB_LIMIT):
+        lo, hi = float(rgb.min()), float(rgb.max())
+        looks = ("0..255 RGB (a forgotten / 255)" if hi > 2.0 * RGB_LIMIT
+                 else "RGB that was not preprocessed")
+        raise ValueError(
+            f"frames channels 0-2 (RGB in [0, 1] minus the dataset mean, about [-0.43, 0.64]) "
+            f"hold values in [{lo:g}, {hi:g}], outside [-{RGB_LIMIT:g}, {RGB_LIMIT:g}]: this "
+            f"looks like {looks}. Preprocess raw frames with prepare_frames(image0, image1, "
+            "disp0, disp1, dataset) (RGB / 255 minus the mean, normalised disparity)")
+    disp = frames[..., 3]
+    points = disp[disp != 0]
+    if not points.size:
+        return
+    low, high = normalized_disparity_range()
+    lo, hi = float(points.min()), float(points.max())
+    if lo < -high or hi > high:
+        raise ValueError(
+            f"frames channel 3 (sparse disparity normalised as (d - mean) / std, 0 = no LiDAR "
+            f"point) holds values in [{lo:g}, {hi:g}]; points at 0..{MAX_DISPARITY_PX:g} px "
+            f"normalise to [{low:.2f}, {high:.1f}]. This looks like a raw disparity: KITTI's "
+            "16-bit PNGs store 256 x pixels (divide by 256), and disparities in pixels are "
+            "normalised by prepare_frames(image0, image1, disp0, disp1, dataset)")
+    mean = float(points.mean())
+    if mean > MAX_MEAN_NORMALIZED_DISPARITY:
+        raise ValueError(
+            f"frames channel 3 (sparse disparity normalised as (d - mean) / std, 0 = no LiDAR "
+            f"point): its {points.size} points average {mean:g}, but normalised disparities "
+            f"average about 0 (above {MAX_MEAN_NORMALIZED_DISPARITY:g} would be a mean of "
+            f"over 228 px for KITTI). These look like disparities in pixels that were not "
+            "normalised: use prepare_frames(image0, image1, disp0, disp1, dataset)")
 
 
 def normalize_disparity(disp: np.ndarray, mask: np.ndarray, dataset_type: str) -> np.ndarray:
@@ -149,9 +251,15 @@ def prepare_inference_inputs(image0: np.ndarray, image1: np.ndarray, disp0: np.n
 
     Returns:
       ``(frames [2, h, w, 4] float32, dataset_type)``.
+
+    Raises:
+      ValueError: a disparity that is not in pixels (``check_disparity_pixels``), or
+        shapes that do not match.
     """
     image0 = np.asarray(image0)[..., :3]
     image1 = np.asarray(image1)[..., :3]
+    disp0 = check_disparity_pixels(disp0, "disp0")
+    disp1 = check_disparity_pixels(disp1, "disp1")
     if dataset_type is None:
         dataset_type = guess_dataset_type(image0.shape[1])
     frames = make_frames(image0, image1, disp0, disp1, np.asarray(disp0) > 0,
