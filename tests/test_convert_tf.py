@@ -290,6 +290,52 @@ def test_cli_format_and_output_errors(tmp_path, full_ckpt, capsys):
     assert os.listdir(out)  # complete checkpoint in place
 
 
+def test_cli_usage_errors_exit_2_naming_the_flag(tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        cli(["--format=tf", f"--input={tmp_path / 'x'}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage error" in err and "Flag --output must have a value" in err, err
+    assert "Flag --input" not in err and "Flag --format" not in err, err
+    with pytest.raises(SystemExit) as info:
+        cli(["--format=onnx", f"--input={tmp_path / 'x'}", f"--output={out}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--format=onnx" in err and "<tf|torch|orbax>" in err, err
+    with pytest.raises(SystemExit) as info:
+        cli(["--format=tf", "--input=x", f"--output={out}", "--verify"])
+    assert info.value.code == 2 and "'verify'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli(["--help"])
+    assert info.value.code == 0
+    printed = capsys.readouterr().out
+    for flag in ("--format: <tf|torch|orbax>", "--input", "--output", "--[no]overwrite",
+                 "--[no]no_verify_crc"):
+        assert flag in printed, printed
+
+
+def test_cli_no_verify_crc_reaches_the_reader(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def fake_tf_to_flax(prefix, verify_crc=True):
+        seen.append((str(prefix), verify_crc))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr("weights_convert.convert.tf_to_flax", fake_tf_to_flax)
+    args = ["--format=tf", f"--input={tmp_path / 'ckpt'}", f"--output={tmp_path / 'out'}"]
+    assert cli([*args, "--no_verify_crc"]) == 1
+    assert cli(args) == 1  # flags start from their defaults on every call
+    assert cli([*args, "--nono_verify_crc"]) == 1
+    assert seen == [(str(tmp_path / "ckpt"), False), (str(tmp_path / "ckpt"), True),
+                    (str(tmp_path / "ckpt"), True)]
+    assert capsys.readouterr().err.count("error: stop here") == 3
+
+
 # ----------------------------------------------------------------------------- release naming
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@
   the API tests (same process) or the persistent XLA cache.
 * Every ``bash`` / ``sh`` / ``shell`` / ``console`` block is split into commands;
   ``python -m M ARGS`` must name an importable module whose own parser accepts ARGS
-  (argparse ``build_parser()`` or absl flags, parsed in a fresh interpreter without
+  (argparse ``build_parser()`` or absl flags, the module's own ``FLAGS`` ``FlagValues``
+  if it has one, parsed in a fresh interpreter without
   running ``main``); ``pip install -e ".[x,y]"`` must name extras of ``pyproject.toml``;
   paths into the repository must exist.
 * A block preceded by ``<!-- readme-test: skip, covered by tests/test_x.py -->`` is not
@@ -134,13 +135,19 @@ if parser is not None:
         problems.append(err.getvalue().strip().splitlines()[-1])
 else:
     from absl import flags
-    defined = [f for name in mains if name in sys.modules
-               for f in flags.FLAGS.get_key_flags_for_module(sys.modules[name])]
+    # a script's own FlagValues (FLAGS, e.g. experiments.infer), else the global one
+    own = [m.FLAGS for name in mains if name in sys.modules
+           for m in [sys.modules[name]] if isinstance(getattr(m, "FLAGS", None), flags.FlagValues)
+           and m.FLAGS is not flags.FLAGS]
+    values = own[0] if own else flags.FLAGS
+    defined = list(values) if own else [
+        f for name in mains if name in sys.modules
+        for f in flags.FLAGS.get_key_flags_for_module(sys.modules[name])]
     if not defined:
         problems.append(f"{module} has neither build_parser() nor absl flags")
     else:
         try:
-            flags.FLAGS([module] + argv)
+            values([module] + argv)
         except flags.Error as e:
             problems.append(str(e))
 print(json.dumps(problems))
@@ -199,7 +206,7 @@ def test_the_checker_finds_bad_commands(tmp_path):
     assert "no_such_flag" in " ".join(check_command(
         ["python", "-m", "experiments.run_study", "--no_such_flag=1"]))
     assert check_command(["python", "-m", "weights_convert", "--format=onnx", "--input=a",
-                          "--output=b"])  # argparse choices
+                          "--output=b"])  # enum flag
     assert check_command(["python", "-m", "experiments.make_synthetic"])  # required flag
     assert "fails to import" in " ".join(check_command(["python", "-m", "experiments.nope"]))
     assert "not in pyproject" in " ".join(check_command(["pip", "install", "-e", ".[gpu]"]))

@@ -9,47 +9,82 @@ file. Optimizer slots, moving averages and step counters of a TF training
 checkpoint, and the non-weight items of a PyTorch training checkpoint, are skipped
 and counted in the printed summary. Nothing is written when the input does not fit
 the model (an entry tied to no model variable included), and an existing
-output is replaced only with ``--overwrite``. Exit status 1 with the error on
-stderr for any input problem.
+output is replaced only with ``--overwrite``. ``--no_verify_crc`` (TF only) skips
+the CRC-32C check of the tensor data.
+
+Flags are absl flags, kept in this module's own ``FlagValues`` (``FLAGS``) so that
+``main(argv)`` can run in a process where other scripts defined flags of the same
+names (``--input``, ``--output``); ``--help`` lists them. A usage error (an unknown,
+missing or malformed flag) exits with status 2, naming the flag; an input problem
+with status 1, the error on stderr.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+from absl import flags
 
 from weights_convert.convert import FORMATS, convert_checkpoint, export_torch
 
+PROG = "python -m weights_convert"
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
-    p = argparse.ArgumentParser(prog="python -m weights_convert", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--format", required=True, choices=FORMATS + ("orbax",),
-                   help="tf: TF tensor-bundle checkpoint prefix; torch: PyTorch weights file; "
-                        "orbax: export an Orbax checkpoint directory to a PyTorch file")
-    p.add_argument("--input", required=True, help="source checkpoint")
-    p.add_argument("--output", required=True,
-                   help="output checkpoint directory (or .safetensors/.pt file for orbax)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--no_verify_crc", action="store_true",
-                   help="tf: skip the CRC-32C check of the tensor data")
-    return p
+FLAGS = flags.FlagValues()
+flags.DEFINE_enum("format", None, [*FORMATS, "orbax"],
+                  "tf: TF tensor-bundle checkpoint prefix; torch: PyTorch weights file; "
+                  "orbax: export an Orbax checkpoint directory to a PyTorch file.",
+                  flag_values=FLAGS)
+flags.DEFINE_string("input", None, "Source checkpoint.", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "Output checkpoint directory (or .safetensors/.pt file "
+                    "for --format=orbax).", flag_values=FLAGS)
+for _name in ("format", "input", "output"):
+    flags.mark_flag_as_required(_name, flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "Replace an existing output.", flag_values=FLAGS)
+# Named as the documented spelling: a `verify_crc` bool would take --noverify_crc only.
+flags.DEFINE_bool("no_verify_crc", False, "tf: skip the CRC-32C check of the tensor data.",
+                  flag_values=FLAGS)
+
+
+def parse_flags(argv: list[str]) -> None:
+    """Parses ``argv`` (flags only, no program name) into ``FLAGS``, from the defaults.
+
+    Raises:
+      SystemExit: 0 after ``--help``; 2 on a usage error (printed to stderr).
+    """
+    if {"-h", "--help", "--helpshort", "--helpfull"} & set(argv):
+        print(f"{__doc__}\nflags:\n{FLAGS.get_help()}")
+        raise SystemExit(0)
+    FLAGS.unparse_flags()  # every call starts from the defaults
+    try:
+        rest = FLAGS([PROG, *argv])
+    except flags.Error as err:
+        print(f"{PROG}: usage error: {err}\n(--help lists the flags)", file=sys.stderr)
+        raise SystemExit(2) from err
+    if len(rest) > 1:
+        print(f"{PROG}: usage error: unexpected arguments {rest[1:]}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the CLI; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Runs the CLI; returns the exit status (1 on an input error).
+
+    Args:
+      argv: the flags (default ``sys.argv[1:]``).
+
+    Raises:
+      SystemExit: 0 after ``--help``; 2 on a usage error.
+    """
+    parse_flags(sys.argv[1:] if argv is None else list(argv))
     try:
-        if args.format == "orbax":
-            path = export_torch(args.input, args.output, overwrite=args.overwrite)
+        if FLAGS.format == "orbax":
+            path = export_torch(FLAGS.input, FLAGS.output, overwrite=FLAGS.overwrite)
             print(f"wrote PyTorch state dict {path}")
         else:
-            report = convert_checkpoint(args.format, args.input, args.output,
-                                        overwrite=args.overwrite,
-                                        verify_crc=not args.no_verify_crc)
+            report = convert_checkpoint(FLAGS.format, FLAGS.input, FLAGS.output,
+                                        overwrite=FLAGS.overwrite,
+                                        verify_crc=not FLAGS.no_verify_crc)
             print(report.summary())
-            print(f"wrote Orbax checkpoint {args.output}")
+            print(f"wrote Orbax checkpoint {FLAGS.output}")
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
