@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
+from deepliflow_jax import cli
+
 DATASETS = {"kitti": "KITTI", "ft3d": "FT3D"}
 RANDOM_WARNING = ("WARNING: --random_init: RANDOM, UNTRAINED WEIGHTS. The scene flow this run "
                   "writes is meaningless; it only exercises the pipeline.")
@@ -208,19 +210,7 @@ def parse_flags(argv: list[str]) -> None:
     Raises:
       SystemExit: 0 after ``--help``; 2 on a usage error (printed to stderr).
     """
-    prog = "python -m experiments.infer"
-    if {"-h", "--help", "--helpshort", "--helpfull"} & set(argv):
-        print(f"{__doc__}\nflags:\n{FLAGS.get_help()}")
-        raise SystemExit(0)
-    FLAGS.unparse_flags()  # every call starts from the defaults
-    try:
-        rest = FLAGS([prog, *argv])
-    except flags.Error as err:
-        print(f"{prog}: usage error: {err}\n(--help lists the flags)", file=sys.stderr)
-        raise SystemExit(2) from err
-    if len(rest) > 1:
-        print(f"{prog}: usage error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        raise SystemExit(2)
+    cli.parse_flags(FLAGS, argv, "python -m experiments.infer", __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import sys
 
 from absl import flags
 
+from deepliflow_jax import cli
 from weights_convert.convert import FORMATS, convert_checkpoint, export_torch
 
 PROG = "python -m weights_convert"
@@ -51,18 +52,7 @@ def parse_flags(argv: list[str]) -> None:
     Raises:
       SystemExit: 0 after ``--help``; 2 on a usage error (printed to stderr).
     """
-    if {"-h", "--help", "--helpshort", "--helpfull"} & set(argv):
-        print(f"{__doc__}\nflags:\n{FLAGS.get_help()}")
-        raise SystemExit(0)
-    FLAGS.unparse_flags()  # every call starts from the defaults
-    try:
-        rest = FLAGS([PROG, *argv])
-    except flags.Error as err:
-        print(f"{PROG}: usage error: {err}\n(--help lists the flags)", file=sys.stderr)
-        raise SystemExit(2) from err
-    if len(rest) > 1:
-        print(f"{PROG}: usage error: unexpected arguments {rest[1:]}", file=sys.stderr)
-        raise SystemExit(2)
+    cli.parse_flags(FLAGS, argv, PROG, __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:

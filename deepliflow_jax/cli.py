@@ -1,0 +1,43 @@
+"""Command-line helpers shared by the project's scripts (absl flags).
+
+Scripts that are called in-process as well (tests, notebooks) keep their flags
+in their own ``flags.FlagValues``, so that two scripts defining the same flag
+name do not clash in one process; :func:`parse_flags` parses into such a set.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import flags
+
+
+def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], prog: str,
+                doc: str | None = None) -> None:
+    """Parses ``argv`` (flags only, no program name) into ``flag_values``, from the defaults.
+
+    Args:
+      flag_values: the script's own flag set.
+      argv: the arguments after the program name.
+      prog: the command as a user types it (e.g. ``"python -m weights_convert"``),
+        named in messages.
+      doc: text printed above the flag list by ``--help`` (the script's docstring).
+
+    Raises:
+      SystemExit: 0 after ``--help``; 2 on a usage error (printed to stderr, naming
+        the flag).
+    """
+    argv = list(argv)
+    if {"-h", "--help", "--helpshort", "--helpfull"} & set(argv):
+        print(f"{doc or prog}\nflags:\n{flag_values.get_help()}")
+        raise SystemExit(0)
+    flag_values.unparse_flags()  # every call starts from the defaults
+    try:
+        rest = flag_values([prog, *argv])
+    except flags.Error as err:
+        print(f"{prog}: usage error: {err}\n(--help lists the flags)", file=sys.stderr)
+        raise SystemExit(2) from err
+    if len(rest) > 1:
+        print(f"{prog}: usage error: unexpected arguments {rest[1:]}", file=sys.stderr)
+        raise SystemExit(2)
