@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from deepliflow_jax.compress.structured import (
     structured_prune,
     widths_of,
 )
+from deepliflow_jax.fileio import discard, savefig_atomic
 from deepliflow_jax.losses import kitti_loss, l2_regularizer
 from deepliflow_jax.metrics import frame_counts, metrics_from_counts
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
@@ -253,14 +253,22 @@ def dir_size(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+FLOAT_PROBE = "size_probe_checkpoint"  # fixed names: a call replaces what an interrupted
+INT8_PROBE = "size_probe_int8.npz"      # one left, so scratch never fills with leftovers
+
+
 def float_disk_bytes(params: Any, workdir: Path) -> int:
-    """Size of the model's Orbax checkpoint (``save_checkpoint``)."""
+    """Size of the model's Orbax checkpoint (``save_checkpoint``), measured in ``workdir``.
+
+    Raises:
+      FileExistsError: ``workdir/size_probe_checkpoint`` exists and is not a checkpoint.
+    """
     from deepliflow_jax.checkpoint import save_checkpoint
 
-    out = workdir / f"ckpt_{time.monotonic_ns()}"
-    save_checkpoint(out, {"params": params})
+    out = Path(workdir) / FLOAT_PROBE
+    save_checkpoint(out, {"params": params}, overwrite=True)
     size = dir_size(out)
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     return size
 
 
@@ -318,7 +326,7 @@ def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
     if quant:
         ranges = int8_lib.calibrate({"params": params}, calib, widths=widths)
         qmodel = int8_lib.quantize_int8({"params": params}, ranges)
-        path = workdir / f"int8_{time.monotonic_ns()}.npz"
+        path = Path(workdir) / INT8_PROBE
         disk = int8_lib.save_int8(path, qmodel, {"name": name})
         path.unlink()
         qmodel = jax.device_put(qmodel)
@@ -570,10 +578,10 @@ def baseline_params(checkpoint: str | os.PathLike | None, data: TradeoffData,
     Raises:
       ValueError: the checkpoint is not the original (dense) architecture.
     """
-    from deepliflow_jax.checkpoint import load_checkpoint, save_checkpoint
+    from deepliflow_jax.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
     for path in (checkpoint, save_to):
-        if path and Path(path).exists():
+        if path and checkpoint_exists(path):  # also settles an interrupted save there
             log(f"baseline: {path}")
             return jax.device_get(load_checkpoint(path, widths=None)["params"])
     log(f"baseline: no checkpoint; pre-training {cfg.pretrain_steps} steps at lr "
@@ -696,5 +704,5 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
                  "plan)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    savefig_atomic(fig, path, dpi=120)
     plt.close(fig)
