@@ -511,8 +511,7 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
       >>> from pathlib import Path
       >>> from deepliflow_jax.checkpoint import load_checkpoint
       >>> from deepliflow_jax.model.api import init_params
-      >>> from deepliflow_jax import fileio
-from weights_convert import tf_bundle
+      >>> from weights_convert import tf_bundle
       >>> from weights_convert.convert import flax_to_tf_tensors
       >>> tmp = tempfile.TemporaryDirectory()
       >>> root = Path(tmp.name)
