@@ -8,9 +8,12 @@ Layout of a checkpoint directory ``DIR``::
                                   and format of a converted checkpoint)
 
 ``save_checkpoint`` checks the tree against the model's parameter shapes
-(``deepliflow_jax.model.api.param_shapes``), writes into a temporary sibling
-directory and renames it into place, so ``DIR`` is either complete or absent;
-an existing ``DIR`` is replaced only with ``overwrite=True``.
+(``deepliflow_jax.model.api.param_shapes``) and writes through
+``deepliflow_jax.fileio.replace_dir``: at every interruption point ``DIR`` holds the
+complete old or the complete new checkpoint (or, between two renames, a hidden
+sibling that the next save or load renames back). An existing ``DIR`` is replaced
+only with ``overwrite=True`` and only if it is a checkpoint (it holds
+``deepliflow_checkpoint.json``) or an empty folder; anything else is refused.
 ``load_checkpoint`` checks the stored shapes before reading any tensor, so a
 checkpoint of another architecture fails with a list of the differences. A bare
 Orbax directory holding ``{'params': ...}`` (``DIR/_METADATA``) loads too.
@@ -29,9 +32,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax import fileio
+
 ARCHITECTURE = "DeepLiDARFlow"
 CHECKPOINT_VERSION = 1
 METADATA_FILE = "deepliflow_checkpoint.json"
 PARAMS_DIR = "params"
+KIND = "a deepliflow_jax checkpoint"  # how refusals name what may be overwritten
 
 PathLike = str | os.PathLike
 AUTO = "auto"  # load_checkpoint: the architecture the checkpoint's metadata names
@@ -221,13 +224,15 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
       metadata: JSON-serialisable extras (e.g. ``source``, ``format``); the
         architecture, version, date and parameter count are added, and for a
         structured (pruned) model its channel ``widths``.
-      overwrite: replace an existing ``directory``.
+      overwrite: replace an existing ``directory`` (only a checkpoint or an empty
+        folder; see ``check_output``).
 
     Returns:
       The absolute checkpoint path.
 
     Raises:
-      FileExistsError: ``directory`` exists and ``overwrite`` is False.
+      FileExistsError: ``directory`` exists and ``overwrite`` is False, or it is not a
+        checkpoint (see ``check_output``).
       ValueError: the variables are not DeepLiDARFlow's, or metadata is not JSON.
 
     Example:
@@ -248,10 +253,7 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
       FileExistsError: checkpoint output ... already exists; pass overwrite=True ...
       >>> tmp.cleanup()
     """
-    out = Path(directory).absolute()
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise FileExistsError(f"checkpoint output {out} already exists; pass overwrite=True "
-                              "(--overwrite) to replace it")
+    out = check_output(directory, overwrite)
     check_variables(variables)
     host = jax.tree.map(lambda x: np.asarray(x, np.float32), flax.core.unfreeze(variables))
     widths = _structured_widths(flax.traverse_util.flatten_dict(host, sep="/"))
@@ -270,30 +272,49 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
         text = json.dumps(info, indent=2, sort_keys=True)
     except TypeError as err:
         raise ValueError(f"checkpoint metadata must be JSON-serialisable: {err}") from err
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def write_params(staged: Path) -> None:
         with _checkpointer() as ckptr:
-            ckptr.save(tmp / PARAMS_DIR, host)
-        (tmp / METADATA_FILE).write_text(text + "\n")
-        if out.exists() or out.is_symlink():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            ckptr.save(staged / PARAMS_DIR, host)
+
+    # the metadata file is written last: it marks a staged copy complete and makes
+    # the folder recognisably a checkpoint that a later overwrite may replace
+    fileio.replace_dir(out, write_params, marker=METADATA_FILE, marker_text=text + "\n",
+                       kind=KIND, overwrite=overwrite, noun="checkpoint output")
     return out
+
+
+def check_output(directory: PathLike, overwrite: bool = False) -> Path:
+    """Checks that ``save_checkpoint(directory, ..., overwrite)`` may write there.
+
+    Settles an interrupted earlier save first (``checkpoint_exists``).
+
+    Returns:
+      The absolute path.
+
+    Raises:
+      FileExistsError: ``directory`` exists and ``overwrite`` is False, or it exists
+        and is neither a checkpoint (it has no ``deepliflow_checkpoint.json``) nor an
+        empty folder: "refusing to overwrite DIR: it is not a deepliflow_jax
+        checkpoint (holds important.txt, sub/); remove it or choose another path".
+    """
+    return fileio.check_output(directory, marker=METADATA_FILE, kind=KIND, overwrite=overwrite,
+                               noun="checkpoint output")
+
+
+def checkpoint_exists(directory: PathLike) -> bool:
+    """Whether something is at ``directory``, after settling an interrupted save there.
+
+    A save interrupted between moving the old checkpoint aside and renaming the new
+    one in leaves hidden ``.NAME.new-*`` / ``.NAME.old-*`` siblings; this renames the
+    complete one back (see ``deepliflow_jax.fileio``). Loaders do the same.
+    """
+    return fileio.recover_dir(directory, METADATA_FILE, strict=False)
 
 
 def _params_dir(directory: PathLike) -> Path:
     path = Path(directory)
+    checkpoint_exists(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     if not path.is_dir():

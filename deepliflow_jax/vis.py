@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from deepliflow_jax.data.io import PathLike, write_png
+from deepliflow_jax.fileio import savefig_atomic
 
 UNKNOWN_FLOW_THRESH = 1e7
 ABS_THRESH = 3.0
@@ -470,7 +471,6 @@ def save_fig5_matplotlib(path: PathLike, image0, image1, results, gt=None, dpi: 
                         va="center", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    savefig_atomic(fig, path, dpi=dpi)  # never a half-written picture
     plt.close(fig)
     return path

@@ -272,7 +272,9 @@ def render() -> str:
 
 
 def main() -> int:
-    NOTEBOOK.write_text(render())
+    from deepliflow_jax.fileio import write_text_atomic
+
+    write_text_atomic(NOTEBOOK, render())
     print(f"wrote {NOTEBOOK}")
     return 0
 

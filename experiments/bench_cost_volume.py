@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from absl import app, flags
+
+from deepliflow_jax.fileio import write_text_atomic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("height", 384, "Network input height (multiple of 64).")
@@ -43,11 +44,9 @@ def main(argv):
         table += "\n\n" + cvb.format_whole_model(whole, FLAGS.height, FLAGS.width, FLAGS.batch)
     print(table)
     if FLAGS.output_json:
-        Path(FLAGS.output_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(FLAGS.output_json).write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(FLAGS.output_json, json.dumps(result, indent=2) + "\n")
     if FLAGS.output_md:
-        Path(FLAGS.output_md).parent.mkdir(parents=True, exist_ok=True)
-        Path(FLAGS.output_md).write_text(table + "\n")
+        write_text_atomic(FLAGS.output_md, table + "\n")
 
 
 if __name__ == "__main__":

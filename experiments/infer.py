@@ -38,6 +38,8 @@ from absl import flags
 
 from deepliflow_jax import cli
 
+from deepliflow_jax.fileio import atomic_write, write_text_atomic
+
 DATASETS = {"kitti": "KITTI", "ft3d": "FT3D"}
 RANDOM_WARNING = ("WARNING: --random_init: RANDOM, UNTRAINED WEIGHTS. The scene flow this run "
                   "writes is meaningless; it only exercises the pipeline.")
@@ -137,7 +139,7 @@ def write_outputs(output_dir, sceneflow: np.ndarray) -> dict[str, Path]:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"sceneflow": out / "sceneflow.npy"}
-    np.save(paths["sceneflow"], np.asarray(sceneflow, np.float32))
+    atomic_write(paths["sceneflow"], lambda f: np.save(f, np.asarray(sceneflow, np.float32)))
     paths["optical_flow"] = vis.save_png(out / "optical_flow.png",
                                          vis.flow_to_color(sceneflow[..., :2]))
     paths["disparity1"] = vis.save_png(out / "disparity1.png",
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                 frame_size=list(frames.shape[1:3]),
                 interp_size=None if interp_size is None else list(interp_size),
                 output_shape=list(sceneflow.shape), seconds_with_compile=round(seconds, 3))
-    (Path(args.output_dir) / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_text_atomic(Path(args.output_dir) / "run_info.json", json.dumps(info, indent=2) + "\n")
     for name, path in paths.items():
         print(f"wrote {name}: {path}")
     print(f"scene flow {sceneflow.shape[0]}x{sceneflow.shape[1]}x4 in {seconds:.1f} s "

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from deepliflow_jax.fileio import write_text_atomic
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Converted or study checkpoint directory.")
 flags.DEFINE_bool("random_init", False, "Random weights instead of --checkpoint (numbers "
@@ -100,9 +102,9 @@ def main(argv):
     report = markdown(result, "Accuracy per compute dtype", notes)
     print(report)
     if FLAGS.output_json:
-        Path(FLAGS.output_json).write_text(json.dumps(result, indent=2))
+        write_text_atomic(FLAGS.output_json, json.dumps(result, indent=2))
     if FLAGS.output_md:
-        Path(FLAGS.output_md).write_text(report)
+        write_text_atomic(FLAGS.output_md, report)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from absl import app, flags
+
+from deepliflow_jax.fileio import write_text_atomic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("height", 384, "Network input height (multiple of 64).")
@@ -58,9 +59,9 @@ def main(argv):
     table = format_table(result)
     print(table)
     if FLAGS.output_json:
-        Path(FLAGS.output_json).write_text(json.dumps(_json_ready(result), indent=2))
+        write_text_atomic(FLAGS.output_json, json.dumps(_json_ready(result), indent=2))
     if FLAGS.output_md:
-        Path(FLAGS.output_md).write_text(table + "\n")
+        write_text_atomic(FLAGS.output_md, table + "\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from deepliflow_jax.fileio import write_text_atomic
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ratios", ["0.1", "0.3", "0.5", "0.7"], "Channel pruning ratios per layer.")
 flags.DEFINE_multi_string("plan", [], "Extra per-layer plan NAME:REGEX=RATIO[;REGEX=RATIO], e.g. "
@@ -91,9 +93,9 @@ def main(argv):
     baseline = tr.baseline_params(FLAGS.checkpoint, data, cfg, work / "baseline_checkpoint")
     result = tr.run_tradeoff(cfg, data, baseline, work / "scratch")
     prefix = Path(FLAGS.output_prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    prefix.with_suffix(".md").write_text(tr.to_markdown(result))
+    write_text_atomic(prefix.with_suffix(".json"),
+                      json.dumps(result, indent=2, default=float) + "\n")
+    write_text_atomic(prefix.with_suffix(".md"), tr.to_markdown(result))
     tr.plot(result, prefix.with_suffix(".png"))
     print(tr.to_markdown(result))
 

@@ -3,6 +3,10 @@
 import gc
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import flax
@@ -15,7 +19,8 @@ from deepliflow_jax.checkpoint import load_checkpoint, load_metadata, save_check
 
 
 def _leftovers(folder):
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+    return sorted(p.name for p in folder.iterdir()
+                  if any(f".{role}-" in p.name for role in ("tmp", "new", "old", "trash")))
 
 
 def _equal(a, b):
@@ -40,22 +45,155 @@ def test_round_trip_and_metadata(variables, tmp_path):
 
 def test_never_clobbers_unless_overwrite(variables, tmp_path):
     out = tmp_path / "ck"
-    out.mkdir()
-    (out / "notes.txt").write_text("keep me")
+    save_checkpoint(out, variables)
+    other = jax.tree.map(lambda x: x + 1, variables)
     with pytest.raises(FileExistsError, match="already exists"):
-        save_checkpoint(out, variables)
-    assert sorted(os.listdir(out)) == ["notes.txt"]
-    save_checkpoint(out, variables, overwrite=True)
-    assert not (out / "notes.txt").exists()
+        save_checkpoint(out, other)
     assert _equal(variables, load_checkpoint(out))
+    save_checkpoint(out, other, overwrite=True)  # a checkpoint may be replaced
+    assert _equal(other, load_checkpoint(out))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_checkpoint(empty, variables, overwrite=True)  # so may an empty folder
     assert _leftovers(tmp_path) == []
 
 
-def test_failed_write_leaves_nothing(variables, tmp_path, monkeypatch):
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
+def test_overwrite_refuses_a_folder_that_is_not_a_checkpoint(variables, tmp_path):
+    out = tmp_path / "ck"
+    (out / "sub").mkdir(parents=True)
+    (out / "important.txt").write_text("keep me")
+    (out / "sub" / "more.txt").write_text("me too")
+    message = (f"refusing to overwrite {out}: it is not a deepliflow_jax checkpoint (holds "
+               "important.txt, sub/); remove it or choose another path")
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_checkpoint(out, variables)
+    with pytest.raises(FileExistsError) as err:
+        save_checkpoint(out, variables, overwrite=True)
+    assert str(err.value) == message
+    assert (out / "important.txt").read_text() == "keep me"
+    assert (out / "sub" / "more.txt").read_text() == "me too"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    with pytest.raises(FileExistsError, match=r"notes.txt: it is not a deepliflow_jax "
+                       r"checkpoint \(it is a file\)"):
+        save_checkpoint(a_file, variables, overwrite=True)
+    assert a_file.read_text() == "keep"
+    bare = tmp_path / "bare"  # an Orbax tree without our metadata loads, but is not ours
+    with ckpt._checkpointer() as ckptr:
+        ckptr.save(bare, {"params": {"w": np.zeros(2, np.float32)}})
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        save_checkpoint(bare, variables, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["bare", "ck", "notes.txt"]
 
-    monkeypatch.setattr(ckpt.Path, "write_text", boom)
+
+@pytest.mark.slow  # ~25 interrupted saves and loads of the full model
+def test_interrupted_overwrite_leaves_the_old_or_the_new_checkpoint(variables, tmp_path):
+    from tests.interrupts import each_interruption
+
+    new = jax.tree.map(lambda x: x + 1, variables)
+    pristine = tmp_path / "pristine"
+    save_checkpoint(pristine, variables)
+    out = tmp_path / "work" / "ck"
+    seen = set()
+
+    def reset():
+        shutil.rmtree(out.parent, ignore_errors=True)
+        out.parent.mkdir()
+        shutil.copytree(pristine, out)
+
+    def check(k):
+        loaded = load_checkpoint(out)  # settles what the interruption left
+        assert _equal(new, loaded) or _equal(variables, loaded), f"call {k}"
+        seen.add("new" if _equal(new, loaded) else "old")
+        assert _leftovers(out.parent) == [], f"call {k}"
+
+    n = each_interruption(lambda: save_checkpoint(out, new, overwrite=True), reset, check)
+    assert n > 8 and seen == {"old", "new"}
+    save_checkpoint(out, variables, overwrite=True)  # and the next save works
+    assert _equal(variables, load_checkpoint(out)) and _leftovers(out.parent) == []
+
+
+def test_a_save_left_between_its_two_renames_is_recovered(variables, tmp_path):
+    """What an older version, or a SIGKILL, leaves: no ``ck``, only hidden siblings."""
+    new = jax.tree.map(lambda x: x + 1, variables)
+    save_checkpoint(tmp_path / "ck", variables)
+    os.rename(tmp_path / "ck", tmp_path / ".ck.old-1a2b3c4d")  # the old code's name
+    assert ckpt.checkpoint_exists(tmp_path / "ck")
+    assert _equal(variables, load_checkpoint(tmp_path / "ck")) and _leftovers(tmp_path) == []
+    # a complete staged copy (its metadata file is there) wins over the old one
+    save_checkpoint(tmp_path / "staged", new)
+    os.rename(tmp_path / "ck", tmp_path / ".ck.old-1a2b3c4d")
+    os.rename(tmp_path / "staged", tmp_path / ".ck.new-999999999-00ff00ff")
+    assert _equal(new, load_checkpoint(tmp_path / "ck")) and _leftovers(tmp_path) == []
+    # an incomplete staged copy (no metadata file) is dropped, the old one restored
+    save_checkpoint(tmp_path / "staged", variables)
+    (tmp_path / "staged" / ckpt.METADATA_FILE).unlink()
+    os.rename(tmp_path / "staged", tmp_path / ".ck.new-999999999-00ff00ff")
+    os.rename(tmp_path / "ck", tmp_path / ".ck.old-999999999-00ff00ff")
+    assert _equal(new, load_checkpoint(tmp_path / "ck")) and _leftovers(tmp_path) == []
+
+
+SAVE_LOOP = """
+import os, sys, time
+import jax
+from deepliflow_jax.checkpoint import save_checkpoint
+from deepliflow_jax.model.api import init_params
+
+rename = os.rename
+def slow_rename(*args, **kwargs):  # widens the windows between the filesystem steps
+    time.sleep(0.05)
+    return rename(*args, **kwargs)
+os.rename = slow_rename
+old = init_params(seed=0, bias_std=0.1)
+new = jax.tree.map(lambda x: x + 1, old)
+print("ready", flush=True)
+while True:
+    save_checkpoint(sys.argv[1], new, overwrite=True)
+    save_checkpoint(sys.argv[1], old, overwrite=True)
+"""
+
+
+@pytest.mark.slow  # three subprocesses
+def test_sigkill_in_the_middle_of_saves_leaves_a_whole_checkpoint(variables, tmp_path):
+    new = jax.tree.map(lambda x: x + 1, variables)
+    out = tmp_path / "ck"
+    save_checkpoint(out, variables)
+    script = tmp_path / "save_loop.py"
+    script.write_text(SAVE_LOOP)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+    rng = np.random.default_rng(0)
+    seen = []
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.2, 2.0))
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            proc.kill()
+            proc.stdout.close()
+        seen.append(sorted(p.name.split("-")[0] for p in tmp_path.iterdir()))
+        loaded = load_checkpoint(out)
+        assert _equal(variables, loaded) or _equal(new, loaded)
+        assert _leftovers(tmp_path) == []
+    assert any(".ck.new" in names for names in seen)  # killed mid-save at least once
+
+
+def test_failed_write_leaves_nothing(variables, tmp_path, monkeypatch):
+    class Full:  # an Orbax checkpointer on a full disk
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def save(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "_checkpointer", Full)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(tmp_path / "ck", variables)
     assert os.listdir(tmp_path) == []

@@ -50,7 +50,8 @@ def _rel(a, b):
 
 
 def _leftovers(folder: Path):
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+    return sorted(p.name for p in folder.iterdir()
+                  if any(f".{role}-" in p.name for role in ("tmp", "new", "old", "trash")))
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +285,15 @@ def test_cli_format_and_output_errors(tmp_path, full_ckpt, capsys):
     assert cli(["--format=tf", f"--input={full_ckpt}", f"--output={out}"]) == 1
     assert "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "precious"
+    # --overwrite replaces a checkpoint only, never a folder of something else
+    assert cli(["--format=tf", f"--input={full_ckpt}", f"--output={out}", "--overwrite"]) == 1
+    assert (f"refusing to overwrite {out}: it is not a deepliflow_jax checkpoint (holds "
+            "keep.txt)") in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
     assert cli(["--format=tf", f"--input={full_ckpt}", f"--output={out}", "--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and load_metadata(out)["format"] == "tf"
+    assert cli(["--format=tf", f"--input={full_ckpt}", f"--output={out}", "--overwrite"]) == 0
+    assert load_metadata(out)["format"] == "tf"
     assert _leftovers(tmp_path) == []
     assert os.listdir(out)  # complete checkpoint in place
 

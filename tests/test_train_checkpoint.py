@@ -193,3 +193,99 @@ def test_sigkill_and_resume_is_bit_exact(tmp_path):
         assert a.tobytes() == b.tobytes()
     with Checkpointer(tmp_path / "ckpt", best_metric="sf_outlier") as ck:
         assert ck.best_step() in (3, 6, 8)
+
+
+def _step_dirs(folder):
+    """Every entry under latest/ and best/ (tmp and trash leftovers show up here)."""
+    return sorted(str(p.relative_to(folder)) for sub in ("latest", "best")
+                  for p in (folder / sub).iterdir() if p.name != "metrics")
+
+
+def test_interrupted_save_leaves_whole_steps_and_is_cleaned_up(tmp_path):
+    import shutil
+
+    from tests.interrupts import each_interruption
+
+    pristine = tmp_path / "pristine"
+    with Checkpointer(pristine, best_metric="m") as ck:
+        ck.save(_state(1), metrics={"m": 1.0})
+        ck.save(_state(2), metrics={"m": 0.5})
+    work = tmp_path / "work"
+    seen = set()
+
+    def reset():
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(pristine, work)
+
+    def save():  # step 3 rotates step 1 out of latest/ and step 2 out of best/
+        ck = Checkpointer(work, best_metric="m")
+        ck.save(_state(3), metrics={"m": 0.25})
+        ck.close()
+
+    def check(point):
+        with Checkpointer(work, best_metric="m") as ck:  # cleans what the interruption left
+            steps = ck._latest.all_steps()
+            assert ck.latest_step() in (2, 3) and ck.best_step() in (2, 3), point
+            seen.add(ck.latest_step())
+            for step in steps:  # every listed step restores whole, bit for bit
+                restored, _ = ck.restore(_state(), step)
+                _assert_same(restored, _state(step))
+            restored, _ = ck.restore_best(_state())
+            _assert_same(restored, _state(ck.best_step()))
+        names = _step_dirs(work)
+        assert not [n for n in names if "tmp" in n or ".deleted" in n], (point, names)
+
+    each_interruption(save, reset, check)
+    assert seen == {3}  # Orbax commits step 3 on its own threads before deleting old steps
+
+
+SAVE_LOOP = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, os.getcwd())
+    from tests.test_train_checkpoint import _state
+    from deepliflow_jax.train.checkpoint import Checkpointer
+
+    rename, rmtree = os.rename, __import__("shutil").rmtree
+    def slow(f):
+        def call(*args, **kwargs):  # widens the windows between the filesystem steps
+            time.sleep(0.03)
+            return f(*args, **kwargs)
+        return call
+    os.rename, os.replace = slow(os.rename), slow(os.replace)
+    ck = Checkpointer(sys.argv[1], best_metric="m", max_to_keep=2)
+    print("ready", flush=True)
+    for step in range((ck.latest_step() or 0) + 1, 10000):
+        ck.save(_state(step), metrics={"m": 1.0 / step})
+    """
+)
+
+
+@pytest.mark.slow  # three subprocesses
+def test_sigkill_in_the_middle_of_saves_leaves_whole_steps(tmp_path):
+    script = tmp_path / "save_loop.py"
+    script.write_text(SAVE_LOOP)
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    rng = np.random.default_rng(1)
+    left = []
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ck")], env=env,
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.5, 3.0))
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            proc.kill()
+            proc.stdout.close()
+        left.append([n for n in _step_dirs(tmp_path / "ck") if "tmp" in n or ".deleted" in n])
+        with Checkpointer(tmp_path / "ck", best_metric="m") as ck:
+            assert ck.latest_step() is not None
+            for step in ck._latest.all_steps():
+                _assert_same(ck.restore(_state(), step)[0], _state(step))
+            _assert_same(ck.restore_best(_state())[0], _state(ck.best_step()))
+        names = _step_dirs(tmp_path / "ck")
+        assert not [n for n in names if "tmp" in n or ".deleted" in n], names
+    assert any(left), left  # at least one kill landed in the middle of a save

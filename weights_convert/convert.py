@@ -31,7 +31,6 @@ import datetime
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import NamedTuple
 import flax
 import numpy as np
 
+from deepliflow_jax import fileio
 from weights_convert import tf_bundle
 from weights_convert.tf_names import tf_name_table
 from weights_convert.torch_names import FLAX_TO_PT, PT_TO_FLAX, torch_name_table
@@ -666,17 +666,9 @@ def _atomic_write(path: Path, overwrite: bool, write) -> Path:
     path = path.absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"output {path} already exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    if path.is_dir():
+        raise IsADirectoryError(f"output {path} is a folder; name a .pt/.pth/.safetensors file")
+    return fileio.write_with(path, write)  # the old file or the complete new one, always
 
 
 def save_torch_file(state_dict: Mapping[str, np.ndarray], path: PathLike,
@@ -736,7 +728,10 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
         ``ConversionError`` lists every missing, unexpected, mis-shaped or
         non-float entry).
       FileNotFoundError: missing input.
-      FileExistsError: output exists and ``overwrite`` is False.
+      FileExistsError: output exists and ``overwrite`` is False, or it is not a
+        checkpoint ("refusing to overwrite DIR: it is not a deepliflow_jax checkpoint
+        (holds ...); remove it or choose another path"), checked before reading the
+        input.
 
     Example:
       A TF checkpoint in the original release's naming, written here from random
@@ -762,14 +757,12 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
       ValueError: format must be one of ('tf', 'torch'), got 'onnx'
       >>> tmp.cleanup()
     """
-    from deepliflow_jax.checkpoint import save_checkpoint
+    from deepliflow_jax.checkpoint import check_output, save_checkpoint
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     out = Path(output_dir)
-    if out.exists() and not overwrite:  # fail before reading a large input
-        raise FileExistsError(f"output {out.absolute()} already exists; pass --overwrite to "
-                              "replace it")
+    check_output(out, overwrite)  # fail before reading a large input (also: not ours)
     if fmt == "tf":
         variables, report = tf_to_flax(input_path, verify_crc=verify_crc)
     else:

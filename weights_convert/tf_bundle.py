@@ -32,6 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from deepliflow_jax import fileio
+
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # 2 * (10 + 10) bytes of block handles + 8 of magic
 BLOCK_TRAILER_SIZE = 5
@@ -586,8 +588,14 @@ def write_bundle(prefix: PathLike, tensors: Mapping[str, np.ndarray]) -> Path:
 
     Raises:
       ValueError: empty name or unsupported dtype.
+      FileExistsError: ``PREFIX.index`` exists.
     """
     prefix = Path(prefix)
+    index_file = prefix.with_name(prefix.name + ".index")
+    if index_file.exists():  # two files cannot be replaced together atomically
+        raise FileExistsError(f"TF checkpoint {prefix} already exists ({index_file.name}); "
+                              "write_bundle never overwrites one: remove it or choose another "
+                              "prefix")
     items, chunks, offset = [], [], 0
     for name in sorted(tensors):
         if not name:
@@ -605,9 +613,8 @@ def write_bundle(prefix: PathLike, tensors: Mapping[str, np.ndarray]) -> Path:
     # BundleHeaderProto: num_shards = 1, endianness LITTLE (default), version {producer: 1}
     header = _field_varint(1, 1) + _field_bytes(3, _field_varint(1, 1))
     table = _write_table([(b"", header)] + items)
-    data_file = data_path(prefix, 0, 1)
-    with open(data_file, "wb") as f:
-        for raw in chunks:
-            f.write(raw)
-    prefix.with_name(prefix.name + ".index").write_bytes(table)
+    # each file atomic, the index last: readers find a bundle by its index, so an
+    # interruption leaves no bundle or the whole one (a data file alone is a leftover)
+    fileio.atomic_write(data_path(prefix, 0, 1), lambda f: f.writelines(chunks))
+    fileio.write_bytes_atomic(index_file, table)
     return prefix

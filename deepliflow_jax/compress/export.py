@@ -31,25 +31,27 @@ import numpy as np
 from deepliflow_jax.compress.prune import _check_masks
 from deepliflow_jax.compress.quantize import QuantConfig, check_bits, qrange
 from deepliflow_jax.compress.select import flatten, unflatten
+from deepliflow_jax.fileio import atomic_write
 
 FORMAT_VERSION = 1
 MAGIC = b"DLFCMP01"
 
 
 def _write(path: str, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Header + manifest + blob, written to a temp file and renamed (atomic)."""
+    """Header + manifest + blob, written atomically (``deepliflow_jax.fileio``)."""
     index, offset = {}, 0
     for name, a in arrays.items():
         a = np.ascontiguousarray(a)
         index[name] = {"offset": offset, "dtype": a.dtype.str, "shape": list(a.shape)}
         offset += a.nbytes
     header = json.dumps({**manifest, "arrays": index}, separators=(",", ":")).encode()
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+
+    def write(f):
         f.write(MAGIC + len(header).to_bytes(8, "little") + header)
         for a in arrays.values():
             f.write(np.ascontiguousarray(a).tobytes())
-    os.replace(tmp, path)  # a reader never sees a half-written file
+
+    atomic_write(path, write)  # a reader never sees a half-written file
 
 
 def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

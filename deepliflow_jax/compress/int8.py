@@ -43,6 +43,7 @@ import numpy as np
 
 from deepliflow_jax.compress.export import _encode_leaf  # numpy twin of quantize.encode
 from deepliflow_jax.compress.quantize import encode, fake_quant
+from deepliflow_jax.fileio import atomic_write
 from deepliflow_jax.model.channels import architecture_widths, dependency_graph, widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import Conv, ConvTranspose, leaky_relu
@@ -517,11 +518,7 @@ def save_int8(path: str | os.PathLike, qmodel: Mapping[str, Any],
         arrays[f"float|{key}"] = np.asarray(a, np.float32)
     meta = {"format": FORMAT, "widths": int8_widths(qmodel), **dict(metadata or {})}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    path = atomic_write(path, lambda f: np.savez(f, **arrays))  # never half-written
     return os.path.getsize(path)
 
 

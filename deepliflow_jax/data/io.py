@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import png
 
+from deepliflow_jax.fileio import atomic_write
+
 PathLike = str | os.PathLike
 
 
@@ -84,9 +86,8 @@ def write_png(path: PathLike, array: np.ndarray, compression: int = 6) -> None:
     # Packed big-endian rows: pypng then skips its slow per-row Python repacking.
     packed = np.ascontiguousarray(array.astype(">u2" if bitdepth == 16 else np.uint8))
     packed = packed.reshape(height, -1).view(np.uint8)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        writer.write_packed(f, packed)
+    # never a half-written PNG: a resumed writer takes an existing file as done
+    atomic_write(path, lambda f: writer.write_packed(f, packed))
 
 
 def read_pfm(path: PathLike) -> tuple[np.ndarray, float]:
@@ -147,12 +148,8 @@ def write_pfm(path: PathLike, array: np.ndarray, scale: float = 1.0) -> None:
                          f"{array.shape}")
     header = b"PF\n" if array.ndim == 3 else b"Pf\n"
     height, width = array.shape[:2]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(header)
-        f.write(f"{width} {height}\n".encode("ascii"))
-        f.write(f"{-abs(scale)}\n".encode("ascii"))
-        f.write(np.flipud(array).astype("<f4").tobytes())
+    atomic_write(path, lambda f: f.write(header + f"{width} {height}\n{-abs(scale)}\n".encode(
+        "ascii") + np.flipud(array).astype("<f4").tobytes()))
 
 
 def read_ft3d_file(path: PathLike) -> np.ndarray:

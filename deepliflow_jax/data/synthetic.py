@@ -33,6 +33,7 @@ import numpy as np
 
 from deepliflow_jax.data import kitti
 from deepliflow_jax.data.io import PathLike, write_png
+from deepliflow_jax.fileio import claim_dir, write_json_atomic, write_text_atomic
 
 # KITTI 2015 left colour camera (P2) at 375x1242 and the stereo baseline.
 KITTI_SIZE = (375, 1242)
@@ -48,6 +49,7 @@ LIDAR_UP_FOV = np.deg2rad(2.0)
 LIDAR_ABOVE_CAMERA = 0.08
 TEXTURE_SIZE = 256
 GENERATOR_VERSION = 1
+META_FILE = "synthetic.json"  # settings; also what marks a folder as a synthetic data set
 
 # Surface ids: 0 sky, 1 ground, then 6 faces per box (2 + 6 * box + face).
 SKY, GROUND = 0, 1
@@ -722,8 +724,17 @@ def write_frame(root: PathLike, name: str, frame: SyntheticFrame, compression: i
     kitti.write_flow(paths["flow"], frame.flow, frame.valid, compression)
     kitti.write_disparity(paths["disp1_second_view"], frame.disp1_second_view, compression)
     if write_noc:
-        kitti.write_flow(Path(root) / kitti.SPLIT / "flow_noc" / f"{name}_10.png", frame.flow,
-                         frame.noc, compression)
+        kitti.write_flow(_noc_path(root, name), frame.flow, frame.noc, compression)
+
+
+def _noc_path(root: PathLike, name: str) -> Path:
+    return Path(root) / kitti.SPLIT / "flow_noc" / f"{name}_10.png"
+
+
+def _scene_done(root: PathLike, name: str, write_noc: bool) -> bool:
+    """Every file of the scene is there (each is written atomically: there means complete)."""
+    paths = list(kitti.frame_paths(root, name).values())
+    return all(p.exists() for p in paths + ([_noc_path(root, name)] if write_noc else []))
 
 
 def write_split_file(path: PathLike, num_scenes: int) -> Path:
@@ -735,7 +746,7 @@ def write_split_file(path: PathLike, num_scenes: int) -> Path:
     pattern = kitti.read_split_file(None)
     lines = ["test" if pattern[i % len(pattern)] else "" for i in range(num_scenes)]
     path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -772,9 +783,11 @@ def generate_dataset(output_dir: PathLike, num_scenes: int, height: int = KITTI_
     """Writes ``num_scenes`` synthetic frame pairs in the KITTI layout (resumable).
 
     Scenes that already have all their files are skipped unless ``overwrite``, so an
-    interrupted run continues where it stopped. Writes ``split.txt`` (the original's
-    180/20 pattern repeated: pass it as ``split_file`` to ``KittiSceneFlow``) and
-    ``synthetic.json`` (calibration and settings).
+    interrupted run continues where it stopped (every file is written atomically, so
+    an existing one is complete). Writes ``split.txt`` (the original's 180/20 pattern
+    repeated: pass it as ``split_file`` to ``KittiSceneFlow``) and ``synthetic.json``
+    (calibration and settings; written first, with ``num_scenes`` 0 until the scenes
+    are done, it marks the folder as a synthetic data set).
 
     Args:
       output_dir: data-set root (``training/`` is created inside).
@@ -791,6 +804,12 @@ def generate_dataset(output_dir: PathLike, num_scenes: int, height: int = KITTI_
 
     Returns:
       Summary dict (root, scenes written / skipped, seconds, scenes per second).
+
+    Raises:
+      ValueError: bad counts, or ``synthetic.json`` records other settings.
+      FileExistsError: ``output_dir`` is neither empty nor a synthetic data set:
+        "refusing to write into DIR: it is not a deepliflow_jax synthetic data set
+        (holds ...); remove it or choose another path".
     """
     if num_scenes <= 0:
         raise ValueError(f"num_scenes must be > 0, got {num_scenes}")
@@ -800,13 +819,16 @@ def generate_dataset(output_dir: PathLike, num_scenes: int, height: int = KITTI_
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     camera = kitti_camera(height, width)
     root = Path(output_dir).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    # writes only into a new or empty folder or a synthetic data set (synthetic.json)
+    claim_dir(root, META_FILE, "a deepliflow_jax synthetic data set")
     meta = {"generator": "deepliflow_jax.data.synthetic", "version": GENERATOR_VERSION,
             "seed": seed, "height": height, "width": width,
             "num_scenes": start_index + num_scenes,
             "camera": dataclasses.asdict(camera), "max_depth": MAX_DEPTH}
-    meta_path = root / "synthetic.json"
-    if meta_path.exists() and not overwrite:
+    meta_path = root / META_FILE
+    if not meta_path.exists():  # the marker goes first; num_scenes counts finished scenes
+        write_json_atomic(meta_path, {**meta, "num_scenes": 0}, sort_keys=False)
+    elif not overwrite:
         old = json.loads(meta_path.read_text())
         for key in ("seed", "height", "width", "version"):
             if old.get(key) != meta[key]:
@@ -815,8 +837,7 @@ def generate_dataset(output_dir: PathLike, num_scenes: int, height: int = KITTI_
         meta["num_scenes"] = max(meta["num_scenes"], old.get("num_scenes", 0))
     start = time.perf_counter()
     todo = [i for i in range(start_index, start_index + num_scenes)
-            if overwrite or not all(p.exists() for p in kitti.frame_paths(
-                root, f"{i:06d}").values())]
+            if overwrite or not _scene_done(root, f"{i:06d}", write_noc)]
     jobs = [(root, i, seed, height, width, compression, write_noc) for i in todo]
     if num_workers == 1:
         for _ in _progress(map(_make_and_write, jobs), len(jobs), progress):
@@ -834,6 +855,6 @@ def generate_dataset(output_dir: PathLike, num_scenes: int, height: int = KITTI_
     written, skipped = len(jobs), num_scenes - len(jobs)
     seconds = time.perf_counter() - start
     write_split_file(root / "split.txt", meta["num_scenes"])
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_json_atomic(meta_path, meta, sort_keys=False)
     return {"root": str(root), "written": written, "skipped": skipped, "seconds": seconds,
             "scenes_per_second": written / seconds if written and seconds > 0 else None}

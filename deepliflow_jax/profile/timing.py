@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from deepliflow_jax.fileio import atomic_write, write_text_atomic
 from deepliflow_jax.profile import runtime_configs as rc
 
 SCHEMA_VERSION = 1
@@ -680,7 +681,7 @@ def run_worker(spec: dict) -> dict:
                  "error": None, "output": None}
         if out_dir and runner.output is not None:
             path = Path(out_dir) / f"{runner.key}.npy"
-            np.save(path, runner.output)
+            atomic_write(path, lambda f, a=runner.output: np.save(f, a))
             entry["output"] = str(path)
         results[runner.key] = entry
     return {"environment": env, "jobs": results, "device_memory": device_memory(),
@@ -708,7 +709,7 @@ def _repo_root() -> Path:
 def _spawn(spec: dict, workdir: Path, index: int, mix_frameworks: bool) -> dict:
     spec_path = workdir / f"spec_{index}.json"
     out_path = workdir / f"out_{index}.json"
-    spec_path.write_text(json.dumps(spec))
+    write_text_atomic(spec_path, json.dumps(spec))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(_repo_root())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -1206,11 +1207,9 @@ def format_console(result: dict) -> str:
 def write_results(result: dict, json_path: str | None, md_path: str | None) -> None:
     """Writes the JSON and/or Markdown files (parent folders created)."""
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2, default=str) + "\n")
+        write_text_atomic(json_path, json.dumps(result, indent=2, default=str) + "\n")
     if md_path:
-        Path(md_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(md_path).write_text(to_markdown(result))
+        write_text_atomic(md_path, to_markdown(result))
 
 
 def worker_main(argv: Sequence[str]) -> int:
@@ -1221,5 +1220,5 @@ def worker_main(argv: Sequence[str]) -> int:
     """
     spec_path, out_path = argv[1], argv[2]
     result = run_worker(json.loads(Path(spec_path).read_text()))
-    Path(out_path).write_text(json.dumps(result, default=str))
+    write_text_atomic(out_path, json.dumps(result, default=str))  # never half-read
     return 0

@@ -10,6 +10,7 @@ import numpy as np
 from deepliflow_jax.data.kitti import KittiSceneFlow
 from deepliflow_jax.data.lidar import frame_rng
 from deepliflow_jax.data.pipeline import preprocess_sample
+from deepliflow_jax.fileio import write_text_atomic
 from deepliflow_jax.study.config import StudyConfig, effective_samples
 
 
@@ -78,7 +79,7 @@ def write_nine_to_one_split(path: Path, num_frames: int) -> Path:
     (The original's own 180/20 split file has no test frame among the first 10.)
     """
     lines = ["1" if i % 10 == 9 else "" for i in range(num_frames)]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

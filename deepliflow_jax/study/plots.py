@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from deepliflow_jax.fileio import savefig_atomic  # noqa: E402
 from deepliflow_jax.study.config import StudyConfig  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def fig1(out: Path, records: dict, cfg: StudyConfig) -> Path:
     fig.suptitle("Quantization (left) and pruning (right) vs EPE")
     fig.tight_layout()
     path = out / "fig1_epe_quant_prune.png"
-    fig.savefig(path, dpi=100)
+    savefig_atomic(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -76,7 +77,7 @@ def fig23(out: Path, records: dict, cfg: StudyConfig) -> Path:
     axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     path = out / "fig23_lidar_sweep.png"
-    fig.savefig(path, dpi=100)
+    savefig_atomic(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -111,7 +112,7 @@ def fig4(out: Path, records: dict, cfg: StudyConfig) -> Path:
     ax.set_title("Accuracy vs run time (p = pruned %, q = weight bits)")
     fig.tight_layout()
     path = out / "fig4_hybrid_accuracy_vs_time.png"
-    fig.savefig(path, dpi=100)
+    savefig_atomic(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -129,7 +130,7 @@ def fig6(out: Path, records: dict, cfg: StudyConfig) -> Path:
     ax.set_title("Run time per configuration (same dense convolutions for all)")
     fig.tight_layout()
     path = out / "fig6_runtime.png"
-    fig.savefig(path, dpi=100)
+    savefig_atomic(fig, path, dpi=100)
     plt.close(fig)
     return path
 

@@ -1,42 +1,16 @@
 """Result records on disk: one JSON file per finished configuration, written atomically.
 
 A re-run skips every configuration whose record exists; a run killed mid-way
-leaves no half-written file (write to a temporary name, then ``os.replace``).
+leaves no half-written file (``deepliflow_jax.fileio``: a temporary sibling,
+``fsync``, then ``os.replace``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+from deepliflow_jax.fileio import write_json_atomic, write_text_atomic
 
 
 class RecordStore:

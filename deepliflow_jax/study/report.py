@@ -7,8 +7,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+from deepliflow_jax.fileio import write_json_atomic, write_text_atomic
 from deepliflow_jax.study.config import StudyConfig
-from deepliflow_jax.study.records import write_json_atomic, write_text_atomic
 
 
 def best_levels(records: dict[str, dict], cfg: StudyConfig) -> tuple[float, int]:

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from deepliflow_jax.fileio import claim_dir, write_json_atomic
 from deepliflow_jax.study import report
 from deepliflow_jax.study.config import StudyConfig, resume_conflicts
 from deepliflow_jax.study.data import load_study_data, make_synthetic
@@ -33,9 +34,10 @@ from deepliflow_jax.study.engine import (
     post_training_masks,
     zero_fraction,
 )
-from deepliflow_jax.study.records import RecordStore, RunLog, progress, write_json_atomic
+from deepliflow_jax.study.records import RecordStore, RunLog, progress
 
 BASELINE = "baseline"
+CONFIG_FILE = "config.json"  # written first: it marks a folder as a study's results folder
 
 
 def _say(msg: str) -> None:
@@ -49,7 +51,8 @@ class Study:
         self.cfg = cfg
         self.dir = Path(results_dir)
         self.check_resume()  # before anything is written there
-        self.dir.mkdir(parents=True, exist_ok=True)
+        claim_dir(self.dir, CONFIG_FILE, "a deepliflow_jax study results folder")
+        write_json_atomic(self.dir / CONFIG_FILE, cfg.to_dict())
         self.records = RecordStore(self.dir)
         self.engine: Engine | None = None
         self.data = None
@@ -59,7 +62,6 @@ class Study:
     # -- setup -------------------------------------------------------------------
     def _prepare(self) -> None:
         cfg = self.cfg
-        write_json_atomic(self.dir / "config.json", cfg.to_dict())
         if cfg.data == "synthetic":
             root = Path(cfg.data_dir) if cfg.data_dir else self.dir / "synthetic_kitti"
             _say(f"synthetic KITTI-format world: {cfg.num_scenes} scenes "
@@ -75,7 +77,7 @@ class Study:
 
     def check_resume(self) -> None:
         """Refuses a results folder written with another configuration (before any work)."""
-        saved = self.dir / "config.json"
+        saved = self.dir / CONFIG_FILE
         if not saved.is_file():
             return
         try:
@@ -96,14 +98,14 @@ class Study:
         return self._val[n]
 
     def _baseline_params(self) -> Any:
-        from deepliflow_jax.checkpoint import load_checkpoint, save_checkpoint
+        from deepliflow_jax.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
         cfg = self.cfg
         if cfg.checkpoint:
             _say(f"baseline: loading {cfg.checkpoint}")
             return load_checkpoint(cfg.checkpoint)["params"]
         ckpt = self.dir / "baseline_checkpoint"
-        if ckpt.exists():
+        if checkpoint_exists(ckpt):  # also settles a save that an interruption cut short
             _say(f"baseline: resuming from {ckpt}")
             return load_checkpoint(ckpt)["params"]
         from deepliflow_jax.model.api import init_params
@@ -273,6 +275,10 @@ def run_study(cfg: StudyConfig, results_dir: str | Path) -> dict:
       ValueError: ``results_dir`` holds a run with other settings (or an unreadable
         ``config.json``), checked before anything is written; or the data set has
         no frames in one of its splits.
+      FileExistsError: ``results_dir`` is neither empty nor a study's results folder
+        (it has no ``config.json``): "refusing to write into DIR: it is not a
+        deepliflow_jax study results folder (holds ...); remove it or choose another
+        path".
       FileNotFoundError: the configured checkpoint or KITTI data is missing.
 
     Example:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from deepliflow_jax.checkpoint import load_checkpoint, save_checkpoint
+from deepliflow_jax.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from deepliflow_jax.compress import int8 as int8_lib
 from deepliflow_jax.compress.structured import (
     channel_masks,
@@ -45,6 +44,7 @@ from deepliflow_jax.compress.structured import (
     shrink,
     structured_prune,
 )
+from deepliflow_jax.fileio import discard, savefig_atomic
 from deepliflow_jax.losses import kitti_loss, l2_regularizer
 from deepliflow_jax.metrics import frame_counts, metrics_from_counts
 from deepliflow_jax.model.api import init_params
@@ -258,13 +258,21 @@ def dir_size(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def float_disk_bytes(params: Any, workdir: Path) -> int:
-    """Size of the model's Orbax checkpoint (``save_checkpoint``)."""
+FLOAT_PROBE = "size_probe_checkpoint"  # fixed names: a call replaces what an interrupted
+INT8_PROBE = "size_probe_int8.npz"      # one left, so scratch never fills with leftovers
 
-    out = workdir / f"ckpt_{time.monotonic_ns()}"
-    save_checkpoint(out, {"params": params})
+
+def float_disk_bytes(params: Any, workdir: Path) -> int:
+    """Size of the model's Orbax checkpoint (``save_checkpoint``), measured in ``workdir``.
+
+    Raises:
+      FileExistsError: ``workdir/size_probe_checkpoint`` exists and is not a checkpoint.
+    """
+
+    out = Path(workdir) / FLOAT_PROBE
+    save_checkpoint(out, {"params": params}, overwrite=True)
     size = dir_size(out)
-    shutil.rmtree(out, ignore_errors=True)
+    discard(out)
     return size
 
 
@@ -320,7 +328,7 @@ def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
     if quant:
         ranges = int8_lib.calibrate({"params": params}, calib, widths=widths)
         qmodel = int8_lib.quantize_int8({"params": params}, ranges)
-        path = workdir / f"int8_{time.monotonic_ns()}.npz"
+        path = Path(workdir) / INT8_PROBE
         disk = int8_lib.save_int8(path, qmodel, {"name": name})
         path.unlink()
         qmodel = jax.device_put(qmodel)
@@ -568,9 +576,8 @@ def baseline_params(checkpoint: str | os.PathLike | None, data: TradeoffData,
     Raises:
       ValueError: the checkpoint is not the original (dense) architecture.
     """
-
     for path in (checkpoint, save_to):
-        if path and Path(path).exists():
+        if path and checkpoint_exists(path):  # also settles an interrupted save there
             log(f"baseline: {path}")
             return jax.device_get(load_checkpoint(path, widths=None)["params"])
     log(f"baseline: no checkpoint; pre-training {cfg.pretrain_steps} steps at lr "
@@ -693,5 +700,5 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
                  "plan)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    savefig_atomic(fig, path, dpi=120)
     plt.close(fig)

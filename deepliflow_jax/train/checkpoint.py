@@ -11,19 +11,25 @@ Each checkpoint holds the :class:`~deepliflow_jax.train.state.TrainState` (param
 optimizer state with masks and quantizer bit widths, step, RNG, data position)
 and a JSON item (metrics, the static compression config, user metadata). Orbax
 writes to a temporary directory and commits it by rename, so a run killed mid-save
-leaves the previous checkpoint as the latest complete one.
+leaves the previous checkpoint as the latest complete one; the next ``Checkpointer``
+deletes the temporary directory. A step that rotates out is first renamed (atomic)
+into ``latest/.deleted`` and only then deleted, so an interrupted deletion never
+leaves a half-deleted step among the checkpoints.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 from deepliflow_jax.train.state import TrainState
+
+TRASH = ".deleted"  # orbax's todelete_subdir: rotated-out steps are renamed here, then deleted
 
 
 def abstract_like(state: Any) -> Any:
@@ -68,7 +74,8 @@ class Checkpointer:
         self._latest = ocp.CheckpointManager(
             os.path.join(self.directory, "latest"),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True,
+                cleanup_tmp_directories=True, todelete_subdir=TRASH,
             ),
         )
         self._best = None
@@ -82,14 +89,25 @@ class Checkpointer:
                     best_mode=best_mode,
                     enable_async_checkpointing=async_save,
                     create=True,
+                    cleanup_tmp_directories=True,
+                    todelete_subdir=TRASH,
                 ),
             )
+        self._empty_trash()
+        if self._best is not None:
             step = self._best.latest_step()
             if step is not None:
                 meta = self._best.restore(
                     step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
                 ).meta
                 self.best_value = meta["metrics"][best_metric]
+
+    def _empty_trash(self) -> None:
+        """Deletes steps that rotated out (renamed into ``TRASH`` first, so never half-seen)."""
+        for sub in ("latest", "best"):
+            trash = os.path.join(self.directory, sub, TRASH)
+            if os.path.isdir(trash):  # errors ignored: an async save may be renaming into it
+                shutil.rmtree(trash, ignore_errors=True)
 
     def _args(self, state: TrainState, metrics: dict[str, Any] | None):
         meta = {
@@ -128,6 +146,7 @@ class Checkpointer:
             if self._improves(value) and self._best.latest_step() != step:
                 self._best.save(step, args=self._args(state, metrics), metrics=metrics, force=True)
                 self.best_value = value
+        self._empty_trash()
         return saved
 
     def latest_step(self) -> int | None:
@@ -167,6 +186,7 @@ class Checkpointer:
         self._latest.wait_until_finished()
         if self._best is not None:
             self._best.wait_until_finished()
+        self._empty_trash()
 
     def close(self) -> None:
         self.wait()
