@@ -37,7 +37,6 @@ import numpy as np
 from absl import flags
 
 from deepliflow_jax import cli
-
 from deepliflow_jax.fileio import atomic_write, write_text_atomic
 
 DATASETS = {"kitti": "KITTI", "ft3d": "FT3D"}

@@ -269,9 +269,9 @@ def test_tf_bundle_writer_is_whole_or_absent(tmp_path):
 
 
 def test_timing_and_trade_off_result_writers(tmp_path):
-    from deepliflow_jax.study import tradeoff
     from deepliflow_jax.data.io import read_png
     from deepliflow_jax.profile.timing import write_results
+    from deepliflow_jax.study import tradeoff
 
     path = tmp_path / "t" / "result.json"
     check_file_writer(tmp_path / "t", lambda v: write_results({"v": v}, str(path), None),
@@ -364,9 +364,9 @@ def test_study_results_folder_is_claimed_by_its_config(tmp_path):
 
 @pytest.mark.slow  # about 30 saves of a small structured model
 def test_trade_off_size_probe_survives_interruptions(tmp_path):
-    from deepliflow_jax.study import tradeoff
     from deepliflow_jax.model.api import init_params
     from deepliflow_jax.model.widths import default_widths
+    from deepliflow_jax.study import tradeoff
 
     params = init_params(0, widths={k: 1 for k in default_widths()})["params"]
     work = tmp_path / "scratch"
