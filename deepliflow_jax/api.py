@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax.data.kitti import check_validity
 from deepliflow_jax.study.data import StudyData
 
 PathLike = str | Path
@@ -299,7 +300,7 @@ def make_synthetic_dataset(directory: PathLike, num_scenes: int = 10, height: in
 
 
 def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed: int = 0,
-                 num_samples: int | None = None) -> Dataset:
+                 num_samples: int | None = None, validity: str = "original") -> Dataset:
     """Decodes a scene-flow data set in the KITTI layout, split as the study splits it.
 
     A synthetic world (it has ``synthetic.json``) gets the study's 9:1 split (every
@@ -312,12 +313,16 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
       max_val_frames: cap on validation frames (None: all).
       seed: LiDAR draw / training order seed.
       num_samples: LiDAR points per frame, overriding the default.
+      validity: ground truth of the validation frames: ``"original"`` (the original's
+        rule, what the paper's numbers mean) or ``"devkit"`` (the KITTI devkit's
+        per-quantity validity); see :mod:`deepliflow_jax.metrics`.
 
     Returns:
       A :class:`Dataset` (``.train``, ``.val`` samples; ``train_batch``, ``val_batches``).
 
     Raises:
-      FileNotFoundError: no data set there. ValueError: a split is empty.
+      FileNotFoundError: no data set there. ValueError: a split is empty, or an unknown
+      ``validity``.
 
     Example:
       >>> data = load_dataset(root)  # root = make_synthetic_dataset(folder)
@@ -339,11 +344,11 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
         cfg = StudyConfig(preset="api", data="synthetic", data_dir=str(root),
                           height=int(meta["height"]), width=int(meta["width"]),
                           num_scenes=int(meta["num_scenes"]), max_val_frames=max_val_frames,
-                          seed=seed)
+                          seed=seed, validity=check_validity(validity))
     else:
         cfg = StudyConfig(preset="api", data="kitti", data_dir=str(root),
                           interp_size=KITTI_INTERP_SIZE, max_val_frames=max_val_frames,
-                          seed=seed)
+                          seed=seed, validity=check_validity(validity))
     data = load_study_data(cfg, root)
     n = data.samples_for(cfg) if num_samples is None else _positive_int(num_samples,
                                                                           "num_samples")
@@ -352,7 +357,8 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
     if interp is not None and h % 64 == 0 and w % 64 == 0:
         interp = None
     return Dataset(train=data.train, val=data.val, dataset_type=data.dataset_type,
-                   seed=data.seed, num_samples=n, interp_size=interp, root=str(root))
+                   seed=data.seed, validity=data.validity, num_samples=n, interp_size=interp,
+                   root=str(root))
 
 
 def _as_dataset(data: Any) -> Dataset:
@@ -444,12 +450,16 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
 
     Raises:
       ValueError: bad variables, data, steps, percent or bits.
+      DivergenceError: (a ``FloatingPointError``) a step's loss or the final parameters
+        are not finite; it names the step and the learning rate, and nothing is returned.
 
     Example:
       >>> tuned, history = finetune(init_params(0), data, steps=2, percent=10, bits=8)
       >>> len(history), history[-1]["step"], history[-1]["loss"] > 0
       (2, 1, True)
     """
+    from deepliflow_jax.study.engine import check_training
+
     params = _check_variables(variables)["params"]
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
@@ -465,6 +475,8 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
         state, metrics = engine.train_step(state, batch)
         record = {"step": pos, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
         history.append(record)
+        # the loss is on the host already; the parameters are checked once, at the end
+        check_training([pos], [record["loss"]], lr, state.params if i == steps - 1 else None)
         if log_every and (i % log_every == 0 or i == steps - 1):
             print(f"step {pos}: loss {record['loss']:.4f} (data {record['data_loss']:.4f})",
                   flush=True)
@@ -472,12 +484,14 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
 
 
 def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | None = None,
-             bits: int | None = None, interp_size: tuple[int, int] | None = None
-             ) -> dict[str, float]:
+             bits: int | None = None, interp_size: tuple[int, int] | None = None,
+             validity: str | None = None) -> dict[str, float]:
     """EPE and outlier rates on the validation split, as the study (and the original).
 
     ``percent`` / ``bits`` compress the model post-training first (prune, then quantize);
-    every configuration runs the study's one compiled evaluation.
+    every configuration runs the study's one compiled evaluation. A pixel whose
+    prediction is not finite counts as an outlier in every rate (``nonfinite`` says how
+    many there were; the EPE is then NaN or inf).
 
     Args:
       variables: ``{'params': ...}``.
@@ -485,9 +499,17 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
       percent: post-training pruning percentage, or None.
       bits: post-training weight bit width, or None / 0 for float.
       interp_size: network input size, overriding the data set's.
+      validity: ``"original"`` (frames averaged, as the paper) or ``"devkit"`` (the
+        KITTI devkit's per-quantity validity, pixels pooled); None: the data set's (see
+        :func:`load_dataset`, which reads a folder with this mode).
 
     Returns:
-      ``{'epe': px, 'd0', 'd1', 'fl', 'sf': outlier %, 'frames': n}`` (frame-averaged).
+      ``{'epe': px, 'd0', 'd1', 'fl', 'sf': outlier %, 'nonfinite': pixels,
+      'frames': n}``.
+
+    Raises:
+      ValueError: bad arguments, or a ``validity`` other than the one ``data`` was
+        loaded with.
 
     Example:
       >>> evaluate(init_params(0), data, bits=8)["epe"] > 0
@@ -495,10 +517,19 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
     """
     params = _check_variables(variables)["params"]
     percent, bits = _percent(percent), _bits(bits)
+    if validity is not None:
+        check_validity(validity)
+    if isinstance(data, str | Path):
+        data = load_dataset(data, validity=validity or "original")
     data = _as_dataset(data)
+    validity = data.validity if validity is None else validity
+    if validity != data.validity:
+        raise ValueError(f"data was loaded with validity={data.validity!r}, its ground truth "
+                         f"does not support validity={validity!r}: load it with "
+                         f"load_dataset(root, validity={validity!r})")
     engine = _engine(data, interp_size)
     metrics = engine.evaluate(_state(engine, params, percent, bits),
-                              data.val_batches(data.num_samples))
+                              data.val_batches(data.num_samples), validity=validity)
     return {**metrics, "frames": len(data.val)}
 
 
@@ -600,7 +631,8 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
         state = _state(engine, params, percent, bits)
         compressed = engine.compressed_params(state)
         row = {"percent": percent, "bits": bits,
-               "zero_percent": zero_fraction(compressed), **engine.evaluate(state, batches),
+               "zero_percent": zero_fraction(compressed),
+               **engine.evaluate(state, batches, validity=data.validity),
                "median_ms": None}
         if repeats:
             row["median_ms"] = time_model(

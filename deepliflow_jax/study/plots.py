@@ -135,4 +135,6 @@ def fig6(out: Path, records: dict, cfg: StudyConfig) -> Path:
 
 
 def write_plots(out_dir: Path, records: dict, cfg: StudyConfig) -> list[Path]:
+    # a failed (diverged) configuration has no numbers to plot
+    records = {k: r for k, r in records.items() if not r.get("failed")}
     return [f(Path(out_dir), records, cfg) for f in (fig1, fig23, fig4, fig6)]
