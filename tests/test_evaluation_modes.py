@@ -123,6 +123,29 @@ def test_devkit_and_original_give_the_hand_computed_numbers(two_frames):
         metrics.evaluate_np([(PRED, s.gt)], validity="kitti")
 
 
+@pytest.mark.slow
+def test_evaluate_devkit_counts_what_numpy_counts(variables, tiny_world, tiny_data):
+    """The compiled devkit evaluation == the NumPy devkit rule on the same predictions."""
+    import deepliflow_jax as dl
+    from deepliflow_jax.api import _engine, _state
+
+    dev = dl.load_dataset(tiny_world, validity="devkit")
+    assert (dev.validity, tiny_data.validity) == ("devkit", "original")
+    batches = dev.val_batches(dev.num_samples)
+    engine = _engine(dev)
+    got, outputs = engine.evaluate(_state(engine, variables["params"], 0.0, 0), batches,
+                                   keep_outputs=True, validity="devkit")
+    ref = metrics.evaluate_np([(o, g, v) for b, out in zip(batches, outputs, strict=True)
+                               for o, g, v in zip(out, b["gt"], b["valid"], strict=True)],
+                              validity="devkit")
+    for k in metrics.METRIC_NAMES:
+        assert got[k] == pytest.approx(ref[k], rel=1e-5), k
+    assert got["nonfinite"] == 0
+    assert dl.evaluate(variables, dev) == {**got, "frames": 1}
+    with pytest.raises(ValueError, match="loaded with validity='original'"):
+        dl.evaluate(variables, tiny_data, validity="devkit")
+
+
 # ----------------------------------------------------------------------------- non-finite
 
 
@@ -171,6 +194,7 @@ def test_check_training_names_step_and_learning_rate():
         check_training([7], [1.0], 0.5, {"a": jnp.ones(2), "b": jnp.array([0.0, jnp.nan])})
 
 
+@pytest.mark.slow
 def test_finetune_that_diverges_raises_naming_step_and_lr(variables, tiny_data):
     import deepliflow_jax as dl
     from deepliflow_jax.study.engine import DivergenceError
