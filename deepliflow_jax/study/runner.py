@@ -48,7 +48,7 @@ def _say(msg: str) -> None:
 
 def _summary(rec: dict) -> str:
     if rec.get("failed"):
-        return f"FAILED: {rec['failed']}"
+        return f"FAILED: {rec['failed']} (records/{rec['key']}.json; delete it to retry)"
     m = rec["metrics"]
     text = f"EPE {m['epe']:.3f}, SF {m['sf']:.2f} %"
     if m.get("nonfinite"):
@@ -217,8 +217,6 @@ class Study:
                 per_phase[phase] = self._evaluate(best_state, self.val_batches())
         except DivergenceError as err:
             log.close()
-            _say(f"{key}: {err} (recorded as failed; delete {self.records.path(key)} to "
-                 "retry)")
             return self.records.put(key, {
                 "key": key, "kind": "aware", "percent": percent, "bits": bits,
                 "failed": str(err), "failed_step": err.step, "failed_lr": err.lr,
