@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax.data.kitti import check_validity
 from deepliflow_jax.study.data import StudyData
 
 PathLike = str | Path
@@ -315,7 +316,8 @@ def make_synthetic_dataset(directory: PathLike, num_scenes: int = 10, height: in
 
 def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed: int = 0,
                  num_samples: int | None = None,
-                 interp_size: tuple[int, int] | None = None) -> Dataset:
+                 interp_size: tuple[int, int] | None = None,
+                 validity: str = "original") -> Dataset:
     """Decodes a scene-flow data set in the KITTI layout, split as the study splits it.
 
     A synthetic world (it has ``synthetic.json``) gets the study's 9:1 split (every
@@ -332,6 +334,9 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
       interp_size: network input ``(h, w)`` (multiples of 64) for every function that
         uses this data set: frames are resized to it inside the network and the output
         back (None: the frame size if it is a multiple of 64, KITTI frames 384x1216).
+      validity: ground truth of the validation frames: ``"original"`` (the original's
+        rule, what the paper's numbers mean) or ``"devkit"`` (the KITTI devkit's
+        per-quantity validity); see :mod:`deepliflow_jax.metrics`.
 
     Returns:
       A :class:`Dataset` (``.train``, ``.val`` samples; ``train_batch``, ``val_batches``).
@@ -339,7 +344,8 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
     Raises:
       FileNotFoundError: no data set there.
       ValueError: a split is empty, a bad argument, or frames whose size is not a
-        multiple of 64 and no ``interp_size`` (the message suggests one).
+        multiple of 64 and no ``interp_size`` (the message suggests one), or an
+        unknown ``validity``.
 
     Example:
       >>> data = load_dataset(root)  # root = make_synthetic_dataset(folder)
@@ -364,11 +370,11 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
         cfg = StudyConfig(preset="api", data="synthetic", data_dir=str(root),
                           height=int(meta["height"]), width=int(meta["width"]),
                           num_scenes=int(meta["num_scenes"]), max_val_frames=max_val_frames,
-                          seed=seed)
+                          seed=seed, validity=check_validity(validity))
     else:
         cfg = StudyConfig(preset="api", data="kitti", data_dir=str(root),
                           interp_size=KITTI_INTERP_SIZE, max_val_frames=max_val_frames,
-                          seed=seed)
+                          seed=seed, validity=check_validity(validity))
     data = load_study_data(cfg, root)
     n = data.samples_for(cfg) if num_samples is None else _positive_int(num_samples,
                                                                           "num_samples")
@@ -377,7 +383,8 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
             h % 64 == 0 and w % 64 == 0 for h, w in _frame_sizes(data)):
         interp = None
     dataset = Dataset(train=data.train, val=data.val, dataset_type=data.dataset_type,
-                      seed=data.seed, num_samples=n, interp_size=interp, root=str(root))
+                      seed=data.seed, validity=data.validity, num_samples=n,
+                       interp_size=interp, root=str(root))
     _network_input(dataset, None, "load_dataset")
     return dataset
 
@@ -409,10 +416,11 @@ def _network_input(data: Dataset, interp_size: Any, caller: str) -> tuple[int, i
     return None
 
 
-def _as_dataset(data: Any, need: str | None = None, caller: str = "") -> Dataset:
+def _as_dataset(data: Any, need: str | None = None, caller: str = "",
+                validity: str = "original") -> Dataset:
     """``data`` as a :class:`Dataset`; ``need='train'`` / ``'val'``: that split is not empty."""
     if isinstance(data, str | Path):
-        data = load_dataset(data)
+        data = load_dataset(data, validity=validity)
     elif not isinstance(data, Dataset):
         raise ValueError(f"data must be a data-set folder or a Dataset from load_dataset, "
                          f"got {type(data).__name__}")
@@ -425,10 +433,11 @@ def _as_dataset(data: Any, need: str | None = None, caller: str = "") -> Dataset
     return data
 
 
-def _checked_data(data: Any, interp_size: Any, caller: str, need: str) -> Dataset:
+def _checked_data(data: Any, interp_size: Any, caller: str, need: str,
+                  validity: str = "original") -> Dataset:
     """The input checks of ``finetune`` / ``evaluate`` / ``compression_table``: the data set,
     its split, and the network size, before anything is compiled."""
-    data = _as_dataset(data, need, caller)
+    data = _as_dataset(data, need, caller, validity)
     _network_input(data, interp_size, caller)
     return data
 
@@ -522,6 +531,8 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
       ValueError: bad variables (not ``{'params': ...}`` of floats), data (no training
         frames, a frame size that is not a multiple of 64 without ``interp_size``),
         steps, lr, percent or bits; all checked before anything is compiled.
+      DivergenceError: (a ``FloatingPointError``) a step's loss or the final parameters
+        are not finite; it names the step and the learning rate, and nothing is returned.
 
     Example:
       >>> tuned, history = finetune(init_params(0), data, steps=2, percent=10, bits=8)
@@ -529,13 +540,14 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
       (2, 1, True)
     """
     data = _checked_data(data, interp_size, "finetune", "train")
+    from deepliflow_jax.study.engine import check_training
+
     params = _check_variables(variables)["params"]
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     percent, bits = _percent(percent), _bits(bits)
-    data = _as_dataset(data)
     engine = _engine(data, interp_size)
     state = _state(engine, params, percent, bits, lr)
     history = []
@@ -544,6 +556,8 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
         state, metrics = engine.train_step(state, batch)
         record = {"step": pos, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
         history.append(record)
+        # the loss is on the host already; the parameters are checked once, at the end
+        check_training([pos], [record["loss"]], lr, state.params if i == steps - 1 else None)
         if log_every and (i % log_every == 0 or i == steps - 1):
             print(f"step {pos}: loss {record['loss']:.4f} (data {record['data_loss']:.4f})",
                   flush=True)
@@ -551,12 +565,14 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
 
 
 def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | None = None,
-             bits: int | None = None, interp_size: tuple[int, int] | None = None
-             ) -> dict[str, float]:
+             bits: int | None = None, interp_size: tuple[int, int] | None = None,
+             validity: str | None = None) -> dict[str, float]:
     """EPE and outlier rates on the validation split, as the study (and the original).
 
     ``percent`` / ``bits`` compress the model post-training first (prune, then quantize);
-    every configuration runs the study's one compiled evaluation.
+    every configuration runs the study's one compiled evaluation. A pixel whose
+    prediction is not finite counts as an outlier in every rate (``nonfinite`` says how
+    many there were; the EPE is then NaN or inf).
 
     Args:
       variables: ``{'params': ...}``.
@@ -564,27 +580,38 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
       percent: post-training pruning percentage, or None.
       bits: post-training weight bit width, or None / 0 for float.
       interp_size: network input size, overriding the data set's.
+      validity: ``"original"`` (frames averaged, as the paper) or ``"devkit"`` (the
+        KITTI devkit's per-quantity validity, pixels pooled); None: the data set's (see
+        :func:`load_dataset`, which reads a folder with this mode).
 
     Returns:
-      ``{'epe': px, 'd0', 'd1', 'fl', 'sf': outlier %, 'frames': n}`` (frame-averaged).
+      ``{'epe': px, 'd0', 'd1', 'fl', 'sf': outlier %, 'nonfinite': pixels,
+      'frames': n}``.
 
     Raises:
       FileNotFoundError: ``data`` is a folder without a data set.
       ValueError: bad variables (not ``{'params': ...}`` of floats), data (no validation
         frames, a frame size that is not a multiple of 64 without ``interp_size``),
-        percent or bits; all checked before anything is compiled.
+        percent, bits, or a ``validity`` other than the one ``data`` was loaded with; all
+        checked before anything is compiled.
 
     Example:
       >>> evaluate(init_params(0), data, bits=8)["epe"] > 0
       True
     """
-    data = _checked_data(data, interp_size, "evaluate", "val")
+    if validity is not None:
+        check_validity(validity)
+    data = _checked_data(data, interp_size, "evaluate", "val", validity or "original")
     params = _check_variables(variables)["params"]
     percent, bits = _percent(percent), _bits(bits)
-    data = _as_dataset(data)
+    validity = data.validity if validity is None else validity
+    if validity != data.validity:
+        raise ValueError(f"data was loaded with validity={data.validity!r}, its ground truth "
+                         f"does not support validity={validity!r}: load it with "
+                         f"load_dataset(root, validity={validity!r})")
     engine = _engine(data, interp_size)
     metrics = engine.evaluate(_state(engine, params, percent, bits),
-                              data.val_batches(data.num_samples))
+                              data.val_batches(data.num_samples), validity=validity)
     return {**metrics, "frames": len(data.val)}
 
 
@@ -720,7 +747,8 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
         state = _state(engine, params, percent, bits)
         compressed = engine.compressed_params(state)
         row = {"percent": percent, "bits": bits,
-               "zero_percent": zero_fraction(compressed), **engine.evaluate(state, batches),
+               "zero_percent": zero_fraction(compressed),
+               **engine.evaluate(state, batches, validity=data.validity),
                "median_ms": None}
         if repeats:
             # the network size of the evaluation (KITTI: 384x1216, as dataset='kitti')

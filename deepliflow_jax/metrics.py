@@ -1,22 +1,34 @@
-"""Scene-flow metrics exactly as the original evaluation (``deeplidarflow.get_eval``).
+"""Scene-flow metrics: the original evaluation (``deeplidarflow.get_eval``) and the devkit's.
 
-On the pixels with ``gt[..., 2] > 0`` (the original's validity rule, see
-``data.kitti``), with ``e = |pred - gt|`` per channel (u, v, d0, d1):
+With ``e = |pred - gt|`` per channel (u, v, d0, d1):
 
-* EPE: mean over valid pixels of the 4D norm ``||e||``.
+* EPE: mean of the 4D norm ``||e||`` (px).
 * D0 / D1 outlier: ``e_d > 3`` and ``e_d / gt_d > 0.05`` (disparity at t / t+1).
 * Fl outlier: ``||e_uv|| > 3`` and ``||e_uv|| / ||gt_uv|| > 0.05``.
 * SF outlier: D0 or D1 or Fl. Rates are in percent.
+* A pixel whose prediction has a non-finite channel is an outlier in every rate (a
+  comparison with NaN is False, which would count it as an inlier); ``nonfinite`` counts
+  those pixels among the evaluated ones. Its EPE is NaN or inf and so is the mean.
 
-The ratios are computed by division as the original does (``x / 0`` is ``inf``, ``0 / 0``
-is NaN and fails the test), so a valid pixel whose ``d1`` ground truth is 0 counts as a
-D1 outlier whenever its error exceeds 3 px. ``get_eval`` pools the pixels of one batch,
-and ``evaluation.py`` averages those batch values over the set (batch size 1 there, so a
-mean over frames: ``aggregate="frame"``). The official KITTI devkit instead divides the
-total outlier count by the total number of valid pixels (``aggregate="pixel"``).
+Which pixels count (``validity``):
 
-``frame_counts`` / ``batch_metrics`` are jittable ``jnp`` functions; ``*_np`` functions
-are a NumPy version written with boolean masks like the original.
+* ``"original"`` (default, what the paper's numbers mean): every quantity on the pixels
+  with ``gt[..., 2] > 0`` (a valid first-frame disparity). The ratios are computed by
+  division as the original does (``x / 0`` is ``inf``, ``0 / 0`` is NaN and fails the
+  test), so a pixel whose ``d1`` ground truth is 0 counts as a D1 outlier whenever its
+  error exceeds 3 px, and a pixel whose flow is invalid keeps the decoded (-512, -512).
+* ``"devkit"`` (the KITTI scene-flow devkit, ``evaluate_scene_flow.cpp``): each quantity
+  on its own ground truth's valid pixels, given by the loader's ``valid`` masks
+  ``[..., H, W, 3]`` (d0, d1, flow valid; ``SceneFlowSample.gt_valid``): D0 where d0 is
+  valid, D1 where d1 is valid, Fl where the flow is valid, SF and EPE where all three are.
+
+Aggregation over a set: ``get_eval`` pools the pixels of one batch and ``evaluation.py``
+averages those batch values over the set (batch size 1 there, so a mean over frames:
+``aggregate="frame"``); the devkit divides the total outlier count by the total number of
+valid pixels (``aggregate="pixel"``), the default of ``evaluate_np`` under ``"devkit"``.
+
+``frame_counts`` / ``batch_metrics`` are jittable ``jnp`` functions (``validity`` static);
+``*_np`` functions are a NumPy version written with boolean masks like the original.
 """
 
 from __future__ import annotations
@@ -27,10 +39,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# the modes live with the reader that builds each mode's ground truth
+from deepliflow_jax.data.kitti import VALIDITY_MODES, check_validity  # noqa: F401
+
 ABS_THRESH = 3.0
 REL_THRESH = 0.05
 METRIC_NAMES = ("epe", "d0", "d1", "fl", "sf")
 AGGREGATIONS = ("frame", "pixel")
+# per-frame sums besides the METRIC_NAMES numerators: SF/EPE, D0, D1, Fl denominators
+COUNT_KEYS = ("count", "count_d0", "count_d1", "count_fl", "nonfinite")
+_RATES = ("d0", "d1", "fl", "sf")
 
 
 def _check_pair(pred, gt) -> None:
@@ -39,9 +57,51 @@ def _check_pair(pred, gt) -> None:
                          "[..., H, W, 4]")
 
 
+def default_aggregate(validity: str) -> str:
+    """The aggregation each mode's reference uses: ``"frame"`` (original), ``"pixel"`` (devkit)."""
+    return "pixel" if check_validity(validity) == "devkit" else "frame"
+
+
 def valid_mask(gt):
     """The original's validity rule: ``gt[..., 2] > 0`` (works on NumPy and jax arrays)."""
     return gt[..., 2] > 0
+
+
+def validity_masks(gt, valid=None, mask=None, validity: str = "original") -> dict:
+    """The pixels each quantity is evaluated on (NumPy or jax arrays).
+
+    Args:
+      gt: ``[..., H, W, 4]`` ground truth.
+      valid: bool ``[..., H, W, 3]``, the loader's validity of (d0, d1, flow); needed by
+        ``"devkit"``, unused by ``"original"``.
+      mask: bool ``[..., H, W]``; ``"original"``: replaces ``gt[..., 2] > 0``;
+        ``"devkit"``: restricts every quantity's pixels further (e.g. a region).
+      validity: ``"original"`` or ``"devkit"`` (module docstring).
+
+    Returns:
+      dict of bool ``[..., H, W]``: ``d0``, ``d1``, ``fl``, ``sf`` (SF and EPE pixels).
+
+    Raises:
+      ValueError: unknown ``validity``; ``"devkit"`` without ``valid`` or with a ``valid``
+        of another shape than ``gt.shape[:-1] + (3,)``.
+    """
+    xp = np if isinstance(gt, np.ndarray) else jnp
+    if check_validity(validity) == "original":
+        keep = valid_mask(gt) if mask is None else xp.asarray(mask, bool)
+        return {name: keep for name in _RATES}
+    if valid is None:
+        raise ValueError("validity='devkit' needs valid, the loader's [..., H, W, 3] validity "
+                         "of (d0, d1, flow) (SceneFlowSample.gt_valid, batch['valid'])")
+    valid = xp.asarray(valid, bool)
+    if tuple(valid.shape) != tuple(gt.shape[:-1]) + (3,):
+        raise ValueError(f"valid {tuple(valid.shape)} must be gt's [..., H, W] + (3,), got gt "
+                         f"{tuple(gt.shape)}")
+    out = {"d0": valid[..., 0], "d1": valid[..., 1], "fl": valid[..., 2]}
+    if mask is not None:
+        region = xp.asarray(mask, bool)
+        out = {k: v & region for k, v in out.items()}
+    out["sf"] = out["d0"] & out["d1"] & out["fl"]
+    return out
 
 
 def outlier_maps(pred: jnp.ndarray, gt: jnp.ndarray) -> dict[str, jnp.ndarray]:
@@ -51,140 +111,199 @@ def outlier_maps(pred: jnp.ndarray, gt: jnp.ndarray) -> dict[str, jnp.ndarray]:
       pred, gt: ``[..., H, W, 4]`` scene flow (u, v, d0, d1) in pixels.
 
     Returns:
-      dict: ``epe`` (4D error norm), ``d0``, ``d1``, ``fl``, ``sf`` (bool outliers) and
-      ``valid`` (bool), each ``[..., H, W]``.
+      dict: ``epe`` (4D error norm), ``d0``, ``d1``, ``fl``, ``sf`` (bool outliers; a
+      non-finite prediction is an outlier in each), ``nonfinite`` (bool) and ``valid``
+      (the original's rule), each ``[..., H, W]``.
     """
     _check_pair(pred, gt)
     err = jnp.abs(pred - gt)
     epe = jnp.sqrt(jnp.sum(err**2, axis=-1))
     flow_err = jnp.sqrt(jnp.sum(err[..., :2] ** 2, axis=-1))
     flow_mag = jnp.sqrt(jnp.sum(gt[..., :2] ** 2, axis=-1))
-    d0 = (err[..., 2] > ABS_THRESH) & (err[..., 2] / gt[..., 2] > REL_THRESH)
-    d1 = (err[..., 3] > ABS_THRESH) & (err[..., 3] / gt[..., 3] > REL_THRESH)
-    fl = (flow_err > ABS_THRESH) & (flow_err / flow_mag > REL_THRESH)
-    return {"epe": epe, "d0": d0, "d1": d1, "fl": fl, "sf": d0 | d1 | fl,
+    bad = ~jnp.all(jnp.isfinite(pred), axis=-1)
+    d0 = ((err[..., 2] > ABS_THRESH) & (err[..., 2] / gt[..., 2] > REL_THRESH)) | bad
+    d1 = ((err[..., 3] > ABS_THRESH) & (err[..., 3] / gt[..., 3] > REL_THRESH)) | bad
+    fl = ((flow_err > ABS_THRESH) & (flow_err / flow_mag > REL_THRESH)) | bad
+    return {"epe": epe, "d0": d0, "d1": d1, "fl": fl, "sf": d0 | d1 | fl, "nonfinite": bad,
             "valid": valid_mask(gt)}
 
 
-def frame_counts(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None = None
+def frame_counts(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None = None,
+                 valid: jnp.ndarray | None = None, validity: str = "original"
                  ) -> dict[str, jnp.ndarray]:
-    """Per-frame sums from which every aggregation follows, jittable.
+    """Per-frame sums from which every aggregation follows, jittable (``validity`` static).
 
     Args:
       pred, gt: ``[B, H, W, 4]``.
-      mask: optional bool ``[B, H, W]`` replacing the original's ``gt[..., 2] > 0``.
+      mask: optional bool ``[B, H, W]`` (see ``validity_masks``).
+      valid: bool ``[B, H, W, 3]`` validity of (d0, d1, flow), for ``"devkit"``.
+      validity: ``"original"`` or ``"devkit"``.
 
     Returns:
-      dict of float32 ``[B]``: ``count`` (valid pixels), ``epe`` (sum of 4D error norms)
-      and ``d0``, ``d1``, ``fl``, ``sf`` (outlier counts).
+      dict of float32 ``[B]``: ``count`` (SF / EPE pixels), ``count_d0``, ``count_d1``,
+      ``count_fl`` (their pixels; all equal ``count`` under ``"original"``), ``epe`` (sum
+      of 4D error norms), ``d0``, ``d1``, ``fl``, ``sf`` (outlier counts) and
+      ``nonfinite`` (evaluated pixels with a non-finite prediction).
+
+    Raises:
+      ValueError: see ``validity_masks``; shapes of ``pred`` and ``gt``.
     """
     maps = outlier_maps(pred, gt)
-    valid = maps["valid"] if mask is None else jnp.asarray(mask, bool)
-    w = valid.astype(jnp.float32)
+    masks = validity_masks(gt, valid, mask, validity)
     axes = (-2, -1)
-    out = {"count": jnp.sum(w, axis=axes),
-           "epe": jnp.sum(jnp.where(valid, maps["epe"], 0.0), axis=axes)}
-    for name in ("d0", "d1", "fl", "sf"):
-        out[name] = jnp.sum(maps[name] & valid, axis=axes).astype(jnp.float32)
+
+    def total(flags):
+        return jnp.sum(flags, axis=axes).astype(jnp.float32)
+
+    out = {"count": total(masks["sf"]),
+           "epe": jnp.sum(jnp.where(masks["sf"], maps["epe"], 0.0), axis=axes)}
+    for name in _RATES:
+        out[name] = total(maps[name] & masks[name])
+    for name in ("d0", "d1", "fl"):
+        out[f"count_{name}"] = total(masks[name])
+    out["nonfinite"] = total(maps["nonfinite"] & (masks["d0"] | masks["d1"] | masks["fl"]))
     return out
 
 
-_frame_counts_jit = jax.jit(frame_counts)
+_frame_counts_jit = jax.jit(frame_counts, static_argnames="validity")
 
 
 def metrics_from_counts(counts, aggregate: str = "frame") -> dict:
     """Set-level metrics from per-frame counts.
 
     Args:
-      counts: dict as ``frame_counts`` (``[N]`` arrays, NumPy or jax).
+      counts: dict as ``frame_counts`` (``[N]`` arrays, NumPy or jax); without the
+        ``count_*`` keys every rate is over ``count``.
       aggregate: ``"frame"`` (mean over frames of each frame's EPE and rates, as the
         original evaluation with batch size 1) or ``"pixel"`` (totals over all valid
         pixels, as the KITTI devkit).
 
     Returns:
-      dict with ``epe`` (px) and ``d0``, ``d1``, ``fl``, ``sf`` (percent). A frame without
-      valid pixels gives NaN under ``"frame"``, as the original's empty mean.
+      dict with ``epe`` (px), ``d0``, ``d1``, ``fl``, ``sf`` (percent) and ``nonfinite``
+      (total pixels with a non-finite prediction). A frame without valid pixels gives
+      NaN under ``"frame"``, as the original's empty mean.
+
+    Raises:
+      ValueError: unknown ``aggregate``.
     """
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     xp = jnp if any(not isinstance(v, np.ndarray | float | int) for v in counts.values()) \
         else np
-    count = xp.asarray(counts["count"], xp.float32)
+
+    def get(key):
+        return xp.asarray(counts[key], xp.float32)
+
+    den = {k: get(f"count_{k}") if f"count_{k}" in counts else get("count") for k in
+           ("d0", "d1", "fl")}
+    den["epe"] = den["sf"] = get("count")
     scale = {"epe": 1.0, "d0": 100.0, "d1": 100.0, "fl": 100.0, "sf": 100.0}
     if aggregate == "frame":
-        return {k: xp.mean(xp.asarray(counts[k], xp.float32) / count) * scale[k]
-                for k in METRIC_NAMES}
-    total = xp.sum(count)
-    return {k: xp.sum(xp.asarray(counts[k], xp.float32)) / total * scale[k]
-            for k in METRIC_NAMES}
+        out = {k: xp.mean(get(k) / den[k]) * scale[k] for k in METRIC_NAMES}
+    else:
+        out = {k: xp.sum(get(k)) / xp.sum(den[k]) * scale[k] for k in METRIC_NAMES}
+    out["nonfinite"] = xp.sum(get("nonfinite")) if "nonfinite" in counts else \
+        xp.zeros((), xp.float32)
+    return out
 
 
-def batch_metrics(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None = None) -> dict:
-    """``get_eval`` of one batch: pixels of all frames pooled, jittable.
+def batch_metrics(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None = None,
+                  valid: jnp.ndarray | None = None, validity: str = "original") -> dict:
+    """``get_eval`` of one batch: pixels of all frames pooled, jittable (``validity`` static).
 
     Args:
       pred, gt: ``[B, H, W, 4]`` (or ``[H, W, 4]``).
-      mask: optional bool mask replacing ``gt[..., 2] > 0``.
+      mask, valid, validity: see ``validity_masks``.
 
     Returns:
-      dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf`` (scalars; rates in percent).
+      dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf`` (scalars; rates in percent) and
+      ``nonfinite`` (pixel count).
     """
     if pred.ndim == 3:
         pred, gt = pred[None], gt[None]
         mask = None if mask is None else jnp.asarray(mask)[None]
+        valid = None if valid is None else jnp.asarray(valid)[None]
     return metrics_from_counts({k: jnp.sum(v, keepdims=True)
-                                for k, v in frame_counts(pred, gt, mask).items()}, "pixel")
+                                for k, v in frame_counts(pred, gt, mask, valid,
+                                                         validity).items()}, "pixel")
 
 
-def batch_metrics_np(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None) -> dict:
+def _outliers_np(p: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+    """Outlier flags of masked ``[N, 4]`` rows (divisions as the original)."""
+    err = np.abs(p - g)
+    bad = ~np.isfinite(p).all(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        flow_err = np.linalg.norm(err[:, :2], axis=-1)
+        d0 = ((err[:, 2] > ABS_THRESH) & (err[:, 2] / g[:, 2] > REL_THRESH)) | bad
+        d1 = ((err[:, 3] > ABS_THRESH) & (err[:, 3] / g[:, 3] > REL_THRESH)) | bad
+        fl = ((flow_err > ABS_THRESH)
+              & (flow_err / np.linalg.norm(g[:, :2], axis=-1) > REL_THRESH)) | bad
+    return {"d0": d0, "d1": d1, "fl": fl, "sf": d0 | d1 | fl}
+
+
+def batch_metrics_np(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
+                     valid: np.ndarray | None = None, validity: str = "original") -> dict:
     """NumPy ``get_eval``: boolean-mask the valid pixels of the batch, then reduce.
 
     Args:
       pred, gt: ``[..., H, W, 4]``.
-      mask: optional bool mask replacing ``gt[..., 2] > 0``.
+      mask, valid, validity: see ``validity_masks``.
 
     Returns:
-      dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf`` (floats; rates in percent).
+      dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf`` (floats; rates in percent) and
+      ``nonfinite`` (pixel count).
+
+    Raises:
+      ValueError: see ``validity_masks``; shapes of ``pred`` and ``gt``.
     """
     pred = np.asarray(pred, np.float32)
     gt = np.asarray(gt, np.float32)
     _check_pair(pred, gt)
-    keep = valid_mask(gt) if mask is None else np.asarray(mask, bool)
-    p, g = pred[keep], gt[keep]
-    err = np.abs(p - g)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        flow_err = np.linalg.norm(err[:, :2], axis=-1)
-        d0 = (err[:, 2] > ABS_THRESH) & (err[:, 2] / g[:, 2] > REL_THRESH)
-        d1 = (err[:, 3] > ABS_THRESH) & (err[:, 3] / g[:, 3] > REL_THRESH)
-        fl = (flow_err > ABS_THRESH) & (flow_err / np.linalg.norm(g[:, :2], axis=-1)
-                                        > REL_THRESH)
+    masks = validity_masks(gt, None if valid is None else np.asarray(valid), mask, validity)
+    out = {}
+    for name in _RATES:
+        keep = masks[name]
+        out[name] = _percent(_outliers_np(pred[keep], gt[keep])[name])
+    keep = masks["sf"]
+    err = np.abs(pred[keep] - gt[keep])
     with np.errstate(invalid="ignore"):
-        return {"epe": float(np.mean(np.linalg.norm(err, axis=-1))) if len(err) else np.nan,
-                "d0": _percent(d0), "d1": _percent(d1), "fl": _percent(fl),
-                "sf": _percent(d0 | d1 | fl)}
+        out["epe"] = float(np.mean(np.linalg.norm(err, axis=-1))) if len(err) else np.nan
+    evaluated = masks["d0"] | masks["d1"] | masks["fl"]
+    out["nonfinite"] = int(np.count_nonzero(~np.isfinite(pred[evaluated]).all(axis=-1)))
+    return out
 
 
 def _percent(flags: np.ndarray) -> float:
     return float(np.mean(flags) * 100.0) if flags.size else np.nan
 
 
-def evaluate_np(pairs: Iterable[tuple[np.ndarray, np.ndarray]], aggregate: str = "frame"
-                ) -> dict:
-    """Set-level metrics over (pred, gt) frames, NumPy.
+def evaluate_np(pairs: Iterable[tuple], aggregate: str | None = None,
+                validity: str = "original") -> dict:
+    """Set-level metrics over (pred, gt) or (pred, gt, valid) frames.
 
     Args:
-      pairs: iterable of ``(pred, gt)`` ``[H, W, 4]`` frames.
+      pairs: iterable of ``(pred, gt)`` ``[H, W, 4]`` frames, or ``(pred, gt, valid)``
+        with ``valid`` ``[H, W, 3]`` (needed by ``"devkit"``).
       aggregate: ``"frame"`` (mean of per-frame ``get_eval`` values, as the original
-        evaluation) or ``"pixel"`` (devkit: all valid pixels of the set pooled).
+        evaluation) or ``"pixel"`` (devkit: all valid pixels of the set pooled); None =
+        ``default_aggregate(validity)``.
+      validity: ``"original"`` or ``"devkit"`` (module docstring).
 
     Returns:
-      dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf`` and ``frames`` (their number).
+      dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf``, ``nonfinite`` and ``frames`` (their
+      number).
+
+    Raises:
+      ValueError: unknown ``aggregate`` or ``validity``; see ``validity_masks``.
     """
+    aggregate = default_aggregate(validity) if aggregate is None else aggregate
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     acc = MetricAccumulator()
-    for pred, gt in pairs:
-        acc.add(np.asarray(pred)[None], np.asarray(gt)[None])
+    for item in pairs:
+        pred, gt, valid = (*item, None) if len(item) == 2 else item
+        acc.add(np.asarray(pred)[None], np.asarray(gt)[None],
+                valid=None if valid is None else np.asarray(valid)[None], validity=validity)
     out = acc.result(aggregate)
     out["frames"] = acc.num_frames
     return out
@@ -194,17 +313,19 @@ class MetricAccumulator:
     """Collects per-frame counts over an evaluation and reports either aggregation."""
 
     def __init__(self):
-        self._counts: dict[str, list[np.ndarray]] = {k: [] for k in ("count",) + METRIC_NAMES}
+        self._counts: dict[str, list[np.ndarray]] = {k: [] for k in COUNT_KEYS + METRIC_NAMES}
 
     @property
     def num_frames(self) -> int:
         """Frames added so far."""
         return int(sum(len(c) for c in self._counts["count"]))
 
-    def add(self, pred, gt, mask=None) -> None:
-        """Adds a batch ``[B, H, W, 4]`` (frames are kept apart)."""
+    def add(self, pred, gt, mask=None, valid=None, validity: str = "original") -> None:
+        """Adds a batch ``[B, H, W, 4]`` (frames are kept apart); see ``frame_counts``."""
         counts = _frame_counts_jit(jnp.asarray(pred), jnp.asarray(gt),
-                                   None if mask is None else jnp.asarray(mask))
+                                   None if mask is None else jnp.asarray(mask),
+                                   None if valid is None else jnp.asarray(valid),
+                                   validity=check_validity(validity))
         self.add_counts(counts)
 
     def add_counts(self, counts) -> None:
@@ -221,4 +342,9 @@ class MetricAccumulator:
         if self.num_frames == 0:
             raise ValueError("MetricAccumulator.result: no frames were added")
         with np.errstate(divide="ignore", invalid="ignore"):
-            return {k: float(v) for k, v in metrics_from_counts(self.counts(), aggregate).items()}
+            return as_floats(metrics_from_counts(self.counts(), aggregate))
+
+
+def as_floats(metrics: dict) -> dict:
+    """Host numbers of a ``metrics_from_counts`` result (``nonfinite`` as an int)."""
+    return {k: int(v) if k == "nonfinite" else float(v) for k, v in metrics.items()}

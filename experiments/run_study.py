@@ -3,6 +3,7 @@
   python -m experiments.run_study                      # --preset=demo, CPU, synthetic
   python -m experiments.run_study --preset=paper --data_dir=KITTI --checkpoint=CKPT
   python -m experiments.run_study --experiments=post_prune,post_quant   # one part
+  python -m experiments.run_study --validity=devkit    # KITTI devkit's validity rule
 
 Library: ``deepliflow_jax.study.run_study(make_config(preset, ...), results_dir)``.
 
@@ -30,6 +31,11 @@ flags.DEFINE_list("lidar_sweep", None, "Override the LiDAR sample counts (KITTI-
                   "equivalent), e.g. 2048,16384.")
 flags.DEFINE_integer("runtime_repeats", None, "Timed forward passes per configuration "
                      "(0: no timing).")
+flags.DEFINE_enum("validity", None, ["original", "devkit"],
+                  "Evaluation: 'original' (default; the original's rule, every quantity on "
+                  "pixels with a valid first-frame disparity, frames averaged: the paper's "
+                  "numbers) or 'devkit' (the KITTI devkit's: D0 / D1 / Fl each on its own valid "
+                  "pixels, SF where all are valid, pixels pooled over the set).")
 
 
 def _floats(values, name):
@@ -58,7 +64,7 @@ def main(argv):
             experiments=None if FLAGS.experiments is None else tuple(FLAGS.experiments),
             lidar_sweep=None if FLAGS.lidar_sweep is None else tuple(
                 int(n) for n in _floats(FLAGS.lidar_sweep, "lidar_sweep")),
-            runtime_repeats=FLAGS.runtime_repeats,
+            runtime_repeats=FLAGS.runtime_repeats, validity=FLAGS.validity,
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err

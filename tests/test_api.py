@@ -234,7 +234,8 @@ def test_predict_sceneflow(model, data):
 @pytest.mark.slow
 def test_evaluate_post_training_equals_host_compression(model, data):
     dense = dl.evaluate(model, data)
-    assert set(dense) == {"epe", "d0", "d1", "fl", "sf", "frames"} and dense["frames"] == 1
+    assert set(dense) == {"epe", "d0", "d1", "fl", "sf", "nonfinite", "frames"}
+    assert dense["frames"] == 1 and dense["nonfinite"] == 0
     assert dense["epe"] > 0 and 0 <= dense["sf"] <= 100
     # prune then quantize on the host == the engine's masked, fake-quantized forward
     pruned, _ = dl.prune(model, 10.0)

@@ -155,7 +155,7 @@ def load_frame(root: PathLike, mode: str, scene: str, frame: str) -> SceneFlowSa
     ones = np.ones(hw, bool)
     return SceneFlowSample(image0=image0, image1=image1, disp0=d0, disp1=d1, valid0=ones,
                            valid1=ones.copy(), gt=gt.astype(np.float32), flow_valid=ones.copy(),
-                           name=f"{scene}/{frame}")
+                           name=f"{scene}/{frame}", d1_valid=ones.copy())
 
 
 class FlyingThings3D:

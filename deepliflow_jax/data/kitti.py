@@ -14,11 +14,19 @@ Encodings: disparity = value / 256 with 0 = invalid; flow = (value - 2**15) / 64
 first two channels and the third channel is 1 where the flow is valid (KITTI's devkit
 writes invalid pixels as (0, 0, 0), so an invalid flow decodes to (-512, -512)).
 
-Validity rule of the original (``load_kitti_sf`` + ``get_eval``): the ground truth
-``(u, v, d0, d1)`` is zeroed wherever ``d0 <= 0`` and every loss and metric keeps only
-pixels with ``gt[..., 2] > 0``. The flow's valid channel is never read and an invalid
-``d1`` (0) inside that mask is kept as the value 0. ``flow_valid`` is returned apart so
-callers can check that (in KITTI 2015 it coincides with the ``d0`` mask).
+Ground truth by ``validity`` (see ``deepliflow_jax.metrics``):
+
+* ``"original"`` (default; ``load_kitti_sf`` + ``get_eval``): ``(u, v, d0, d1)`` is zeroed
+  wherever ``d0 <= 0`` and every loss and metric keeps only pixels with
+  ``gt[..., 2] > 0``. The flow's valid channel is never read (an invalid flow inside that
+  mask keeps its decoded value, (-512, -512) as KITTI writes it) and an invalid ``d1``
+  (0) inside that mask is kept as the value 0.
+* ``"devkit"`` (the KITTI devkit): each quantity is kept where its own map is valid and
+  is 0 elsewhere (an invalid flow is (0, 0), not -512); nothing is zeroed by ``d0``.
+
+Either way the sample keeps the validity of each map (``d1_valid``, ``flow_valid``,
+together with ``gt[..., 2] > 0`` as ``gt_valid``) so the devkit's per-quantity rule can
+be applied. Training uses the ``"original"`` ground truth.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ FLOW_DIR = "flow_occ"
 DISP1_SECOND_VIEW_DIR = "disp_occ_1_transformedOnSecFrame"
 REQUIRED_DIRS = (IMAGE_DIR, DISP0_DIR, DISP1_DIR, FLOW_DIR, DISP1_SECOND_VIEW_DIR)
 
+VALIDITY_MODES = ("original", "devkit")
+
 FLOW_OFFSET = 2.0**15
 FLOW_SCALE = 64.0
 DISP_SCALE = 256.0
@@ -54,9 +64,12 @@ class SceneFlowSample:
       disp0, disp1: float32 ``[H, W]`` dense disparities the LiDAR is sampled from
         (KITTI: ``disp_occ_0`` and ``disp_occ_1_transformedOnSecFrame``), 0 = none.
       valid0, valid1: bool ``[H, W]``, where ``disp0`` / ``disp1`` may be sampled.
-      gt: float32 ``[H, W, 4]`` (u, v, d0, d1) in pixels, zero where ``d0 <= 0``.
+      gt: float32 ``[H, W, 4]`` (u, v, d0, d1) in pixels: zero where ``d0 <= 0``
+        (``"original"`` validity) or where each quantity is invalid (``"devkit"``).
       flow_valid: bool ``[H, W]``, the flow's own valid flag (all True for FT3D).
       name: frame identifier (KITTI ``NNNNNN``; FT3D ``A/0000/0006``).
+      d1_valid: bool ``[H, W]``, where the ``d1`` ground truth is valid (KITTI
+        ``disp_occ_1 > 0``; all True for FT3D); None: ``gt[..., 3] > 0``.
     """
 
     image0: np.ndarray
@@ -68,6 +81,25 @@ class SceneFlowSample:
     gt: np.ndarray
     flow_valid: np.ndarray
     name: str
+    d1_valid: np.ndarray | None = None
+
+    @property
+    def gt_valid(self) -> np.ndarray:
+        """bool ``[H, W, 3]``: validity of the (d0, d1, flow) ground truth (d0: ``gt > 0``)."""
+        d1 = self.gt[..., 3] > 0 if self.d1_valid is None else self.d1_valid
+        return np.stack([self.gt[..., 2] > 0, np.asarray(d1, bool),
+                         np.asarray(self.flow_valid, bool)], axis=-1)
+
+
+def check_validity(validity: str) -> str:
+    """Returns ``validity`` if it is one of ``VALIDITY_MODES`` (``"original"``, ``"devkit"``).
+
+    Raises:
+      ValueError: naming the argument and the modes.
+    """
+    if validity not in VALIDITY_MODES:
+        raise ValueError(f"validity must be one of {VALIDITY_MODES}, got {validity!r}")
+    return validity
 
 
 def read_rgb(path: PathLike) -> np.ndarray:
@@ -186,20 +218,24 @@ def _check_shape(shape, expected, path) -> None:
                          f"{tuple(expected)}: {path}")
 
 
-def load_frame(root: PathLike, name: str) -> SceneFlowSample:
+def load_frame(root: PathLike, name: str, validity: str = "original") -> SceneFlowSample:
     """Loads one KITTI frame pair as the original ``SceneFlow.__getitem__`` does.
 
     Args:
       root: dataset root (containing ``training/``).
       name: frame id, e.g. ``"000007"``.
+      validity: ``"original"`` or ``"devkit"``: how ``gt`` treats invalid pixels
+        (module doc).
 
     Returns:
-      A ``SceneFlowSample``; ``gt`` follows the original's validity rule (module doc).
+      A ``SceneFlowSample``.
 
     Raises:
       FileNotFoundError: a file is missing (named).
-      ValueError: a file is unreadable or its size differs from image t (named).
+      ValueError: unknown ``validity``; a file is unreadable or its size differs from
+        image t (named).
     """
+    check_validity(validity)
     paths = frame_paths(root, name)
     image0 = read_rgb(paths["image0"])
     hw = image0.shape[:2]
@@ -207,17 +243,20 @@ def load_frame(root: PathLike, name: str) -> SceneFlowSample:
     _check_shape(image1.shape, hw, paths["image1"])
     d0, valid0 = read_disparity(paths["disp0"])
     _check_shape(d0.shape, hw, paths["disp0"])
-    d1, _ = read_disparity(paths["disp1"])
+    d1, d1_valid = read_disparity(paths["disp1"])
     _check_shape(d1.shape, hw, paths["disp1"])
     flow, flow_valid = read_flow(paths["flow"])
     _check_shape(flow.shape, hw, paths["flow"])
     disp1_t1, valid1 = read_disparity(paths["disp1_second_view"])
     _check_shape(disp1_t1.shape, hw, paths["disp1_second_view"])
     gt = np.concatenate([flow, d0[..., None], d1[..., None]], axis=-1)
-    gt[d0 <= 0] = 0.0
+    if validity == "original":
+        gt[d0 <= 0] = 0.0
+    else:  # d0 and d1 are already 0 where invalid; the flow decodes to -512 there
+        gt[~flow_valid, :2] = 0.0
     return SceneFlowSample(image0=image0, image1=image1, disp0=d0, disp1=disp1_t1,
                            valid0=valid0, valid1=valid1, gt=gt, flow_valid=flow_valid,
-                           name=name)
+                           name=name, d1_valid=d1_valid)
 
 
 def read_split_file(path: PathLike | None = None) -> list[bool]:
@@ -296,14 +335,16 @@ class KittiSceneFlow:
       root: dataset root (containing ``training/``).
       split: ``"train"``, ``"test"`` or ``"all"``.
       split_file: split file; ``None`` = the original's 180/20 split.
+      validity: ``"original"`` or ``"devkit"`` ground truth (see ``load_frame``).
     """
 
     dataset_type = "KITTI"
 
     def __init__(self, root: PathLike, split: str = "test",
-                 split_file: PathLike | None = None):
+                 split_file: PathLike | None = None, validity: str = "original"):
         self.root = Path(root).expanduser()
         self.split = split
+        self.validity = check_validity(validity)
         self.frames = list_frames(self.root, split, split_file)
 
     def __len__(self) -> int:
@@ -312,8 +353,8 @@ class KittiSceneFlow:
     def __getitem__(self, index: int) -> SceneFlowSample:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} frames")
-        return load_frame(self.root, self.frames[index])
+        return load_frame(self.root, self.frames[index], self.validity)
 
     def __repr__(self) -> str:
         return (f"KittiSceneFlow(root={str(self.root)!r}, split={self.split!r}, "
-                f"frames={len(self)})")
+                f"validity={self.validity!r}, frames={len(self)})")

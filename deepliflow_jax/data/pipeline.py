@@ -50,6 +50,22 @@ def preprocess_sample(sample: SceneFlowSample, dataset_type: str, num_samples: i
     return frames, gt
 
 
+def gt_valid_map(sample: SceneFlowSample, crop_shape: tuple[int, int] | None = None
+                 ) -> np.ndarray:
+    """The ground truth's validity beside ``preprocess_sample``'s ``gt``, cropped the same way.
+
+    Args:
+      sample: a ``SceneFlowSample``.
+      crop_shape: center crop (height, width) or ``None``.
+
+    Returns:
+      bool ``[h, w, 3]``: (d0, d1, flow) valid (``SceneFlowSample.gt_valid``), what the
+      devkit validity of ``deepliflow_jax.metrics`` evaluates each quantity on.
+    """
+    valid = sample.gt_valid
+    return valid if crop_shape is None else preprocess.center_crop(valid, crop_shape)
+
+
 def _choose_num_samples(num_samples: int | Sequence[int], rng: np.random.Generator) -> int:
     # The original picks one of a list per frame (training) or uses the single value.
     if np.isscalar(num_samples):
@@ -90,7 +106,8 @@ def iterate_batches(dataset, batch_size: int, num_samples: int | Sequence[int] =
 
     Yields:
       dicts with ``frames`` ``[B, 2, h, w, 4]``, ``gt`` ``[B, h, w, 4]`` (float32),
-      ``index`` ``[B]`` (frame indices) and ``epoch``.
+      ``valid`` ``[B, h, w, 3]`` (bool, ``gt_valid_map``), ``index`` ``[B]`` (frame
+      indices) and ``epoch``.
 
     Raises:
       ValueError: bad batch size, or frames of different sizes in one batch without a
@@ -111,19 +128,21 @@ def iterate_batches(dataset, batch_size: int, num_samples: int | Sequence[int] =
         stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
         for begin in range(0, stop, batch_size):
             indices = order[begin:begin + batch_size]
-            frames, gts = [], []
+            frames, gts, valids = [], [], []
             for index in indices:
                 rng = lidar.frame_rng(seed, int(index), epoch)
                 count = _choose_num_samples(num_samples, rng)
-                f, g = preprocess_sample(dataset[int(index)], dataset_type, count, rng,
-                                         crop_shape, lidar_method)
+                sample = dataset[int(index)]
+                f, g = preprocess_sample(sample, dataset_type, count, rng, crop_shape,
+                                         lidar_method)
+                valids.append(gt_valid_map(sample, crop_shape))
                 if frames and f.shape != frames[0].shape:
                     raise ValueError(
                         f"Frame {int(index)} has shape {f.shape[1:3]}, not "
                         f"{frames[0].shape[1:3]} like the rest of its batch: set crop_shape")
                 frames.append(f)
                 gts.append(g)
-            yield {"frames": np.stack(frames), "gt": np.stack(gts),
+            yield {"frames": np.stack(frames), "gt": np.stack(gts), "valid": np.stack(valids),
                    "index": np.asarray(indices, np.int64), "epoch": epoch}
         epoch += 1
 

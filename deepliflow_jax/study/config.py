@@ -12,6 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
+from deepliflow_jax.data.kitti import VALIDITY_MODES
 from deepliflow_jax.data.lidar import LIDAR_SWEEP
 
 KITTI_FULL_SIZE = (375, 1242)
@@ -52,6 +53,10 @@ class StudyConfig:
       seed: seed of data, LiDAR draws and training.
       experiments: which parts run (a subset of ``EXPERIMENTS``); the baseline and
         zero-flow reference always do.
+      validity: which ground-truth pixels the evaluation counts: ``"original"`` (the
+        original's rule, frames averaged: what the paper's numbers mean) or ``"devkit"``
+        (the KITTI devkit's per-quantity validity, pixels pooled over the set); see
+        ``deepliflow_jax.metrics``. Training always uses the original's ground truth.
     """
 
     preset: str = "demo"
@@ -77,6 +82,7 @@ class StudyConfig:
     max_val_frames: int | None = None
     seed: int = 0
     experiments: tuple[str, ...] = EXPERIMENTS
+    validity: str = "original"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +149,9 @@ def resume_conflicts(saved: dict[str, Any], cfg: StudyConfig) -> list[str]:
     must not be mixed with new ones; the sweeps and the parts may change.
     """
     now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as saved
+    # a field added after the folder was written ran with its default's behaviour
+    defaults = json.loads(json.dumps(StudyConfig().to_dict()))
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     return sorted(k for k in set(now) | set(saved)
                   if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
 
@@ -180,5 +189,7 @@ def validate(cfg: StudyConfig) -> None:
                          f"{list(cfg.experiments)}")
     if "hybrid" in cfg.experiments and not (cfg.prune_percents and cfg.quant_bits):
         raise ValueError("the hybrid needs at least one pruning level and one bit width")
+    if cfg.validity not in VALIDITY_MODES:
+        raise ValueError(f"validity must be one of {list(VALIDITY_MODES)}, got {cfg.validity!r}")
     if cfg.eval_every <= 0:
         raise ValueError(f"eval_every must be > 0, got {cfg.eval_every}")

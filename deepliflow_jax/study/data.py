@@ -9,7 +9,7 @@ import numpy as np
 
 from deepliflow_jax.data.kitti import KittiSceneFlow
 from deepliflow_jax.data.lidar import frame_rng
-from deepliflow_jax.data.pipeline import preprocess_sample
+from deepliflow_jax.data.pipeline import gt_valid_map, preprocess_sample
 from deepliflow_jax.fileio import write_text_atomic
 from deepliflow_jax.study.config import StudyConfig, effective_samples
 
@@ -22,12 +22,15 @@ class StudyData:
       train, val: lists of ``SceneFlowSample``.
       dataset_type: ``"KITTI"`` (RGB means and disparity statistics).
       seed: LiDAR / order seed.
+      validity: ground truth of the ``val`` frames, ``"original"`` or ``"devkit"``
+        (``data.kitti``); ``train`` always has the original's.
     """
 
     train: list
     val: list
     dataset_type: str
     seed: int
+    validity: str = "original"
 
     def samples_for(self, cfg: StudyConfig, num_samples: int | None = None) -> int:
         n = cfg.num_samples if num_samples is None else num_samples
@@ -53,15 +56,16 @@ class StudyData:
     def val_batches(self, num_samples: int) -> list[dict]:
         """Validation frames, one LiDAR draw each (seeded: evaluations are reproducible).
 
-        Frames of equal size are stacked into one batch.
+        Frames of equal size are stacked into one batch: ``frames`` ``[B, 2, H, W, 4]``,
+        ``gt`` ``[B, H, W, 4]`` and ``valid`` ``[B, H, W, 3]`` (``gt_valid_map``).
         """
         groups: dict[tuple, list] = {}
         for index, sample in enumerate(self.val):
             rng = frame_rng(self.seed, index, 0)
             frames, gt = preprocess_sample(sample, self.dataset_type, num_samples, rng)
-            groups.setdefault(gt.shape, []).append((frames, gt))
-        return [{"frames": np.stack([f for f, _ in g]), "gt": np.stack([t for _, t in g])}
-                for g in groups.values()]
+            groups.setdefault(gt.shape, []).append((frames, gt, gt_valid_map(sample)))
+        return [{"frames": np.stack([x[0] for x in g]), "gt": np.stack([x[1] for x in g]),
+                 "valid": np.stack([x[2] for x in g])} for g in groups.values()]
 
 
 def make_synthetic(cfg: StudyConfig, root: Path, progress: bool = True) -> Path:
@@ -87,17 +91,18 @@ def load_study_data(cfg: StudyConfig, root: Path) -> StudyData:
     """Decodes the train/val splits of ``root`` into memory.
 
     KITTI uses the original release's 180/20 split; the synthetic world a 9:1
-    split of its own (see ``write_nine_to_one_split``).
+    split of its own (see ``write_nine_to_one_split``). The validation frames' ground
+    truth follows ``cfg.validity``; the training frames' the original's.
     """
     split_file = None
     if cfg.data == "synthetic":
         split_file = write_nine_to_one_split(root / "study_split.txt", cfg.num_scenes)
     train = KittiSceneFlow(root, "train", split_file)
-    val = KittiSceneFlow(root, "test", split_file)
+    val = KittiSceneFlow(root, "test", split_file, validity=cfg.validity)
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"{root}: need frames in both splits, got {len(train)} train and "
                          f"{len(val)} test frames")
     val_idx = range(len(val)) if cfg.max_val_frames is None else range(
         min(cfg.max_val_frames, len(val)))
     return StudyData([train[i] for i in range(len(train))], [val[i] for i in val_idx],
-                     "KITTI", cfg.seed)
+                     "KITTI", cfg.seed, cfg.validity)

@@ -10,8 +10,10 @@ A bit width of 0 keeps a tensor in float.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -29,13 +31,65 @@ from deepliflow_jax.compress.transforms import (
     forward_params,
 )
 from deepliflow_jax.losses import kitti_loss, l2_regularizer
-from deepliflow_jax.metrics import frame_counts, metrics_from_counts
+from deepliflow_jax.metrics import (
+    as_floats,
+    check_validity,
+    default_aggregate,
+    frame_counts,
+    metrics_from_counts,
+)
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.train.state import TrainState, create_train_state
 from deepliflow_jax.train.step import make_train_step
 
 # The paper prunes and quantizes weights *and* biases of every layer, per tensor.
 SELECT_ALL = r".*"
+
+
+class DivergenceError(FloatingPointError):
+    """Fine-tuning produced a non-finite loss or non-finite parameters; no weights are kept.
+
+    Attributes:
+      step: the step whose loss was non-finite, or after which the parameters were.
+      lr: the learning rate of that step.
+      reason: what was non-finite.
+    """
+
+    def __init__(self, step: int, lr: float, reason: str):
+        self.step, self.lr, self.reason = int(step), float(lr), reason
+        super().__init__(f"fine-tuning diverged at step {self.step} (learning rate "
+                         f"{self.lr:g}): {reason}; no weights are returned: lower the learning "
+                         "rate (the paper fine-tunes at 1e-4, then 1e-5)")
+
+    def __reduce__(self):
+        return type(self), (self.step, self.lr, self.reason)
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jnp.ndarray:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def check_training(steps: Sequence[int], losses: Sequence[Any], lr: float,
+                   params: Any = None) -> None:
+    """Raises :class:`DivergenceError` at the first non-finite loss, then on bad parameters.
+
+    Call it where the loop already waits for the device (it fetches ``losses``).
+
+    Args:
+      steps: the step number of each loss (as the caller's log counts them).
+      losses: scalar losses (host floats or device arrays).
+      lr: the learning rate of these steps.
+      params: optional parameters after the last of them (one jitted ``isfinite``).
+
+    Raises:
+      DivergenceError: naming the step and the learning rate.
+    """
+    for step, loss in zip(steps, jax.device_get(list(losses)), strict=True):
+        if not math.isfinite(float(loss)):
+            raise DivergenceError(step, lr, f"the loss is {float(loss)}")
+    if params is not None and steps and not bool(_all_finite(params)):
+        raise DivergenceError(steps[-1], lr, "the parameters are not finite")
 
 
 def _replace_state(opt_state: Any, kind: type, **fields: Any) -> Any:
@@ -60,7 +114,7 @@ class Engine:
         step = make_train_step(self._apply, self._loss, self.tx,
                                regularizer=lambda p: l2_regularizer(p))
         self._step = jax.jit(step, donate_argnums=0)
-        self._eval = jax.jit(self._eval_counts)
+        self._eval = jax.jit(self._eval_counts, static_argnames="validity")
         self._forward = jax.jit(self._apply_fwd)
 
     # -- functions traced once -------------------------------------------------
@@ -73,10 +127,10 @@ class Engine:
     def _loss(self, outputs, batch):
         return kitti_loss(outputs[1]["flows"], batch["gt"])
 
-    def _eval_counts(self, params, opt_state, frames, gt):
+    def _eval_counts(self, params, opt_state, frames, gt, valid, validity="original"):
         fwd = forward_params(self.tx, params, opt_state)
         sf, _ = self.model.apply({"params": fwd}, frames, self.interp_size, gt.shape[1:3])
-        return frame_counts(sf, gt), sf
+        return frame_counts(sf, gt, None, valid, validity), sf
 
     def _apply_fwd(self, params, frames):
         return self.model.apply({"params": params}, frames, self.interp_size)[0]
@@ -119,16 +173,37 @@ class Engine:
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         return self._step(state, batch)
 
-    def evaluate(self, state: TrainState, batches: list[dict], keep_outputs: bool = False):
-        """Frame-averaged EPE and outlier rates (the original's aggregation)."""
+    def evaluate(self, state: TrainState, batches: list[dict], keep_outputs: bool = False,
+                 validity: str = "original"):
+        """EPE and outlier rates over ``batches`` (see ``deepliflow_jax.metrics``).
+
+        Args:
+          state: the train state (its masks and bit widths apply).
+          batches: dicts with ``frames``, ``gt`` and, for ``"devkit"``, ``valid``.
+          keep_outputs: also return the predictions (one array per batch).
+          validity: ``"original"`` (frame-averaged, as the original) or ``"devkit"``
+            (per-quantity validity, pixels pooled over the set).
+
+        Returns:
+          ``{'epe', 'd0', 'd1', 'fl', 'sf', 'nonfinite'}`` (and the outputs).
+
+        Raises:
+          ValueError: unknown ``validity``, or ``"devkit"`` with a batch without ``valid``.
+        """
+        devkit = check_validity(validity) == "devkit"
         counts, outputs = [], []
         for b in batches:
-            c, sf = self._eval(state.params, state.opt_state, b["frames"], b["gt"])
+            if devkit and "valid" not in b:
+                raise ValueError("validity='devkit' needs each batch's 'valid' masks "
+                                 "(StudyData.val_batches provides them)")
+            c, sf = self._eval(state.params, state.opt_state, b["frames"], b["gt"],
+                               b["valid"] if devkit else None, validity=validity)
             counts.append(jax.device_get(c))
             if keep_outputs:
                 outputs.append(np.asarray(sf))
         merged = {k: np.concatenate([c[k] for c in counts]) for k in counts[0]}
-        metrics = {k: float(v) for k, v in metrics_from_counts(merged, "frame").items()}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            metrics = as_floats(metrics_from_counts(merged, default_aggregate(validity)))
         return (metrics, outputs) if keep_outputs else metrics
 
     def time_forward(self, params: Any, frames: np.ndarray, repeats: int) -> dict:

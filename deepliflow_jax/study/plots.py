@@ -108,7 +108,8 @@ def fig4(out: Path, records: dict, cfg: StudyConfig) -> Path:
     ax.set_xlabel("forward time (ms, median)")
     ax.set_ylabel("EPE (px)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # nothing is timed with runtime_repeats=0
+        ax.legend(fontsize=7)
     ax.set_title("Accuracy vs run time (p = pruned %, q = weight bits)")
     fig.tight_layout()
     path = out / "fig4_hybrid_accuracy_vs_time.png"
@@ -136,4 +137,6 @@ def fig6(out: Path, records: dict, cfg: StudyConfig) -> Path:
 
 
 def write_plots(out_dir: Path, records: dict, cfg: StudyConfig) -> list[Path]:
+    # a failed (diverged) configuration has no numbers to plot
+    records = {k: r for k, r in records.items() if not r.get("failed")}
     return [f(Path(out_dir), records, cfg) for f in (fig1, fig23, fig4, fig6)]

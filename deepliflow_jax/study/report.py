@@ -20,8 +20,8 @@ def best_levels(records: dict[str, dict], cfg: StudyConfig) -> tuple[float, int]
 
     def epe(name):
         for kind in ("aware", "post"):
-            if f"{kind}_{name}" in records:
-                return records[f"{kind}_{name}"]["metrics"]["epe"]
+            if f"{kind}_{name}" in records:  # a failed (diverged) run: never the best
+                return records[f"{kind}_{name}"].get("metrics", {}).get("epe", float("inf"))
         return float("inf")
 
     # ties go to the mildest level: sorted from it
@@ -38,10 +38,24 @@ def _ms(rec: dict) -> str:
 def _row(rec: dict | None) -> list[str]:
     if rec is None:
         return ["-"] * 4
+    bits = f"{rec['bits']} bits" if rec.get("bits") else "32 bits"
+    if rec.get("failed"):
+        return [f"{rec['percent']:g}%" if rec.get("percent") else "-", bits, "failed",
+                "failed"]
     m = rec["metrics"]
     pruning = f"{rec['percent']:g}%" if rec.get("percent") else f"{rec['zero_percent']:.2f}%"
-    bits = f"{rec['bits']} bits" if rec.get("bits") else "32 bits"
     return [pruning, bits, f"{m['epe']:.3f}", f"{m['sf']:.3f}"]
+
+
+def validity_note(cfg: StudyConfig) -> str:
+    """Which evaluation produced the numbers (``StudyConfig.validity``)."""
+    if cfg.validity == "devkit":
+        return ("Evaluation: validity 'devkit' (the KITTI devkit's rule: D0 / D1 / Fl on the "
+                "pixels where that quantity's ground truth is valid, SF and EPE where all "
+                "three are; pixels pooled over the set). Not comparable with the paper's "
+                "numbers.")
+    return ("Evaluation: validity 'original' (the original's rule, as the paper: every "
+            "quantity on the pixels with a valid first-frame disparity; frames averaged).")
 
 
 def table2(records: dict[str, dict], cfg: StudyConfig) -> str:
@@ -89,11 +103,13 @@ def table3(records: dict[str, dict], cfg: StudyConfig) -> str:
         if post:
             rows.append(("post", post["metrics"]))
         if aware:
-            rows.append((f"aware lr1={cfg.lr1:g}", aware["phases"]["lr1"]))
-            rows.append((f"aware lr1 then lr2={cfg.lr2:g}", aware["phases"]["lr2"]))
+            phases = aware.get("phases", {})  # none when the run failed
+            rows.append((f"aware lr1={cfg.lr1:g}", phases.get("lr1")))
+            rows.append((f"aware lr1 then lr2={cfg.lr2:g}", phases.get("lr2")))
         for mode, m in rows:
             n += 1
-            lines.append(f"| {n} | {label} | {mode} | {m['epe']:.3f} | {m['sf']:.3f} |")
+            cells = "failed | failed" if m is None else f"{m['epe']:.3f} | {m['sf']:.3f}"
+            lines.append(f"| {n} | {label} | {mode} | {cells} |")
     return "\n".join(lines)
 
 
@@ -101,13 +117,14 @@ def csv_text(records: dict[str, dict]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["key", "kind", "percent", "bits", "zero_percent", "epe", "d0", "d1", "fl", "sf",
-                "time_ms"])
+                "time_ms", "nonfinite", "failed"])
     for k, r in records.items():
         m = r.get("metrics", {})
         w.writerow([k, r.get("kind"), r.get("percent", ""), r.get("bits", ""),
                     r.get("zero_percent", ""), *(m.get(x, "") for x in
                                                  ("epe", "d0", "d1", "fl", "sf")),
-                    (r.get("time") or {}).get("median_ms", "")])
+                    (r.get("time") or {}).get("median_ms", ""), m.get("nonfinite", ""),
+                    r.get("failed", "")])
     return buf.getvalue()
 
 
@@ -117,20 +134,24 @@ def write_all(out_dir: Path, records: dict[str, dict], cfg: StudyConfig,
     out_dir = Path(out_dir)
     paths = {
         "json": write_json_atomic(out_dir / "results.json",
-                                  {"config": cfg.to_dict(), "records": records,
-                                   "wall_s": wall_s}),
+                                  {"config": cfg.to_dict(), "validity": cfg.validity,
+                                   "records": records, "wall_s": wall_s}),
         "csv": write_text_atomic(out_dir / "results.csv", csv_text(records)),
     }
     base = records.get("baseline", {}).get("metrics", {})
     zero = records.get("zero_flow", {}).get("metrics", {})
     note = ("Numbers from the synthetic KITTI-format world and a briefly pre-trained model, "
             "not from KITTI." if cfg.data == "synthetic" else "KITTI 2015, validation split.")
-    md = [f"# Compression study ({cfg.preset})", "", note, ""]
+    md = [f"# Compression study ({cfg.preset})", "", note, "", validity_note(cfg), ""]
     if base and zero:
         md += [f"Baseline EPE {base['epe']:.3f} vs zero flow {zero['epe']:.3f} "
                f"(SF outliers {base['sf']:.2f} % vs {zero['sf']:.2f} %).", ""]
     md += ["## Table II", "", table2(records, cfg), "", "## Table III (ablation)", "",
            table3(records, cfg), ""]
+    failed = [k for k, r in records.items() if r.get("failed")]
+    if failed:
+        md += ["Failed (training diverged; no numbers): "
+               + "; ".join(f"{k}: {records[k]['failed']}" for k in failed), ""]
     md += ["Time: median forward pass of the model with masked / fake-quantized weights "
            "(dense float convolutions: zeros and quantization levels do not change the "
            "work), see the run-time study for a proper benchmark.", ""]

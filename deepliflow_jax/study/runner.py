@@ -6,7 +6,9 @@ Order of work (each finished configuration is a record; a re-run skips it):
      evaluated beside the zero-flow prediction;
   3. post-training sweeps: pruning 5..25 % and quantization 16..6 bits;
   4. aware-training sweeps: fine-tuning at lr1 = 1e-4, then "refine" at
-     lr2 = 1e-5, the best validation SF outlier rate kept (as the original);
+     lr2 = 1e-5, the best validation SF outlier rate kept (as the original); a run
+     whose loss or weights turn non-finite is recorded as failed (``"failed"``, no
+     metrics) and the study goes on;
   5. hybrid: the best pruning level with the best bit width, post and aware;
   6. every model above also at each LiDAR sample count of the sweep;
   7. run time of every configuration (Fig. 6);
@@ -28,7 +30,9 @@ from deepliflow_jax.study import report
 from deepliflow_jax.study.config import StudyConfig, resume_conflicts
 from deepliflow_jax.study.data import load_study_data, make_synthetic
 from deepliflow_jax.study.engine import (
+    DivergenceError,
     Engine,
+    check_training,
     enable_compilation_cache,
     get_engine,
     post_training_masks,
@@ -42,6 +46,16 @@ CONFIG_FILE = "config.json"  # written first: it marks a folder as a study's res
 
 def _say(msg: str) -> None:
     print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _summary(rec: dict) -> str:
+    if rec.get("failed"):
+        return f"FAILED: {rec['failed']} (records/{rec['key']}.json; delete it to retry)"
+    m = rec["metrics"]
+    text = f"EPE {m['epe']:.3f}, SF {m['sf']:.2f} %"
+    if m.get("nonfinite"):
+        text += f", {m['nonfinite']} pixels with a non-finite prediction (counted as outliers)"
+    return text
 
 
 class Study:
@@ -135,10 +149,13 @@ class Study:
         return params
 
     # -- configurations ----------------------------------------------------------
+    def _evaluate(self, state, batches: list, **kwargs):
+        return self.engine.evaluate(state, batches, validity=self.cfg.validity, **kwargs)
+
     def _evaluate_all_lidar(self, state) -> dict[str, dict]:
         out = {}
         for n in self.cfg.lidar_sweep:
-            out[str(n)] = self.engine.evaluate(state, self.val_batches(n))
+            out[str(n)] = self._evaluate(state, self.val_batches(n))
         return out
 
     def _timing(self, state) -> dict:
@@ -150,7 +167,7 @@ class Study:
         return self.engine.time_forward(params, self._timing_frames, self.cfg.runtime_repeats)
 
     def _finish(self, key: str, kind: str, state, extra: dict) -> dict:
-        metrics = self.engine.evaluate(state, self.val_batches())
+        metrics = self._evaluate(state, self.val_batches())
         record = {"key": key, "kind": kind, **extra, "metrics": metrics,
                   "zero_percent": zero_fraction(self.engine.compressed_params(state)),
                   "lidar": self._evaluate_all_lidar(state), "time": self._timing(state)}
@@ -164,7 +181,12 @@ class Study:
         return self._finish(key, "post", state, {"percent": percent, "bits": bits})
 
     def aware(self, key: str, params: Any, percent: float = 0.0, bits: int = 0) -> dict:
-        """Fine-tunes a compressed model: lr1 phase, then lr2 phase; best by SF outliers."""
+        """Fine-tunes a compressed model: lr1 phase, then lr2 phase; best by SF outliers.
+
+        A non-finite loss or non-finite weights (checked at each validation, where the
+        loop waits for the device anyway) end the run: its record says ``"failed"`` (the
+        ``DivergenceError`` message, step and learning rate) instead of metrics.
+        """
         if self.records.has(key):
             return self.records.get(key)
         cfg, eng = self.cfg, self.engine
@@ -175,20 +197,32 @@ class Study:
         phases = {"lr1": (cfg.lr1, cfg.finetune_steps), "lr2": (cfg.lr2, cfg.refine_steps)}
         best_sf, best_state, per_phase, history = np.inf, state, {}, []
         pos = 0
-        for phase, (lr, steps) in phases.items():
-            state = eng.set_lr(state, lr)
-            for i in range(steps):
-                state, m = eng.train_step(state, self.data.train_batch(pos, n))
-                pos += 1
-                if (i + 1) % cfg.eval_every == 0 or i + 1 == steps:
-                    val = eng.evaluate(state, self.val_batches())
-                    values = {**{k: float(v) for k, v in jax.device_get(m).items()},
-                              **{f"val_{k}": v for k, v in val.items()}, "lr": lr}
-                    log.log(pos, values)
-                    history.append({"step": pos, "phase": phase, **val})
-                    if val["sf"] < best_sf:
-                        best_sf, best_state = val["sf"], jax.device_get(state)
-            per_phase[phase] = eng.evaluate(best_state, self.val_batches())
+        try:
+            for phase, (lr, steps) in phases.items():
+                state = eng.set_lr(state, lr)
+                pending: list[tuple[int, Any]] = []  # losses still on the device
+                for i in range(steps):
+                    state, m = eng.train_step(state, self.data.train_batch(pos, n))
+                    pos += 1
+                    pending.append((pos, m["loss"]))
+                    if (i + 1) % cfg.eval_every == 0 or i + 1 == steps:
+                        check_training([p for p, _ in pending], [x for _, x in pending], lr,
+                                       state.params)
+                        pending = []
+                        val = self._evaluate(state, self.val_batches())
+                        values = {**{k: float(v) for k, v in jax.device_get(m).items()},
+                                  **{f"val_{k}": v for k, v in val.items()}, "lr": lr}
+                        log.log(pos, values)
+                        history.append({"step": pos, "phase": phase, **val})
+                        if val["sf"] < best_sf:
+                            best_sf, best_state = val["sf"], jax.device_get(state)
+                per_phase[phase] = self._evaluate(best_state, self.val_batches())
+        except DivergenceError as err:
+            log.close()
+            return self.records.put(key, {
+                "key": key, "kind": "aware", "percent": percent, "bits": bits,
+                "failed": str(err), "failed_step": err.step, "failed_lr": err.lr,
+                "history": history})
         log.close()
         return self._finish(key, "aware", best_state,
                             {"percent": percent, "bits": bits, "phases": per_phase,
@@ -201,14 +235,13 @@ class Study:
         cfg = self.cfg
         params = self._baseline_params()
         base = self.post(BASELINE, params)
-        _say(f"baseline EPE {base['metrics']['epe']:.3f}, SF outliers "
-             f"{base['metrics']['sf']:.2f} %")
+        _say(f"baseline: {_summary(base)} (validity '{cfg.validity}')")
         if not self.records.has("zero_flow"):
             zero = jax.tree.map(np.zeros_like, params)
             state = self.engine.new_state(zero)
             self.records.put("zero_flow", {"key": "zero_flow", "kind": "reference",
-                                           "metrics": self.engine.evaluate(state,
-                                                                           self.val_batches())})
+                                           "metrics": self._evaluate(state,
+                                                                     self.val_batches())})
         sweeps = []
         for kind in ("post", "aware"):
             if f"{kind}_prune" in cfg.experiments:
@@ -217,13 +250,13 @@ class Study:
                 sweeps += [(f"{kind}_quant_{b}", kind, 0.0, b) for b in cfg.quant_bits]
         for key, kind, p, b in progress(sweeps, len(sweeps), "sweeps"):
             rec = getattr(self, kind)(key, params, p, b)
-            _say(f"{key}: EPE {rec['metrics']['epe']:.3f}, SF {rec['metrics']['sf']:.2f} %, "
-                 f"zeros {rec['zero_percent']:.2f} %")
+            _say(f"{key}: {_summary(rec)}" + ("" if rec.get("failed") else
+                                              f", zeros {rec['zero_percent']:.2f} %"))
         best_p, best_b = report.best_levels(self.records.all(), cfg)
         for kind in ("post", "aware") if "hybrid" in cfg.experiments else ():
             key = f"hybrid_{kind}_{best_b}_{best_p:g}"
             rec = getattr(self, kind)(key, params, best_p, best_b)
-            _say(f"{key}: EPE {rec['metrics']['epe']:.3f}, SF {rec['metrics']['sf']:.2f} %")
+            _say(f"{key}: {_summary(rec)}")
         self._qualitative(params, best_p, best_b)
         outputs = report.write_all(self.dir, self.records.all(), cfg,
                                    wall_s=time.perf_counter() - t_start)
@@ -243,7 +276,7 @@ class Study:
                             (f"post {percent:g} %", percent, 0)):
             pruned, masks = post_training_masks(params, p)
             state = self.engine.new_state(pruned, masks=masks, bits=b)
-            _, out = self.engine.evaluate(state, [batch], keep_outputs=True)
+            _, out = self._evaluate(state, [batch], keep_outputs=True)
             rows.append((label, out[0][0]))
         sample = self.data.val[0]
         try:  # labelled rows and columns when matplotlib (the viz extra) is there
