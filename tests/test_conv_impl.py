@@ -1,0 +1,173 @@
+"""``conv_impl``: every alternative conv computation equals the reference ``lax`` path.
+
+Per layer (odd and even sizes, forward and gradients), on the whole network
+(the FT3D-style path and the KITTI resize path) and structurally: each option
+reaches every layer it applies to, and the parameter tree does not change.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepliflow_jax.model.api import create_model, forward, init_params, param_shapes
+from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
+from deepliflow_jax.model.layers import (
+    CONV_IMPL_TOKENS,
+    CONV_IMPLS,
+    Conv,
+    ConvTranspose,
+    check_conv_impl,
+    dilated_conv_space_to_batch,
+)
+
+ALTERNATIVES = tuple(sorted(set(CONV_IMPLS[1:]) | set(CONV_IMPL_TOKENS)))
+TOL = 1e-6
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _layer_case(module_cls, kwargs, x_shape, kernel_shape, seed):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    n_out = kwargs["features"]
+    params = {"kernel": jnp.asarray(rng.standard_normal(kernel_shape), jnp.float32),
+              "bias": jnp.asarray(rng.standard_normal(n_out), jnp.float32)}
+    ref = module_cls(**kwargs)
+    cot = jnp.asarray(rng.standard_normal(ref.apply({"params": params}, x).shape), jnp.float32)
+    return x, params, cot
+
+
+def _assert_layer_equal(module_cls, kwargs, x_shape, kernel_shape, impl, seed=0):
+    x, params, cot = _layer_case(module_cls, kwargs, x_shape, kernel_shape, seed)
+
+    def run(conv_impl):
+        layer = module_cls(**kwargs, conv_impl=conv_impl)
+        y = layer.apply({"params": params}, x)
+        # the gradient of a weighted sum: exercises every output's cotangent
+        grads = jax.grad(lambda p, v: jnp.sum(layer.apply({"params": p}, v) * cot),
+                         argnums=(0, 1))(params, x)
+        return y, grads
+
+    y_ref, (gp_ref, gx_ref) = run("xla")
+    y, (gp, gx) = run(impl)
+    assert y.shape == y_ref.shape
+    errors = {"y": _rel(y, y_ref), "dx": _rel(gx, gx_ref),
+              "dkernel": _rel(gp["kernel"], gp_ref["kernel"]),
+              "dbias": _rel(gp["bias"], gp_ref["bias"])}
+    assert max(errors.values()) <= TOL, (impl, x_shape, kernel_shape, errors)
+    return errors
+
+
+def test_check_conv_impl_canonical_and_errors():
+    assert check_conv_impl("xla") == "xla"
+    assert check_conv_impl("pad8+subpixel") == "subpixel+pad8"
+    assert check_conv_impl("s2b+pad8+subpixel") == "subpixel+s2b+pad8"
+    for bad in ("", "XLA", "subpixel+", "xla+subpixel", "subpixel+subpixel", "winograd", None):
+        with pytest.raises(ValueError, match="conv_impl="):
+            check_conv_impl(bad)
+    with pytest.raises(ValueError, match="conv_impl='fast'"):
+        DeepLiDARFlow(conv_impl="fast")
+    with pytest.raises(ValueError, match="conv_impl='fast'"):
+        create_model(conv_impl="fast")
+
+
+@pytest.mark.parametrize("impl", ALTERNATIVES)
+@pytest.mark.parametrize("size", [(16, 32), (9, 13), (5, 7)])
+@pytest.mark.parametrize("dilation,c_in,c_out", [(1, 36, 20), (2, 13, 16), (4, 16, 5),
+                                                  (8, 12, 96), (16, 20, 12)])
+def test_conv_equals_reference(impl, size, dilation, c_in, c_out):
+    kwargs = {"features": c_out, "dilation": dilation}
+    _assert_layer_equal(Conv, kwargs, (2, *size, c_in), (3, 3, c_in, c_out), impl)
+
+
+@pytest.mark.parametrize("impl", ALTERNATIVES)
+@pytest.mark.parametrize("ksize,stride,size", [(3, 2, (8, 10)), (3, 2, (7, 9)), (1, 1, (5, 6))])
+def test_strided_and_pointwise_conv_equals_reference(impl, ksize, stride, size):
+    kwargs = {"features": 11, "ksize": ksize, "stride": stride, "activation": False}
+    _assert_layer_equal(Conv, kwargs, (2, *size, 3), (ksize, ksize, 3, 11), impl)
+
+
+@pytest.mark.parametrize("impl", ALTERNATIVES)
+@pytest.mark.parametrize("size", [(1, 1), (1, 2), (3, 5), (4, 4), (8, 16), (7, 9)])
+@pytest.mark.parametrize("c_in,c_out,activation", [(4, 4, False), (32, 4, False),
+                                                    (13, 6, True), (64, 32, True)])
+def test_transposed_conv_equals_reference(impl, size, c_in, c_out, activation):
+    kwargs = {"features": c_out, "activation": activation}
+    _assert_layer_equal(ConvTranspose, kwargs, (2, *size, c_in), (4, 4, c_out, c_in), impl)
+
+
+def test_space_to_batch_refuses_even_kernels():
+    with pytest.raises(ValueError, match="odd kernel size"):
+        dilated_conv_space_to_batch(jnp.zeros((1, 8, 8, 2)), jnp.zeros((2, 2, 2, 3)), 2)
+
+
+def _convs(jaxpr):
+    """Every ``conv_general_dilated`` equation of a jaxpr, nested ones included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            yield eqn
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, tuple | list) else [value]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _convs(inner)
+
+
+@pytest.mark.parametrize("impl", ["xla", *CONV_IMPL_TOKENS])
+def test_option_reaches_every_layer(impl):
+    model = DeepLiDARFlow(conv_impl=impl)
+    frames = jax.ShapeDtypeStruct((1, 2, 64, 128, 4), jnp.float32)
+    # same parameter tree: checkpoints load unchanged
+    got = jax.eval_shape(model.init, jax.random.PRNGKey(0), frames)
+    assert jax.tree.map(lambda s: (s.shape, s.dtype), got) == jax.tree.map(
+        lambda s: (s.shape, s.dtype), param_shapes())
+    convs = list(_convs(jax.make_jaxpr(model.apply)(param_shapes(), frames).jaxpr))
+    # 94 convs + 12 transposed convs + 15 normalized convs (one conv each)
+    assert len(convs) == 121
+    lhs_dilated = [e for e in convs if max(e.params["lhs_dilation"]) > 1]
+    rhs_dilated = [e for e in convs if max(e.params["rhs_dilation"]) > 1]
+    assert len(lhs_dilated) == (0 if impl == "subpixel" else 12)
+    assert len(rhs_dilated) == (0 if impl == "s2b" else 4)
+    odd = [e for e in convs if e.invars[1].aval.shape[2] % 8 or e.invars[1].aval.shape[3] % 8]
+    if impl in ("xla", "pad8"):
+        # pad8 leaves the normalized convs (not Conv layers) 1 -> 16, 128 -> 196,
+        # 196 -> 196 (top) and 196 -> 128 (upsampling5to4)
+        assert len(odd) == (4 if impl == "pad8" else 31), len(odd)
+
+
+@pytest.fixture(scope="module")
+def net_variables():
+    return init_params(seed=3, bias_std=0.1)
+
+
+@pytest.fixture(scope="module")
+def net_frames():
+    rng = np.random.default_rng(7)
+
+    def frames(h, w):
+        x = rng.uniform(-0.4, 0.6, (1, 2, h, w, 4)).astype(np.float32)
+        x[..., 3] *= rng.uniform(size=(1, 2, h, w)) < 0.1
+        return x
+
+    # FT3D-style input at the network size; KITTI-style raw size, resized in and out
+    return {"ft3d": (frames(64, 128), None), "kitti": (frames(70, 140), (64, 128))}
+
+
+@pytest.mark.parametrize("path", ["ft3d", "kitti"])
+@pytest.mark.parametrize("impl", ["subpixel", "subpixel+s2b+pad8"])
+def test_whole_network_equals_reference(net_variables, net_frames, path, impl):
+    frames, interp = net_frames[path]
+    sf_ref, aux_ref = forward(net_variables, frames, interp_size=interp)
+    sf, aux = forward(net_variables, frames, interp_size=interp, conv_impl=impl)
+    errors = {"out": _rel(sf, sf_ref)}
+    for name, flow in aux["levels"].items():
+        errors[name] = _rel(flow, aux_ref["levels"][name])
+    for i, (c, c_ref) in enumerate(zip(aux["confidences"], aux_ref["confidences"])):
+        errors[f"conf{i}"] = _rel(c, c_ref)
+    print(path, impl, {k: f"{v:.1e}" for k, v in errors.items()})
+    assert float(np.std(sf_ref)) > 0
+    assert max(errors.values()) <= TOL, errors
