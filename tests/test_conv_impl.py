@@ -14,14 +14,13 @@ from deepliflow_jax.model.api import create_model, forward, init_params, param_s
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import (
     CONV_IMPL_TOKENS,
-    CONV_IMPLS,
     Conv,
     ConvTranspose,
     check_conv_impl,
     dilated_conv_space_to_batch,
 )
 
-ALTERNATIVES = tuple(sorted(set(CONV_IMPLS[1:]) | set(CONV_IMPL_TOKENS)))
+ALTERNATIVES = (*CONV_IMPL_TOKENS, "subpixel+s2b+pad8")
 TOL = 1e-6
 
 
@@ -139,6 +138,42 @@ def test_option_reaches_every_layer(impl):
         assert len(odd) == (4 if impl == "pad8" else 31), len(odd)
 
 
+def network_outputs(variables, frames, interp_size=None, out_size=None, conv_impl="xla",
+                    float64=False):
+    """``{'out': sceneflow, level name: flow}`` of the jitted forward as float64 numpy.
+
+    ``float64=True`` computes the reference path in float64 (the same float32
+    parameters; the warp's flow and the refined flow stay float32, as the model
+    casts them): the truth both float32 paths are measured against.
+    """
+    if not float64:
+        sf, aux = forward(variables, frames, interp_size, out_size, conv_impl=conv_impl)
+    else:
+        with jax.enable_x64(True):
+            sf, aux = forward(variables, np.asarray(frames, np.float64), interp_size, out_size,
+                              dtype=jnp.float64)
+    out = {"out": sf, **aux["levels"]}
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def assert_as_accurate_as_reference(got, ref, truth, factor=1.5, floor=TOL):
+    """Every output of an alternative is as close to the float64 truth as the reference's.
+
+    Two float32 computations of a deep network that differ only in summation
+    order drift apart by the network's own float32 error (about 2e-6 on the
+    golden weights): the bound is ``max(factor * error of the reference, floor)``.
+
+    Returns:
+      ``{name: (error of got, error of ref, relative difference got vs ref)}``.
+    """
+    report = {k: (_rel(got[k], truth[k]), _rel(ref[k], truth[k]), _rel(got[k], ref[k]))
+              for k in ref}
+    print({k: " / ".join(f"{e:.1e}" for e in v) for k, v in report.items()})
+    bad = {k: v for k, v in report.items() if v[0] > max(factor * v[1], floor)}
+    assert not bad, f"less accurate than the reference path (got, ref, diff): {bad}"
+    return report
+
+
 @pytest.fixture(scope="module")
 def net_variables():
     return init_params(seed=3, bias_std=0.1)
@@ -157,17 +192,27 @@ def net_frames():
     return {"ft3d": (frames(64, 128), None), "kitti": (frames(70, 140), (64, 128))}
 
 
+@pytest.fixture(scope="module")
+def net_outputs(net_variables, net_frames):
+    cache = {}
+
+    def get(path, conv_impl="xla", float64=False):
+        key = (path, conv_impl, float64)
+        if key not in cache:
+            frames, interp = net_frames[path]
+            cache[key] = network_outputs(net_variables, frames, interp, conv_impl=conv_impl,
+                                         float64=float64)
+        return cache[key]
+
+    return get
+
+
 @pytest.mark.parametrize("path", ["ft3d", "kitti"])
 @pytest.mark.parametrize("impl", ["subpixel", "subpixel+s2b+pad8"])
-def test_whole_network_equals_reference(net_variables, net_frames, path, impl):
-    frames, interp = net_frames[path]
-    sf_ref, aux_ref = forward(net_variables, frames, interp_size=interp)
-    sf, aux = forward(net_variables, frames, interp_size=interp, conv_impl=impl)
-    errors = {"out": _rel(sf, sf_ref)}
-    for name, flow in aux["levels"].items():
-        errors[name] = _rel(flow, aux_ref["levels"][name])
-    for i, (c, c_ref) in enumerate(zip(aux["confidences"], aux_ref["confidences"])):
-        errors[f"conf{i}"] = _rel(c, c_ref)
-    print(path, impl, {k: f"{v:.1e}" for k, v in errors.items()})
-    assert float(np.std(sf_ref)) > 0
-    assert max(errors.values()) <= TOL, errors
+def test_whole_network_equals_reference(net_outputs, path, impl):
+    ref = net_outputs(path)
+    got = net_outputs(path, impl)
+    assert float(np.std(ref["out"])) > 0
+    report = assert_as_accurate_as_reference(got, ref, net_outputs(path, float64=True))
+    # with these weights the float32 paths agree to the per-layer bound
+    assert max(diff for _, _, diff in report.values()) <= TOL
