@@ -13,7 +13,11 @@ def test_blocks_get_the_shapes_of_the_forward():
     variables = init_params(0)
     blocks = {b.name: b for b in block_calls(variables, 1, 70, 140, interp_size=(64, 128),
                                              conv_impl="subpixel")}
-    assert list(blocks) == block_names((64, 128))
+    levels = [f"{kind} L{lv}" for lv in (6, 5, 4, 3, 2)
+              for kind in ("warp", "cost volume", "estimator") if (kind, lv) != ("warp", 6)]
+    assert list(blocks) == block_names((64, 128)) == [
+        "input resize", "rgb encoder", "depth encoder", "depth decoder", "rgb decoder", "fusion",
+        *levels, "context network", "output resize"]
     assert blocks["input resize"].args[0].shape == (2, 70, 140, 4)
     assert blocks["rgb encoder"].args[0].shape == (2, 64, 128, 3)
     # cost volume 81 + features of both frames 2 x 64 + up flow 4 + up feature 4
