@@ -216,3 +216,16 @@ def test_whole_network_equals_reference(net_outputs, path, impl):
     report = assert_as_accurate_as_reference(got, ref, net_outputs(path, float64=True))
     # with these weights the float32 paths agree to the per-layer bound
     assert max(diff for _, _, diff in report.values()) <= TOL
+
+
+@pytest.mark.parametrize("module_cls,kwargs,x_shape,kernel_shape", [
+    (Conv, {"features": 12, "dilation": 4}, (2, 9, 13, 20), (3, 3, 20, 12)),
+    (ConvTranspose, {"features": 6}, (2, 7, 9, 13), (4, 4, 6, 13)),
+])
+def test_bfloat16_compute_matches_reference(module_cls, kwargs, x_shape, kernel_shape):
+    x, params, _ = _layer_case(module_cls, kwargs, x_shape, kernel_shape, seed=5)
+    ref = module_cls(**kwargs, dtype=jnp.bfloat16).apply({"params": params}, x)
+    got = module_cls(**kwargs, dtype=jnp.bfloat16, conv_impl="subpixel+s2b+pad8").apply(
+        {"params": params}, x)
+    assert got.dtype == jnp.bfloat16 and got.shape == ref.shape
+    assert _rel(got, ref) < 1e-2  # bfloat16 rounding of different summation orders
