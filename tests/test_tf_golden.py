@@ -17,9 +17,10 @@ import pytest
 from deepliflow_jax.model import resize
 from deepliflow_jax.model.api import forward, param_shapes
 from deepliflow_jax.model.cost_volume import cost_volume
-from deepliflow_jax.model.layers import Conv, ConvTranspose, leaky_relu
+from deepliflow_jax.model.layers import CONV_IMPLS, Conv, ConvTranspose, leaky_relu
 from deepliflow_jax.model.normalized_conv import NormalizedConv, confidence_max_pool
 from deepliflow_jax.model.warping import bilinear_warp
+from tests.test_conv_impl import assert_as_accurate_as_reference, network_outputs
 from tests.tf_golden.weights import make_weights
 from weights_convert.tf_names import tf_name_table
 
@@ -81,18 +82,21 @@ def test_resizes_match_tf(ops):
 @pytest.mark.parametrize("key,stride,dil", [("conv_s2_8x10", 2, 1), ("conv_s2_7x9", 2, 1),
                                             ("conv_d2", 1, 2), ("conv_d4", 1, 4),
                                             ("conv_d16", 1, 16), ("conv_1x1", 1, 1)])
-def test_convs_match_tf(ops, key, stride, dil):
+@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
+def test_convs_match_tf(ops, key, stride, dil, conv_impl):
     k = ops[key + "_k"]
-    conv = Conv(k.shape[-1], ksize=k.shape[0], stride=stride, dilation=dil, activation=False)
+    conv = Conv(k.shape[-1], ksize=k.shape[0], stride=stride, dilation=dil, activation=False,
+                conv_impl=conv_impl)
     got = conv.apply({"params": {"kernel": k, "bias": np.zeros(k.shape[-1], np.float32)}},
                      ops[key + "_x"])
     np.testing.assert_allclose(got, ops[key + "_y"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("key", ["deconv_3x5", "deconv_4x4", "deconv_1x2"])
-def test_transposed_convs_match_tf(ops, key):
+@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
+def test_transposed_convs_match_tf(ops, key, conv_impl):
     k = ops[key + "_k"]
-    up = ConvTranspose(k.shape[2], activation=False)
+    up = ConvTranspose(k.shape[2], activation=False, conv_impl=conv_impl)
     got = up.apply({"params": {"kernel": k, "bias": np.zeros(k.shape[2], np.float32)}},
                    ops[key + "_x"])
     np.testing.assert_allclose(got, ops[key + "_y"], rtol=1e-5, atol=1e-5)
@@ -129,19 +133,29 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("case", ["i", "ii"])
-def test_whole_network_matches_tf(golden, tf_vars, case):
+@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
+def test_whole_network_matches_tf(golden, tf_vars, case, conv_impl):
     assert list(golden["weight_names"]) == sorted(tf_vars)
     tf_weights = make_weights(tf_vars)
     np.testing.assert_allclose([np.abs(tf_weights[n]).sum() for n in golden["weight_names"]],
                                golden["weight_abs_sums"], rtol=1e-6)
     variables = _flax_from_tf(tf_weights)
     interp = tuple(golden["ii_interp_shape"]) if case == "ii" else None
+    out_size = tuple(golden[f"{case}_gt_shape"])
     sf, aux = forward(variables, golden[f"{case}_input"], interp_size=interp,
-                      out_size=tuple(golden[f"{case}_gt_shape"]))
+                      out_size=out_size, conv_impl=conv_impl)
     errors = {}
     for level, flow in zip((6, 5, 4, 3, 2), aux["flows"]):
         errors[level] = _rel(flow, golden[f"{case}_flow{level}"])
     errors["out"] = _rel(sf, golden[f"{case}_out_sf"])
     errors["2u"] = _rel(aux["levels"]["flow_level2_unrefined"], golden[f"{case}_flow2_unrefined"])
-    print(case, {k: f"{v:.2e}" for k, v in errors.items()})
+    print(case, conv_impl, {k: f"{v:.2e}" for k, v in errors.items()})
     assert max(errors.values()) < 1e-4, errors
+    if conv_impl != "xla":
+        # the alternative computes the reference path's function: no farther from the
+        # float64 truth than the reference path's float32 rounding
+        args = (variables, golden[f"{case}_input"], interp, out_size)
+        got = {"out": np.asarray(sf, np.float64),
+               **{k: np.asarray(v, np.float64) for k, v in aux["levels"].items()}}
+        assert_as_accurate_as_reference(got, network_outputs(*args),
+                                        network_outputs(*args, float64=True))

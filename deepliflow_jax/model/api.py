@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl
 from deepliflow_jax.model.widths import freeze_widths
 
 
-def create_model(dtype: Any = jnp.float32, widths: Any = None) -> DeepLiDARFlow:
+def create_model(dtype: Any = jnp.float32, widths: Any = None,
+                 conv_impl: str = CONV_IMPL_DEFAULT) -> DeepLiDARFlow:
     """The DeepLiDARFlow Flax module (no parameters: pair it with :func:`init_params`).
 
     ``model.apply(variables, frames)`` runs it eagerly; :func:`forward` is the same
@@ -24,6 +26,8 @@ def create_model(dtype: Any = jnp.float32, widths: Any = None) -> DeepLiDARFlow:
       dtype: compute dtype (params stay float32).
       widths: channel widths of a structured (pruned) model, None = original
         (see :mod:`deepliflow_jax.model.widths`).
+      conv_impl: how convs are computed (``"xla"``, ``"subpixel"``, ...; see
+        :mod:`deepliflow_jax.model.layers`); the same function and parameters.
 
     Returns:
       A ``DeepLiDARFlow`` module; ``model.apply(variables, frames)`` with
@@ -32,7 +36,7 @@ def create_model(dtype: Any = jnp.float32, widths: Any = None) -> DeepLiDARFlow:
 
     Raises:
       ValueError: ``widths`` names an unknown layer or a width that is not a
-        positive integer.
+        positive integer; an unknown ``conv_impl``.
 
     Example:
       >>> import jax
@@ -45,7 +49,7 @@ def create_model(dtype: Any = jnp.float32, widths: Any = None) -> DeepLiDARFlow:
       >>> create_model(jnp.bfloat16).dtype.__name__
       'bfloat16'
     """
-    return DeepLiDARFlow(dtype=dtype, widths=freeze_widths(widths))
+    return DeepLiDARFlow(dtype=dtype, widths=freeze_widths(widths), conv_impl=conv_impl)
 
 
 def _fan_avg_std(shape) -> float:
@@ -158,13 +162,14 @@ def _param_shapes(widths) -> dict:
 
 
 @functools.cache
-def _jitted_apply(dtype_name: str, interp_size, out_size, widths=None):
-    model = DeepLiDARFlow(dtype=jnp.dtype(dtype_name), widths=widths)
+def _jitted_apply(dtype_name: str, interp_size, out_size, widths=None,
+                  conv_impl: str = CONV_IMPL_DEFAULT):
+    model = DeepLiDARFlow(dtype=jnp.dtype(dtype_name), widths=widths, conv_impl=conv_impl)
     return jax.jit(functools.partial(model.apply, interp_size=interp_size, out_size=out_size))
 
 
 def forward(variables: dict, frames: jax.Array, interp_size=None, out_size=None,
-            dtype: Any = jnp.float32, widths: Any = None):
+            dtype: Any = jnp.float32, widths: Any = None, conv_impl: str = CONV_IMPL_DEFAULT):
     """The whole forward pass under one ``jit`` (cached per sizes and dtype).
 
     Args:
@@ -174,12 +179,17 @@ def forward(variables: dict, frames: jax.Array, interp_size=None, out_size=None,
       out_size: optional ``(h, w)`` of the output (legacy bilinear); default the input size.
       dtype: compute dtype.
       widths: channel widths of a structured (pruned) model; None = original.
+      conv_impl: how convs are computed (see :mod:`deepliflow_jax.model.layers`).
 
     Returns:
       ``(sceneflow, aux)`` as ``DeepLiDARFlow.__call__``.
+
+    Raises:
+      ValueError: an unknown ``conv_impl``.
     """
     interp = tuple(interp_size) if interp_size is not None else None
     # default out_size spelled out, so both spellings share one compiled function
     out = tuple(out_size) if out_size is not None else tuple(frames.shape[2:4])
-    fn = _jitted_apply(jnp.dtype(dtype).name, interp, out, freeze_widths(widths))
+    fn = _jitted_apply(jnp.dtype(dtype).name, interp, out, freeze_widths(widths),
+                       check_conv_impl(conv_impl))
     return fn(variables, frames)

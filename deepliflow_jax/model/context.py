@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deepliflow_jax.model.config import CONTEXT_LAYERS
-from deepliflow_jax.model.layers import Conv
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, Conv
 from deepliflow_jax.model.widths import Widths, lookup
 
 __all__ = ["CONTEXT_LAYERS", "ContextNetwork"]
@@ -23,11 +23,13 @@ __all__ = ["CONTEXT_LAYERS", "ContextNetwork"]
 class ContextNetwork(nn.Module):
     widths: Widths = None
     dtype: Any = jnp.float32
+    conv_impl: str = CONV_IMPL_DEFAULT
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         last = len(CONTEXT_LAYERS)
         for i, (f, d) in enumerate(CONTEXT_LAYERS, start=1):
             f = lookup(self.widths, f"conv{i}", f) if i < last else f
-            x = Conv(f, dilation=d, activation=i < last, dtype=self.dtype, name=f"conv{i}")(x)
+            x = Conv(f, dilation=d, activation=i < last, dtype=self.dtype,
+                     conv_impl=self.conv_impl, name=f"conv{i}")(x)
         return x

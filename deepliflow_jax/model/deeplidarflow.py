@@ -37,7 +37,7 @@ from deepliflow_jax.model.context import ContextNetwork
 from deepliflow_jax.model.cost_volume import cost_volume
 from deepliflow_jax.model.estimator import SceneFlowEstimator
 from deepliflow_jax.model.guidance import GuidanceNetwork
-from deepliflow_jax.model.layers import leaky_relu
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, leaky_relu
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
 from deepliflow_jax.model.widths import Widths, freeze_widths, scoped
@@ -54,15 +54,21 @@ class DeepLiDARFlow(nn.Module):
       per-level predictions, levels 6, 5, 4, 3 and refined 2, network units),
       ``levels`` (the same by name, plus ``flow_level2_unrefined``) and
       ``confidences`` (depth-decoder confidences of frame t, levels 6..2).
+
+    ``conv_impl`` (default ``"xla"``): how the conv layers are computed, e.g.
+    ``"subpixel"`` (see :mod:`deepliflow_jax.model.layers`); the same function
+    and parameter tree. An invalid value raises ValueError at construction.
     """
 
     search_range: int = SEARCH_RANGE
     dtype: Any = jnp.float32
     widths: Widths = None
+    conv_impl: str = CONV_IMPL_DEFAULT
 
     def __post_init__(self):
         # a dict is accepted and frozen (module attributes must be hashable)
         object.__setattr__(self, "widths", freeze_widths(self.widths))
+        object.__setattr__(self, "conv_impl", check_conv_impl(self.conv_impl))
         super().__post_init__()
 
     @nn.compact
@@ -78,7 +84,8 @@ class DeepLiDARFlow(nn.Module):
 
         widths = self.widths
         feats, confidences = GuidanceNetwork(
-            widths=scoped(widths, "guidance_network"), dtype=self.dtype, name="guidance_network"
+            widths=scoped(widths, "guidance_network"), dtype=self.dtype,
+            conv_impl=self.conv_impl, name="guidance_network"
         )(rgb, disp, conf)
         flows, levels = [], {}
         up_flow = up_feature = None
@@ -96,7 +103,7 @@ class DeepLiDARFlow(nn.Module):
             is_output = level == LEVELS[-1]
             flow, est_feat, up_flow, up_feature = SceneFlowEstimator(
                 is_output=is_output, widths=scoped(widths, f"scene_flow_estimator_{level}"),
-                dtype=self.dtype, name=f"scene_flow_estimator_{level}"
+                dtype=self.dtype, conv_impl=self.conv_impl, name=f"scene_flow_estimator_{level}"
             )(jnp.concatenate(parts, axis=-1))
             if not is_output:
                 flows.append(flow)
@@ -104,6 +111,7 @@ class DeepLiDARFlow(nn.Module):
         levels["flow_level2_unrefined"] = flow
         context_in = jnp.concatenate([est_feat, flow], axis=-1)
         refined = flow + ContextNetwork(widths=scoped(widths, "context_network"), dtype=self.dtype,
+                                        conv_impl=self.conv_impl,
                                         name="context_network")(context_in)
         refined = refined.astype(jnp.float32)
         flows.append(refined)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deepliflow_jax.model.config import ESTIMATOR_FILTERS, SF_CHANNELS
-from deepliflow_jax.model.layers import Conv, ConvTranspose
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, Conv, ConvTranspose
 from deepliflow_jax.model.widths import Widths, lookup
 
 __all__ = ["ESTIMATOR_FILTERS", "SF_CHANNELS", "SceneFlowEstimator"]
@@ -29,16 +29,18 @@ class SceneFlowEstimator(nn.Module):
     is_output: bool = False
     widths: Widths = None
     dtype: Any = jnp.float32
+    conv_impl: str = CONV_IMPL_DEFAULT
 
     @nn.compact
     def __call__(self, x: jnp.ndarray):
+        dt, impl = self.dtype, self.conv_impl
         for name, f in ESTIMATOR_FILTERS:
-            x = Conv(lookup(self.widths, name, f), dtype=self.dtype, name=name)(x)
-        flow = Conv(SF_CHANNELS, activation=False, dtype=self.dtype, name="conv_w")(x)
+            x = Conv(lookup(self.widths, name, f), dtype=dt, conv_impl=impl, name=name)(x)
+        flow = Conv(SF_CHANNELS, activation=False, dtype=dt, conv_impl=impl, name="conv_w")(x)
         if self.is_output:
             return flow, x, None, None
-        up_flow = ConvTranspose(SF_CHANNELS, activation=False, dtype=self.dtype,
+        up_flow = ConvTranspose(SF_CHANNELS, activation=False, dtype=dt, conv_impl=impl,
                                 name="deconv_up_flow")(flow)
-        up_feature = ConvTranspose(SF_CHANNELS, activation=False, dtype=self.dtype,
+        up_feature = ConvTranspose(SF_CHANNELS, activation=False, dtype=dt, conv_impl=impl,
                                    name="deconv_up_feature")(x)
         return flow, x, up_flow, up_feature

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deepliflow_jax.model.config import PYRAMID_FILTERS
-from deepliflow_jax.model.layers import Conv, ConvTranspose
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, Conv, ConvTranspose
 from deepliflow_jax.model.widths import Widths, lookup
 
 __all__ = ["PYRAMID_FILTERS", "RGBDecoder", "RGBEncoder"]
@@ -29,14 +29,15 @@ class RGBEncoder(nn.Module):
     filters: Sequence[int] = PYRAMID_FILTERS
     widths: Widths = None
     dtype: Any = jnp.float32
+    conv_impl: str = CONV_IMPL_DEFAULT
 
     @nn.compact
     def __call__(self, rgb: jnp.ndarray) -> list[jnp.ndarray]:
         feats, x = [], rgb
         for i, f in enumerate(self.filters, start=1):
             fa, fb = (lookup(self.widths, f"conv{i}{s}", f) for s in "ab")
-            x = Conv(fa, stride=2, dtype=self.dtype, name=f"conv{i}a")(x)
-            x = Conv(fb, dtype=self.dtype, name=f"conv{i}b")(x)
+            x = Conv(fa, stride=2, dtype=self.dtype, conv_impl=self.conv_impl, name=f"conv{i}a")(x)
+            x = Conv(fb, dtype=self.dtype, conv_impl=self.conv_impl, name=f"conv{i}b")(x)
             feats.append(x)
         return feats
 
@@ -53,19 +54,23 @@ class RGBDecoder(nn.Module):
 
     widths: Widths = None
     dtype: Any = jnp.float32
+    conv_impl: str = CONV_IMPL_DEFAULT
 
     @nn.compact
     def __call__(self, encoder: list[jnp.ndarray], confidences: list[jnp.ndarray]):
         top = jnp.concatenate([encoder[-1], confidences[0]], axis=-1)
         top_ch = lookup(self.widths, "conv_pyr_top", encoder[-1].shape[-1])
-        pyramid = [Conv(top_ch, ksize=1, dtype=self.dtype, name="conv_pyr_top")(top)]
+        pyramid = [Conv(top_ch, ksize=1, dtype=self.dtype, conv_impl=self.conv_impl,
+                        name="conv_pyr_top")(top)]
         for i in range(4, 0, -1):
             feature = encoder[i]
             ch = feature.shape[-1]
-            up = ConvTranspose(ch, dtype=self.dtype, name=f"deconv_upsample{i + 1}to{i}")(
+            up = ConvTranspose(ch, dtype=self.dtype, conv_impl=self.conv_impl,
+                               name=f"deconv_upsample{i + 1}to{i}")(
                 pyramid[-1]
             )
             x = jnp.concatenate([up + feature, confidences[5 - i]], axis=-1)
             out_ch = lookup(self.widths, f"conv_refine{i}", ch)
-            pyramid.append(Conv(out_ch, dtype=self.dtype, name=f"conv_refine{i}")(x))
+            pyramid.append(Conv(out_ch, dtype=self.dtype, conv_impl=self.conv_impl,
+                                 name=f"conv_refine{i}")(x))
         return pyramid

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deepliflow_jax.model.config import DEPTH_REFINE_FILTERS, FUSED_FILTERS
-from deepliflow_jax.model.layers import Conv
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, Conv
 from deepliflow_jax.model.widths import Widths, lookup
 
 __all__ = ["DEPTH_REFINE_FILTERS", "FUSED_FILTERS", "Fusion"]
@@ -25,6 +25,7 @@ __all__ = ["DEPTH_REFINE_FILTERS", "FUSED_FILTERS", "Fusion"]
 class Fusion(nn.Module):
     widths: Widths = None
     dtype: Any = jnp.float32
+    conv_impl: str = CONV_IMPL_DEFAULT
 
     @nn.compact
     def __call__(self, rgb_pyramid, depth_pyramid) -> list[jnp.ndarray]:
@@ -34,10 +35,11 @@ class Fusion(nn.Module):
             for s in "abcd":
                 name = f"convdepth_refine_{s}{i}"
                 f = lookup(self.widths, name, DEPTH_REFINE_FILTERS)
-                x = Conv(f, dtype=self.dtype, name=name)(x)
+                x = Conv(f, dtype=self.dtype, conv_impl=self.conv_impl, name=name)(x)
             x = jnp.concatenate([rgb, x], axis=-1)
             for s in "abcd":
                 name = f"convconcat_refine_{s}{i}"
-                x = Conv(lookup(self.widths, name, FUSED_FILTERS), dtype=self.dtype, name=name)(x)
+                f = lookup(self.widths, name, FUSED_FILTERS)
+                x = Conv(f, dtype=self.dtype, conv_impl=self.conv_impl, name=name)(x)
             fused.append(x)
         return fused

@@ -1,0 +1,231 @@
+"""``conv_impl``: every alternative conv computation equals the reference ``lax`` path.
+
+Per layer (odd and even sizes, forward and gradients), on the whole network
+(the FT3D-style path and the KITTI resize path) and structurally: each option
+reaches every layer it applies to, and the parameter tree does not change.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from deepliflow_jax.model.api import create_model, forward, init_params, param_shapes
+from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
+from deepliflow_jax.model.layers import (
+    CONV_IMPL_TOKENS,
+    Conv,
+    ConvTranspose,
+    check_conv_impl,
+    dilated_conv_space_to_batch,
+)
+
+ALTERNATIVES = (*CONV_IMPL_TOKENS, "subpixel+s2b+pad8")
+TOL = 1e-6
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _layer_case(module_cls, kwargs, x_shape, kernel_shape, seed):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    n_out = kwargs["features"]
+    params = {"kernel": jnp.asarray(rng.standard_normal(kernel_shape), jnp.float32),
+              "bias": jnp.asarray(rng.standard_normal(n_out), jnp.float32)}
+    ref = module_cls(**kwargs)
+    cot = jnp.asarray(rng.standard_normal(ref.apply({"params": params}, x).shape), jnp.float32)
+    return x, params, cot
+
+
+def _assert_layer_equal(module_cls, kwargs, x_shape, kernel_shape, impl, seed=0):
+    x, params, cot = _layer_case(module_cls, kwargs, x_shape, kernel_shape, seed)
+
+    def run(conv_impl):
+        layer = module_cls(**kwargs, conv_impl=conv_impl)
+        y = layer.apply({"params": params}, x)
+        # the gradient of a weighted sum: exercises every output's cotangent
+        grads = jax.grad(lambda p, v: jnp.sum(layer.apply({"params": p}, v) * cot),
+                         argnums=(0, 1))(params, x)
+        return y, grads
+
+    y_ref, (gp_ref, gx_ref) = run("xla")
+    y, (gp, gx) = run(impl)
+    assert y.shape == y_ref.shape
+    errors = {"y": _rel(y, y_ref), "dx": _rel(gx, gx_ref),
+              "dkernel": _rel(gp["kernel"], gp_ref["kernel"]),
+              "dbias": _rel(gp["bias"], gp_ref["bias"])}
+    assert max(errors.values()) <= TOL, (impl, x_shape, kernel_shape, errors)
+    return errors
+
+
+def test_check_conv_impl_canonical_and_errors():
+    assert check_conv_impl("xla") == "xla"
+    assert check_conv_impl("pad8+subpixel") == "subpixel+pad8"
+    assert check_conv_impl("s2b+pad8+subpixel") == "subpixel+s2b+pad8"
+    for bad in ("", "XLA", "subpixel+", "xla+subpixel", "subpixel+subpixel", "winograd", None):
+        with pytest.raises(ValueError, match="conv_impl="):
+            check_conv_impl(bad)
+    with pytest.raises(ValueError, match="conv_impl='fast'"):
+        DeepLiDARFlow(conv_impl="fast")
+    with pytest.raises(ValueError, match="conv_impl='fast'"):
+        create_model(conv_impl="fast")
+
+
+@pytest.mark.parametrize("impl", ALTERNATIVES)
+@pytest.mark.parametrize("size", [(16, 32), (9, 13), (5, 7)])
+@pytest.mark.parametrize("dilation,c_in,c_out", [(1, 36, 20), (2, 13, 16), (4, 16, 5),
+                                                  (8, 12, 96), (16, 20, 12)])
+def test_conv_equals_reference(impl, size, dilation, c_in, c_out):
+    kwargs = {"features": c_out, "dilation": dilation}
+    _assert_layer_equal(Conv, kwargs, (2, *size, c_in), (3, 3, c_in, c_out), impl)
+
+
+@pytest.mark.parametrize("impl", ALTERNATIVES)
+@pytest.mark.parametrize("ksize,stride,size", [(3, 2, (8, 10)), (3, 2, (7, 9)), (1, 1, (5, 6))])
+def test_strided_and_pointwise_conv_equals_reference(impl, ksize, stride, size):
+    kwargs = {"features": 11, "ksize": ksize, "stride": stride, "activation": False}
+    _assert_layer_equal(Conv, kwargs, (2, *size, 3), (ksize, ksize, 3, 11), impl)
+
+
+@pytest.mark.parametrize("impl", ALTERNATIVES)
+@pytest.mark.parametrize("size", [(1, 1), (1, 2), (3, 5), (4, 4), (8, 16), (7, 9)])
+@pytest.mark.parametrize("c_in,c_out,activation", [(4, 4, False), (32, 4, False),
+                                                    (13, 6, True), (64, 32, True)])
+def test_transposed_conv_equals_reference(impl, size, c_in, c_out, activation):
+    kwargs = {"features": c_out, "activation": activation}
+    _assert_layer_equal(ConvTranspose, kwargs, (2, *size, c_in), (4, 4, c_out, c_in), impl)
+
+
+def test_space_to_batch_refuses_even_kernels():
+    with pytest.raises(ValueError, match="odd kernel size"):
+        dilated_conv_space_to_batch(jnp.zeros((1, 8, 8, 2)), jnp.zeros((2, 2, 2, 3)), 2)
+
+
+def _convs(jaxpr):
+    """Every ``conv_general_dilated`` equation of a jaxpr, nested ones included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            yield eqn
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, tuple | list) else [value]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _convs(inner)
+
+
+@pytest.mark.parametrize("impl", ["xla", *CONV_IMPL_TOKENS])
+def test_option_reaches_every_layer(impl):
+    model = DeepLiDARFlow(conv_impl=impl)
+    frames = jax.ShapeDtypeStruct((1, 2, 64, 128, 4), jnp.float32)
+    # same parameter tree: checkpoints load unchanged
+    got = jax.eval_shape(model.init, jax.random.PRNGKey(0), frames)
+    assert jax.tree.map(lambda s: (s.shape, s.dtype), got) == jax.tree.map(
+        lambda s: (s.shape, s.dtype), param_shapes())
+    convs = list(_convs(jax.make_jaxpr(model.apply)(param_shapes(), frames).jaxpr))
+    # 94 convs + 12 transposed convs + 15 normalized convs (one conv each)
+    assert len(convs) == 121
+    lhs_dilated = [e for e in convs if max(e.params["lhs_dilation"]) > 1]
+    rhs_dilated = [e for e in convs if max(e.params["rhs_dilation"]) > 1]
+    assert len(lhs_dilated) == (0 if impl == "subpixel" else 12)
+    assert len(rhs_dilated) == (0 if impl == "s2b" else 4)
+    odd = [e for e in convs if e.invars[1].aval.shape[2] % 8 or e.invars[1].aval.shape[3] % 8]
+    if impl in ("xla", "pad8"):
+        # pad8 leaves the normalized convs (not Conv layers) 1 -> 16, 128 -> 196,
+        # 196 -> 196 (top) and 196 -> 128 (upsampling5to4)
+        assert len(odd) == (4 if impl == "pad8" else 31), len(odd)
+
+
+def network_outputs(variables, frames, interp_size=None, out_size=None, conv_impl="xla",
+                    float64=False):
+    """``{'out': sceneflow, level name: flow}`` of the jitted forward as float64 numpy.
+
+    ``float64=True`` computes the reference path in float64 (the same float32
+    parameters; the warp's flow and the refined flow stay float32, as the model
+    casts them): the truth both float32 paths are measured against.
+    """
+    if not float64:
+        sf, aux = forward(variables, frames, interp_size, out_size, conv_impl=conv_impl)
+    else:
+        with jax.enable_x64(True):
+            sf, aux = forward(variables, np.asarray(frames, np.float64), interp_size, out_size,
+                              dtype=jnp.float64)
+    out = {"out": sf, **aux["levels"]}
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def assert_as_accurate_as_reference(got, ref, truth, factor=1.5, floor=TOL):
+    """Every output of an alternative is as close to the float64 truth as the reference's.
+
+    Two float32 computations of a deep network that differ only in summation
+    order drift apart by the network's own float32 error (about 2e-6 on the
+    golden weights): the bound is ``max(factor * error of the reference, floor)``.
+
+    Returns:
+      ``{name: (error of got, error of ref, relative difference got vs ref)}``.
+    """
+    report = {k: (_rel(got[k], truth[k]), _rel(ref[k], truth[k]), _rel(got[k], ref[k]))
+              for k in ref}
+    print({k: " / ".join(f"{e:.1e}" for e in v) for k, v in report.items()})
+    bad = {k: v for k, v in report.items() if v[0] > max(factor * v[1], floor)}
+    assert not bad, f"less accurate than the reference path (got, ref, diff): {bad}"
+    return report
+
+
+@pytest.fixture(scope="module")
+def net_variables():
+    return init_params(seed=3, bias_std=0.1)
+
+
+@pytest.fixture(scope="module")
+def net_frames():
+    rng = np.random.default_rng(7)
+
+    def frames(h, w):
+        x = rng.uniform(-0.4, 0.6, (1, 2, h, w, 4)).astype(np.float32)
+        x[..., 3] *= rng.uniform(size=(1, 2, h, w)) < 0.1
+        return x
+
+    # FT3D-style input at the network size; KITTI-style raw size, resized in and out
+    return {"ft3d": (frames(64, 128), None), "kitti": (frames(70, 140), (64, 128))}
+
+
+@pytest.fixture(scope="module")
+def net_outputs(net_variables, net_frames):
+    cache = {}
+
+    def get(path, conv_impl="xla", float64=False):
+        key = (path, conv_impl, float64)
+        if key not in cache:
+            frames, interp = net_frames[path]
+            cache[key] = network_outputs(net_variables, frames, interp, conv_impl=conv_impl,
+                                         float64=float64)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("path", ["ft3d", "kitti"])
+@pytest.mark.parametrize("impl", ["subpixel", "subpixel+s2b+pad8"])
+def test_whole_network_equals_reference(net_outputs, path, impl):
+    ref = net_outputs(path)
+    got = net_outputs(path, impl)
+    assert float(np.std(ref["out"])) > 0
+    report = assert_as_accurate_as_reference(got, ref, net_outputs(path, float64=True))
+    # with these weights the float32 paths agree to the per-layer bound
+    assert max(diff for _, _, diff in report.values()) <= TOL
+
+
+@pytest.mark.parametrize("module_cls,kwargs,x_shape,kernel_shape", [
+    (Conv, {"features": 12, "dilation": 4}, (2, 9, 13, 20), (3, 3, 20, 12)),
+    (ConvTranspose, {"features": 6}, (2, 7, 9, 13), (4, 4, 6, 13)),
+])
+def test_bfloat16_compute_matches_reference(module_cls, kwargs, x_shape, kernel_shape):
+    x, params, _ = _layer_case(module_cls, kwargs, x_shape, kernel_shape, seed=5)
+    ref = module_cls(**kwargs, dtype=jnp.bfloat16).apply({"params": params}, x)
+    got = module_cls(**kwargs, dtype=jnp.bfloat16, conv_impl="subpixel+s2b+pad8").apply(
+        {"params": params}, x)
+    assert got.dtype == jnp.bfloat16 and got.shape == ref.shape
+    assert _rel(got, ref) < 1e-2  # bfloat16 rounding of different summation orders

@@ -1,0 +1,78 @@
+"""Per-block profile: every block on its real shapes, one table per conv implementation."""
+
+import json
+
+import jax
+import pytest
+
+from deepliflow_jax.model.api import init_params
+from deepliflow_jax.profile.blocks import block_calls, block_names, profile_blocks
+
+
+def test_blocks_get_the_shapes_of_the_forward():
+    variables = init_params(0)
+    blocks = {b.name: b for b in block_calls(variables, 1, 70, 140, interp_size=(64, 128),
+                                             conv_impl="subpixel")}
+    levels = [f"{kind} L{lv}" for lv in (6, 5, 4, 3, 2)
+              for kind in ("warp", "cost volume", "estimator") if (kind, lv) != ("warp", 6)]
+    assert list(blocks) == block_names((64, 128)) == [
+        "input resize", "rgb encoder", "depth encoder", "depth decoder", "rgb decoder", "fusion",
+        *levels, "context network", "output resize"]
+    assert blocks["input resize"].args[0].shape == (2, 70, 140, 4)
+    assert blocks["rgb encoder"].args[0].shape == (2, 64, 128, 3)
+    # cost volume 81 + features of both frames 2 x 64 + up flow 4 + up feature 4
+    assert blocks["estimator L6"].args[0].shape == (1, 1, 2, 81 + 128)
+    assert blocks["estimator L2"].args[0].shape == (1, 16, 32, 81 + 128 + 8)
+    assert blocks["warp L3"].args[1].shape == (1, 8, 16, 2)
+    assert blocks["context network"].args[0].shape == (1, 16, 32, 36)
+    out = jax.eval_shape(blocks["output resize"].fn, None, *blocks["output resize"].args)
+    assert out.shape == (1, 70, 140, 4)
+    # the module blocks run with the requested implementation: no input-dilated convs
+    ref = {b.name: b for b in block_calls(variables, 1, 70, 140, interp_size=(64, 128))}
+
+    def transposed(block):
+        return str(jax.make_jaxpr(block.fn)(block.params, *block.args)).count(
+            "lhs_dilation=(2, 2)")
+
+    assert (transposed(ref["rgb decoder"]), transposed(blocks["rgb decoder"])) == (4, 0)
+    assert (transposed(ref["estimator L3"]), transposed(blocks["estimator L3"])) == (2, 0)
+
+def test_profile_command_prints_every_block_per_impl(tmp_path, capsys):
+    from absl.testing import flagsaver
+
+    from experiments import profile_blocks as cmd
+
+    out = tmp_path / "blocks.json"
+    cmd.FLAGS(["profile_blocks"])
+    with flagsaver.flagsaver(height=64, width=128, repeats=1, warmup=1,
+                             conv_impls=["xla", "subpixel"], output_json=str(out)):
+        cmd.main([])
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["conv_impls"] == ["xla", "subpixel"]
+    for impl in ("xla", "subpixel"):
+        section = printed.split(f"conv_impl = {impl}")[1].split("conv_impl = ")[0]
+        table = data["tables"][impl]
+        assert [r["block"] for r in table["blocks"]] == block_names()
+        for name in block_names():
+            assert f"| {name} |" in section, (impl, name)
+        assert all(r["median_ms"] > 0 and r["n"] == 1 for r in table["blocks"])
+        assert sum(r["share"] for r in table["blocks"]) == pytest.approx(1.0)
+        assert table["whole"]["median_ms"] > 0 and "whole forward (one jit)" in section
+    # blocks without convs are timed once and shared by the tables
+    rows = {impl: {r["block"]: r for r in data["tables"][impl]["blocks"]}
+            for impl in ("xla", "subpixel")}
+    assert rows["xla"]["warp L2"]["median_ms"] == rows["subpixel"]["warp L2"]["median_ms"]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"height": 60, "width": 128}, "multiples of 64"),
+    ({"height": 70, "width": 140, "interp_size": (64, 100)}, "--interp_size = 64x100"),
+    ({"repeats": 0}, "--repeats=0"),
+    ({"conv_impls": []}, "--conv_impls is empty"),
+    ({"conv_impls": ["xla", "fft"]}, "conv_impl='fft'"),
+])
+def test_profile_refuses_bad_arguments(kwargs, match):
+    args = {"height": 64, "width": 128, "repeats": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        profile_blocks(init_params(0), **args)
