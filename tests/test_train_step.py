@@ -146,7 +146,7 @@ def test_fit_keeps_the_best_by_validation_and_resumes(tmp_path):
                        eval_every=2, checkpointer=ck)
 
     result = run()
-    assert calls == [2, 4, 6, 4, 4]  # validations, then the best state at each phase end
+    assert calls == [2, 4, 4, 6, 4]  # validations; the best state evaluated at phase ends
     assert [(h["step"], h["phase"], h["sf"]) for h in result.history] == [
         (2, "lr1", 12.0), (4, "lr1", 10.0), (6, "lr2", 12.0)]
     assert result.selected_step == 4 and int(result.state.step) == 4
@@ -159,7 +159,7 @@ def test_fit_keeps_the_best_by_validation_and_resumes(tmp_path):
                     jax.tree.leaves(get_masks(result.state.opt_state))):
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
     again = run()  # resumes a finished run: no step, the same best state
-    assert calls == [2, 4, 6, 4, 4] and again.steps == 6 and again.selected_step == 4
+    assert calls == [2, 4, 4, 6, 4] and again.steps == 6 and again.selected_step == 4
     for a, b in zip(jax.tree.leaves(again.state), jax.tree.leaves(result.state), strict=True):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     with pytest.raises(ValueError, match="keeps the best by 'epe'"):
