@@ -37,7 +37,7 @@ _EXPORTS = {
     "predict_sceneflow": "deepliflow_jax.api",
     "prune": "deepliflow_jax.compress.prune",
     "quantize": "deepliflow_jax.compress.quantize",
-    "zero_fraction": "deepliflow_jax.study.engine",
+    "zero_fraction": "deepliflow_jax.compress.prune",
     "finetune": "deepliflow_jax.api",
     "evaluate": "deepliflow_jax.api",
     "compression_table": "deepliflow_jax.api",
@@ -53,7 +53,7 @@ _EXPORTS = {
     "save_png": "deepliflow_jax.vis",
     "run_study": "deepliflow_jax.study.runner",
     "make_config": "deepliflow_jax.study.config",
-    "enable_compilation_cache": "deepliflow_jax.study.engine",
+    "enable_compilation_cache": "deepliflow_jax.train.trainer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,8 +2,8 @@
 
 Thin wrappers over the library, for a Colab user or a script that does not want absl
 flags: pure functions over ``{'params': ...}`` pytrees and arrays, no global state,
-the same on CPU and GPU. Training and evaluation go through the study's
-:func:`deepliflow_jax.study.engine.get_engine`, so dense, pruned and quantized
+the same on CPU and GPU. Training and evaluation go through the one trainer,
+:func:`deepliflow_jax.train.trainer.get_trainer`, so dense, pruned and quantized
 configurations (and a study in the same process, or one that shares the persistent
 XLA cache) share ONE compiled train step and ONE compiled evaluation; prediction and
 timing share one compiled forward per frame size (:func:`deepliflow_jax.model.api.forward`).
@@ -34,8 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax.compress.prune import post_training_masks, zero_fraction
 from deepliflow_jax.data.kitti import check_validity
+from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.study.data import StudyData
+from deepliflow_jax.train.trainer import Phase, Trainer, check_training, get_trainer
 
 PathLike = str | Path
 DATASETS = {"kitti": "KITTI", "ft3d": "FT3D"}
@@ -476,20 +479,16 @@ def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.nd
 # ----------------------------------------------------------------------------- train / eval
 
 
-def _engine(data: Dataset, interp_size: tuple[int, int] | None = None):
-    from deepliflow_jax.study.engine import get_engine
-
+def _trainer(data: Dataset, interp_size: tuple[int, int] | None = None) -> Trainer:
     size = data.interp_size if interp_size is None else tuple(interp_size)
-    # seed 0 always: the engine's seed is unused by the step, and another value
+    # seed 0 always: the trainer's seed is unused by the step, and another value
     # would compile another step
-    return get_engine(size, 0)
+    return get_trainer(size, 0)
 
 
-def _state(engine: Any, params: Any, percent: float, bits: int, lr: float = 1e-4):
-    from deepliflow_jax.study.engine import post_training_masks
-
+def _state(trainer: Trainer, params: Any, percent: float, bits: int, lr: float = 1e-4):
     pruned, masks = post_training_masks(params, percent)
-    return engine.new_state(pruned, lr=lr, masks=masks, bits=bits)
+    return trainer.new_state(pruned, lr=lr, masks=masks, bits=bits)
 
 
 def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
@@ -540,28 +539,30 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
       (2, 1, True)
     """
     data = _checked_data(data, interp_size, "finetune", "train")
-    from deepliflow_jax.study.engine import check_training
-
     params = _check_variables(variables)["params"]
     if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     percent, bits = _percent(percent), _bits(bits)
-    engine = _engine(data, interp_size)
-    state = _state(engine, params, percent, bits, lr)
+    trainer = _trainer(data, interp_size)
+    state = _state(trainer, params, percent, bits, lr)
     history = []
-    for i, pos in enumerate(range(int(start), int(start) + int(steps))):
-        batch = data.train_batch(pos, data.num_samples, reg_scale=1.0 if l2 else 0.0)
-        state, metrics = engine.train_step(state, batch)
-        record = {"step": pos, **{k: float(v) for k, v in jax.device_get(metrics).items()}}
-        history.append(record)
-        # the loss is on the host already; the parameters are checked once, at the end
-        check_training([pos], [record["loss"]], lr, state.params if i == steps - 1 else None)
+    start = int(start)
+
+    def record(pos: int, metrics: dict) -> None:
+        history.append({"step": pos, **{k: float(v) for k, v in
+                                        jax.device_get(metrics).items()}})
+        check_training([pos], [history[-1]["loss"]], lr)  # the loss is on the host already
+        i = pos - start
         if log_every and (i % log_every == 0 or i == steps - 1):
-            print(f"step {pos}: loss {record['loss']:.4f} (data {record['data_loss']:.4f})",
-                  flush=True)
-    return {"params": engine.compressed_params(state)}, history
+            print(f"step {pos}: loss {history[-1]['loss']:.4f} "
+                  f"(data {history[-1]['data_loss']:.4f})", flush=True)
+
+    fit = trainer.fit(state, lambda pos: data.train_batch(pos, data.num_samples,
+                                                          reg_scale=1.0 if l2 else 0.0),
+                      [Phase("finetune", lr, int(steps))], start=start, on_step=record)
+    return {"params": trainer.compressed_params(fit.state)}, history
 
 
 def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | None = None,
@@ -609,8 +610,8 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
         raise ValueError(f"data was loaded with validity={data.validity!r}, its ground truth "
                          f"does not support validity={validity!r}: load it with "
                          f"load_dataset(root, validity={validity!r})")
-    engine = _engine(data, interp_size)
-    metrics = engine.evaluate(_state(engine, params, percent, bits),
+    trainer = _trainer(data, interp_size)
+    metrics = trainer.evaluate(_state(trainer, params, percent, bits),
                               data.val_batches(data.num_samples), validity=validity)
     return {**metrics, "frames": len(data.val)}
 
@@ -655,7 +656,7 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
         check_network_size,
         nearest_network_size,
     )
-    from deepliflow_jax.profile.timing import make_frames, summarize
+    from deepliflow_jax.profile.timing import make_frames
 
     _check_variables(variables)
     repeats = _positive_int(repeats, "repeats")
@@ -679,20 +680,13 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
     variables = jax.device_put(variables)
 
     def call():
-        return jax.block_until_ready(predict_sceneflow(variables, frames, dataset,
-                                                       interp_size=interp_size, dtype=dtype))
+        return predict_sceneflow(variables, frames, dataset, interp_size=interp_size,
+                                 dtype=dtype)
 
     t0 = time.perf_counter()
-    call()
+    jax.block_until_ready(call())  # compiles (or finds the executable)
     first = time.perf_counter() - t0
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    stats = summarize(times)
+    stats = time_calls(call, repeats=repeats, warmup=warmup)
     return {"first_call_s": first, "median_ms": stats["median_ms"], "p10_ms": stats["p10_ms"],
             "p90_ms": stats["p90_ms"], "repeats": repeats, "batch": batch, "height": height,
             "width": width, "backend": jax.default_backend(),
@@ -727,8 +721,6 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
       >>> rows[1]["zero_percent"] > 9.99  # floor(10 % of the entries), plus 8-bit zeros
       True
     """
-    from deepliflow_jax.study.engine import zero_fraction
-
     params = _check_variables(variables)["params"]
     data = _checked_data(data, None, "compression_table", "val")
     repeats = _positive_int(repeats, "repeats", minimum=0)
@@ -739,16 +731,16 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
         if not isinstance(config, Sequence) or len(config) != 2:
             raise ValueError(f"each config must be a (percent, bits) pair, got {config!r}")
         checked.append((_percent(config[0]), _bits(config[1])))
-    engine = _engine(data)
+    trainer = _trainer(data)
     batches = data.val_batches(data.num_samples)
     h, w = data.val[0].image0.shape[:2]
     rows = []
     for percent, bits in checked:
-        state = _state(engine, params, percent, bits)
-        compressed = engine.compressed_params(state)
+        state = _state(trainer, params, percent, bits)
+        compressed = trainer.compressed_params(state)
         row = {"percent": percent, "bits": bits,
                "zero_percent": zero_fraction(compressed),
-               **engine.evaluate(state, batches, validity=data.validity),
+               **trainer.evaluate(state, batches, validity=data.validity),
                "median_ms": None}
         if repeats:
             # the network size of the evaluation (KITTI: 384x1216, as dataset='kitti')

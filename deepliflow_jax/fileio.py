@@ -248,22 +248,12 @@ def atomic_write(path: PathLike, write: Callable[[IO], Any], mode: str = "wb") -
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', got {mode!r}")
-    path = Path(path).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(path)
-    tmp = _sibling(path, "tmp")
-    try:
-        with open(tmp, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+
+    def write_to_path(name: str) -> None:
+        with open(name, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+
+    return write_with(path, write_to_path)
 
 
 def write_with(path: PathLike, write_to_path: Callable[[str], Any]) -> Path:

@@ -67,7 +67,7 @@ def main(argv):
     from pathlib import Path
 
     from deepliflow_jax.study import tradeoff as tr
-    from deepliflow_jax.study.engine import enable_compilation_cache
+    from deepliflow_jax.train.trainer import enable_compilation_cache
 
     try:
         cfg = tr.TradeoffConfig(

@@ -11,11 +11,14 @@ from types import SimpleNamespace
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import png
 import pytest
 
 from deepliflow_jax import metrics
 from deepliflow_jax.data import kitti
+from deepliflow_jax.train.state import create_train_state
+from deepliflow_jax.train.trainer import Trainer
 
 # ----------------------------------------------------------------------------- devkit
 
@@ -184,7 +187,7 @@ def test_non_finite_predictions_are_outliers_in_every_rate():
 
 
 def test_check_training_names_step_and_learning_rate():
-    from deepliflow_jax.study.engine import DivergenceError, check_training
+    from deepliflow_jax.train.trainer import DivergenceError, check_training
 
     check_training([0, 1], [1.0, jnp.float32(2.0)], 1e-4, {"w": jnp.ones(3)})  # fine
     with pytest.raises(DivergenceError, match=r"at step 4 \(learning rate 0\.01\): the loss "
@@ -197,7 +200,7 @@ def test_check_training_names_step_and_learning_rate():
 @pytest.mark.slow
 def test_finetune_that_diverges_raises_naming_step_and_lr(variables, tiny_data):
     import deepliflow_jax as dl
-    from deepliflow_jax.study.engine import DivergenceError
+    from deepliflow_jax.train.trainer import DivergenceError
 
     with pytest.raises(DivergenceError, match=r"diverged at step 1 \(learning rate 1e\+06\): "
                                               r"the loss is nan") as info:
@@ -205,19 +208,19 @@ def test_finetune_that_diverges_raises_naming_step_and_lr(variables, tiny_data):
     assert (info.value.step, info.value.lr) == (1, 1e6)
 
 
-class _FakeEngine:
-    """The engine's interface without a network: pruned (masked) states diverge."""
+class _FakeTrainer:
+    """The trainer's interface without a network: pruned (masked) states diverge."""
+
+    fit = Trainer.fit  # the real loop over the fake steps
 
     def new_state(self, params, *, lr=1e-4, masks=None, bits=0):
-        return SimpleNamespace(params=params, masks=masks, bits=bits, lr=lr)
-
-    def set_lr(self, state, lr):
-        return SimpleNamespace(**{**vars(state), "lr": lr})
+        self.diverges = masks is not None  # the configuration about to be trained
+        return create_train_state(params, optax.inject_hyperparams(optax.adam)(learning_rate=lr))
 
     def train_step(self, state, batch):
-        bad = state.masks is not None
+        bad = self.diverges
         params = jax.tree.map(lambda x: x * (np.nan if bad else 1.0), state.params)
-        return (SimpleNamespace(**{**vars(state), "params": params}),
+        return (state._replace(params=params, step=state.step + 1),
                 {"loss": jnp.float32(np.nan if bad else 1.0)})
 
     def evaluate(self, state, batches, keep_outputs=False, validity="original"):
@@ -235,7 +238,7 @@ def test_study_records_a_diverged_configuration_and_goes_on(tmp_path, monkeypatc
                            train_batch=lambda pos, n, reg_scale=1.0: {})
 
     def prepare(self):
-        self.data, self.engine = data, _FakeEngine()
+        self.data, self.trainer = data, _FakeTrainer()
 
     monkeypatch.setattr(Study, "_prepare", prepare)
     monkeypatch.setattr(Study, "_baseline_params", lambda self: {"w": np.arange(1.0, 11.0)})

@@ -166,7 +166,8 @@ def test_checkpoint_round_trip_and_wrong_architecture(variables, tmp_path):
 def test_pruning_a_pruned_model_and_fine_tuning_it(variables):
     """Second-stage pruning accumulates conf_mass; the smaller model trains with make_train_step."""
     from deepliflow_jax.profile.timing import make_ground_truth
-    from deepliflow_jax.study.tradeoff import Trainer
+    from deepliflow_jax.study.tradeoff import fine_tune
+    from deepliflow_jax.train.trainer import Trainer
 
     first = st.structured_prune(variables, 0.25)
     keep = st.plan_pruning(first.variables, 0.25, multiple=1)
@@ -177,9 +178,9 @@ def test_pruning_a_pruned_model_and_fine_tuning_it(variables):
     np.testing.assert_allclose(np.asarray(sf), np.asarray(ref),
                                atol=2e-5 * float(jnp.max(jnp.abs(ref))))
     gt = jnp.asarray(make_ground_truth(1, 64, 64))
-    trainer = Trainer(widths, lr=3e-4)
-    params, losses = trainer.fine_tune(small["params"], lambda pos: {"frames": frames, "gt": gt},
-                                       3, log=lambda msg: None)
+    run = fine_tune(Trainer(widths=widths), small["params"],
+                    lambda pos: {"frames": frames, "gt": gt}, 3, 3e-4, log=lambda msg: None)
+    params, losses = run.params, run.losses
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     before, after = _flat(small["params"]), _flat(params)
     assert all(np.array_equal(before[k], np.asarray(after[k])) for k in before

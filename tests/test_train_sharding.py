@@ -21,7 +21,8 @@ SCRIPT = textwrap.dedent(
     from deepliflow_jax.compress.transforms import get_masks
     from deepliflow_jax.train.sharding import jit_step, make_mesh, replicate, shard_batch
     from deepliflow_jax.train.state import create_train_state
-    from deepliflow_jax.train.step import l2_regularizer, make_train_step
+    from deepliflow_jax.losses import l2_regularizer
+    from deepliflow_jax.train.step import make_train_step
 
     assert jax.device_count() == 2, jax.devices()
 
@@ -49,7 +50,8 @@ SCRIPT = textwrap.dedent(
     params, tx = aware_training(
         optax.adam(1e-2), params, percent=30, quant=QuantConfig(bits=8, act_bits=8)
     )
-    train_step = make_train_step(apply_fn, loss_fn, tx, regularizer=l2_regularizer(1e-3))
+    train_step = make_train_step(apply_fn, loss_fn, tx,
+                                 regularizer=lambda p: l2_regularizer(p, 2e-3))
     result = {}
     for n in (1, 2):
         mesh = make_mesh(jax.devices()[:n])

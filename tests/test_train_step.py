@@ -1,4 +1,5 @@
-"""Pure train step with compression inside jit, paper protocol, loop."""
+"""Pure train step with compression inside jit; the one fine-tuning loop (phases, best by
+validation, resume)."""
 
 import flax.linen as nn
 import jax
@@ -10,10 +11,19 @@ import pytest
 from deepliflow_jax.compress.modes import aware_training
 from deepliflow_jax.compress.quantize import QuantConfig
 from deepliflow_jax.compress.transforms import get_masks
+from deepliflow_jax.losses import l2_regularizer
 from deepliflow_jax.train.checkpoint import Checkpointer
-from deepliflow_jax.train.loop import epoch_order, fine_tune, fit
-from deepliflow_jax.train.state import create_train_state, paper_lr_schedule, paper_optimizer
-from deepliflow_jax.train.step import l2_regularizer, make_eval_fn, make_train_step
+from deepliflow_jax.train.state import create_train_state
+from deepliflow_jax.train.step import make_eval_fn, make_train_step
+from deepliflow_jax.train.trainer import Phase, fit, set_learning_rate
+
+
+def _reg(scale):
+    return lambda p: l2_regularizer(p, scale)
+
+
+def _lr(state):
+    return float(state.opt_state.inner_state.inner_state.hyperparams["learning_rate"])
 
 
 class TinyNet(nn.Module):
@@ -60,7 +70,7 @@ def test_compressed_train_step():
     params, tx = aware_training(
         optax.adam(1e-2), PARAMS, percent=50, quant=QuantConfig(bits=6, act_bits=8)
     )
-    reg = l2_regularizer(1e-3)
+    reg = _reg(2e-3)  # the original's scale * sum(w**2) / 2
     step = jax.jit(make_train_step(apply_fn, loss_fn, tx, regularizer=reg))
     state = create_train_state(params, tx, seed=1)
     batch = data_fn(0)
@@ -84,11 +94,11 @@ def test_compressed_train_step():
     assert all(np.isfinite(float(v)) for v in metrics.values())
 
 
-def test_no_nan_at_6_bits_and_90_percent_sparsity_with_paper_optimizer():
+def test_no_nan_at_6_bits_and_90_percent_sparsity():
     params, tx = aware_training(
-        paper_optimizer(3), PARAMS, percent=90, quant=QuantConfig(bits=6, act_bits=6)
+        optax.adam(1e-4), PARAMS, percent=90, quant=QuantConfig(bits=6, act_bits=6)
     )
-    step = jax.jit(make_train_step(apply_fn, loss_fn, tx, regularizer=l2_regularizer(4e-4)))
+    step = jax.jit(make_train_step(apply_fn, loss_fn, tx, regularizer=_reg(8e-4)))
     state = create_train_state(params, tx)
     for pos in range(5):
         state, metrics = step(state, data_fn(pos))
@@ -96,74 +106,78 @@ def test_no_nan_at_6_bits_and_90_percent_sparsity_with_paper_optimizer():
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state))
 
 
-def test_paper_lr_schedule():
-    s = paper_lr_schedule(100)
-    assert float(s(0)) == pytest.approx(1e-4) and float(s(99)) == pytest.approx(1e-4)
-    assert float(s(100)) == pytest.approx(1e-5) and float(s(10_000)) == pytest.approx(1e-5)
-    s = paper_lr_schedule(10, refine_every=5, num_refines=3)
-    assert [float(s(t)) for t in (9, 10, 15, 20)] == pytest.approx([1e-4, 1e-5, 1e-6, 1e-7])
+def _aware(lr=1e-2):
+    return aware_training(optax.inject_hyperparams(optax.adam)(learning_rate=lr), PARAMS,
+                          percent=50, quant=QuantConfig(bits=6))
 
 
-def test_epoch_order_is_a_reproducible_permutation_per_epoch():
-    order = epoch_order(7, seed=3)
-    e0 = [order(i) for i in range(7)]
-    e1 = [order(i) for i in range(7, 14)]
-    assert sorted(e0) == sorted(e1) == list(range(7)) and e0 != e1
-    assert e0 == [epoch_order(7, seed=3)(i) for i in range(7)]
-
-
-def test_fit_runs_to_num_steps_and_logs():
-    tx = optax.adam(1e-2)
+def test_fit_phases_set_their_learning_rate_and_positions_count_on():
+    params, tx = _aware()
     step = jax.jit(make_train_step(apply_fn, loss_fn, tx))
-    state = create_train_state(PARAMS, tx)
-    evals = []
+    seen, lrs = [], []
 
-    def eval_fn(s):
-        evals.append(int(s.step))
-        return {"epe": 1.0}
+    def traced_step(state, batch):
+        lrs.append(_lr(state))
+        return step(state, batch)
 
-    state, history = fit(state, step, data_fn, 6, eval_fn=eval_fn, eval_every=4, log_every=2)
-    assert int(state.step) == 6 and evals == [4, 6]
-    assert [h["step"] for h in history] == [2, 4, 6]
-    assert "val_epe" in history[1] and "loss" in history[0]
+    result = fit(traced_step, create_train_state(params, tx), lambda pos: seen.append(pos)
+                 or data_fn(pos), [Phase("lr1", 1e-2, 3), Phase("lr2", 1e-3, 2)], start=7)
+    assert seen == [7, 8, 9, 10, 11] and result.steps == result.selected_step == 5
+    assert lrs == pytest.approx([1e-2] * 3 + [1e-3] * 2)
+    assert _lr(result.state) == pytest.approx(1e-3) and int(result.state.step) == 5
+    assert result.history == [] and result.per_phase == {}
 
 
-def test_fine_tune_protocol_keeps_best_and_resumes(tmp_path):
+def test_fit_keeps_the_best_by_validation_and_resumes(tmp_path):
     calls = []
 
-    def eval_fn(state):
+    def evaluate(state):
         calls.append(int(state.step))
         # Pretend the outlier rate is best at step 4.
-        return {"sf_outlier": abs(int(state.step) - 4) + 10.0, "epe": 1.0}
+        return {"sf": abs(int(state.step) - 4) + 10.0, "epe": 1.0}
 
-    kwargs = dict(
-        finetune_steps=4,
-        refine_steps=2,
-        lr=1e-2,
-        percent=50,
-        quant=QuantConfig(bits=6),
-        l2_weight=1e-4,
-        eval_fn=eval_fn,
-        eval_every=2,
-        workdir=str(tmp_path),
-        save_every=3,
-        log_every=0,
-    )
-    state, history, tx = fine_tune(PARAMS, apply_fn, loss_fn, data_fn, **kwargs)
-    assert int(state.step) == 6 and calls == [2, 4, 6]
-    assert [h["val_sf_outlier"] for h in history] == [12.0, 10.0, 12.0]
-    with Checkpointer(tmp_path, best_metric="sf_outlier") as ck:
+    params, tx = _aware()
+    step = jax.jit(make_train_step(apply_fn, loss_fn, tx, regularizer=_reg(2e-4)))
+    phases = [Phase("lr1", 1e-2, 4), Phase("lr2", 1e-3, 2)]
+
+    def run():
+        with Checkpointer(tmp_path, best_metric="sf", save_every=3) as ck:
+            return fit(step, create_train_state(params, tx), data_fn, phases, evaluate=evaluate,
+                       eval_every=2, checkpointer=ck)
+
+    result = run()
+    assert calls == [2, 4, 4, 6, 4]  # validations; the best state evaluated at phase ends
+    assert [(h["step"], h["phase"], h["sf"]) for h in result.history] == [
+        (2, "lr1", 12.0), (4, "lr1", 10.0), (6, "lr2", 12.0)]
+    assert result.selected_step == 4 and int(result.state.step) == 4
+    assert result.per_phase == {"lr1": {"sf": 10.0, "epe": 1.0}, "lr2": {"sf": 10.0, "epe": 1.0}}
+    with Checkpointer(tmp_path, best_metric="sf") as ck:
         assert ck.best_step() == 4 and ck.latest_step() == 6
-        best, meta = ck.restore_best(state)
-    assert meta["metadata"]["quant"]["bits"] == 6 and meta["metadata"]["percent"] == 50
-    assert int(best.step) == 4
-    for p, m in zip(jax.tree.leaves(best.params), jax.tree.leaves(get_masks(best.opt_state))):
+        latest, _ = ck.restore(result.state)
+    assert _lr(latest) == pytest.approx(1e-3)  # the last phase ran at its own rate
+    for p, m in zip(jax.tree.leaves(result.state.params),
+                    jax.tree.leaves(get_masks(result.state.opt_state))):
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
-    again, _, _ = fine_tune(PARAMS, apply_fn, loss_fn, data_fn, **kwargs)  # resumes: done
-    assert calls == [2, 4, 6] and int(again.step) == 6
-    for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(state), strict=True):
+    again = run()  # resumes a finished run: no step, the same best state
+    assert calls == [2, 4, 4, 6, 4] and again.steps == 6 and again.selected_step == 4
+    for a, b in zip(jax.tree.leaves(again.state), jax.tree.leaves(result.state), strict=True):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
-    assert callable(tx.forward)
+    with pytest.raises(ValueError, match="keeps the best by 'epe'"):
+        fit(step, create_train_state(params, tx), data_fn, phases, evaluate=evaluate,
+            checkpointer=Checkpointer(tmp_path / "other", best_metric="epe"))
+
+
+def test_set_learning_rate_reaches_the_update():
+    params, tx = _aware(lr=1e-4)
+    step = jax.jit(make_train_step(apply_fn, loss_fn, tx))
+    state = create_train_state(params, tx)
+    moved = {}
+    for lr in (1e-4, 1e-5):
+        new, _ = step(set_learning_rate(state, lr), data_fn(0))
+        moved[lr] = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                        zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+    # Adam's first step moves each weight by about lr, whatever the gradient's size
+    assert moved[1e-4] / moved[1e-5] == pytest.approx(10.0, rel=1e-3)
 
 
 def test_reg_scale_in_the_batch_scales_the_regularizer_without_recompiling():
@@ -171,7 +185,7 @@ def test_reg_scale_in_the_batch_scales_the_regularizer_without_recompiling():
     tx = optax.sgd(0.0)
     step = jax.jit(make_train_step(lambda p, b, r: p["w"]["kernel"] * b["x"],
                                    lambda out, b: jnp.mean(out), tx,
-                                   regularizer=l2_regularizer(0.5)))
+                                   regularizer=_reg(1.0)))
     state = create_train_state(params, tx)
     x = jnp.ones(3)
     _, m0 = step(state, {"x": x, "reg_scale": jnp.float32(0.0)})

@@ -101,7 +101,7 @@ def aware_training(
     """Sets up compression-aware fine-tuning.
 
     Args:
-      inner: optimizer, e.g. :func:`deepliflow_jax.train.state.paper_optimizer`.
+      inner: optimizer, e.g. ``optax.inject_hyperparams(optax.adam)(learning_rate=1e-4)``.
       params: trained parameter pytree.
       percent: one-shot pruning before fine-tuning (masks then fixed), or None.
       schedule: gradual pruning during fine-tuning (e.g. polynomial), or None.

@@ -326,3 +326,43 @@ def sparsity_report(
             tot[key] += row[key]
     tot["sparsity"] = tot["zeros"] / max(tot["size"], 1)
     return {"layers": layers, "total": tot}
+
+
+# The paper prunes and quantizes weights *and* biases of every layer, per tensor.
+SELECT_ALL = r".*"
+
+
+def post_training_masks(params: Any, percent: float) -> tuple[Any, Any]:
+    """Global percentile pruning of every weight and bias, as the paper.
+
+    Returns:
+      ``(pruned params, masks)``; ``(params, None)`` for ``percent <= 0``.
+    """
+    if percent <= 0:
+        return params, None
+    return prune(params, percent, include=SELECT_ALL, scope="global")[:2]
+
+
+def zero_fraction(params: Any) -> float:
+    """Percentage of exactly-zero values over all parameters.
+
+    Args:
+      params: any pytree of arrays (e.g. ``{'params': ...}`` or a pruned tree).
+
+    Returns:
+      ``100 * (number of entries == 0) / (number of entries)`` over all leaves,
+      a float in [0, 100].
+
+    Raises:
+      ZeroDivisionError: ``params`` holds no entries (no leaves, or only empty ones).
+
+    Example:
+      >>> import numpy as np
+      >>> zero_fraction({"w": np.array([0.0, 1.5, 0.0, -2.0]), "b": np.zeros(4)})
+      75.0
+      >>> zero_fraction(prune({"w": np.arange(1.0, 11.0)}, 30.0)[0])
+      30.0
+    """
+    leaves = jax.tree.leaves(params)
+    zeros = sum(int(np.count_nonzero(np.asarray(x) == 0)) for x in leaves)
+    return 100.0 * zeros / sum(int(np.size(x)) for x in leaves)

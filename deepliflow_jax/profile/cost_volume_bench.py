@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.model.cost_volume import cost_volume as shifted
-from deepliflow_jax.profile.timing import summarize
+from deepliflow_jax.profile.timer import time_calls
 
 # per-level feature sizes of the forward pass: (level, H / 2**level, W / 2**level), C = 64
 LEVELS = (6, 5, 4, 3, 2)
@@ -152,12 +152,8 @@ def run_bench(height: int = 384, width: int = 1216, batch: int = 1, repeats: int
         if ref is None:
             ref = [np.asarray(r, np.float32) for r in res]
         err = max(float(np.max(np.abs(np.asarray(a, np.float32) - b))) for a, b in zip(res, ref))
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(inputs))
-            times.append(time.perf_counter() - t0)
-        out[name] = {**summarize(times), "compile_s": compile_s, "max_abs_err_vs_first": err,
+        stats = time_calls(compiled, inputs, repeats=repeats, warmup=0)
+        out[name] = {**stats, "compile_s": compile_s, "max_abs_err_vs_first": err,
                      "xla_flops": cost.get("flops"), "xla_bytes": cost.get("bytes accessed")}
     analytic = sum(2.0 * b * h * w * c * 81 for b, h, w, c in shapes) / 1e9
     return {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
@@ -191,12 +187,8 @@ def forward_with_variant(variant: str, height: int, width: int, batch: int = 1,
         compiled = jax.jit(model.apply).lower(variables, frames).compile()
         compile_s = time.perf_counter() - t0
     out = np.asarray(jax.block_until_ready(compiled(variables, frames))[0])
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(variables, frames))
-        times.append(time.perf_counter() - t0)
-    return {**summarize(times), "compile_s": compile_s, "output": out}
+    return {**time_calls(compiled, variables, frames, repeats=repeats, warmup=0),
+            "compile_s": compile_s, "output": out}
 
 
 def run_whole_model(variants: Sequence[str], height: int, width: int, batch: int = 1,

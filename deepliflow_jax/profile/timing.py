@@ -44,6 +44,7 @@ import numpy as np
 
 from deepliflow_jax.fileio import atomic_write, write_text_atomic
 from deepliflow_jax.profile import runtime_configs as rc
+from deepliflow_jax.profile.timer import aot_compile, summarize, time_calls
 
 SCHEMA_VERSION = 1
 PRECISIONS = ("default", "highest")
@@ -87,31 +88,6 @@ def _plain_progress(iterable, total: int, desc: str):
         print(f"{desc}: {i}/{total} started ({time.perf_counter() - start:.0f} s so far)",
               flush=True)
         yield item
-
-
-def summarize(times_s: Sequence[float]) -> dict[str, Any]:
-    """Order statistics of wall times.
-
-    Args:
-      times_s: times in seconds.
-
-    Returns:
-      ``{"n", "median_ms", "p10_ms", "p90_ms", "mean_ms", "min_ms", "max_ms"}``
-      (values None when ``times_s`` is empty).
-    """
-    ms = np.asarray(list(times_s), np.float64) * 1e3
-    if ms.size == 0:
-        return {"n": 0, **{k: None for k in ("median_ms", "p10_ms", "p90_ms", "mean_ms",
-                                              "min_ms", "max_ms")}}
-    return {
-        "n": int(ms.size),
-        "median_ms": float(np.median(ms)),
-        "p10_ms": float(np.percentile(ms, 10)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "mean_ms": float(ms.mean()),
-        "min_ms": float(ms.min()),
-        "max_ms": float(ms.max()),
-    }
 
 
 def check_sizes(height: int, width: int, batch_sizes: Sequence[int] = (1,),
@@ -333,46 +309,6 @@ def device_memory() -> dict[str, Any] | None:
     return {k: int(stats[k]) for k in keys if k in stats}
 
 
-def _memory_analysis(compiled) -> dict[str, int] | None:
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001
-        return None
-    if m is None:
-        return None
-    names = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
-             "alias_size_in_bytes", "generated_code_size_in_bytes")
-    return {n: int(getattr(m, n)) for n in names if hasattr(m, n)}
-
-
-def _flops(compiled) -> float | None:
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001
-        return None
-    if isinstance(cost, list):
-        cost = cost[0] if cost else {}
-    value = (cost or {}).get("flops")
-    return float(value) if value is not None else None
-
-
-def aot_compile(fn: Callable, *args, donate_argnums=()) -> tuple[Any, dict[str, Any]]:
-    """Ahead-of-time compiles ``jit(fn)`` for ``args``.
-
-    Returns:
-      ``(compiled, {"lower_s", "compile_s", "flops", "memory_analysis"})``.
-    """
-    import jax
-
-    t0 = time.perf_counter()
-    lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-    return compiled, {"lower_s": t1 - t0, "compile_s": t2 - t1, "flops": _flops(compiled),
-                      "memory_analysis": _memory_analysis(compiled)}
-
-
 def time_forward(variables: dict, batch: int, height: int, width: int, repeats: int = 10,
                  warmup: int = 2, dtype: Any = None) -> dict:
     """Median/p10/p90 wall time of the jitted forward, in this process (compile timed apart).
@@ -396,14 +332,7 @@ def time_forward(variables: dict, batch: int, height: int, width: int, repeats: 
     frames = jax.device_put(make_frames(batch, height, width))
     variables = jax.device_put(variables)
     compiled, info = aot_compile(model.apply, variables, frames)
-    for _ in range(warmup):
-        jax.block_until_ready(compiled(variables, frames))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(variables, frames))
-        times.append(time.perf_counter() - t0)
-    stats = summarize(times)
+    stats = time_calls(compiled, variables, frames, repeats=repeats, warmup=warmup)
     return {"compile_s": info["compile_s"], "median_ms": stats["median_ms"],
             "p10_ms": stats["p10_ms"], "p90_ms": stats["p90_ms"], "repeats": repeats,
             "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind)}
@@ -500,35 +429,23 @@ def _jax_builder_runner(runner: _Runner, spec: dict, variables: dict) -> _Runner
 def _jax_train_runner(key, config, batch, spec, variables, cache) -> _Runner:
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from deepliflow_jax.losses import kitti_loss
-    from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
-    from deepliflow_jax.train import create_train_state, make_train_step
+    from deepliflow_jax.train.trainer import Trainer
 
     h, w = spec["height"], spec["width"]
     runner = _Runner(key, config, batch)
-    model = DeepLiDARFlow(dtype=jnp.dtype(config.dtype))
-    tx = optax.adam(1e-4)
+    trainer = Trainer(dtype=jnp.dtype(config.dtype))
     # own copies: the step donates the state, and must not delete the buffers that the
     # forward jobs of this process share
-    state = create_train_state(jax.tree.map(jnp.copy, variables), tx, seed=0)
+    state = trainer.new_state(jax.tree.map(jnp.copy, variables["params"]), lr=1e-4)
     data = jax.device_put({"frames": make_frames(batch, h, w, spec["seed"]),
                            "gt": make_ground_truth(batch, h, w)})
-
-    def apply_fn(params, batch_, rng):
-        del rng
-        return model.apply(params, batch_["frames"])
-
-    def loss_fn(outputs, batch_):
-        return kitti_loss(outputs[1]["flows"], batch_["gt"])
-
-    step = make_train_step(apply_fn, loss_fn, tx)
-    compiled, info = aot_compile(step, state, data, donate_argnums=0)
+    compiled, info = aot_compile(trainer.step_fn, state, data, donate_argnums=0)
     runner.compile = info
-    runner.info = {"optimizer": "optax.adam(1e-4)", "loss": "deepliflow_jax.losses.kitti_loss "
-                   "(synthetic sparse ground truth)", "step": "deepliflow_jax.train."
-                   "make_train_step, state donated"}
+    runner.info = {"optimizer": "Adam(1e-4) through the compression transform (dense, float)",
+                   "loss": "deepliflow_jax.losses.kitti_loss + the original's L2 term "
+                   "(synthetic sparse ground truth)",
+                   "step": "deepliflow_jax.train.trainer.Trainer.step_fn, state donated"}
     holder = {"state": state}
 
     def call():

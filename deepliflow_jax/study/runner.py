@@ -25,20 +25,20 @@ from typing import Any
 import jax
 import numpy as np
 
+from deepliflow_jax.compress.prune import post_training_masks, zero_fraction
 from deepliflow_jax.fileio import claim_dir, write_json_atomic
+from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.study import report
 from deepliflow_jax.study.config import StudyConfig, resume_conflicts
 from deepliflow_jax.study.data import load_study_data, make_synthetic
-from deepliflow_jax.study.engine import (
-    DivergenceError,
-    Engine,
-    check_training,
-    enable_compilation_cache,
-    get_engine,
-    post_training_masks,
-    zero_fraction,
-)
 from deepliflow_jax.study.records import RecordStore, RunLog, progress
+from deepliflow_jax.train.trainer import (
+    DivergenceError,
+    Phase,
+    Trainer,
+    enable_compilation_cache,
+    get_trainer,
+)
 
 BASELINE = "baseline"
 CONFIG_FILE = "config.json"  # written first: it marks a folder as a study's results folder
@@ -68,7 +68,7 @@ class Study:
         claim_dir(self.dir, CONFIG_FILE, "a deepliflow_jax study results folder")
         write_json_atomic(self.dir / CONFIG_FILE, cfg.to_dict())
         self.records = RecordStore(self.dir)
-        self.engine: Engine | None = None
+        self.trainer: Trainer | None = None
         self.data = None
         self._val: dict[int, list] = {}
         self._timing_frames = None
@@ -87,7 +87,7 @@ class Study:
         _say(f"data: {len(self.data.train)} train / {len(self.data.val)} validation frames; "
              f"{self.data.samples_for(cfg)} LiDAR points per frame")
         enable_compilation_cache()
-        self.engine = get_engine(cfg.interp_size, cfg.seed)
+        self.trainer = get_trainer(cfg.interp_size, cfg.seed)
 
     def check_resume(self) -> None:
         """Refuses a results folder written with another configuration (before any work)."""
@@ -130,19 +130,22 @@ class Study:
         if cfg.pretrain_steps:
             _say(f"baseline: pre-training {cfg.pretrain_steps} steps at lr {cfg.pretrain_lr} "
                  "on the synthetic world (first step compiles)")
-            state = self.engine.new_state(params, lr=cfg.pretrain_lr)
+            state = self.trainer.new_state(params, lr=cfg.pretrain_lr)
             log = RunLog(self.dir / "logs", "pretrain")
             n = self.data.samples_for(cfg)
-            for pos in progress(range(cfg.pretrain_steps), cfg.pretrain_steps, "pre-train"):
-                # no L2 here: a few hundred Adam steps on a small data set with the L2
-                # term in the loss drive every weight with a tiny data gradient to ~0,
-                # a model unlike a released checkpoint (the paper's fine-tuning keeps it)
-                batch = self.data.train_batch(pos, n, reg_scale=0.0)
-                state, m = self.engine.train_step(state, batch)
+
+            def log_step(pos: int, m: dict) -> None:
                 if pos % 10 == 0 or pos == cfg.pretrain_steps - 1:
                     log.log(pos, {k: float(v) for k, v in jax.device_get(m).items()})
+
+            # no L2 here: a few hundred Adam steps on a small data set with the L2
+            # term in the loss drive every weight with a tiny data gradient to ~0,
+            # a model unlike a released checkpoint (the paper's fine-tuning keeps it)
+            fit = self.trainer.fit(state, lambda pos: self.data.train_batch(pos, n, reg_scale=0.0),
+                                   [Phase("pre-train", cfg.pretrain_lr, cfg.pretrain_steps)],
+                                   on_step=log_step, progress=progress)
             log.close()
-            params = jax.device_get(state.params)
+            params = fit.state.params
         save_checkpoint(ckpt, {"params": params},
                         {"source": "study pre-training", "preset": cfg.preset,
                          "pretrain_steps": cfg.pretrain_steps})
@@ -150,7 +153,7 @@ class Study:
 
     # -- configurations ----------------------------------------------------------
     def _evaluate(self, state, batches: list, **kwargs):
-        return self.engine.evaluate(state, batches, validity=self.cfg.validity, **kwargs)
+        return self.trainer.evaluate(state, batches, validity=self.cfg.validity, **kwargs)
 
     def _evaluate_all_lidar(self, state) -> dict[str, dict]:
         out = {}
@@ -162,14 +165,17 @@ class Study:
         if not self.cfg.runtime_repeats:
             return {}
         if self._timing_frames is None:
-            self._timing_frames = self.val_batches()[0]["frames"][:1]
-        params = self.engine.compressed_params(state)
-        return self.engine.time_forward(params, self._timing_frames, self.cfg.runtime_repeats)
+            self._timing_frames = jax.device_put(self.val_batches()[0]["frames"][:1])
+        params = jax.device_put(self.trainer.compressed_params(state))
+        # one executable serves every configuration: masked or fake-quantized weights
+        # are still dense float tensors, so they run the same convolutions
+        return time_calls(self.trainer.forward, params, self._timing_frames,
+                          repeats=self.cfg.runtime_repeats)
 
     def _finish(self, key: str, kind: str, state, extra: dict) -> dict:
         metrics = self._evaluate(state, self.val_batches())
         record = {"key": key, "kind": kind, **extra, "metrics": metrics,
-                  "zero_percent": zero_fraction(self.engine.compressed_params(state)),
+                  "zero_percent": zero_fraction(self.trainer.compressed_params(state)),
                   "lidar": self._evaluate_all_lidar(state), "time": self._timing(state)}
         return self.records.put(key, record)
 
@@ -177,7 +183,7 @@ class Study:
         if self.records.has(key):
             return self.records.get(key)
         pruned, masks = post_training_masks(params, percent)
-        state = self.engine.new_state(pruned, masks=masks, bits=bits)
+        state = self.trainer.new_state(pruned, masks=masks, bits=bits)
         return self._finish(key, "post", state, {"percent": percent, "bits": bits})
 
     def aware(self, key: str, params: Any, percent: float = 0.0, bits: int = 0) -> dict:
@@ -189,44 +195,27 @@ class Study:
         """
         if self.records.has(key):
             return self.records.get(key)
-        cfg, eng = self.cfg, self.engine
+        cfg = self.cfg
         pruned, masks = post_training_masks(params, percent)
-        state = eng.new_state(pruned, lr=cfg.lr1, masks=masks, bits=bits)
+        state = self.trainer.new_state(pruned, lr=cfg.lr1, masks=masks, bits=bits)
         log = RunLog(self.dir / "logs", key)
         n = self.data.samples_for(cfg)
-        phases = {"lr1": (cfg.lr1, cfg.finetune_steps), "lr2": (cfg.lr2, cfg.refine_steps)}
-        best_sf, best_state, per_phase, history = np.inf, state, {}, []
-        pos = 0
+        phases = [Phase("lr1", cfg.lr1, cfg.finetune_steps),
+                  Phase("lr2", cfg.lr2, cfg.refine_steps)]
         try:
-            for phase, (lr, steps) in phases.items():
-                state = eng.set_lr(state, lr)
-                pending: list[tuple[int, Any]] = []  # losses still on the device
-                for i in range(steps):
-                    state, m = eng.train_step(state, self.data.train_batch(pos, n))
-                    pos += 1
-                    pending.append((pos, m["loss"]))
-                    if (i + 1) % cfg.eval_every == 0 or i + 1 == steps:
-                        check_training([p for p, _ in pending], [x for _, x in pending], lr,
-                                       state.params)
-                        pending = []
-                        val = self._evaluate(state, self.val_batches())
-                        values = {**{k: float(v) for k, v in jax.device_get(m).items()},
-                                  **{f"val_{k}": v for k, v in val.items()}, "lr": lr}
-                        log.log(pos, values)
-                        history.append({"step": pos, "phase": phase, **val})
-                        if val["sf"] < best_sf:
-                            best_sf, best_state = val["sf"], jax.device_get(state)
-                per_phase[phase] = self._evaluate(best_state, self.val_batches())
+            fit = self.trainer.fit(state, lambda pos: self.data.train_batch(pos, n), phases,
+                                   evaluate=lambda s: self._evaluate(s, self.val_batches()),
+                                   eval_every=cfg.eval_every, on_eval=log.log)
         except DivergenceError as err:
             log.close()
             return self.records.put(key, {
                 "key": key, "kind": "aware", "percent": percent, "bits": bits,
                 "failed": str(err), "failed_step": err.step, "failed_lr": err.lr,
-                "history": history})
+                "history": err.history})
         log.close()
-        return self._finish(key, "aware", best_state,
-                            {"percent": percent, "bits": bits, "phases": per_phase,
-                             "history": history, "steps": pos})
+        return self._finish(key, "aware", fit.state,
+                            {"percent": percent, "bits": bits, "phases": fit.per_phase,
+                             "history": fit.history, "steps": fit.steps})
 
     # -- the whole study -------------------------------------------------------------
     def run(self) -> dict:
@@ -238,7 +227,7 @@ class Study:
         _say(f"baseline: {_summary(base)} (validity '{cfg.validity}')")
         if not self.records.has("zero_flow"):
             zero = jax.tree.map(np.zeros_like, params)
-            state = self.engine.new_state(zero)
+            state = self.trainer.new_state(zero)
             self.records.put("zero_flow", {"key": "zero_flow", "kind": "reference",
                                            "metrics": self._evaluate(state,
                                                                      self.val_batches())})
@@ -275,7 +264,7 @@ class Study:
         for label, p, b in (("original", 0.0, 0), (f"post {bits} bits", 0.0, bits),
                             (f"post {percent:g} %", percent, 0)):
             pruned, masks = post_training_masks(params, p)
-            state = self.engine.new_state(pruned, masks=masks, bits=b)
+            state = self.trainer.new_state(pruned, masks=masks, bits=b)
             _, out = self._evaluate(state, [batch], keep_outputs=True)
             rows.append((label, out[0][0]))
         sample = self.data.val[0]

@@ -1,18 +1,18 @@
 """Measured trade-offs of structured pruning and int8 (the ``structured_tradeoff`` experiment).
 
 For a trained dense model and each pruning ratio: prune channels (L1 by
-default, :mod:`.structured`), fine-tune the smaller model with the jitted optax
-train step (:func:`deepliflow_jax.train.step.make_train_step`, KITTI loss and
-the original's L2 term), then measure, with and without int8 (post-training,
-calibrated on a few training batches, :mod:`.int8`):
+default, ``compress.structured``), fine-tune the smaller model with the one
+trainer (:class:`deepliflow_jax.train.trainer.Trainer`: KITTI loss and the
+original's L2 term), then measure, with and without int8 (post-training,
+calibrated on a few training batches, ``compress.int8``):
 
 * parameters, FLOPs (XLA ``cost_analysis`` and eq. (3) conv FLOPs of the
   forward that is timed), size on disk (an Orbax checkpoint for float models,
   the int8 ``.npz`` for int8 ones);
-* latency: one AOT-compiled executable per model (``profile.timing.aot_compile``)
+* latency: one AOT-compiled executable per model (``profile.timer.aot_compile``)
   evaluates the validation set *and* is timed on the validation batch; all
-  models are timed in interleaved rounds (every model once per round) so that
-  the load of a shared machine hits them alike; ``profile.timing.summarize``;
+  models are timed in interleaved rounds (``profile.timer.time_interleaved``) so
+  that the load of a shared machine hits them alike;
 * EPE and outlier rates on the synthetic validation set (frame-averaged).
 
 The dense model fine-tuned for the same number of steps is measured too: a
@@ -23,6 +23,7 @@ the fair reference for the pruned models' accuracy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 import time
@@ -33,7 +34,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from deepliflow_jax.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from deepliflow_jax.compress import int8 as int8_lib
@@ -45,18 +45,17 @@ from deepliflow_jax.compress.structured import (
     structured_prune,
 )
 from deepliflow_jax.fileio import discard, savefig_atomic
-from deepliflow_jax.losses import kitti_loss, l2_regularizer
 from deepliflow_jax.metrics import frame_counts, metrics_from_counts
 from deepliflow_jax.model.api import init_params
 from deepliflow_jax.model.channels import widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.profile.table1 import conv_eq3_flops
-from deepliflow_jax.profile.timing import aot_compile, environment, summarize
+from deepliflow_jax.profile.timer import aot_compile, time_interleaved
+from deepliflow_jax.profile.timing import environment
 from deepliflow_jax.study.config import make_config
 from deepliflow_jax.study.data import load_study_data, make_synthetic
-from deepliflow_jax.train.state import create_train_state
-from deepliflow_jax.train.step import make_train_step
+from deepliflow_jax.train.trainer import Phase, Trainer
 
 TARGET_EPE_INCREASE = 0.05
 TARGET_SPEEDUP = 1.3
@@ -128,13 +127,37 @@ class TradeoffConfig:
             raise ValueError("int8 needs calib_batches >= 1")
 
 
-class Trainer:
-    """The jitted optax train step (``make_train_step``) for one architecture.
+@dataclasses.dataclass
+class FineTuned:
+    """A fine-tuning run of the trade-off: the params it selected and how it went.
+
+    Attributes:
+      params: bare parameter tree on the host (best by validation, or the last).
+      losses: the loss of every step.
+      selected_step: the step count of ``params``.
+      history: ``[{"step", **validation metrics}]``.
+    """
+
+    params: Any
+    losses: list[float]
+    selected_step: int
+    history: list[dict]
+
+    def selection(self) -> dict[str, Any]:
+        return {"selected_step": self.selected_step, "validation_history": self.history}
+
+
+def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], steps: int,
+              lr: float, refine_after: int | None = None, refine_factor: float = 0.1,
+              log: Callable[[str], None] = print, channel_masks: Any = None,
+              evaluate: Callable[[Any], dict] | None = None, eval_every: int = 0,
+              select: str = "sf") -> FineTuned:
+    """``steps`` Adam steps from ``params`` with the one trainer (:meth:`Trainer.fit`).
 
     Two ways to fine-tune a pruned model:
 
-    * ``Trainer(widths)`` trains the smaller model itself (its own compiled step);
-    * ``Trainer(None, masked=True)`` trains the *full* model with the removed
+    * ``Trainer(widths=...)`` trains the smaller model itself (its own compiled step);
+    * ``Trainer(channel_masked=True)`` trains the *full* model with the removed
       channels zeroed at every producer (``structured.mask_outputs``; the masks
       travel in the batch, so one compiled step serves every pruning ratio and
       the dense model), and :func:`.structured.shrink` is applied afterwards.
@@ -144,107 +167,72 @@ class Trainer:
       run keeps training, becomes the shrunken layer's ``conf_mass``).
 
     Args:
-      widths: channel widths (None = the original network).
+      trainer: the trainer of the architecture.
+      params: bare parameter tree.
+      batch_fn: position -> ``{"frames", "gt"}``.
+      steps: number of steps.
       lr: Adam learning rate.
-      seed: train-state seed.
-      masked: train the full model under channel masks (``batch["masks"]``).
       refine_after: from this step on the rate is ``lr * refine_factor`` (the
         paper's "fine-tune, then refine at a 10x lower rate"); None: constant.
       refine_factor: see ``refine_after``.
+      log: progress printer.
+      channel_masks: ``{group: 0/1 [width]}`` for a channel-masked trainer (default
+        all ones).
+      evaluate: params -> validation metrics; with ``eval_every`` > 0 the params are
+        evaluated every ``eval_every`` steps of a phase and after its last step, and
+        the best by ``select`` are returned (the original's and the study's protocol:
+        best validation SF outlier rate). The starting point is not a candidate:
+        something fine-tuned is always returned.
+      eval_every: see ``evaluate``; 0 returns the last step's params.
+      select: the metric minimised by the selection.
+
+    Returns:
+      :class:`FineTuned`.
+
+    Raises:
+      DivergenceError: a non-finite loss or parameters.
     """
+    if steps == 0:
+        return FineTuned(params, [], 0, [])
+    if trainer.channel_masked and channel_masks is None:
+        channel_masks = {k: np.ones(v, np.float32) for k, v in widths_of(params).items()}
+    refine = steps if refine_after is None else min(int(refine_after), steps)
+    phases = [Phase("lr", lr, refine), Phase("refine", lr * refine_factor, steps - refine)]
+    losses: list[float] = []
+    t0 = time.perf_counter()
 
-    def __init__(self, widths: Any = None, lr: float = 1e-4, seed: int = 0,
-                 masked: bool = False, refine_after: int | None = None,
-                 refine_factor: float = 0.1):
-        if masked and widths is not None:
-            raise ValueError("masked fine-tuning runs the full model: widths must be None")
-        self.widths = None if widths is None else dict(freeze_widths(widths))
-        self.model = DeepLiDARFlow(widths=freeze_widths(widths))
-        self.masked = masked
-        self.seed = seed
-        schedule = lr if refine_after is None else optax.piecewise_constant_schedule(
-            lr, {int(refine_after): refine_factor})
-        self.tx = optax.adam(schedule)
-        step = make_train_step(self._apply, self._loss, self.tx,
-                               regularizer=lambda p: l2_regularizer(p))
-        self._step = jax.jit(step, donate_argnums=0)
+    def batch(pos: int) -> dict:
+        b = batch_fn(pos)
+        return {**b, "channel_masks": channel_masks} if trainer.channel_masked else b
 
-    def _apply(self, params, batch, rng):
-        del rng
-        gt = batch["gt"]
-        if not self.masked:
-            return self.model.apply({"params": params}, batch["frames"], None, gt.shape[1:3])
-        with mask_outputs(batch["masks"]):
-            return self.model.apply({"params": params}, batch["frames"], None, gt.shape[1:3])
+    def on_step(pos: int, metrics: dict) -> None:
+        losses.append(float(metrics["loss"]))
+        if pos == 0:
+            log(f"  first step (compile) {time.perf_counter() - t0:.0f} s, loss {losses[0]:.3f}")
 
-    @staticmethod
-    def _loss(outputs, batch):
-        return kitti_loss(outputs[1]["flows"], batch["gt"])
-
-    def fine_tune(self, params: Any, batch_fn: Callable[[int], dict], steps: int,
-                  log: Callable[[str], None] = print, masks: Any = None,
-                  evaluate: Callable[[Any], dict] | None = None, eval_every: int = 0,
-                  select: str = "sf") -> tuple[Any, list[float]]:
-        """``steps`` Adam steps from ``params`` on ``batch_fn(position)``.
-
-        Args:
-          params: bare parameter tree.
-          batch_fn: position -> ``{"frames", "gt"}``.
-          steps: number of steps.
-          log: progress printer.
-          masks: ``{group: 0/1 [width]}`` (masked trainers only; default all ones).
-          evaluate: params -> validation metrics; with ``eval_every`` > 0 the
-            params are evaluated every ``eval_every`` steps and after the last
-            one, and the best by ``select`` are returned (the original's and the
-            study's protocol: best validation SF outlier rate). Step 0 is not a
-            candidate: something fine-tuned is always returned.
-          eval_every: see ``evaluate``; 0 returns the last step's params.
-          select: the metric minimised by the selection.
-
-        Returns:
-          ``(params on the host, losses)``; ``self.history`` holds
-          ``[(step, metrics)]`` and ``self.selected_step`` the step returned.
-        """
-        self.history: list[tuple[int, dict]] = []
-        self.selected_step = steps
-        if steps == 0:
-            return params, []
-        if self.masked and masks is None:
-            masks = {k: np.ones(v, np.float32) for k, v in widths_of(params).items()}
-        state = create_train_state(jax.tree.map(jnp.asarray, params), self.tx, self.seed)
-        losses = []
-        best, best_value = None, float("inf")
-        t0 = time.perf_counter()
-        for pos in range(steps):
-            batch = batch_fn(pos)
-            if self.masked:
-                batch = {**batch, "masks": masks}
-            state, metrics = self._step(state, batch)
-            losses.append(float(metrics["loss"]))
-            if pos == 0:
-                log(f"  first step (compile) {time.perf_counter() - t0:.0f} s, "
-                    f"loss {losses[0]:.3f}")
-            done = pos + 1
-            if evaluate is not None and eval_every and (done % eval_every == 0 or done == steps):
-                host = jax.device_get(state.params)
-                m = evaluate(host)
-                self.history.append((done, m))
-                if m[select] < best_value:
-                    best, best_value, self.selected_step = host, m[select], done
-        log(f"  {steps} steps in {time.perf_counter() - t0:.0f} s; loss "
-            f"{np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}"
-            + (f"; kept step {self.selected_step} (best validation {select} "
-               f"{best_value:.2f})" if best is not None else ""))
-        return (best if best is not None else jax.device_get(state.params)), losses
+    validate = None
+    if evaluate is not None and eval_every:
+        def validate(state):
+            return evaluate(jax.device_get(state.params))
+    state = trainer.new_state(jax.tree.map(jnp.asarray, params), lr=lr)
+    fit = trainer.fit(state, batch, [p for p in phases if p.steps], evaluate=validate,
+                      eval_every=eval_every, select=select, on_step=on_step)
+    summary = ""
+    if fit.history:
+        best = min(h[select] for h in fit.history)
+        summary = f"; kept step {fit.selected_step} (best validation {select} {best:.2f})"
+    log(f"  {steps} steps in {time.perf_counter() - t0:.0f} s; loss "
+        f"{np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}{summary}")
+    history = [{k: v for k, v in h.items() if k != "phase"} for h in fit.history]
+    return FineTuned(jax.device_get(fit.state.params), losses, fit.selected_step, history)
 
 
 def pretrain(data, steps: int, lr: float, seed: int, log=print) -> Any:
     """Pre-trains the dense model from the initialisation (no baseline checkpoint)."""
-
     params = init_params(seed)["params"]
     n = data.samples
-    return Trainer(None, lr, seed).fine_tune(params, lambda p: data.train_batch(p, n), steps,
-                                             log)[0]
+    return fine_tune(Trainer(seed=seed), params, lambda p: data.train_batch(p, n), steps, lr,
+                     log=log).params
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -289,7 +277,8 @@ class Candidate:
     args: tuple
     info: dict
     extra: dict = dataclasses.field(default_factory=dict)
-    times: list = dataclasses.field(default_factory=list)
+    #: ``profile.timer.summarize`` statistics of its forward (set by :func:`time_candidates`)
+    stats: dict = dataclasses.field(default_factory=dict)
 
 
 def _conv_gflops(fn, *args) -> float:
@@ -364,23 +353,18 @@ def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
 
 
 def time_candidates(cands: Sequence[Candidate], repeats: int, warmup: int, log=print) -> None:
-    """Interleaved timing: every model once per round, round order rotated."""
+    """Interleaved timing (:func:`profile.timer.time_interleaved`): every model once per
+    round, round order rotated."""
+    stats = time_interleaved({c.name: functools.partial(c.compiled, *c.args) for c in cands},
+                             repeats, warmup)
     for c in cands:
-        for _ in range(warmup):
-            jax.block_until_ready(c.compiled(*c.args))
-    for r in range(repeats):
-        order = list(cands[r % len(cands):]) + list(cands[: r % len(cands)])
-        for c in order:
-            t0 = time.perf_counter()
-            jax.block_until_ready(c.compiled(*c.args))
-            c.times.append(time.perf_counter() - t0)
+        c.stats = stats[c.name]
     log(f"  timed {len(cands)} models x {repeats} rounds")
 
 
 def _row(c: Candidate, dense: Candidate, references: dict[str, Candidate]) -> dict[str, Any]:
 
-    t = summarize(c.times)
-    td = summarize(dense.times)
+    t, td = c.stats, dense.stats
     m = c.extra["metrics"]
     row = {
         "name": c.name, "ratio": c.ratio, "int8": c.int8, "params": c.params,
@@ -464,8 +448,7 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
 
     masked = cfg.finetune_mode == "masked"
     refine = int(round(cfg.finetune_steps * (1 - cfg.refine_fraction)))
-    shared = Trainer(None, cfg.lr, cfg.seed, masked=masked,
-                     refine_after=refine)  # compiles on first use
+    shared = Trainer(seed=cfg.seed, channel_masked=masked)  # compiles on first use
     val_frames = jnp.asarray(data.val["frames"])
     val_size = tuple(data.val["gt"].shape[1:3])
     full_model = DeepLiDARFlow()
@@ -488,17 +471,14 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
         return lambda p: evaluate_outputs(np.asarray(masked_forward(p, masks, val_frames)),
                                           data.val["gt"])
 
-    def selection(trainer):
-        return {"selected_step": trainer.selected_step,
-                "validation_history": [{"step": s, **m} for s, m in trainer.history]}
     log("dense baseline")
     measure("dense", 0.0, baseline, None)
     if cfg.dense_finetune and cfg.finetune_steps:
         log(f"dense + {cfg.finetune_steps} fine-tuning steps (reference)")
-        ft, losses = shared.fine_tune(baseline, batches, cfg.finetune_steps, log,
-                                      evaluate=validator(), eval_every=cfg.eval_every)
-        measure("dense_ft", 0.0, ft, None)
-        structures["dense_ft"] = {"losses": losses, **selection(shared)}
+        run = fine_tune(shared, baseline, batches, cfg.finetune_steps, cfg.lr, refine, log=log,
+                        evaluate=validator(), eval_every=cfg.eval_every)
+        measure("dense_ft", 0.0, run.params, None)
+        structures["dense_ft"] = {"losses": run.losses, **run.selection()}
     jobs = [(f"pruned{int(round(r * 100))}", r) for r in cfg.ratios]
     jobs += [(name, dict(spec)) for name, spec in cfg.plans]
     total_channels = sum(widths_of(baseline).values())
@@ -511,16 +491,16 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
                                multiple=cfg.multiple, scorer=cfg.scorer, exclude=cfg.exclude)
         if masked:
             masks = channel_masks(widths_of(baseline), res.keep)
-            trainer = shared
-            full, losses = trainer.fine_tune(baseline, batches, cfg.finetune_steps, log, masks,
-                                             evaluate=validator(masks), eval_every=cfg.eval_every)
-            params = shrink({"params": full}, res.keep)[0]["params"]
+            run = fine_tune(shared, baseline, batches, cfg.finetune_steps, cfg.lr, refine,
+                            log=log, channel_masks=masks, evaluate=validator(masks),
+                            eval_every=cfg.eval_every)
+            params = shrink({"params": run.params}, res.keep)[0]["params"]
         else:
-            trainer = Trainer(res.widths, cfg.lr, cfg.seed, refine_after=refine)
-            params, losses = trainer.fine_tune(
-                res.variables["params"], batches, cfg.finetune_steps, log,
-                evaluate=validator(widths=res.widths), eval_every=cfg.eval_every)
-        structures[name] = {**res.summary(), "losses": losses, **selection(trainer),
+            run = fine_tune(Trainer(seed=cfg.seed, widths=res.widths), res.variables["params"],
+                            batches, cfg.finetune_steps, cfg.lr, refine, log=log,
+                            evaluate=validator(widths=res.widths), eval_every=cfg.eval_every)
+            params = run.params
+        structures[name] = {**res.summary(), "losses": run.losses, **run.selection(),
                             "plan": ratio}
         removed = 1.0 - sum(res.widths.values()) / total_channels
         measure(name, ratio if isinstance(ratio, float) else removed, params, res.widths)

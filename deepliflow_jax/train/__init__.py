@@ -1,7 +1,7 @@
-"""Fine-tuning: pure train step, train state, Orbax checkpoints, sharding, loop."""
+"""Fine-tuning: the train state, the one train step and trainer, Orbax train-state
+checkpoints (resume), data-parallel sharding."""
 
 from deepliflow_jax.train.checkpoint import Checkpointer, abstract_like
-from deepliflow_jax.train.loop import epoch_order, fine_tune, fit
 from deepliflow_jax.train.sharding import (
     initialize_distributed,
     jit_step,
@@ -9,30 +9,35 @@ from deepliflow_jax.train.sharding import (
     replicate,
     shard_batch,
 )
-from deepliflow_jax.train.state import (
-    TrainState,
-    create_train_state,
-    paper_lr_schedule,
-    paper_optimizer,
+from deepliflow_jax.train.state import TrainState, create_train_state
+from deepliflow_jax.train.step import make_eval_fn, make_train_step
+from deepliflow_jax.train.trainer import (
+    DivergenceError,
+    FitResult,
+    Phase,
+    Trainer,
+    fit,
+    get_trainer,
+    set_learning_rate,
 )
-from deepliflow_jax.train.step import l2_regularizer, make_eval_fn, make_train_step
 
 __all__ = [
     "Checkpointer",
+    "DivergenceError",
+    "FitResult",
+    "Phase",
     "TrainState",
+    "Trainer",
     "abstract_like",
     "create_train_state",
-    "epoch_order",
-    "fine_tune",
     "fit",
+    "get_trainer",
     "initialize_distributed",
     "jit_step",
-    "l2_regularizer",
     "make_eval_fn",
     "make_mesh",
     "make_train_step",
-    "paper_lr_schedule",
-    "paper_optimizer",
     "replicate",
+    "set_learning_rate",
     "shard_batch",
 ]

@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 
 class TrainState(NamedTuple):
@@ -63,59 +62,3 @@ def create_train_state(
         rng=rng,
         data_pos=jnp.asarray(data_pos, jnp.int32),
     )
-
-
-def paper_lr_schedule(
-    finetune_steps: int,
-    *,
-    lr: float = 1e-4,
-    refine_factor: float = 0.1,
-    refine_every: int | None = None,
-    num_refines: int = 1,
-) -> optax.Schedule:
-    """lr for the original's fine-tuning length, then "refine" at ``lr * factor``.
-
-    Alhimdiat et al. fine-tune "with the same learning rate and number of epochs
-    as the original" (1e-4) and then refine with a 10x lower rate (1e-5); their
-    ablation lowers it 10x "for each 100 epochs". With ``refine_every`` set, the
-    rate drops by ``refine_factor`` again every ``refine_every`` steps after
-    ``finetune_steps``, ``num_refines`` times in all.
-
-    Returns:
-      A piecewise-constant optax schedule.
-    """
-    if finetune_steps < 0 or num_refines < 1:
-        raise ValueError(
-            f"need finetune_steps >= 0 and num_refines >= 1, got {finetune_steps}, {num_refines}"
-        )
-    boundaries = {finetune_steps: refine_factor}
-    if refine_every is not None:
-        for i in range(1, num_refines):
-            boundaries[finetune_steps + i * refine_every] = refine_factor
-    return optax.piecewise_constant_schedule(lr, boundaries)
-
-
-def paper_optimizer(
-    finetune_steps: int,
-    *,
-    lr: float = 1e-4,
-    refine_factor: float = 0.1,
-    refine_every: int | None = None,
-    num_refines: int = 1,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-) -> optax.GradientTransformation:
-    """Adam with :func:`paper_lr_schedule` (batch size 1 is the data's business).
-
-    The original's L2 regulariser belongs in the loss (pass it as the train
-    step's ``regularizer``), as in the TF original, not as decoupled decay.
-    """
-    schedule = paper_lr_schedule(
-        finetune_steps,
-        lr=lr,
-        refine_factor=refine_factor,
-        refine_every=refine_every,
-        num_refines=num_refines,
-    )
-    return optax.adam(schedule, b1=b1, b2=b2, eps=eps)

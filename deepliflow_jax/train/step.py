@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from deepliflow_jax.compress.select import Pattern, flatten, matches, select
 from deepliflow_jax.compress.transforms import forward_params, intercept
 from deepliflow_jax.train.state import TrainState
 
@@ -29,31 +28,6 @@ def _split_loss(value: Any) -> tuple[jnp.ndarray, Mapping[str, Any]]:
         loss, aux = value
         return loss, dict(aux)
     return value, {}
-
-
-def l2_regularizer(
-    weight: float, include: Pattern = r"kernel$", exclude: Pattern = None
-) -> Callable[[Any], jnp.ndarray]:
-    """``weight * sum(w**2)`` over the leaves whose path matches (TF-style L2).
-
-    Args:
-      weight: regularisation factor (the original's L2 scale).
-      include, exclude: regexes over parameter paths (default: kernels only).
-
-    Returns:
-      ``params -> scalar``.
-    """
-
-    def reg(params):
-        select(params, include, exclude, what="parameters to regularise")
-        terms = [
-            jnp.sum(jnp.square(jnp.asarray(x, jnp.float32)))
-            for path, x in flatten(params).items()
-            if matches(path, include, exclude)
-        ]
-        return weight * sum(terms, jnp.zeros((), jnp.float32))
-
-    return reg
 
 
 def make_train_step(
@@ -73,7 +47,7 @@ def make_train_step(
       tx: optax transform or :class:`CompressionTransformation` (the same object
         whose ``init`` built ``state.opt_state``).
       regularizer: optional ``params -> scalar`` on the float master params
-        (e.g. :func:`l2_regularizer` for the original's L2 term). A batch that
+        (e.g. ``deepliflow_jax.losses.l2_regularizer``, the original's L2 term). A batch that
         is a mapping with a ``reg_scale`` entry scales it (traced, no recompile).
 
     Returns:

@@ -1,0 +1,457 @@
+"""The one trainer: a compiled train step and evaluation for every configuration.
+
+Pruning masks, weight bit widths and the learning rate all live in the train
+state (``QuantState(bits, ..., MaskState(masks, ..., adam with injected lr))``),
+so dense, pruned, quantized and hybrid runs, post-training and aware, share the
+same two XLA executables: a sweep compiles once, not once per configuration.
+A bit width of 0 keeps a tensor in float. The learning rate is a hyperparameter
+in the state (:func:`set_learning_rate`): the one mechanism for the paper's phases
+(1e-4, then 1e-5) and for any schedule.
+
+:func:`fit` (:meth:`Trainer.fit`) is the one fine-tuning loop (the study's pre-training and
+aware training, ``api.finetune``, the structured trade-off): phases of steps at
+a learning rate each, validation every ``eval_every`` steps and at the end of a
+phase, the best state by a validation metric kept (the original's model
+selection: the lowest SF outlier rate), a non-finite loss or parameters stopping
+it with :class:`DivergenceError`.
+
+Structured models: ``Trainer(widths=...)`` trains a physically smaller network;
+``Trainer(channel_masked=True)`` trains the full network with pruned channels
+zeroed at every producer (``batch["channel_masks"]``, see
+``deepliflow_jax.compress.structured.mask_outputs``), one executable for every
+pruning ratio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from deepliflow_jax.compress.prune import SELECT_ALL
+from deepliflow_jax.compress.quantize import QuantConfig
+from deepliflow_jax.compress.structured import mask_outputs
+from deepliflow_jax.compress.transforms import (
+    MaskState,
+    QuantState,
+    compress,
+    find_state,
+    forward_params,
+)
+from deepliflow_jax.losses import kitti_loss, l2_regularizer
+from deepliflow_jax.metrics import (
+    as_floats,
+    check_validity,
+    default_aggregate,
+    frame_counts,
+    metrics_from_counts,
+)
+from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
+from deepliflow_jax.model.widths import freeze_widths
+from deepliflow_jax.train.checkpoint import Checkpointer
+from deepliflow_jax.train.state import TrainState, create_train_state
+from deepliflow_jax.train.step import make_train_step
+
+
+class DivergenceError(FloatingPointError):
+    """Fine-tuning produced a non-finite loss or non-finite parameters; no weights are kept.
+
+    Attributes:
+      step: the step whose loss was non-finite, or after which the parameters were.
+      lr: the learning rate of that step.
+      reason: what was non-finite.
+    """
+
+    def __init__(self, step: int, lr: float, reason: str):
+        self.step, self.lr, self.reason = int(step), float(lr), reason
+        #: the validations before the divergence (set by :meth:`Trainer.fit`)
+        self.history: list[dict] = []
+        super().__init__(f"fine-tuning diverged at step {self.step} (learning rate "
+                         f"{self.lr:g}): {reason}; no weights are returned: lower the learning "
+                         "rate (the paper fine-tunes at 1e-4, then 1e-5)")
+
+    def __reduce__(self):
+        return type(self), (self.step, self.lr, self.reason)
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jnp.ndarray:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def check_training(steps: Sequence[int], losses: Sequence[Any], lr: float,
+                   params: Any = None) -> None:
+    """Raises :class:`DivergenceError` at the first non-finite loss, then on bad parameters.
+
+    Call it where the loop already waits for the device (it fetches ``losses``).
+
+    Args:
+      steps: the step number of each loss (as the caller's log counts them).
+      losses: scalar losses (host floats or device arrays).
+      lr: the learning rate of these steps.
+      params: optional parameters after the last of them (one jitted ``isfinite``).
+
+    Raises:
+      DivergenceError: naming the step and the learning rate.
+    """
+    for step, loss in zip(steps, jax.device_get(list(losses)), strict=True):
+        if not math.isfinite(float(loss)):
+            raise DivergenceError(step, lr, f"the loss is {float(loss)}")
+    if params is not None and steps and not bool(_all_finite(params)):
+        raise DivergenceError(steps[-1], lr, "the parameters are not finite")
+
+
+def _replace_state(opt_state: Any, kind: type, **fields: Any) -> Any:
+    return jax.tree.map(lambda n: n._replace(**fields) if isinstance(n, kind) else n,
+                        opt_state, is_leaf=lambda n: isinstance(n, kind))
+
+
+class Phase(NamedTuple):
+    """Steps at one learning rate (the paper: ``Phase("lr1", 1e-4, n), Phase("lr2", 1e-5, m)``)."""
+
+    name: str
+    lr: float
+    steps: int
+
+
+class FitResult(NamedTuple):
+    """What :meth:`Trainer.fit` returns.
+
+    Attributes:
+      state: the selected train state on the host: the best by validation when
+        ``fit`` evaluates, else the last one.
+      history: one dict per validation: ``{"step": steps done, "phase", **metrics}``.
+      per_phase: ``{phase name: metrics of the state selected so far}`` at each phase end
+        (empty without evaluation).
+      steps: steps taken.
+      selected_step: the step count of ``state``.
+    """
+
+    state: Any
+    history: list[dict]
+    per_phase: dict[str, dict]
+    steps: int
+    selected_step: int
+
+
+class Trainer:
+    """Train/eval machinery for one architecture and network input size.
+
+    Args:
+      interp_size: network input size (None: the frames' size).
+      seed: training RNG seed.
+      widths: channel widths of a structured model (None: the original network).
+      channel_masked: train the full network under channel masks that every batch
+        carries as ``batch["channel_masks"]`` (``{group: 0/1 [width]}``).
+      dtype: compute dtype of the network (parameters and updates stay float32).
+    """
+
+    def __init__(self, interp_size: tuple[int, int] | None = None, seed: int = 0,
+                 widths: Any = None, channel_masked: bool = False, dtype: Any = jnp.float32):
+        if channel_masked and widths is not None:
+            raise ValueError("channel-masked training runs the full model: widths must be None")
+        self.model = DeepLiDARFlow(widths=freeze_widths(widths), dtype=dtype)
+        self.interp_size = interp_size
+        self.seed = seed
+        self.channel_masked = channel_masked
+        self.quant = QuantConfig(bits=16, include=SELECT_ALL)
+        self.tx = self._tx(1e-4, None)
+        #: the pure step ``(state, batch) -> (state, metrics)``: the original's KITTI loss
+        #: plus its L2 term (scaled by ``batch["reg_scale"]``), Adam through the
+        #: compression transform; jitted with donation as :meth:`train_step`
+        self.step_fn = make_train_step(self._apply, self._loss, self.tx,
+                                       regularizer=lambda p: l2_regularizer(p))
+        self._step = jax.jit(self.step_fn, donate_argnums=0)
+        self._eval = jax.jit(self._eval_counts, static_argnames="validity")
+        #: :meth:`forward_fn` jitted once (the study times every configuration with it)
+        self.forward = jax.jit(self.forward_fn)
+
+    # -- functions traced once -------------------------------------------------
+    def _masked(self, batch: Mapping) -> contextlib.AbstractContextManager:
+        if self.channel_masked:
+            return mask_outputs(batch["channel_masks"])
+        return contextlib.nullcontext()
+
+    def _apply(self, params, batch, rng):
+        del rng
+        gt = batch["gt"]
+        with self._masked(batch):
+            return self.model.apply({"params": params}, batch["frames"], self.interp_size,
+                                    gt.shape[1:3])
+
+    def _loss(self, outputs, batch):
+        return kitti_loss(outputs[1]["flows"], batch["gt"])
+
+    def _eval_counts(self, params, opt_state, batch, validity="original"):
+        fwd = forward_params(self.tx, params, opt_state)
+        gt = batch["gt"]
+        with self._masked(batch):
+            sf, _ = self.model.apply({"params": fwd}, batch["frames"], self.interp_size,
+                                     gt.shape[1:3])
+        return frame_counts(sf, gt, None, batch.get("valid"), validity), sf
+
+    def forward_fn(self, params: Any, frames: jnp.ndarray) -> jnp.ndarray:
+        """The pure forward ``(params, frames [B, 2, H, W, 4]) -> scene flow [B, H, W, 4]``.
+
+        ``params`` as the forward pass uses them (:meth:`compressed_params`): what the
+        run-time timer compiles.
+        """
+        return self.model.apply({"params": params}, frames, self.interp_size)[0]
+
+    # -- state -----------------------------------------------------------------
+    def _tx(self, lr: float, masks: Any):
+        return compress(optax.inject_hyperparams(optax.adam)(learning_rate=lr), masks=masks,
+                        quant=self.quant)
+
+    def new_state(self, params: Any, *, lr: float = 1e-4, masks: Any = None,
+                  bits: int = 0) -> TrainState:
+        """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float)."""
+        state = create_train_state(params, self._tx(lr, masks), self.seed)
+        bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
+        return state._replace(opt_state=_replace_state(state.opt_state, QuantState,
+                                                       bits=bits_tree))
+
+    @staticmethod
+    def masks_of(state: TrainState) -> Any:
+        return find_state(state.opt_state, MaskState).masks
+
+    def compressed_params(self, state: TrainState) -> Any:
+        """The params the forward pass uses (masked, fake-quantized), on the host."""
+        return jax.device_get(jax.jit(forward_params, static_argnums=0)(
+            self.tx, state.params, state.opt_state))
+
+    # -- work ------------------------------------------------------------------
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        return self._step(state, batch)
+
+    def evaluate(self, state: TrainState, batches: list[dict], keep_outputs: bool = False,
+                 validity: str = "original"):
+        """EPE and outlier rates over ``batches`` (see ``deepliflow_jax.metrics``).
+
+        Args:
+          state: the train state (its masks and bit widths apply).
+          batches: dicts with ``frames``, ``gt`` and, for ``"devkit"``, ``valid``.
+          keep_outputs: also return the predictions (one array per batch).
+          validity: ``"original"`` (frame-averaged, as the original) or ``"devkit"``
+            (per-quantity validity, pixels pooled over the set).
+
+        Returns:
+          ``{'epe', 'd0', 'd1', 'fl', 'sf', 'nonfinite'}`` (and the outputs).
+
+        Raises:
+          ValueError: unknown ``validity``, or ``"devkit"`` with a batch without ``valid``.
+        """
+        devkit = check_validity(validity) == "devkit"
+        counts, outputs = [], []
+        for b in batches:
+            if devkit and "valid" not in b:
+                raise ValueError("validity='devkit' needs each batch's 'valid' masks "
+                                 "(StudyData.val_batches provides them)")
+            batch = {k: b[k] for k in ("frames", "gt", "channel_masks") if k in b}
+            if devkit:
+                batch["valid"] = b["valid"]
+            c, sf = self._eval(state.params, state.opt_state, batch, validity=validity)
+            counts.append(jax.device_get(c))
+            if keep_outputs:
+                outputs.append(np.asarray(sf))
+        merged = {k: np.concatenate([c[k] for c in counts]) for k in counts[0]}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            metrics = as_floats(metrics_from_counts(merged, default_aggregate(validity)))
+        return (metrics, outputs) if keep_outputs else metrics
+
+    def fit(self, state: TrainState, batch_fn: Callable[[int], dict], phases: Sequence[Phase],
+            **kwargs: Any) -> FitResult:
+        """:func:`fit` with this trainer's compiled step (same arguments after ``state``)."""
+        return fit(self.train_step, state, batch_fn, phases, **kwargs)
+
+
+def set_learning_rate(state: TrainState, lr: float) -> TrainState:
+    """``state`` with the learning rate of its ``optax.inject_hyperparams`` optimizer set.
+
+    The learning rate is a traced value in the optimizer state: changing it never
+    recompiles the step.
+    """
+    def swap(node):
+        hp = dict(node.hyperparams)
+        hp["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        return node._replace(hyperparams=hp)
+
+    is_inj = lambda n: hasattr(n, "hyperparams") and hasattr(n, "inner_state")  # noqa: E731
+    opt = jax.tree.map(lambda n: swap(n) if is_inj(n) else n, state.opt_state, is_leaf=is_inj)
+    return state._replace(opt_state=opt)
+
+
+def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state: TrainState,
+        batch_fn: Callable[[int], Any], phases: Sequence[Phase], *,
+        evaluate: Callable[[TrainState], dict] | None = None, eval_every: int = 0,
+        select: str = "sf", start: int = 0,
+        on_step: Callable[[int, dict], None] | None = None,
+        on_eval: Callable[[int, dict], None] | None = None,
+        progress: Callable[[Iterable, int, str], Iterable] | None = None,
+        checkpointer: Checkpointer | None = None) -> FitResult:
+    """The fine-tuning loop: ``phases`` of optimizer steps, best state by validation.
+
+    Each phase sets its learning rate in the state (:func:`set_learning_rate`) and
+    takes its steps on ``batch_fn(position)``, positions counting on from
+    ``start``. With ``evaluate``, the state is validated every ``eval_every``
+    steps of a phase and after its last step; the state with the lowest
+    ``metrics[select]`` is kept (the first validation always replaces the
+    starting state: something fine-tuned is returned), and each phase ends by
+    evaluating that state (``per_phase``). The original's model selection
+    (``train.py``: keep the checkpoint of the lowest validation SF outlier rate)
+    is ``select="sf"``.
+
+    Losses are checked where the loop waits for the device anyway (at each
+    validation and at the end of a phase), and the parameters with them.
+
+    With a ``checkpointer`` the run resumes: the latest checkpoint (if any)
+    replaces ``state`` and the steps it holds are skipped, the best one restores
+    the selection; the state is saved on the checkpointer's ``save_every`` grid,
+    at every validation (with its metrics) and after the last step.
+
+    Args:
+      train_step: ``(state, batch) -> (state, metrics)``, jitted (e.g.
+        :meth:`Trainer.train_step`); its optimizer is an ``inject_hyperparams`` one.
+      state: the starting state (donated by a donating step: do not reuse it).
+      batch_fn: data position -> batch.
+      phases: :class:`Phase` list.
+      evaluate: train state -> validation metrics (e.g.
+        ``lambda s: trainer.evaluate(s, val_batches)``); None: no selection, the last
+        state is returned.
+      eval_every: validate every this many steps of a phase (0: at phase ends only).
+      select: the metric minimised by the selection.
+      start: data position of the first step.
+      on_step: called after every step with ``(position, metrics)`` (device arrays:
+        fetching them waits for the step).
+      on_eval: called at every validation with ``(steps done, values)``: the step's
+        metrics, ``val_*`` metrics and ``lr``.
+      progress: wraps each phase's ``range`` (e.g. a progress bar).
+      checkpointer: a :class:`~deepliflow_jax.train.checkpoint.Checkpointer` whose
+        ``best_metric`` is ``select`` (or None), to resume an interrupted run.
+
+    Returns:
+      :class:`FitResult` (``history`` holds this invocation's validations).
+
+    Raises:
+      DivergenceError: a non-finite loss or non-finite parameters, naming the step
+        (counted from 1 within the run) and the learning rate.
+      ValueError: a checkpointer that keeps the best by another metric.
+    """
+    history: list[dict] = []
+    try:
+        return _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start,
+                    on_step, on_eval, progress, checkpointer, history)
+    except DivergenceError as err:
+        err.history = history
+        raise
+
+
+def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start, on_step,
+         on_eval, progress, checkpointer, history) -> FitResult:
+    per_phase: dict[str, dict] = {}
+    best_value, best_state, selected = math.inf, None, 0
+    first_step = int(state.step)
+    done = 0
+    if checkpointer is not None:
+        if checkpointer.best_metric not in (None, select):
+            raise ValueError(f"the checkpointer keeps the best by {checkpointer.best_metric!r}, "
+                             f"the selection is by {select!r}")
+        restored, _ = checkpointer.restore(state)
+        if restored is not None:
+            state, done = restored, int(restored.step) - first_step
+        if checkpointer.best_metric is not None and checkpointer.best_step() is not None:
+            best_state, meta = checkpointer.restore_best(state)
+            best_state = jax.device_get(best_state)
+            best_value = float(meta["metrics"][select])
+            selected = int(best_state.step) - first_step
+    total = sum(p.steps for p in phases)
+    offset = 0  # steps of the phases before this one
+    for phase in phases:
+        skip = min(max(done - offset, 0), phase.steps)
+        offset += phase.steps
+        if skip == phase.steps:
+            continue
+        state = set_learning_rate(state, phase.lr)
+        pending: list[tuple[int, Any]] = []  # losses still on the device
+        steps = range(skip, phase.steps)
+        for i in (progress(steps, phase.steps, phase.name) if progress else steps):
+            pos = int(start) + done
+            state, metrics = train_step(state, batch_fn(pos))
+            if on_step is not None:
+                on_step(pos, metrics)
+            done += 1
+            pending.append((done, metrics["loss"]))
+            last = i + 1 == phase.steps
+            val = None
+            if evaluate is not None and (last or (eval_every and (i + 1) % eval_every == 0)):
+                check_training([d for d, _ in pending], [x for _, x in pending], phase.lr,
+                               state.params)
+                pending = []
+                val = evaluate(state)
+                if on_eval is not None:
+                    on_eval(done, {**{k: float(v) for k, v in jax.device_get(metrics).items()},
+                                   **{f"val_{k}": v for k, v in val.items()}, "lr": phase.lr})
+                history.append({"step": done, "phase": phase.name, **val})
+                if val[select] < best_value:
+                    best_value, best_state, selected = val[select], jax.device_get(state), done
+            if checkpointer is not None:
+                checkpointer.save(state, metrics=val, force=val is not None or done == total)
+        if pending:
+            check_training([d for d, _ in pending], [x for _, x in pending], phase.lr,
+                           state.params)
+        if evaluate is not None and best_state is not None:
+            per_phase[phase.name] = evaluate(best_state)
+    if checkpointer is not None:
+        checkpointer.wait()
+    if best_state is None:
+        best_state, selected = jax.device_get(state), done
+    return FitResult(best_state, history, per_phase, done, selected)
+
+
+@functools.lru_cache(maxsize=4)
+def get_trainer(interp_size: tuple[int, int] | None = None, seed: int = 0) -> Trainer:
+    """A shared :class:`Trainer` of the original network, so that the study, the API and
+    a resumed study in the same process do not compile again."""
+    return Trainer(interp_size, seed)
+
+
+def enable_compilation_cache(path: str | None = None) -> None:
+    """Persists XLA executables across processes (a resumed study skips compiling).
+
+    Sets JAX's process-wide ``jax_compilation_cache_dir`` (and stores only
+    executables that took at least 2 s to compile). Leaves an already configured
+    cache alone: if ``jax_compilation_cache_dir`` is set (by an earlier call, the
+    ``JAX_COMPILATION_CACHE_DIR`` environment variable or the caller), nothing
+    changes.
+
+    Args:
+      path: cache folder (created by JAX on first use); None means
+        ``~/.cache/deepliflow_jax/xla``.
+
+    Returns:
+      None.
+
+    Example:
+      >>> import jax, os, tempfile
+      >>> configured = jax.config.jax_compilation_cache_dir  # e.g. set by the tests
+      >>> path = os.path.join(tempfile.mkdtemp(), "xla")
+      >>> enable_compilation_cache(path)
+      >>> jax.config.jax_compilation_cache_dir == (configured or path)
+      True
+      >>> enable_compilation_cache(os.path.join(tempfile.mkdtemp(), "other"))  # left alone
+      >>> jax.config.jax_compilation_cache_dir == (configured or path)
+      True
+    """
+    if jax.config.jax_compilation_cache_dir:
+        return
+    path = path or os.path.join(os.path.expanduser("~"), ".cache", "deepliflow_jax", "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
