@@ -13,7 +13,7 @@ Blocks, in forward order (names as printed):
 
 Method. Each block runs alone: its Flax submodule's ``apply`` (or the model's
 function) under its own ``jit``, compiled ahead of time with
-:func:`~deepliflow_jax.profile.timing.aot_compile` on the input shapes the
+:func:`~deepliflow_jax.profile.timer.aot_compile` on the input shapes the
 whole forward gives it. Those shapes are captured from one abstract trace of
 the whole model (``jax.eval_shape`` with ``nn.intercept_methods`` recording
 every submodule call), so they follow the input size, ``interp_size``, widths
@@ -22,7 +22,8 @@ uniform in [-4, 4] pixels); parameters are the given ones. After ``warmup``
 untimed calls of everything, ``repeats`` rounds each call every
 (implementation, block) once, in an order rotated per round so slow drift of
 the machine hits all alike; every call ends with ``block_until_ready`` and the
-times are summarized by :func:`~deepliflow_jax.profile.timing.summarize`.
+times are summarized by :func:`~deepliflow_jax.profile.timer.summarize`
+(:func:`~deepliflow_jax.profile.timer.time_interleaved`).
 Blocks without conv layers (resizes, warps, cost volumes) do not depend on the
 implementation: they are compiled and timed once and shown in every table.
 The whole forward under one ``jit`` is timed in the same rounds: the gap to
@@ -34,7 +35,7 @@ XLA's fusion across block boundaries.
 
 from __future__ import annotations
 
-import time
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,7 +51,8 @@ from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, leaky_relu
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
-from deepliflow_jax.profile.timing import aot_compile, make_frames, summarize
+from deepliflow_jax.profile.timer import aot_compile, time_interleaved
+from deepliflow_jax.profile.timing import make_frames
 
 #: the guidance network's submodules, timed one by one (scope name -> block name)
 GUIDANCE_BLOCKS = {"rgb_encoder": "rgb encoder", "depth_encoder": "depth encoder",
@@ -239,30 +241,20 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
 
             compiled, info = aot_compile(forward, variables, frames)
             jobs[(impl, WHOLE)] = (compiled, (variables, frames), info["compile_s"])
-    keys = list(jobs)
-    for _ in range(warmup):
-        for key in keys:
-            jax.block_until_ready(jobs[key][0](*jobs[key][1]))
-    times = {key: [] for key in keys}
-    for round_ in range(repeats):
-        start = round_ % len(keys)
-        for key in keys[start:] + keys[:start]:
-            compiled, args, _ = jobs[key]
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times[key].append(time.perf_counter() - t0)
+    stats = time_interleaved({key: functools.partial(job[0], *job[1])
+                              for key, job in jobs.items()}, repeats, warmup)
     tables = {}
     for impl in impls:
         rows = []
         for name in block_names(interp):
             key = (impl, name) if (impl, name) in jobs else shared[name]
-            rows.append({"block": name, **summarize(times[key]), "compile_s": jobs[key][2]})
+            rows.append({"block": name, **stats[key], "compile_s": jobs[key][2]})
         total = sum(r["median_ms"] for r in rows)
         for r in rows:
             r["share"] = r["median_ms"] / total
         whole_row = None
         if whole:
-            whole_row = {"block": WHOLE, **summarize(times[(impl, WHOLE)]),
+            whole_row = {"block": WHOLE, **stats[(impl, WHOLE)],
                          "compile_s": jobs[(impl, WHOLE)][2]}
         tables[impl] = {"blocks": rows, "sum_ms": total, "whole": whole_row}
     return {"input": {"batch": batch, "height": height, "width": width,
