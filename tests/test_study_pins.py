@@ -8,11 +8,10 @@ without running a study.
 """
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
-
-import pytest
 
 from deepliflow_jax.study import make_config, report
 
@@ -133,3 +132,101 @@ def test_table2_rows_and_numbers():
         "| post | 10% | 8 bits | 2.000 | 12.000 | aware | 10% | 8 bits | 1.300 | 7.000 | 8.0 |",
         "| zero flow (reference) | | | 9.877 | 95.500 | | | | | | |",
     ]
+
+
+# ----------------------------------------------------------------------------- run_study flags
+
+# In a subprocess: absl flags are process-global, and experiments.profile_model (imported
+# by another test) defines --checkpoint too. The study itself is replaced by a recorder.
+_FLAG_DRIVER = textwrap.dedent("""
+    import json, sys
+    from absl import app
+    import deepliflow_jax.study.runner as runner
+    from experiments import run_study
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, cfg, results_dir):
+            seen.update(cfg=cfg, results_dir=str(results_dir))
+
+        def run(self):
+            return {}
+
+    runner.Study = Recorder
+    out = []
+    for argv in json.load(sys.stdin):
+        seen.clear()
+        run_study.FLAGS.unparse_flags()
+        try:
+            run_study.FLAGS(["run_study", *argv])
+            run_study.main([])
+        except app.UsageError as err:
+            out.append({"error": str(err)})
+            continue
+        cfg = seen["cfg"]
+        out.append({"results_dir": seen["results_dir"],
+                    "fields": {k: repr(getattr(cfg, k)) for k in cfg.to_dict()}})
+    print(json.dumps(out))
+""")
+
+
+def _run_flags(cases):
+    proc = subprocess.run([sys.executable, "-c", _FLAG_DRIVER], input=json.dumps(cases),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
+    kitti, ckpt = tmp_path / "kitti", tmp_path / "ckpt"
+    (kitti / "training").mkdir(parents=True)
+    ckpt.mkdir()
+    ok = [
+        ["--preset=tiny"],
+        ["--preset=tiny", "--prune_percents=5,12.5", "--quant_bits=16,8.0",
+         "--lidar_sweep=2048,16384", "--experiments=post_prune,hybrid", "--seed=3",
+         "--pretrain_steps=1", "--finetune_steps=4", "--refine_steps=2",
+         "--runtime_repeats=0", f"--results_dir={tmp_path / 'out'}",
+         f"--data_dir={tmp_path / 'world'}"],
+        ["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={ckpt}"],
+    ]
+    bad = [
+        (["--preset=tiny", "--prune_percents=5,abc"], "--prune_percents: could not convert"),
+        (["--preset=tiny", "--quant_bits=8,x"], "--quant_bits: could not convert"),
+        (["--preset=tiny", "--quant_bits=8.5"], "--quant_bits: 8.5 is not a whole number"),
+        (["--preset=tiny", "--lidar_sweep=2048,1.5"],
+         "--lidar_sweep: 1.5 is not a whole number"),
+        (["--preset=tiny", "--lidar_sweep=inf"], "--lidar_sweep: inf is not a whole number"),
+        (["--preset=tiny", "--lidar_sweep=2048,0"], "LiDAR sample count 0 must be positive"),
+        (["--preset=tiny", "--prune_percents=100"], r"prune percent 100.0 outside \[0, 100\)"),
+        (["--preset=tiny", "--quant_bits=1"], r"quantization bits 1 outside \[2, 16\]"),
+        (["--preset=tiny", "--experiments=post_prune,ablation"],
+         "experiments must be a non-empty subset"),
+        (["--preset=tiny", "--finetune_steps=-1"], "finetune_steps must be >= 0, got -1"),
+        (["--preset=tiny", "--runtime_repeats=-2"], "runtime_repeats must be >= 0, got -2"),
+        (["--preset=huge"], "unknown preset 'huge'"),
+        (["--preset=paper", f"--checkpoint={ckpt}"], "--data_dir"),
+        (["--preset=paper", f"--data_dir={kitti}"], "--checkpoint"),
+        (["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={tmp_path / 'none'}"],
+         f"--checkpoint {tmp_path / 'none'} does not exist"),
+        (["--preset=paper", f"--data_dir={tmp_path}", f"--checkpoint={ckpt}"],
+         f"--data_dir {tmp_path} has no training/ folder"),
+    ]
+    got = _run_flags(ok + [argv for argv, _ in bad])
+    default = {k: repr(v) for k, v in make_config("tiny").to_dict().items()}
+    assert got[0] == {"results_dir": "results/tiny", "fields": default}
+    assert got[1]["results_dir"] == str(tmp_path / "out")
+    changed = {k: v for k, v in got[1]["fields"].items() if v != default[k]}
+    assert changed == {
+        "prune_percents": "(5.0, 12.5)", "quant_bits": "(16, 8)",
+        "lidar_sweep": "(2048, 16384)", "experiments": "('post_prune', 'hybrid')",
+        "seed": "3", "pretrain_steps": "1", "finetune_steps": "4", "refine_steps": "2",
+        "runtime_repeats": "0", "data_dir": repr(str(tmp_path / "world"))}
+    paper = got[2]["fields"]
+    assert got[2]["results_dir"] == "results/paper"
+    assert (paper["data"], paper["interp_size"], paper["checkpoint"]) == (
+        "'kitti'", "(384, 1216)", repr(str(ckpt)))
+    for (argv, message), result in zip(bad, got[len(ok):], strict=True):
+        assert "error" in result, (argv, result)
+        assert re.search(message, result["error"]), (argv, result["error"])
