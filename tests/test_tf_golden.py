@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,8 +18,10 @@ import pytest
 from deepliflow_jax.model import resize
 from deepliflow_jax.model.api import forward, param_shapes
 from deepliflow_jax.model.cost_volume import cost_volume
+from deepliflow_jax.model.guidance import GuidanceNetwork
 from deepliflow_jax.model.layers import Conv, ConvTranspose, leaky_relu
 from deepliflow_jax.model.normalized_conv import NormalizedConv, confidence_max_pool
+from deepliflow_jax.model.sparse_depth import DepthEncoder
 from deepliflow_jax.model.warping import bilinear_warp
 from tests.tf_golden.weights import make_weights
 from weights_convert.tf_names import tf_name_table
@@ -151,17 +154,19 @@ def test_guidance_features_and_depth_confidences_of_both_frames_match_tf(golden,
     """The fused guidance features (levels 6..2) and the sparse-depth confidences (decoder
     6..2, encoder 1..6) of frame t and frame t+1, which has normalized-conv biases of its
     own (the original's ``..._1/biases*``), against TF's intermediate outputs."""
-    from deepliflow_jax.model.guidance import GuidanceNetwork
-    from deepliflow_jax.model.sparse_depth import DepthEncoder
-
     params = _flax_from_tf(make_weights(tf_vars))["params"]["guidance_network"]
     frames = golden["i_input"]
     x = jnp.concatenate([frames[:, 0], frames[:, 1]], axis=0)  # as DeepLiDARFlow stacks them
-    disp = x[..., 3:4]
-    (fused, dec_conf), inter = GuidanceNetwork().apply(
-        {"params": params}, x[..., :3], disp, (disp != 0).astype(jnp.float32),
-        capture_intermediates=lambda module, _: isinstance(module, DepthEncoder),
-        mutable=["intermediates"])
+
+    @jax.jit
+    def guidance(p, x):
+        disp = x[..., 3:4]
+        return GuidanceNetwork().apply(
+            {"params": p}, x[..., :3], disp, (disp != 0).astype(jnp.float32),
+            capture_intermediates=lambda module, _: isinstance(module, DepthEncoder),
+            mutable=["intermediates"])
+
+    (fused, dec_conf), inter = guidance(params, x)
     encoder = inter["intermediates"]["depth_encoder"]["__call__"][0]
     errors = {}
     for frame in (0, 1):
