@@ -12,6 +12,8 @@ Re-running with the same --results_dir skips finished configurations.
 
 from __future__ import annotations
 
+import math
+
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
@@ -47,23 +49,33 @@ def _floats(values, name):
         raise app.UsageError(f"--{name}: {err}") from err
 
 
+def _ints(values, name):
+    """Whole numbers (``16`` or ``16.0``); ``8.5`` or ``inf`` is refused, not truncated."""
+    numbers = _floats(values, name)
+    if numbers is None:
+        return None
+    for v in numbers:
+        if not math.isfinite(v) or v != int(v):
+            raise app.UsageError(f"--{name}: {v:g} is not a whole number")
+    return tuple(int(v) for v in numbers)
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     from deepliflow_jax.study import make_config
 
-    bits = _floats(FLAGS.quant_bits, "quant_bits")
+    bits = _ints(FLAGS.quant_bits, "quant_bits")
+    lidar = _ints(FLAGS.lidar_sweep, "lidar_sweep")
     try:
         cfg = make_config(
             FLAGS.preset, data_dir=FLAGS.data_dir, checkpoint=FLAGS.checkpoint,
             prune_percents=_floats(FLAGS.prune_percents, "prune_percents"),
-            quant_bits=None if bits is None else tuple(int(b) if b == int(b) else b
-                                                       for b in bits),
+            quant_bits=bits,
             pretrain_steps=FLAGS.pretrain_steps, finetune_steps=FLAGS.finetune_steps,
             refine_steps=FLAGS.refine_steps, seed=FLAGS.seed,
             experiments=None if FLAGS.experiments is None else tuple(FLAGS.experiments),
-            lidar_sweep=None if FLAGS.lidar_sweep is None else tuple(
-                int(n) for n in _floats(FLAGS.lidar_sweep, "lidar_sweep")),
+            lidar_sweep=lidar,
             runtime_repeats=FLAGS.runtime_repeats, validity=FLAGS.validity,
         )
     except ValueError as err:

@@ -35,6 +35,14 @@ def tiny_data(tiny_world):
 
 
 @pytest.fixture(scope="session")
+def first_adam_step(variables, tiny_data):
+    """``finetune(variables, tiny_data, steps=1, l2=False)`` at lr 1e-4: ``(tuned, history)``."""
+    from deepliflow_jax.api import finetune
+
+    return finetune(variables, tiny_data, steps=1, l2=False)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"shared data folder not found: {SHARED_DATA}")

@@ -117,7 +117,10 @@ def test_whole_int8_model_matches_fake_quant_and_runs_integer_convs(variables):
     ref = np.asarray(jax.jit(lambda v, f: int8.fake_quant_apply(v, ranges, f)[0])(
         res.variables, frames))
     dense = np.asarray(jax.jit(res.model().apply)(res.variables, frames)[0])
-    # identical up to fp32 accumulation order (and the rare requantization it flips)
-    assert np.linalg.norm(got - ref) < 1e-2 * np.linalg.norm(ref)
+    # identical up to fp32 accumulation order: measured 1.0e-7 relative L2 (CPU), as
+    # each layer agrees to ~1e-6; a requantization that this order flipped would show
+    rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    print(f"int8 vs fake-quant whole model: relative L2 {rel:.2e}")
+    assert rel < 1e-5
     # while int8 itself moves the output noticeably more than that
     assert np.linalg.norm(ref - dense) > np.linalg.norm(got - ref)

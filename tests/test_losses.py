@@ -80,3 +80,38 @@ def test_l2_regularizer_selects_kernels():
     grad = jax.grad(losses.l2_regularizer)(params)
     np.testing.assert_allclose(grad["params"]["nconv"]["kernels"], 1e-4 * 2.0)
     np.testing.assert_array_equal(grad["params"]["conv1"]["bias"], 0.0)
+
+
+def test_kitti_loss_weights_each_level_as_the_original_and_pools_the_batch():
+    """Each level gets its own error, so the weights (1, 1, 1, 2, 4) of the original's
+    ``get_loss_KITTI`` (levels 6, 5, 4, 3, refined 2) are pinned one by one, not only
+    their sum; two frames with 3 and 1 valid pixels are pooled (``tf.boolean_mask``
+    over the batch), not averaged per frame."""
+    gt = np.zeros((2, 2, 4, 4), np.float32)
+    # valid pixels (d0 > 0): target u / 20 = 0, 1, 2 in frame 0 and 3 in frame 1
+    for b, y, x, u in ((0, 0, 0, 0.0), (0, 0, 3, 1.0), (0, 1, 2, 2.0), (1, 1, 1, 3.0)):
+        gt[b, y, x] = np.array([u, 0.0, 1.0, 0.0]) * 20.0
+    gt[1, 0, 0, :2] = 99.0  # invalid (d0 = 0): must not count
+    targets = np.array([0.0, 1.0, 2.0, 3.0])
+    # a constant per level (constants survive the resize), d0 exact: error |c - u|
+    sizes = [(1, 1), (1, 1), (1, 2), (1, 2), (2, 4)]  # the network's levels 6..2 of 64x128
+    consts = [0.5, 4.0, 1.5, -1.0, 2.25]
+    flows = []
+    for (h, w), c in zip(sizes, consts, strict=True):
+        f = np.zeros((2, h, w, 4), np.float32)
+        f[..., 0], f[..., 2] = c, 1.0
+        flows.append(jnp.asarray(f))
+
+    def level(c):  # pooled mean over the 4 valid pixels of both frames
+        return np.mean((np.abs(c - targets) + 0.01) ** 0.4)
+
+    by_hand = (1 * level(0.5) + 1 * level(4.0) + 1 * level(1.5) + 2 * level(-1.0)
+               + 4 * level(2.25))
+    got = float(losses.kitti_loss(flows, jnp.asarray(gt)))
+    assert got == pytest.approx(by_hand, rel=1e-6)
+    # the numbers tell the alternatives apart: reversed weights, per-frame means
+    reversed_w = sum(w * level(c) for w, c in zip((4, 2, 1, 1, 1), consts, strict=True))
+    per_frame = sum(w * 0.5 * (np.mean((np.abs(c - targets[:3]) + 0.01) ** 0.4)
+                               + (abs(c - 3.0) + 0.01) ** 0.4)
+                    for w, c in zip((1, 1, 1, 2, 4), consts, strict=True))
+    assert abs(got - reversed_w) > 0.1 and abs(got - per_frame) > 0.01

@@ -4,10 +4,12 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from deepliflow_jax.study import make_config
 from deepliflow_jax.study.config import effective_samples
+from deepliflow_jax.study.data import load_study_data
 
 
 def test_bad_input_fails_fast(tmp_path):
@@ -73,6 +75,25 @@ def test_tiny_study_end_to_end_and_resume(tmp_path):
         assert rec["metrics"]["epe"] > 0 and rec["time"]["median_ms"] > 0
     aware = results["aware_prune_10"]
     assert set(aware["phases"]) == {"lr1", "lr2"} and aware["steps"] == 3
+    # values, not only keys: the sweep's LiDAR counts give different inputs and results
+    for key in expected - {"zero_flow"}:
+        lidar = results[key]["lidar"]
+        assert lidar["2048"]["epe"] != lidar["8192"]["epe"], key
+    # the zero-flow reference is the frame mean of |gt| over the valid pixels (d0 > 0),
+    # computed here from the validation ground truth the study evaluates on
+    data = load_study_data(cfg, tmp_path / "synthetic_kitti")
+    gts = np.concatenate([b["gt"] for b in data.val_batches(data.samples_for(cfg))])
+    per_frame = [np.linalg.norm(gt[gt[..., 2] > 0].astype(np.float64), axis=-1).mean()
+                 for gt in gts]
+    assert len(per_frame) == 1  # 10 scenes, every tenth is validation
+    assert results["zero_flow"]["metrics"]["epe"] == pytest.approx(np.mean(per_frame),
+                                                                  rel=1e-5)
+    # aware records keep the best validation SF outlier rate of their own history
+    for key in ("aware_prune_10", "aware_quant_8", "hybrid_aware_8_10"):
+        rec = results[key]
+        assert [h["step"] for h in rec["history"]] == [2, 3], key  # eval_every=2, 2 + 1 steps
+        assert rec["metrics"]["sf"] == min(h["sf"] for h in rec["history"]), key
+        assert rec["phases"]["lr2"] == rec["metrics"], key
     tables = (tmp_path / "tables.md").read_text()
     assert "## Table II" in tables and "not from KITTI" in tables
     assert "| post | 10% | 32 bits |" in tables

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,8 +18,10 @@ import pytest
 from deepliflow_jax.model import resize
 from deepliflow_jax.model.api import forward, param_shapes
 from deepliflow_jax.model.cost_volume import cost_volume
+from deepliflow_jax.model.guidance import GuidanceNetwork
 from deepliflow_jax.model.layers import CONV_IMPLS, Conv, ConvTranspose, leaky_relu
 from deepliflow_jax.model.normalized_conv import NormalizedConv, confidence_max_pool
+from deepliflow_jax.model.sparse_depth import DepthEncoder
 from deepliflow_jax.model.warping import bilinear_warp
 from tests.test_conv_impl import assert_as_accurate_as_reference, network_outputs
 from tests.tf_golden.weights import make_weights
@@ -159,3 +162,66 @@ def test_whole_network_matches_tf(golden, tf_vars, case, conv_impl):
                **{k: np.asarray(v, np.float64) for k, v in aux["levels"].items()}}
         assert_as_accurate_as_reference(got, network_outputs(*args),
                                         network_outputs(*args, float64=True))
+
+
+def test_guidance_features_and_depth_confidences_of_both_frames_match_tf(golden, tf_vars):
+    """The fused guidance features (levels 6..2) and the sparse-depth confidences (decoder
+    6..2, encoder 1..6) of frame t and frame t+1, which has normalized-conv biases of its
+    own (the original's ``..._1/biases*``), against TF's intermediate outputs."""
+    params = _flax_from_tf(make_weights(tf_vars))["params"]["guidance_network"]
+    frames = golden["i_input"]
+    x = jnp.concatenate([frames[:, 0], frames[:, 1]], axis=0)  # as DeepLiDARFlow stacks them
+
+    @jax.jit
+    def guidance(p, x):
+        disp = x[..., 3:4]
+        return GuidanceNetwork().apply(
+            {"params": p}, x[..., :3], disp, (disp != 0).astype(jnp.float32),
+            capture_intermediates=lambda module, _: isinstance(module, DepthEncoder),
+            mutable=["intermediates"])
+
+    (fused, dec_conf), inter = guidance(params, x)
+    encoder = inter["intermediates"]["depth_encoder"]["__call__"][0]
+    errors = {}
+    for frame in (0, 1):
+        for i, level in enumerate((6, 5, 4, 3, 2)):
+            errors[f"feat f{frame} l{level}"] = _rel(fused[i][frame:frame + 1],
+                                                     golden[f"i_guid_feat_f{frame}_l{level}"])
+            errors[f"dec conf f{frame} l{level}"] = _rel(
+                dec_conf[i][frame:frame + 1], golden[f"i_depth_dec_conf_f{frame}_l{level}"])
+        for i, level in enumerate(range(1, 7)):
+            errors[f"enc conf f{frame} l{level}"] = _rel(
+                encoder[i][1][frame:frame + 1], golden[f"i_depth_enc_conf_f{frame}_l{level}"])
+    print({k: f"{v:.1e}" for k, v in errors.items()})
+    assert len(errors) == 32 and max(errors.values()) < 1e-5, errors
+
+
+def test_softplus_interp_input_and_pooling_argmax_match_tf(ops, golden):
+    # the normalized convs' kernel transform (softplus), out to the float32 extremes TF
+    # special-cases: a 1x1 normalized conv with the 64 test values as kernels, data 1 and
+    # confidence 1/2, gives (sp / 2) / (sp / 2 + eps) and a confidence of 1/2 per channel
+    sp = ops["softplus_y"].astype(np.float32)
+    half = np.float32(0.5)
+    out, cout = NormalizedConv(sp.size, ksize=1).apply(
+        {"params": {"kernels": ops["softplus_x"].reshape(1, 1, 1, -1),
+                    "biases": np.zeros(sp.size, np.float32),
+                    "biases_1": np.zeros(sp.size, np.float32)}},
+        np.ones((2, 1, 1, 1), np.float32), np.full((2, 1, 1, 1), half))
+    ratio = (half * sp) / (half * sp + np.float32(1e-5))  # >= 0: the leaky ReLU is identity
+    np.testing.assert_allclose(out[0, 0, 0], ratio, rtol=1e-5, atol=1e-7)
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(cout[0, 0, 0], (half * sp) / sp, rtol=1e-6)
+    # KITTI-like case (ii): 70x140 frames to the 64x128 network input, legacy nearest
+    x = golden["ii_input"]
+    both = resize.resize_nearest_legacy(jnp.concatenate([x[:, 0], x[:, 1]]),
+                                        tuple(golden["ii_interp_shape"]))
+    np.testing.assert_array_equal(jnp.stack([both[:1], both[1:]], axis=1),
+                                  golden["ii_interp_input"])
+    # which entry each window picks (ties: the first in raster order), as TF's flat
+    # max_pool_with_argmax index ((b * H + y) * W + x) * C + c
+    for prefix in ("mp", "mp_odd"):
+        conf = ops[prefix + "_conf"]
+        index = np.arange(conf.size, dtype=np.float32).reshape(conf.shape)
+        picked, _ = confidence_max_pool(jnp.asarray(index), jnp.asarray(conf))
+        np.testing.assert_array_equal(np.asarray(picked).astype(np.int64),
+                                      ops[prefix + "_argmax"], err_msg=prefix)

@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from deepliflow_jax.compress.modes import aware_training
-from deepliflow_jax.compress.quantize import QuantConfig
+from deepliflow_jax.compress.quantize import QuantConfig, activation_quantization, fake_quant
 from deepliflow_jax.compress.transforms import get_masks
 from deepliflow_jax.losses import l2_regularizer
 from deepliflow_jax.train.checkpoint import Checkpointer
@@ -88,9 +88,22 @@ def test_compressed_train_step():
     assert not np.array_equal(state.rng, create_train_state(params, tx, seed=1).rng)
     for p, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(get_masks(state.opt_state))):
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
-    # Evaluation sees the compressed model: 8-bit activations at the output.
-    out = jax.jit(make_eval_fn(apply_fn, tx))(state, batch)
-    assert len(np.unique(np.asarray(out))) <= 255
+    # Evaluation runs the compressed model: masked weights on the 6-bit grid and every
+    # conv output fake-quantized to 8 bits, built here from the state's masks.
+    out = np.asarray(jax.jit(make_eval_fn(apply_fn, tx))(state, batch))
+    masks = get_masks(state.opt_state)
+
+    @jax.jit
+    def compressed(params, x, act_bits):
+        weights = jax.tree.map(lambda p, m: fake_quant(jnp.where(m, p, 0.0), 6), params, masks)
+        if act_bits is None:
+            return NET.apply(weights, x)
+        with activation_quantization(act_bits):
+            return NET.apply(weights, x)
+
+    np.testing.assert_array_equal(out, compressed(state.params, batch["x"], 8))
+    assert np.abs(out - np.asarray(NET.apply(state.params, batch["x"]))).max() > 1e-3
+    assert np.abs(out - np.asarray(compressed(state.params, batch["x"], None))).max() > 1e-4
     assert all(np.isfinite(float(v)) for v in metrics.values())
 
 

@@ -1,0 +1,232 @@
+"""The layer that turns study records into the paper's tables, on hand-made records.
+
+The tiny preset has one level per sweep, so its end-to-end run cannot tell a best-level
+choice from any other, nor check a table beyond a few substrings: these tests pin the
+selection of the hybrid's levels (``report.best_levels``) and the exact rows and numbers
+of Tables II and III, and the command line's flags (``experiments/run_study.py``)
+without running a study.
+"""
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+from deepliflow_jax.study import make_config, report
+
+
+def _m(epe, sf):
+    return {"epe": epe, "sf": sf, "d0": 0.0, "d1": 0.0, "fl": 0.0}
+
+
+def _rec(kind, epe, sf, percent=0.0, bits=0, zero=0.0, phases=None, ms=None):
+    rec = {"kind": kind, "percent": percent, "bits": bits, "zero_percent": zero,
+           "metrics": _m(epe, sf), "time": {"median_ms": ms} if ms is not None else {}}
+    if phases is not None:
+        rec["phases"] = {"lr1": _m(*phases[0]), "lr2": _m(*phases[1])}
+    return rec
+
+
+CFG = make_config("tiny", prune_percents=(5.0, 25.0, 10.0), quant_bits=(16, 8, 6))
+
+
+def _sweep(epes, kind):
+    """Records ``{kind}_prune_<p>`` / ``{kind}_quant_<b>`` with the given EPEs."""
+    out = {}
+    for key, epe in epes.items():
+        level = float(key.split("_")[1])
+        if key.startswith("prune"):
+            out[f"{kind}_{key}"] = _rec(kind, epe, 10.0, percent=level)
+        else:
+            out[f"{kind}_{key}"] = _rec(kind, epe, 10.0, bits=int(level))
+    return out
+
+
+def test_best_levels_lowest_aware_epe_wins_over_any_post_epe():
+    records = {
+        # the post-training EPEs point elsewhere (lowest at 25 % and 6 bits)
+        **_sweep({"prune_5": 2.0, "prune_10": 3.0, "prune_25": 0.5,
+                  "quant_16": 2.0, "quant_8": 3.0, "quant_6": 0.5}, "post"),
+        **_sweep({"prune_5": 1.9, "prune_10": 1.4, "prune_25": 1.7,
+                  "quant_16": 1.2, "quant_8": 1.1, "quant_6": 1.3}, "aware"),
+    }
+    assert report.best_levels(records, CFG) == (10.0, 8)
+
+
+def test_best_levels_falls_back_to_post_training_records():
+    records = _sweep({"prune_5": 2.0, "prune_10": 1.8, "prune_25": 2.5,
+                      "quant_16": 1.6, "quant_8": 1.5, "quant_6": 1.55}, "post")
+    assert report.best_levels(records, CFG) == (10.0, 8)
+    only_prune = _sweep({"prune_5": 2.0, "prune_10": 2.1, "prune_25": 1.0}, "post")
+    # no quantization record at all: the largest bit width
+    assert report.best_levels(only_prune, CFG) == (25.0, 16)
+
+
+def test_best_levels_ties_and_no_records_go_to_the_mildest_level():
+    tied = _sweep({"prune_5": 1.0, "prune_10": 1.0, "prune_25": 1.0,
+                   "quant_16": 1.0, "quant_8": 1.0, "quant_6": 1.0}, "aware")
+    assert report.best_levels(tied, CFG) == (5.0, 16)
+    # a tie between the two harshest levels: the milder of the two
+    harsh = _sweep({"prune_5": 3.0, "prune_10": 1.0, "prune_25": 1.0,
+                    "quant_16": 3.0, "quant_8": 1.0, "quant_6": 1.0}, "aware")
+    assert report.best_levels(harsh, CFG) == (10.0, 8)
+    assert report.best_levels({}, CFG) == (5.0, 16)
+
+
+def _table_records():
+    return {
+        "baseline": _rec("post", 1.0, 5.0, ms=12.34),
+        "zero_flow": {"kind": "reference", "metrics": _m(9.87654, 95.5)},
+        "post_quant_16": _rec("post", 1.0004, 5.0, bits=16, zero=0.5, ms=12.0),
+        "aware_quant_16": _rec("aware", 0.99, 4.9, bits=16, zero=0.5, ms=11.96,
+                               phases=[(0.995, 4.95), (0.9871, 4.8765)]),
+        "post_quant_6": _rec("post", 3.25, 30.125, bits=6, zero=40.0),
+        "aware_prune_5": _rec("aware", 1.1, 6.0, percent=5.0, zero=5.0,
+                              phases=[(1.2, 6.5), (1.1, 6.0)]),
+        "post_prune_25": _rec("post", 2.5, 20.0, percent=25.0, zero=25.0),
+        "aware_prune_25": _rec("aware", 1.5, 8.0, percent=25.0, zero=25.0, ms=9.5,
+                               phases=[(1.75, 9.0), (1.5, 8.0)]),
+        "hybrid_post_8_10": _rec("post", 2.0, 12.0, percent=10.0, bits=8, zero=10.0),
+        "hybrid_aware_8_10": _rec("aware", 1.3, 7.0, percent=10.0, bits=8, zero=10.0, ms=8.0,
+                                  phases=[(1.4, 7.5), (1.3, 7.0)]),
+    }
+
+
+def test_table3_rows_and_numbers():
+    got = report.table3(_table_records(), CFG).splitlines()
+    assert got == [
+        "| no | configuration | mode | EPE | KEO (SF %) |",
+        "|---|---|---|---|---|",
+        "| - | original | - | 1.000 | 5.000 |",
+        "| 1 | 16 bits | post | 1.000 | 5.000 |",
+        "| 2 | 16 bits | aware lr1=0.0001 | 0.995 | 4.950 |",
+        "| 3 | 16 bits | aware lr1 then lr2=1e-05 | 0.987 | 4.877 |",
+        "| 4 | 6 bits | post | 3.250 | 30.125 |",
+        "| 5 | 5 % pruning | aware lr1=0.0001 | 1.200 | 6.500 |",
+        "| 6 | 5 % pruning | aware lr1 then lr2=1e-05 | 1.100 | 6.000 |",
+        "| 7 | 25 % pruning | post | 2.500 | 20.000 |",
+        "| 8 | 25 % pruning | aware lr1=0.0001 | 1.750 | 9.000 |",
+        "| 9 | 25 % pruning | aware lr1 then lr2=1e-05 | 1.500 | 8.000 |",
+    ]
+    # one level per sweep (the tiny preset): each configuration once
+    tiny = make_config("tiny")
+    rows = report.table3({"post_quant_8": _rec("post", 2.0, 9.0, bits=8)}, tiny).splitlines()
+    assert rows[2:] == ["| 1 | 8 bits | post | 2.000 | 9.000 |"]
+
+
+def test_table2_rows_and_numbers():
+    got = report.table2(_table_records(), CFG).splitlines()
+    assert got == [
+        "| kind | pruning | quantization | EPE | KEO (SF %) | kind | pruning | quantization | "
+        "EPE | KEO (SF %) | time (ms, aware) |",
+        "|---" * 11 + "|",
+        "| original | | 32 bits | 1.000 | 5.000 | original | | 32 bits | 1.000 | 5.000 | 12.3 |",
+        "| post | - | - | - | - | aware | 5% | 32 bits | 1.100 | 6.000 | - |",
+        "| post | 25% | 32 bits | 2.500 | 20.000 | aware | 25% | 32 bits | 1.500 | 8.000 | 9.5 |",
+        "| post | - | - | - | - | aware | - | - | - | - | - |",
+        "| post | 0.50% | 16 bits | 1.000 | 5.000 | aware | 0.50% | 16 bits | 0.990 | 4.900 | "
+        "12.0 |",
+        "| post | - | - | - | - | aware | - | - | - | - | - |",
+        "| post | 40.00% | 6 bits | 3.250 | 30.125 | aware | - | - | - | - | - |",
+        "| post | 10% | 8 bits | 2.000 | 12.000 | aware | 10% | 8 bits | 1.300 | 7.000 | 8.0 |",
+        "| zero flow (reference) | | | 9.877 | 95.500 | | | | | | |",
+    ]
+
+
+# ----------------------------------------------------------------------------- run_study flags
+
+# In a subprocess: absl flags are process-global, and experiments.profile_model (imported
+# by another test) defines --checkpoint too. The study itself is replaced by a recorder.
+_FLAG_DRIVER = textwrap.dedent("""
+    import json, sys
+    from absl import app
+    import deepliflow_jax.study.runner as runner
+    from experiments import run_study
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, cfg, results_dir):
+            seen.update(cfg=cfg, results_dir=str(results_dir))
+
+        def run(self):
+            return {}
+
+    runner.Study = Recorder
+    out = []
+    for argv in json.load(sys.stdin):
+        seen.clear()
+        run_study.FLAGS.unparse_flags()
+        try:
+            run_study.FLAGS(["run_study", *argv])
+            run_study.main([])
+        except app.UsageError as err:
+            out.append({"error": str(err)})
+            continue
+        cfg = seen["cfg"]
+        out.append({"results_dir": seen["results_dir"],
+                    "fields": {k: repr(getattr(cfg, k)) for k in cfg.to_dict()}})
+    print(json.dumps(out))
+""")
+
+
+def _run_flags(cases):
+    proc = subprocess.run([sys.executable, "-c", _FLAG_DRIVER], input=json.dumps(cases),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
+    kitti, ckpt = tmp_path / "kitti", tmp_path / "ckpt"
+    (kitti / "training").mkdir(parents=True)
+    ckpt.mkdir()
+    ok = [
+        ["--preset=tiny"],
+        ["--preset=tiny", "--prune_percents=5,12.5", "--quant_bits=16,8.0",
+         "--lidar_sweep=2048,16384", "--experiments=post_prune,hybrid", "--seed=3",
+         "--pretrain_steps=1", "--finetune_steps=4", "--refine_steps=2",
+         "--runtime_repeats=0", f"--results_dir={tmp_path / 'out'}",
+         f"--data_dir={tmp_path / 'world'}"],
+        ["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={ckpt}"],
+    ]
+    bad = [
+        (["--preset=tiny", "--prune_percents=5,abc"], "--prune_percents: could not convert"),
+        (["--preset=tiny", "--quant_bits=8,x"], "--quant_bits: could not convert"),
+        (["--preset=tiny", "--quant_bits=8.5"], "--quant_bits: 8.5 is not a whole number"),
+        (["--preset=tiny", "--lidar_sweep=2048,1.5"],
+         "--lidar_sweep: 1.5 is not a whole number"),
+        (["--preset=tiny", "--lidar_sweep=inf"], "--lidar_sweep: inf is not a whole number"),
+        (["--preset=tiny", "--lidar_sweep=2048,0"], "LiDAR sample count 0 must be positive"),
+        (["--preset=tiny", "--prune_percents=100"], r"prune percent 100.0 outside \[0, 100\)"),
+        (["--preset=tiny", "--quant_bits=1"], r"quantization bits 1 outside \[2, 16\]"),
+        (["--preset=tiny", "--experiments=post_prune,ablation"],
+         "experiments must be a non-empty subset"),
+        (["--preset=tiny", "--finetune_steps=-1"], "finetune_steps must be >= 0, got -1"),
+        (["--preset=tiny", "--runtime_repeats=-2"], "runtime_repeats must be >= 0, got -2"),
+        (["--preset=huge"], "unknown preset 'huge'"),
+        (["--preset=paper", f"--checkpoint={ckpt}"], "--data_dir"),
+        (["--preset=paper", f"--data_dir={kitti}"], "--checkpoint"),
+        (["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={tmp_path / 'none'}"],
+         f"--checkpoint {tmp_path / 'none'} does not exist"),
+        (["--preset=paper", f"--data_dir={tmp_path}", f"--checkpoint={ckpt}"],
+         f"--data_dir {tmp_path} has no training/ folder"),
+    ]
+    got = _run_flags(ok + [argv for argv, _ in bad])
+    default = {k: repr(v) for k, v in make_config("tiny").to_dict().items()}
+    assert got[0] == {"results_dir": "results/tiny", "fields": default}
+    assert got[1]["results_dir"] == str(tmp_path / "out")
+    changed = {k: v for k, v in got[1]["fields"].items() if v != default[k]}
+    assert changed == {
+        "prune_percents": "(5.0, 12.5)", "quant_bits": "(16, 8)",
+        "lidar_sweep": "(2048, 16384)", "experiments": "('post_prune', 'hybrid')",
+        "seed": "3", "pretrain_steps": "1", "finetune_steps": "4", "refine_steps": "2",
+        "runtime_repeats": "0", "data_dir": repr(str(tmp_path / "world"))}
+    paper = got[2]["fields"]
+    assert got[2]["results_dir"] == "results/paper"
+    assert (paper["data"], paper["interp_size"], paper["checkpoint"]) == (
+        "'kitti'", "(384, 1216)", repr(str(ckpt)))
+    for (argv, message), result in zip(bad, got[len(ok):], strict=True):
+        assert "error" in result, (argv, result)
+        assert re.search(message, result["error"]), (argv, result["error"])
