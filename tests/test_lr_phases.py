@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from deepliflow_jax.study import make_config
-from deepliflow_jax.study.engine import Engine, get_engine
 from deepliflow_jax.study.runner import Study
+from deepliflow_jax.train.trainer import Trainer, get_trainer, set_learning_rate
 
 
 def _injected(opt_state):
@@ -28,16 +28,16 @@ def _lr(state):
     return float(inj.hyperparams["learning_rate"])
 
 
-def test_set_lr_switches_the_rate_the_engines_adam_steps_with():
-    engine = get_engine(None, 0)  # the study's transform (no model compile here)
+def test_set_learning_rate_switches_the_rate_the_trainers_adam_steps_with():
+    engine = get_trainer(None, 0)  # the study's transform (no model compile here)
     rng = np.random.default_rng(0)
     params = {"conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32),
                        "bias": jnp.asarray(rng.normal(size=4), jnp.float32)}}
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
     state1 = engine.new_state(params, lr=1e-4, bits=8)
-    state2 = Engine.set_lr(state1, 1e-5)
+    state2 = set_learning_rate(state1, 1e-5)
     assert _lr(state1) == pytest.approx(1e-4) and _lr(state2) == pytest.approx(1e-5)
-    assert _lr(Engine.set_lr(state2, 3e-4)) == pytest.approx(3e-4)
+    assert _lr(set_learning_rate(state2, 3e-4)) == pytest.approx(3e-4)
     # one Adam step from the same state: 10x smaller at 1e-5
     moves = []
     for state in (state1, state2):
@@ -47,8 +47,8 @@ def test_set_lr_switches_the_rate_the_engines_adam_steps_with():
     np.testing.assert_allclose(moves[0], 10.0 * moves[1], rtol=1e-5)
 
 
-class _ScriptedEngine(Engine):
-    """The study's engine with a scripted model: a step records the rate it trains at,
+class _ScriptedTrainer(Trainer):
+    """The study's trainer with a scripted model: a step records the rate it trains at,
     validation returns the SF outlier rate scripted for the number of steps taken."""
 
     def __init__(self, sf_by_step):
@@ -60,7 +60,7 @@ class _ScriptedEngine(Engine):
         self.rates.append(_lr(state))
         return state._replace(step=state.step + 1), {"loss": jnp.float32(1.0)}
 
-    def evaluate(self, state, batches, keep_outputs=False):
+    def evaluate(self, state, batches, keep_outputs=False, validity="original"):
         sf = self.sf_by_step[int(state.step)]
         return {"epe": sf / 10.0, "sf": sf, "d0": 0.0, "d1": 0.0, "fl": 0.0}
 
@@ -85,10 +85,10 @@ def test_aware_training_runs_lr1_then_lr2_and_keeps_the_best(tmp_path, sf_by_ste
     cfg = make_config("tiny", finetune_steps=4, refine_steps=2, eval_every=2,
                       lidar_sweep=(2048,), runtime_repeats=0)
     study = Study(cfg, tmp_path)
-    study.engine, study.data = _ScriptedEngine(sf_by_step), _Data()
+    study.trainer, study.data = _ScriptedTrainer(sf_by_step), _Data()
     params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.zeros(4)}}
     rec = study.aware("aware_quant_8", params, 0.0, 8)
-    assert study.engine.rates == pytest.approx([1e-4] * 4 + [1e-5] * 2)
+    assert study.trainer.rates == pytest.approx([1e-4] * 4 + [1e-5] * 2)
     assert [(h["step"], h["phase"], h["sf"]) for h in rec["history"]] == [
         (2, "lr1", 5.0), (4, "lr1", 3.0), (6, "lr2", sf_by_step[6])]
     assert rec["steps"] == 6 and rec["bits"] == 8
@@ -98,7 +98,7 @@ def test_aware_training_runs_lr1_then_lr2_and_keeps_the_best(tmp_path, sf_by_ste
 
 
 def test_finetune_trains_at_its_lr(variables, tiny_data, first_adam_step):
-    """``finetune(lr=...)`` through the study's compiled step (shared with test_model)."""
+    """``finetune(lr=...)`` through the one compiled step (shared with test_model)."""
     from deepliflow_jax.api import finetune
 
     at_1e4, _ = first_adam_step

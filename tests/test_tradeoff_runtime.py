@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepliflow_jax.compress import tradeoff as to
+from deepliflow_jax.profile.timer import summarize
+from deepliflow_jax.study import tradeoff as to
 
 
 def _cand(name, ratio, int8, params, disk_mb, ms, epe, flops=None):
@@ -14,7 +15,7 @@ def _cand(name, ratio, int8, params, disk_mb, ms, epe, flops=None):
     times = [t / 1e3 for t in (ms * 0.9, ms, ms, ms * 1.1)]
     info = {"flops": flops, "conv_gflops_eq3": 1.5, "compile_s": 2.0}
     return to.Candidate(name, ratio, int8, params, int(disk_mb * 1e6), None, (), info,
-                        {"metrics": metrics}, times)
+                        {"metrics": metrics}, summarize(times))
 
 
 def _rows():
