@@ -20,7 +20,9 @@ from deepliflow_jax.model.layers import (
     dilated_conv_space_to_batch,
 )
 
-ALTERNATIVES = (*CONV_IMPL_TOKENS, "subpixel+s2b+pad8")
+# the options that change each layer kind (the structural test checks the others do not)
+CONV_ALTERNATIVES = ("s2b", "pad8", "subpixel+s2b+pad8")
+TRANSPOSED_ALTERNATIVES = ("subpixel", "pad8", "subpixel+s2b+pad8")
 TOL = 1e-6
 
 
@@ -74,8 +76,8 @@ def test_check_conv_impl_canonical_and_errors():
         create_model(conv_impl="fast")
 
 
-@pytest.mark.parametrize("impl", ALTERNATIVES)
-@pytest.mark.parametrize("size", [(16, 32), (9, 13), (5, 7)])
+@pytest.mark.parametrize("impl", CONV_ALTERNATIVES)
+@pytest.mark.parametrize("size", [(16, 32), (9, 13)])
 @pytest.mark.parametrize("dilation,c_in,c_out", [(1, 36, 20), (2, 13, 16), (4, 16, 5),
                                                   (8, 12, 96), (16, 20, 12)])
 def test_conv_equals_reference(impl, size, dilation, c_in, c_out):
@@ -83,17 +85,17 @@ def test_conv_equals_reference(impl, size, dilation, c_in, c_out):
     _assert_layer_equal(Conv, kwargs, (2, *size, c_in), (3, 3, c_in, c_out), impl)
 
 
-@pytest.mark.parametrize("impl", ALTERNATIVES)
+@pytest.mark.parametrize("impl", CONV_ALTERNATIVES)
 @pytest.mark.parametrize("ksize,stride,size", [(3, 2, (8, 10)), (3, 2, (7, 9)), (1, 1, (5, 6))])
 def test_strided_and_pointwise_conv_equals_reference(impl, ksize, stride, size):
     kwargs = {"features": 11, "ksize": ksize, "stride": stride, "activation": False}
     _assert_layer_equal(Conv, kwargs, (2, *size, 3), (ksize, ksize, 3, 11), impl)
 
 
-@pytest.mark.parametrize("impl", ALTERNATIVES)
-@pytest.mark.parametrize("size", [(1, 1), (1, 2), (3, 5), (4, 4), (8, 16), (7, 9)])
-@pytest.mark.parametrize("c_in,c_out,activation", [(4, 4, False), (32, 4, False),
-                                                    (13, 6, True), (64, 32, True)])
+@pytest.mark.parametrize("impl", TRANSPOSED_ALTERNATIVES)
+@pytest.mark.parametrize("size", [(1, 1), (1, 2), (4, 4), (7, 9)])
+@pytest.mark.parametrize("c_in,c_out,activation", [(32, 4, False), (13, 6, True),
+                                                    (64, 32, True)])
 def test_transposed_conv_equals_reference(impl, size, c_in, c_out, activation):
     kwargs = {"features": c_out, "activation": activation}
     _assert_layer_equal(ConvTranspose, kwargs, (2, *size, c_in), (4, 4, c_out, c_in), impl)
