@@ -689,8 +689,9 @@ def load_checkpoint(directory: PathLike, widths: Any = AUTO, kind: str | None = 
             raise ValueError(f"checkpoint {directory} is not a DeepLiDARFlow checkpoint of this "
                              f"architecture{what} ({len(problems)} problems): "
                              + summarize_problems(found, problems, arch))
-        target = _nested({k: jax.ShapeDtypeStruct(s, np.dtype(d)) for k, (s, d)
-                          in stored.items()})
+        # numpy targets (no sharding): Orbax reads them without opening every array's
+        # metadata a second time
+        target = _nested({k: np.zeros(s, np.dtype(d)) for k, (s, d) in stored.items()})
         try:
             restored = ckptr.restore(params_dir, target)
         except Exception as err:
