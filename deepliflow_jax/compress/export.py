@@ -10,8 +10,9 @@ parameters the forward pass uses. Per leaf, under its ``/``-joined path:
   bits, uint8 for affine ones, int16/uint16 up to 16 bits), ``scale`` (float32,
   one per tensor or per channel, broadcastable against the leaf) and, for
   affine (asymmetric) codes only, ``zero_point`` (int32, same shape; symmetric
-  codes have zero point 0); the value is ``(codes - zero_point) * scale``. When it takes fewer bits (``size + nonzero * bits < size * bits``),
-  the *sparse* form stores only the codes that differ from the zero point
+  codes have zero point 0); the value is ``(codes - zero_point) * scale``.
+  When it takes fewer bits (``size + nonzero * bits < size * bits``), the
+  *sparse* form stores only the codes that differ from the zero point
   (``codes``, 1-D) and ``nonzero``, a 1-bit-per-entry mask (``np.packbits``,
   little bit order, row-major).
 * float leaves (``encoding: "float"``: unselected leaves, width 0, or no
@@ -21,7 +22,10 @@ parameters the forward pass uses. Per leaf, under its ``/``-joined path:
 An all-zero sparse leaf stores no ``codes``/``values`` (containers refuse empty
 arrays). The *layout* (a JSON-ready dict: the quantizer config and, per leaf,
 shape, dtype, encoding, bits, sparse, nonzero count, scale shape) says how to
-read them.
+read them; the checkpoint keeps it in its JSON metadata (``"packing"``).
+
+Codes are whole bytes, not bit-packed: containers (Orbax's zstd) entropy-code
+them, which leaves fewer bits than ``bits`` when the codes are not uniform.
 Encoding and decoding run in numpy with exactly the float32 operations of
 :func:`~deepliflow_jax.compress.quantize.encode` / ``decode`` (fast on a whole
 network, no compiles), so the unpacked params equal ``tx.forward(params,
