@@ -383,8 +383,8 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
         kind = "int8"
         widths = _check_int8(variables, "the int8 model")
         tree = _int8_tree(variables)
-        count = sum(int(np.prod(s)) for s, _ in _int8_found(variables).values())
-        tensors = len(_int8_found(variables))
+        shapes = [s for s, _ in _int8_found(variables).values()]
+        count, tensors = sum(int(np.prod(s)) for s in shapes), len(shapes)
     else:
         check_variables(variables)
         host = jax.tree.map(lambda x: np.asarray(x, np.float32), flax.core.unfreeze(variables))
