@@ -1,13 +1,31 @@
-"""DeepLiDARFlow checkpoints: an Orbax parameter tree plus a JSON of metadata.
+"""DeepLiDARFlow checkpoints: an Orbax tree plus a JSON of metadata, for every kind of model.
 
 Layout of a checkpoint directory ``DIR``::
 
-    DIR/params/                   Orbax (StandardCheckpointer) tree {'params': ...}
-    DIR/deepliflow_checkpoint.json  metadata: architecture, parameter count, date,
+    DIR/params/                   Orbax (StandardCheckpointer) tree of the model
+    DIR/deepliflow_checkpoint.json  metadata: architecture, kind, parameter count, date,
                                   and whatever the writer adds (e.g. the source
                                   and format of a converted checkpoint)
 
-``save_checkpoint`` checks the tree against the model's parameter shapes
+Kinds (metadata ``"kind"`` and ``"kind_version"``; a checkpoint without them is float):
+
+* ``float``: ``{'params': ...}``, float32.
+* ``packed`` (a pruned and/or quantized model, ``save_checkpoint(..., quant=,
+  masks=, bits=)``): ``{'packed': {<param path>: {codes, scale, zero_point,
+  nonzero | values, nonzero}}}``: integer codes in int8/uint8/int16/uint16,
+  float32 scales, int32 zero points, 1-bit nonzero masks (``np.packbits``); the
+  metadata's ``"packing"`` says per parameter how (``compress.export``).
+  ``load_checkpoint`` decodes it to the float32 parameters of the compressed
+  forward pass, bit for bit.
+* ``int8`` (``compress.int8.quantize_int8``'s model): ``{'convs': {<layer>: {w
+  int8, w_scale, bias, x_scale}}, 'nconv': {<layer>: {codes int8, scale}},
+  'float': {<param path>: ...}}``; ``load_checkpoint(..., kind="int8")`` returns
+  that model for ``compress.int8.int8_apply``.
+
+Every array is a plain Orbax/TensorStore array (zstd-compressed by Orbax), so
+``orbax.checkpoint`` or ``tensorstore`` open any kind without this package.
+
+``save_checkpoint`` checks the model against the parameter shapes
 (``deepliflow_jax.model.api.param_shapes``) and writes through
 ``deepliflow_jax.fileio.replace_dir``: at every interruption point ``DIR`` holds the
 complete old or the complete new checkpoint (or, between two renames, a hidden
@@ -15,7 +33,8 @@ sibling that the next save or load renames back). An existing ``DIR`` is replace
 only with ``overwrite=True`` and only if it is a checkpoint (it holds
 ``deepliflow_checkpoint.json``) or an empty folder; anything else is refused.
 ``load_checkpoint`` checks the stored shapes before reading any tensor, so a
-checkpoint of another architecture fails with a list of the differences. A bare
+checkpoint of another architecture fails with a list of the differences, and a
+checkpoint of another kind than the requested one fails naming both. A bare
 Orbax directory holding ``{'params': ...}`` (``DIR/_METADATA``) loads too.
 
 Structured (channel-pruned) models: a tree whose normalized convs hold
@@ -50,6 +69,17 @@ KIND = "a deepliflow_jax checkpoint"  # how refusals name what may be overwritte
 
 PathLike = str | os.PathLike
 AUTO = "auto"  # load_checkpoint: the architecture the checkpoint's metadata names
+
+# what a checkpoint holds (metadata "kind"), and the version of each kind's layout
+KINDS = {
+    "float": "float32 parameters",
+    "packed": "pruned/quantized parameters stored as integer codes, decoded to float32 on load",
+    "int8": "an int8 model: integer kernels and activation scales for compress.int8",
+}
+KIND_VERSIONS = {"float": 1, "packed": 1, "int8": 1}
+FLOAT_KINDS = ("float", "packed")  # what load_checkpoint(kind=None) accepts
+TREE_KEYS = {"float": ("params",), "packed": ("packed",), "int8": ("convs", "nconv", "float")}
+RESERVED = ("kind", "kind_version", "packing", "widths")  # metadata the loader relies on
 
 
 def _expected_shapes(widths: Any = None) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -214,18 +244,107 @@ def _checkpointer():
     return ocp.StandardCheckpointer()
 
 
+def is_int8_model(model: Any) -> bool:
+    """Whether ``model`` is an int8 model (``compress.int8.quantize_int8``'s dict)."""
+    from deepliflow_jax.compress.int8 import GROUPS
+
+    return isinstance(model, dict) and "convs" in model and set(model) <= set(GROUPS)
+
+
+def _int8_found(tree: dict) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{params path: (shape, 'float32')}`` of an int8 model (arrays or shape structs)."""
+    from deepliflow_jax.compress.int8 import float_layout
+
+    return {f"params/{k}": (tuple(np.shape(v)), "float32")
+            for k, v in float_layout(tree).items()}
+
+
+def _int8_problems(tree: dict) -> list[str]:
+    """The int8 model's codes that are not int8 (its float arrays are checked as the model's)."""
+    wrong = [f"{group}/{path}/{name}" for group, name in (("convs", "w"), ("nconv", "codes"))
+             for path, q in tree.get(group, {}).items()
+             if np.dtype(getattr(q[name], "dtype", np.float64)) != np.int8]
+    return [f"wrong dtype: {k} is not int8" for k in wrong]
+
+
+def _check_int8(model: dict, what: str) -> dict[str, int] | None:
+    """Checks an int8 model against the DeepLiDARFlow parameters; returns its widths."""
+    found = _int8_found(model)
+    try:
+        widths = _structured_widths({k: jax.ShapeDtypeStruct(s, np.float32)
+                                     for k, (s, _) in found.items()})
+    except ValueError as err:
+        raise ValueError(f"{what} is not a consistent structured DeepLiDARFlow: {err}") from err
+    problems = shape_problems(found, widths) + _int8_problems(model)
+    if problems:
+        raise ValueError(f"{what} does not match the DeepLiDARFlow parameters "
+                         f"({len(problems)} problems): "
+                         + summarize_problems(found, problems, widths))
+    return widths
+
+
+def _nested(flat: dict[str, Any]) -> dict:
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _int8_tree(model: dict) -> dict:
+    """The int8 model as one nested tree of numpy arrays (layer paths split at ``/``)."""
+    tree = {}
+    for group in ("convs", "nconv"):
+        flat = {f"{path}/{name}": np.asarray(a) for path, q in model.get(group, {}).items()
+                for name, a in q.items()}
+        if flat:  # Orbax stores no empty dicts
+            tree[group] = _nested(flat)
+    if model.get("float"):
+        tree["float"] = _nested({k: np.asarray(v, np.float32) for k, v in model["float"].items()})
+    return tree
+
+
+def _int8_model(tree: dict) -> dict:
+    """Inverse of :func:`_int8_tree` (the leaves as they are)."""
+    model: dict[str, dict] = {"convs": {}, "nconv": {}, "float": {}}
+    for key, value in flax.traverse_util.flatten_dict(tree, sep="/").items():
+        group, rest = key.split("/", 1)
+        if group == "float":
+            model["float"][rest] = value
+        else:
+            layer, name = rest.rsplit("/", 1)
+            model[group].setdefault(layer, {})[name] = value
+    return model
+
+
 def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None = None,
-                    overwrite: bool = False) -> Path:
-    """Saves ``variables`` (checked against the model) and metadata, atomically.
+                    overwrite: bool = False, *, quant: Any = None, masks: Any = None,
+                    bits: Any = None) -> Path:
+    """Saves a model (checked against the architecture) and metadata, atomically.
+
+    The kind of checkpoint follows from the arguments and is recorded in the
+    metadata (``"kind"``, ``"kind_version"``):
+
+    * ``"float"``: ``variables`` as float32 (the original network or a structured
+      one; its ``widths`` are recorded).
+    * ``"packed"``: with ``quant``, ``masks`` or ``bits``: the pruned and/or
+      quantized parameters as integer codes + scales + 1-bit nonzero masks
+      (``compress.export.pack_params``; the layout goes to ``"packing"``);
+      ``load_checkpoint`` decodes them to exactly the float parameters the
+      compressed forward pass uses.
+    * ``"int8"``: ``variables`` is an int8 model (``compress.int8.quantize_int8``):
+      int8 kernels, float32 scales (activation ``x_scale`` and per-channel
+      ``w_scale``), biases and the remaining float parameters.
 
     Args:
       directory: the checkpoint directory to create.
-      variables: ``{'params': ...}`` of DeepLiDARFlow.
+      variables: ``{'params': ...}`` of DeepLiDARFlow, or an int8 model.
       metadata: JSON-serialisable extras (e.g. ``source``, ``format``); the
-        architecture, version, date and parameter count are added, and for a
+        architecture, version, date, parameter count and kind are added, and for a
         structured (pruned) model its channel ``widths``.
       overwrite: replace an existing ``directory`` (only a checkpoint or an empty
         folder; see ``check_output``).
+      quant: a ``compress.quantize.QuantConfig``: store the selected leaves as
+        codes of ``quant.bits`` bits (packed kind).
+      masks: boolean pruning masks (the tree of ``variables``), applied first.
+      bits: per-leaf bit widths overriding ``quant.bits`` (e.g.
+        ``compress.transforms.get_bits(opt_state)``; 0 keeps a leaf float).
 
     Returns:
       The absolute checkpoint path.
@@ -233,7 +352,9 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
     Raises:
       FileExistsError: ``directory`` exists and ``overwrite`` is False, or it is not a
         checkpoint (see ``check_output``).
-      ValueError: the variables are not DeepLiDARFlow's, or metadata is not JSON.
+      ValueError: the variables are not DeepLiDARFlow's (or not a consistent int8
+        model), ``bits`` without ``quant``, packing arguments with an int8 model,
+        or metadata that is not JSON.
 
     Example:
       >>> import tempfile
@@ -245,8 +366,8 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
       >>> sorted(p.name for p in path.iterdir())
       ['deepliflow_checkpoint.json', 'params']
       >>> meta = load_metadata(path)
-      >>> meta["source"], meta["parameter_count"]
-      ('init_params(0)', 8296404)
+      >>> meta["source"], meta["parameter_count"], meta["kind"]
+      ('init_params(0)', 8296404, 'float')
       >>> save_checkpoint(path, variables)
       Traceback (most recent call last):
       ...
@@ -254,19 +375,42 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
       >>> tmp.cleanup()
     """
     out = check_output(directory, overwrite)
-    check_variables(variables)
-    host = jax.tree.map(lambda x: np.asarray(x, np.float32), flax.core.unfreeze(variables))
-    widths = _structured_widths(flax.traverse_util.flatten_dict(host, sep="/"))
+    extra: dict[str, Any] = {}
+    if is_int8_model(variables):
+        if quant is not None or masks is not None or bits is not None:
+            raise ValueError("quant, masks and bits pack float parameters; an int8 model "
+                             "(quantize_int8) is saved as it is: pass none of them")
+        kind = "int8"
+        widths = _check_int8(variables, "the int8 model")
+        tree = _int8_tree(variables)
+        shapes = [s for s, _ in _int8_found(variables).values()]
+        count, tensors = sum(int(np.prod(s)) for s in shapes), len(shapes)
+    else:
+        check_variables(variables)
+        host = jax.tree.map(lambda x: np.asarray(x, np.float32), flax.core.unfreeze(variables))
+        widths = _structured_widths(flax.traverse_util.flatten_dict(host, sep="/"))
+        count, tensors = parameter_count(host), len(jax.tree.leaves(host))
+        if quant is None and masks is None and bits is None:
+            kind, tree = "float", host
+        else:
+            from deepliflow_jax.compress.export import pack_params
+
+            if bits is not None and quant is None:
+                raise ValueError("bits overrides quant.bits per leaf: pass quant too")
+            arrays, extra["packing"] = pack_params(host, quant=quant, masks=masks, bits=bits)
+            kind, tree = "packed", {"packed": _nested(arrays)}
     info = {
         "architecture": ARCHITECTURE,
         "checkpoint_version": CHECKPOINT_VERSION,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "parameter_count": parameter_count(host),
-        "num_tensors": len(jax.tree.leaves(host)),
+        "parameter_count": count,
+        "num_tensors": tensors,
     }
     info.update(metadata or {})
-    info.pop("widths", None)
-    if widths is not None:  # the shapes decide, never a caller's note
+    for key in RESERVED:  # what the loader relies on: the model decides, never a caller's note
+        info.pop(key, None)
+    info.update(kind=kind, kind_version=KIND_VERSIONS[kind], **extra)
+    if widths is not None:
         info["widths"] = widths
     try:
         text = json.dumps(info, indent=2, sort_keys=True)
@@ -275,7 +419,7 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
 
     def write_params(staged: Path) -> None:
         with _checkpointer() as ckptr:
-            ckptr.save(staged / PARAMS_DIR, host)
+            ckptr.save(staged / PARAMS_DIR, tree)
 
     # the metadata file is written last: it marks a staged copy complete and makes
     # the folder recognisably a checkpoint that a later overwrite may replace
@@ -345,26 +489,142 @@ def load_metadata(directory: PathLike) -> dict:
 
 def checkpoint_widths(directory: PathLike) -> dict[str, int] | None:
     """Channel widths recorded in a checkpoint (None: the original network)."""
-    widths = load_metadata(directory).get("widths")
+    return _recorded_widths(load_metadata(directory))
+
+
+def _recorded_widths(meta: dict) -> dict[str, int] | None:
+    widths = meta.get("widths")
     return None if widths is None else {str(k): int(v) for k, v in widths.items()}
 
 
-def load_checkpoint(directory: PathLike, widths: Any = AUTO) -> dict:
-    """Loads ``{'params': ...}`` (float32 jax arrays) from a checkpoint directory.
+def checkpoint_kind(directory: PathLike) -> str:
+    """The kind of model a checkpoint holds: ``"float"``, ``"packed"`` or ``"int8"``.
+
+    A checkpoint without a recorded kind (written before kinds existed, or a bare
+    Orbax directory) holds float parameters.
+
+    Raises:
+      FileNotFoundError: no checkpoint there.
+      ValueError: unreadable metadata, an unknown kind or a newer kind version.
+    """
+    return _kind_of(load_metadata(directory), directory)
+
+
+def _kind_of(meta: dict, directory: PathLike) -> str:
+    kind = meta.get("kind", "float")
+    if kind not in KINDS:
+        raise ValueError(f"checkpoint {directory} holds an unknown kind {kind!r} (this version "
+                         f"of deepliflow_jax reads {', '.join(map(repr, KINDS))})")
+    version = meta.get("kind_version", 1)
+    if version != KIND_VERSIONS[kind]:
+        raise ValueError(f"checkpoint {directory}: kind {kind!r} version {version!r} is not "
+                         f"the one this version of deepliflow_jax reads ({KIND_VERSIONS[kind]})")
+    return kind
+
+
+def _check_kind(directory: PathLike, stored: str, requested: str | None) -> None:
+    """Raises unless a checkpoint of kind ``stored`` may load as ``requested``."""
+    if requested is not None and requested not in KINDS:
+        raise ValueError(f"kind must be None (float parameters) or one of "
+                         f"{', '.join(map(repr, KINDS))}, got {requested!r}")
+    if stored == requested or (requested is None and stored in FLOAT_KINDS):
+        return
+    want = ("float parameters (kind 'float' or 'packed')" if requested is None
+            else f"kind {requested!r}")
+    if stored == "int8":
+        hint = ("load it with load_checkpoint(..., kind='int8') and run it with "
+                "compress.int8.int8_apply")
+    elif requested == "int8":
+        hint = ("make an int8 model of its parameters with compress.int8.calibrate and "
+                "quantize_int8")
+    else:
+        hint = f"pass kind={stored!r} or kind=None (both give float32 parameters)"
+    raise ValueError(f"checkpoint {directory} holds kind {stored!r} ({KINDS[stored]}), not the "
+                     f"requested {want}; {hint}")
+
+
+def _stored_tree(ckptr: Any, params_dir: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{path: (shape, dtype name)}`` of the Orbax tree, read without its tensors."""
+    try:
+        meta = ckptr.metadata(params_dir)
+    except Exception as err:  # orbax raises many types for a damaged tree
+        raise ValueError(f"unreadable checkpoint metadata in {params_dir}: {err}") from err
+    item = getattr(meta, "item_metadata", meta)
+    tree = getattr(item, "tree", item)
+    if not isinstance(tree, dict):  # orbax logs and returns None for a damaged store
+        raise ValueError(f"unreadable checkpoint metadata in {params_dir} (corrupted or "
+                         f"incomplete checkpoint): got {type(tree).__name__}")
+    flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
+    return {k: (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat.items()}
+
+
+def _packed_problems(stored: dict[str, tuple], layout: Any) -> list[str]:
+    """Differences between the stored arrays and those the packing layout needs."""
+    from deepliflow_jax.compress.export import packed_arrays
+
+    need = {f"packed/{k}": v for k, v in packed_arrays(layout).items()}
+    problems = [f"missing: {k}" for k in sorted(set(need) - set(stored))]
+    problems += [f"unexpected: {k}" for k in sorted(set(stored) - set(need))]
+    problems += [f"mis-shaped: {k} is {list(stored[k][0])} {stored[k][1]}, its layout says "
+                 f"{list(need[k][0])} {need[k][1]}" for k in sorted(set(need) & set(stored))
+                 if (tuple(stored[k][0]), stored[k][1]) != (tuple(need[k][0]), need[k][1])]
+    return problems
+
+
+def _model_shapes(kind: str, stored: dict[str, tuple], meta: dict,
+                  directory: PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{params path: (shape, dtype)}`` of the model a checkpoint holds (before reading it)."""
+    tops = sorted({k.split("/")[0] for k in stored})
+    if not set(tops) <= set(TREE_KEYS[kind]):
+        raise ValueError(f"checkpoint {directory}: its metadata says kind {kind!r}, but its "
+                         f"tensor tree holds {tops} (expected {list(TREE_KEYS[kind])})")
+    if kind == "float":
+        return stored
+    if kind == "packed":
+        layout = meta.get("packing")
+        try:
+            problems = _packed_problems(stored, layout)
+        except ValueError as err:
+            raise ValueError(f"checkpoint {directory}: {err}") from err
+        if problems:
+            raise ValueError(f"checkpoint {directory}: its packed arrays do not match its "
+                             f"layout ({len(problems)} problems):\n  "
+                             + "\n  ".join(problems[:2 * MAX_LISTED]))
+        return {k: (tuple(e["shape"]), e["dtype"]) for k, e in layout["leaves"].items()}
+    shapes = _int8_model(_nested({k: jax.ShapeDtypeStruct(s, np.dtype(d))
+                                  for k, (s, d) in stored.items()}))
+    problems = _int8_problems(shapes)
+    if problems:
+        raise ValueError(f"checkpoint {directory} is not a DeepLiDARFlow int8 model: "
+                         + "; ".join(problems[:MAX_LISTED]))
+    return _int8_found(shapes)
+
+
+def load_checkpoint(directory: PathLike, widths: Any = AUTO, kind: str | None = None) -> dict:
+    """Loads a model from a checkpoint directory.
 
     Args:
-      directory: a directory written by ``save_checkpoint`` (or a bare Orbax one).
+      directory: a directory written by ``save_checkpoint`` (or a bare Orbax one
+        holding ``{'params': ...}``).
       widths: the architecture the caller builds: ``AUTO`` (default) takes the
         one recorded in the checkpoint (``checkpoint_widths``: the original
         network or a structured one), None demands the original network, a
         widths mapping demands that structured model.
+      kind: what the caller expects (see ``save_checkpoint``): None (default)
+        float parameters, from a ``"float"`` or a ``"packed"`` checkpoint;
+        ``"float"``, ``"packed"`` or ``"int8"`` that kind only.
 
     Returns:
-      The variables pytree, ready for ``deepliflow_jax.predict.predict``.
+      For float and packed checkpoints ``{'params': ...}`` (float32 jax arrays,
+      a packed one decoded: bit for bit the parameters of the compressed forward
+      pass), ready for ``deepliflow_jax.predict.predict``; for ``kind="int8"``
+      the int8 model (numpy) for ``compress.int8.int8_apply`` (its widths:
+      ``checkpoint_widths``).
 
     Raises:
       FileNotFoundError: not a checkpoint.
-      ValueError: another architecture (lists missing/unexpected/mis-shaped
+      ValueError: a checkpoint of another kind than the requested one (naming
+        both), another architecture (lists missing/unexpected/mis-shaped
         parameters, or the layers whose widths differ from the requested
         ones), or unreadable/corrupted data.
 
@@ -381,6 +641,10 @@ def load_checkpoint(directory: PathLike, widths: Any = AUTO) -> dict:
       >>> all(np.array_equal(a, b) for a, b in
       ...     zip(jax.tree.leaves(loaded), jax.tree.leaves(variables), strict=True))
       True
+      >>> load_checkpoint(path, kind="int8")
+      Traceback (most recent call last):
+      ...
+      ValueError: checkpoint .../ckpt holds kind 'float' (float32 parameters), not the ...
       >>> load_checkpoint(Path(tmp.name) / "missing")
       Traceback (most recent call last):
       ...
@@ -393,49 +657,52 @@ def load_checkpoint(directory: PathLike, widths: Any = AUTO) -> dict:
         from deepliflow_jax.model.widths import freeze_widths
 
         requested = dict(freeze_widths(requested))
+    try:
+        meta, readable = load_metadata(directory), True
+    except ValueError:  # unreadable JSON: the tensors of a float checkpoint still decide
+        meta, readable = {}, False
+    stored_kind = _kind_of(meta, directory)
+    _check_kind(directory, stored_kind, kind)
     with _checkpointer() as ckptr:
-        try:
-            meta = ckptr.metadata(params_dir)
-        except Exception as err:  # orbax raises many types for a damaged tree
-            raise ValueError(f"unreadable checkpoint metadata in {params_dir}: {err}") from err
-        item = getattr(meta, "item_metadata", meta)
-        tree = getattr(item, "tree", item)
-        if not isinstance(tree, dict):  # orbax logs and returns None for a damaged store
-            raise ValueError(f"unreadable checkpoint metadata in {params_dir} (corrupted or "
-                             f"incomplete checkpoint): got {type(tree).__name__}")
-        flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
-        found = {k: (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat.items()}
+        stored = _stored_tree(ckptr, params_dir)
+        found = _model_shapes(stored_kind, stored, meta, directory)
         # the architecture is read from the stored shapes (metadata only cross-checks it)
         try:
-            stored = _structured_widths(flat)
+            arch = _structured_widths({k: jax.ShapeDtypeStruct(s, np.dtype(d))
+                                       for k, (s, d) in found.items()})
         except ValueError as err:
             raise ValueError(f"checkpoint {directory} holds an inconsistent structured "
                              f"DeepLiDARFlow: {err}") from err
-        try:
-            noted = checkpoint_widths(directory)
-        except ValueError:  # unreadable JSON: the tensors still decide
-            noted = stored
-        if noted != stored:
+        noted = _recorded_widths(meta) if readable else arch
+        if noted != arch:
             raise ValueError(f"checkpoint {directory}: its metadata widths disagree with its "
-                             "tensors:\n  " + "\n  ".join(_width_differences(stored, noted)))
+                             "tensors:\n  " + "\n  ".join(_width_differences(arch, noted)))
         if not (isinstance(requested, str) and requested == AUTO):
-            diffs = _width_differences(stored, requested)
+            diffs = _width_differences(arch, requested)
             if diffs:
-                raise ValueError(f"checkpoint {directory} is {_describe(stored)} of another "
+                raise ValueError(f"checkpoint {directory} is {_describe(arch)} of another "
                                  f"architecture than the requested one ({len(diffs)} "
                                  f"differences):\n  " + "\n  ".join(diffs))
-        problems = shape_problems(found, stored)
+        problems = shape_problems(found, arch)
         if problems:
-            what = "" if stored is None else " (structured, widths from its metadata)"
+            what = "" if arch is None else " (structured, widths from its metadata)"
             raise ValueError(f"checkpoint {directory} is not a DeepLiDARFlow checkpoint of this "
                              f"architecture{what} ({len(problems)} problems): "
-                             + summarize_problems(found, problems, stored))
-        target = flax.traverse_util.unflatten_dict(
-            {tuple(k.split("/")): jax.ShapeDtypeStruct(s, np.dtype(d)) for k, (s, d)
-             in found.items()})
+                             + summarize_problems(found, problems, arch))
+        # numpy targets (no sharding): Orbax reads them without opening every array's
+        # metadata a second time
+        target = _nested({k: np.zeros(s, np.dtype(d)) for k, (s, d) in stored.items()})
         try:
             restored = ckptr.restore(params_dir, target)
         except Exception as err:
             raise ValueError(f"could not read the checkpoint tensors in {params_dir} "
                              f"(corrupted or truncated?): {err}") from err
+    if stored_kind == "int8":
+        return jax.tree.map(np.asarray, _int8_model(restored))
+    if stored_kind == "packed":
+        from deepliflow_jax.compress.export import unpack_params
+
+        arrays = flax.traverse_util.flatten_dict(restored["packed"], sep="/")
+        restored = unpack_params({k: np.asarray(v) for k, v in arrays.items()},
+                                 meta["packing"])
     return jax.tree.map(jnp.asarray, restored)

@@ -19,6 +19,15 @@ def variables():
 
 
 @pytest.fixture(scope="session")
+def small_variables():
+    """A structured DeepLiDARFlow with 8 channels per group: the whole tree, quickly saved."""
+    from deepliflow_jax.model.api import init_params
+    from deepliflow_jax.model.widths import default_widths
+
+    return init_params(0, widths={k: 8 for k in default_widths()}, bias_std=0.1)
+
+
+@pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """The synthetic world of the study's tiny preset (64x192, 10 scenes)."""
     from deepliflow_jax.api import make_synthetic_dataset

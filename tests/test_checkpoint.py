@@ -39,6 +39,8 @@ def test_round_trip_and_metadata(variables, tmp_path):
     assert meta["architecture"] == "DeepLiDARFlow" and meta["source"] == "unit test"
     assert meta["parameter_count"] == 8296404 and meta["num_tensors"] == 257
     assert meta["date"].startswith("20")
+    assert meta["kind"] == "float" and meta["kind_version"] == 1
+    assert ckpt.checkpoint_kind(out) == "float"
     assert json.loads((out / ckpt.METADATA_FILE).read_text()) == meta
     assert _leftovers(tmp_path) == []
 
@@ -111,6 +113,45 @@ def test_interrupted_overwrite_leaves_the_old_or_the_new_checkpoint(variables, t
     assert n > 8 and seen == {"old", "new"}
     save_checkpoint(out, variables, overwrite=True)  # and the next save works
     assert _equal(variables, load_checkpoint(out)) and _leftovers(out.parent) == []
+
+
+@pytest.mark.slow  # ~20 interrupted saves and loads of a small model per kind
+@pytest.mark.parametrize("kind", ["packed", "int8"])
+def test_interrupted_overwrite_of_a_compressed_kind(small_variables, tmp_path, kind):
+    """The packed and int8 kinds go through the same atomic folder writer as float ones."""
+    from deepliflow_jax.compress import int8
+    from deepliflow_jax.compress.prune import prune
+    from deepliflow_jax.compress.quantize import QuantConfig
+    from tests.interrupts import each_interruption
+
+    pruned, masks = prune(small_variables, 50)
+    ranges = {p: 1.0 for p in int8._conv_layers(int8.Int8Config())}
+
+    def save(path, version, overwrite=False):
+        scaled = jax.tree.map(lambda x: x * (1 + version), pruned)
+        if kind == "int8":
+            return save_checkpoint(path, int8.quantize_int8(scaled, ranges), overwrite=overwrite)
+        return save_checkpoint(path, scaled, quant=QuantConfig(bits=4), masks=masks,
+                               overwrite=overwrite)
+
+    versions = [load_checkpoint(save(tmp_path / f"v{v}", v), kind=kind) for v in (0, 1)]
+    assert not _equal(*versions)
+    out = tmp_path / "work" / "ck"
+    seen = set()
+
+    def reset():
+        shutil.rmtree(out.parent, ignore_errors=True)
+        out.parent.mkdir()
+        shutil.copytree(tmp_path / "v0", out)
+
+    def check(k):
+        loaded = load_checkpoint(out, kind=kind)  # settles what the interruption left
+        assert any(_equal(v, loaded) for v in versions), f"call {k}"
+        seen.add("new" if _equal(versions[1], loaded) else "old")
+        assert _leftovers(out.parent) == [], f"call {k}"
+
+    n = each_interruption(lambda: save(out, 1, overwrite=True), reset, check)
+    assert n > 8 and seen == {"old", "new"}
 
 
 def test_a_save_left_between_its_two_renames_is_recovered(variables, tmp_path):
@@ -256,3 +297,78 @@ def test_missing_and_corrupted_checkpoints(variables, tmp_path):
     # orbax's failed reads leave callbacks that complain once collected: collect them here
     time.sleep(0.2)
     gc.collect()
+
+
+def _one_of_each_kind(small_variables, tmp_path):
+    from deepliflow_jax.compress import int8
+    from deepliflow_jax.compress.prune import prune
+    from deepliflow_jax.compress.quantize import QuantConfig
+
+    pruned, masks = prune(small_variables, 50)
+    q = int8.quantize_int8(small_variables,
+                           {p: 1.0 for p in int8._conv_layers(int8.Int8Config())})
+    return {"float": save_checkpoint(tmp_path / "float", small_variables),
+            "packed": save_checkpoint(tmp_path / "packed", pruned, quant=QuantConfig(bits=6),
+                                      masks=masks),
+            "int8": save_checkpoint(tmp_path / "int8", q, {"kind": "float"})}  # not a note
+
+
+def test_a_checkpoint_of_another_kind_is_refused_naming_both(small_variables, tmp_path):
+    paths = _one_of_each_kind(small_variables, tmp_path)
+    for kind, path in paths.items():
+        assert ckpt.checkpoint_kind(path) == kind == load_metadata(path)["kind"]
+        load_checkpoint(path, kind=kind)  # its own kind loads
+    for path in (paths["float"], paths["packed"]):  # float parameters: either kind
+        assert _equal(load_checkpoint(path), load_checkpoint(path, kind=ckpt.checkpoint_kind(path)))
+    expected = {
+        ("float", "int8"): "holds kind 'float' (float32 parameters), not the requested kind "
+                           "'int8'; make an int8 model of its parameters with "
+                           "compress.int8.calibrate and quantize_int8",
+        ("float", "packed"): "holds kind 'float' (float32 parameters), not the requested kind "
+                             "'packed'; pass kind='float' or kind=None (both give float32 "
+                             "parameters)",
+        ("packed", "float"): "holds kind 'packed' (pruned/quantized parameters stored as "
+                             "integer codes, decoded to float32 on load), not the requested "
+                             "kind 'float'; pass kind='packed' or kind=None",
+        ("packed", "int8"): "holds kind 'packed' (pruned/quantized parameters stored as "
+                            "integer codes, decoded to float32 on load), not the requested "
+                            "kind 'int8'; make an int8 model",
+        ("int8", None): "holds kind 'int8' (an int8 model: integer kernels and activation "
+                        "scales for compress.int8), not the requested float parameters (kind "
+                        "'float' or 'packed'); load it with load_checkpoint(..., kind='int8') "
+                        "and run it with compress.int8.int8_apply",
+        ("int8", "float"): "holds kind 'int8' (an int8 model: integer kernels and activation "
+                           "scales for compress.int8), not the requested kind 'float'",
+        ("int8", "packed"): "holds kind 'int8' (an int8 model: integer kernels and activation "
+                            "scales for compress.int8), not the requested kind 'packed'",
+    }
+    for (stored, requested), message in expected.items():
+        with pytest.raises(ValueError) as err:
+            load_checkpoint(paths[stored], kind=requested)
+        assert str(err.value).startswith(f"checkpoint {paths[stored]} {message}"), err.value
+    with pytest.raises(ValueError, match=r"kind must be None \(float parameters\) or one of "
+                       r"'float', 'packed', 'int8', got 'bf16'"):
+        load_checkpoint(paths["float"], kind="bf16")
+
+
+def test_kind_metadata_is_checked(small_variables, tmp_path):
+    paths = _one_of_each_kind(small_variables, tmp_path)
+    meta_file = paths["float"] / ckpt.METADATA_FILE
+    meta = json.loads(meta_file.read_text())
+    for key in ("kind", "kind_version"):  # written before kinds existed: float
+        del meta[key]
+    meta_file.write_text(json.dumps(meta))
+    assert ckpt.checkpoint_kind(paths["float"]) == "float"
+    assert _equal(small_variables, load_checkpoint(paths["float"]))
+    meta_file.write_text(json.dumps({**meta, "kind": "fp8"}))
+    with pytest.raises(ValueError, match="holds an unknown kind 'fp8' \\(this version of "
+                       "deepliflow_jax reads 'float', 'packed', 'int8'\\)"):
+        load_checkpoint(paths["float"])
+    meta_file.write_text(json.dumps({**meta, "kind": "float", "kind_version": 2}))
+    with pytest.raises(ValueError, match="kind 'float' version 2 is not the one this version "
+                       "of deepliflow_jax reads \\(1\\)"):
+        load_checkpoint(paths["float"])
+    meta_file.write_text(json.dumps({**meta, "kind": "packed", "packing": {}}))
+    with pytest.raises(ValueError, match=r"its metadata says kind 'packed', but its tensor "
+                       r"tree holds \['params'\] \(expected \['packed'\]\)"):
+        load_checkpoint(paths["float"])

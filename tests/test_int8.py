@@ -1,14 +1,16 @@
-"""Fixed-point int8: integer convs vs fake quantization, HLO evidence, compact storage, errors."""
+"""Fixed-point int8: integer convs vs fake quantization, HLO evidence, int8 checkpoints, errors."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deepliflow_jax.checkpoint import load_checkpoint, load_metadata, save_checkpoint
 from deepliflow_jax.compress import int8
 from deepliflow_jax.compress.quantize import fake_quant
 from deepliflow_jax.compress.structured import structured_prune
 from deepliflow_jax.model.layers import Conv, ConvTranspose
+from deepliflow_jax.study.tradeoff import dir_size
 
 
 def _layer(kind, rng, cin=5, cout=7):
@@ -88,18 +90,40 @@ def test_quantize_save_load_and_errors(variables, tmp_path):
     q = int8.quantize_int8(res.variables, {p: 1.0 for p in paths})
     assert len(q["convs"]) == 106 and len(q["nconv"]) == 15
     assert int8.int8_widths(q) == res.widths
-    size = int8.save_int8(tmp_path / "m.npz", q, {"note": "test"})
+    path = save_checkpoint(tmp_path / "m", q, {"note": "test"})
+    meta = load_metadata(path)
+    assert meta["kind"] == "int8" and meta["widths"] == res.widths and meta["note"] == "test"
+    assert meta["parameter_count"] == res.params_after
     float_bytes = 4 * res.params_after
-    assert size < 0.3 * float_bytes  # int8 codes + small float32 side data
-    back, meta = int8.load_int8(tmp_path / "m.npz")
-    assert meta["widths"] == res.widths and meta["note"] == "test"
-    for path, layer in q["convs"].items():
-        for key, value in layer.items():
-            np.testing.assert_array_equal(back["convs"][path][key], value)
-            assert back["convs"][path][key].dtype == np.asarray(value).dtype
-    np.savez(tmp_path / "other.npz", a=np.zeros(3))
-    with pytest.raises(ValueError, match="not a DeepLiDARFlow int8 model"):
-        int8.load_int8(tmp_path / "other.npz")
+    assert dir_size(path) < 0.3 * float_bytes  # int8 codes + small float32 side data
+    back = load_checkpoint(path, kind="int8")
+    assert int8.int8_widths(back) == res.widths
+    assert jax.tree.structure(back) == jax.tree.structure(q)
+    for group in int8.GROUPS:  # every array, bit for bit and in its dtype
+        for a, b in zip(jax.tree.leaves(back[group]), jax.tree.leaves(q[group]), strict=True):
+            assert a.dtype == np.asarray(b).dtype and a.shape == np.shape(b)
+            assert a.tobytes() == np.asarray(b).tobytes()
+    assert back["convs"]["context_network/conv1"]["w"].dtype == np.int8
+    with pytest.raises(ValueError, match="holds kind 'int8'.*not the requested float parameters"):
+        load_checkpoint(path)
+    # an int8 model that is not DeepLiDARFlow's is refused before anything is written
+    bad = {**q, "convs": {**q["convs"], "context_network/conv1": {
+        **q["convs"]["context_network/conv1"], "w": np.zeros((3, 3, 2, 2), np.int8)}}}
+    with pytest.raises(ValueError, match="the int8 model is not a consistent structured "
+                       "DeepLiDARFlow: layer context_network/conv1 has 2 input channels"):
+        save_checkpoint(tmp_path / "bad", bad)
+    conf = next(k for k in q["float"] if k.endswith("conf_mass"))
+    bad = {**q, "float": {k: v for k, v in q["float"].items() if k != conf}}
+    with pytest.raises(ValueError, match=f"(?s)the int8 model does not match the DeepLiDARFlow "
+                       f"parameters \\(1 problems\\).*missing: params/{conf}"):
+        save_checkpoint(tmp_path / "bad", bad)
+    floats = {**q, "nconv": {k: {**v, "codes": v["codes"].astype(np.float32)}
+                             for k, v in q["nconv"].items()}}
+    with pytest.raises(ValueError, match="wrong dtype: nconv/.*/codes is not int8"):
+        save_checkpoint(tmp_path / "bad", floats)
+    with pytest.raises(ValueError, match="an int8 model .* is saved as it is"):
+        save_checkpoint(tmp_path / "bad", q, masks={})
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

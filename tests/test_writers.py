@@ -211,27 +211,6 @@ def test_study_results_writer(tmp_path, monkeypatch):
                           read, files=len(names))
 
 
-def test_compact_and_int8_exports(tmp_path, variables):
-    from deepliflow_jax.compress import int8
-    from deepliflow_jax.compress.export import export_compressed, load_compressed
-    from deepliflow_jax.compress.quantize import QuantConfig
-
-    params = {"conv": {"kernel": np.linspace(-1, 1, 3 * 3 * 2 * 4, dtype=np.float32
-                                             ).reshape(3, 3, 2, 4),
-                       "bias": np.zeros(4, np.float32)}}
-    path = tmp_path / "e" / "m.dlf"
-    check_file_writer(tmp_path / "e",
-                      lambda v: export_compressed(path, jax.tree.map(lambda x: x + v, params),
-                                                  quant=QuantConfig(bits=4)),
-                      lambda: load_compressed(path))
-    paths = int8._conv_layers(int8.Int8Config())
-    q = int8.quantize_int8(variables, {p: 1.0 for p in paths})
-    path = tmp_path / "i" / "m.npz"
-    check_file_writer(tmp_path / "i",
-                      lambda v: int8.save_int8(path, q, {"version": v}),
-                      lambda: int8.load_int8(path))
-
-
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_converter_file_outputs(tmp_path, suffix):
     from weights_convert.convert import load_torch_file, save_torch_file
@@ -371,20 +350,20 @@ def test_trade_off_size_probe_survives_interruptions(tmp_path):
     params = init_params(0, widths={k: 1 for k in default_widths()})["params"]
     work = tmp_path / "scratch"
     work.mkdir()
-    size = tradeoff.float_disk_bytes(params, work)
+    size = tradeoff.disk_bytes({"params": params}, work)
     assert size > 0 and list(work.iterdir()) == []
 
     def check(step):
-        again = tradeoff.float_disk_bytes(params, work)  # Orbax's file layout varies a little
+        again = tradeoff.disk_bytes({"params": params}, work)  # Orbax's file layout varies a little
         assert 0.8 * size < again < 1.25 * size, step
         assert list(work.iterdir()) == [], step
 
-    each_interruption(lambda: tradeoff.float_disk_bytes(params, work), lambda: None, check)
-    (work / tradeoff.FLOAT_PROBE).mkdir()
-    (work / tradeoff.FLOAT_PROBE / "important.txt").write_text("keep")
+    each_interruption(lambda: tradeoff.disk_bytes({"params": params}, work), lambda: None, check)
+    (work / tradeoff.SIZE_PROBE).mkdir()
+    (work / tradeoff.SIZE_PROBE / "important.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="refusing to overwrite .*size_probe_checkpoint: "
                        "it is not a deepliflow_jax checkpoint"):
-        tradeoff.float_disk_bytes(params, work)
+        tradeoff.disk_bytes({"params": params}, work)
 
 
 def test_converter_refuses_a_folder_before_reading_its_input(tmp_path):

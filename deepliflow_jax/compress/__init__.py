@@ -10,15 +10,13 @@ physically smaller network; :mod:`.int8` runs it with integer convolutions;
 ``deepliflow_jax.study.tradeoff`` measures both.
 """
 
-from deepliflow_jax.compress.export import export_compressed, load_compressed
+from deepliflow_jax.compress.export import pack_params, unpack_params
 from deepliflow_jax.compress.int8 import (
     Int8Config,
     calibrate,
     fake_quant_apply,
     int8_apply,
-    load_int8,
     quantize_int8,
-    save_int8,
 )
 from deepliflow_jax.compress.modes import aware_training, dynamic_threshold_prune, post_training
 from deepliflow_jax.compress.prune import (
@@ -89,7 +87,6 @@ __all__ = [
     "dynamic_threshold_prune",
     "dynamic_threshold_update",
     "expected_zero_fraction",
-    "export_compressed",
     "fake_quant",
     "fake_quant_activation",
     "fake_quant_apply",
@@ -98,12 +95,11 @@ __all__ = [
     "get_bits",
     "get_masks",
     "int8_apply",
-    "load_compressed",
-    "load_int8",
     "map_with_path",
     "masked",
     "masked_apply",
     "one_shot_schedule",
+    "pack_params",
     "plan_pruning",
     "polynomial_schedule",
     "post_training",
@@ -113,11 +109,11 @@ __all__ = [
     "quantize_int8",
     "quantize_tree",
     "quantized",
-    "save_int8",
     "select",
     "shrink",
     "sparsity_report",
     "structured_prune",
     "unflatten",
+    "unpack_params",
     "zero_report",
 ]

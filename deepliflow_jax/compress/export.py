@@ -1,106 +1,50 @@
-"""Compact export of a pruned and/or quantized model, and loading it back.
+"""Packed encoding of a pruned and/or quantized model (the ``packed`` checkpoint kind).
 
-One file: an 8-byte magic, the length of a JSON manifest, the manifest, then one
-byte blob with, per leaf:
+:func:`pack_params` turns float parameters, pruning masks and a quantizer config
+into plain arrays that a standard container stores (``deepliflow_jax.checkpoint``
+writes them with Orbax); :func:`unpack_params` turns them back into the float
+parameters the forward pass uses. Per leaf, under its ``/``-joined path:
 
-* quantized leaves: integer codes bit-packed at exactly ``bits`` bits each, plus
-  float32 scales (one per tensor or per channel) and int32 zero points. If it is
-  smaller, a *sparse* form is used instead: a 1-bit-per-entry bitmask of nonzero
-  codes (``np.packbits``) and the packed codes of the nonzero entries only.
-* float leaves: float32, or the bitmask + nonzero float32 values when sparser.
+* quantized leaves (``encoding: "codes"``): ``codes``, the integer codes in the
+  smallest integer dtype that holds them (int8 for symmetric codes of up to 8
+  bits, uint8 for affine ones, int16/uint16 up to 16 bits), ``scale`` (float32,
+  one per tensor or per channel, broadcastable against the leaf) and, for
+  affine (asymmetric) codes only, ``zero_point`` (int32, same shape; symmetric
+  codes have zero point 0); the value is ``(codes - zero_point) * scale``.
+  When it takes fewer bits (``size + nonzero * bits < size * bits``), the
+  *sparse* form stores only the codes that differ from the zero point
+  (``codes``, 1-D) and ``nonzero``, a 1-bit-per-entry mask (``np.packbits``,
+  little bit order, row-major).
+* float leaves (``encoding: "float"``: unselected leaves, width 0, or no
+  quantizer): ``values`` (float32), or the ``nonzero`` mask + the nonzero values
+  when sparser (``size + 32 * nonzero < 32 * size``).
 
-The manifest records shapes, dtypes, bit widths, layout, each array's offset in
-the blob and the :class:`QuantConfig`; there is no per-array container overhead,
-so the size on disk is the encoding's own. Encoding and decoding run in numpy
-with exactly the float32 operations of
+An all-zero sparse leaf stores no ``codes``/``values`` (containers refuse empty
+arrays). The *layout* (a JSON-ready dict: the quantizer config and, per leaf,
+shape, dtype, encoding, bits, sparse, nonzero count, scale shape) says how to
+read them; the checkpoint keeps it in its JSON metadata (``"packing"``).
+
+Codes are whole bytes, not bit-packed: containers (Orbax's zstd) entropy-code
+them, which leaves fewer bits than ``bits`` when the codes are not uniform.
+Encoding and decoding run in numpy with exactly the float32 operations of
 :func:`~deepliflow_jax.compress.quantize.encode` / ``decode`` (fast on a whole
-network, no compiles), so :func:`load_compressed` returns params equal to
-``tx.forward(params, opt_state)`` bit for bit.
+network, no compiles), so the unpacked params equal ``tx.forward(params,
+opt_state)`` bit for bit.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.compress.prune import _check_masks
 from deepliflow_jax.compress.quantize import QuantConfig, check_bits, qrange
 from deepliflow_jax.compress.select import flatten, unflatten
-from deepliflow_jax.fileio import atomic_write
 
-FORMAT_VERSION = 1
-MAGIC = b"DLFCMP01"
-
-
-def _write(path: str, manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Header + manifest + blob, written atomically (``deepliflow_jax.fileio``)."""
-    index, offset = {}, 0
-    for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
-        index[name] = {"offset": offset, "dtype": a.dtype.str, "shape": list(a.shape)}
-        offset += a.nbytes
-    header = json.dumps({**manifest, "arrays": index}, separators=(",", ":")).encode()
-
-    def write(f):
-        f.write(MAGIC + len(header).to_bytes(8, "little") + header)
-        for a in arrays.values():
-            f.write(np.ascontiguousarray(a).tobytes())
-
-    atomic_write(path, write)  # a reader never sees a half-written file
-
-
-def _read(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:8] != MAGIC:
-        raise ValueError(f"{path} is not a compressed export (bad magic {raw[:8]!r})")
-    n = int.from_bytes(raw[8:16], "little")
-    manifest = json.loads(raw[16 : 16 + n].decode())
-    blob = memoryview(raw)[16 + n :]
-    arrays = {}
-    for name, meta in manifest.pop("arrays").items():
-        dtype = np.dtype(meta["dtype"])
-        count = int(np.prod(meta["shape"], dtype=np.int64))
-        a = np.frombuffer(blob, dtype, count=count, offset=meta["offset"])
-        arrays[name] = a.reshape(meta["shape"])
-    return manifest, arrays
-
-
-_CHUNK = 1 << 20  # values per packing chunk (a multiple of 8: chunks stay byte-aligned)
-
-
-def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
-    """Packs non-negative integers ``< 2**bits`` at ``bits`` bits each (uint8 stream).
-
-    Value ``i`` occupies bits ``[i * bits, (i + 1) * bits)`` of the stream, least
-    significant bit first.
-    """
-    values = np.asarray(values).astype("<u4").ravel()
-    out = [np.zeros(0, np.uint8)]
-    for start in range(0, values.size, _CHUNK):
-        chunk = values[start : start + _CHUNK]
-        planes = np.unpackbits(chunk.view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")
-        out.append(np.packbits(planes[:, :bits].ravel(), bitorder="little"))
-    return np.concatenate(out)
-
-
-def unpack_bits(buf: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits` for ``count`` values (uint32)."""
-    buf = np.asarray(buf, np.uint8)
-    out = [np.zeros(0, np.uint32)]
-    for start in range(0, count, _CHUNK):
-        n = min(_CHUNK, count - start)
-        first = start * bits // 8  # byte-aligned: start is a multiple of 8
-        planes = np.unpackbits(buf[first : first + -(-n * bits // 8)], bitorder="little")
-        planes = planes[: n * bits].reshape(n, bits)
-        planes = np.pad(planes, ((0, 0), (0, 32 - bits)))
-        out.append(np.packbits(planes, axis=1, bitorder="little").view("<u4").ravel())
-    return np.concatenate(out).astype(np.uint32)
+PACKED_VERSION = 1
+ENCODINGS = ("codes", "float")
 
 
 def _encode_leaf(x: np.ndarray, bits: int, axis: int | None, symmetric: bool):
@@ -108,7 +52,7 @@ def _encode_leaf(x: np.ndarray, bits: int, axis: int | None, symmetric: bool):
 
     Mirrors :func:`compute_scale` and :func:`encode` operation for operation
     (float32 throughout, explicit reciprocals, round half to even), so the codes
-    are those of the jitted forward pass; the export tests check it bit for bit.
+    are those of the jitted forward pass; the checkpoint tests check it bit for bit.
     """
     x = np.asarray(x, np.float32)
     red = (
@@ -139,29 +83,40 @@ def _decode(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:
     return (codes.astype(np.int32) - zp).astype(np.float32) * scale.astype(np.float32)
 
 
-def export_compressed(
-    path: str | os.PathLike,
+def code_dtype(bits: int, symmetric: bool) -> np.dtype:
+    """The smallest integer dtype holding ``bits``-bit codes (signed when symmetric)."""
+    if symmetric:
+        return np.dtype(np.int8 if bits <= 8 else np.int16)
+    return np.dtype(np.uint8 if bits <= 8 else np.uint16)
+
+
+def pack_params(
     params: Any,
     *,
     quant: QuantConfig | None = None,
     masks: Any = None,
     bits: Any = None,
-) -> dict[str, Any]:
-    """Writes a compact compressed checkpoint.
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Packed arrays and their layout for a pruned and/or quantized model.
 
     Args:
-      path: output file.
-      params: float parameter pytree (the master weights).
+      params: float parameter pytree of nested dicts (the master weights), e.g.
+        ``{'params': ...}``.
       quant: quantizer config, or None to store floats (sparse where pruned).
-      masks: pruning masks, applied first (prune, then quantize).
+      masks: boolean pruning masks (same tree), applied first (prune, then quantize).
       bits: optional per-leaf bit widths (e.g. ``get_bits(opt_state)``)
         overriding ``quant.bits`` on the selected leaves; 0 stores a leaf as
         float, as the forward pass keeps it.
 
     Returns:
-      A report: ``bytes_on_disk``, ``float32_bytes`` (all params as float32),
-      ``ratio`` (float32 / on disk), ``path`` and per-layer ``layers`` entries
-      ``{"bits", "sparse", "bytes"}`` (payload bytes before zip overhead).
+      ``(arrays, layout)``: ``arrays`` maps ``"<leaf path>/<codes|scale|
+      zero_point|nonzero|values>"`` to numpy arrays (see the module docstring);
+      ``layout`` is ``{"version", "quant": config dict or None, "leaves": {leaf
+      path: {"shape", "dtype", "encoding", "bits", "sparse", "nonzero"} (+
+      "scale_shape" for codes)}}``.
+
+    Raises:
+      ValueError: masks of another structure or not boolean; a bit width outside [2, 16].
     """
     if masks is not None:
         _check_masks(masks, params)
@@ -170,104 +125,131 @@ def export_compressed(
             params,
             masks,
         )
-    flat = flatten(params)
     flat_bits = flatten(bits) if bits is not None else {}
     arrays: dict[str, np.ndarray] = {}
-    manifest: dict[str, Any] = {
-        "version": FORMAT_VERSION,
-        "quant": None if quant is None else quant.to_dict(),
-        "leaves": [],
-    }
-    layers = {}
-    float32_bytes = 0
-    for i, (name, leaf) in enumerate(flat.items()):
+    leaves: dict[str, dict[str, Any]] = {}
+    for name, leaf in flatten(params).items():
         x = np.asarray(leaf)
-        float32_bytes += 4 * x.size
-        entry: dict[str, Any] = {"path": name, "shape": list(x.shape), "dtype": str(x.dtype)}
-        key = f"leaf{i}"
         b = int(flat_bits.get(name, quant.bits)) if quant is not None else 0
         if quant is not None and quant.selected(name) and b:  # width 0: float leaf
             b = check_bits(b)
-            axis = quant.axis_for(name, x.ndim)
-            codes, scale, zp, qmin = _encode_leaf(x, b, axis, quant.symmetric)
-            nonzero = (codes != zp).ravel()
-            unsigned = (codes - qmin).ravel()
-            sparse = x.size + int(nonzero.sum()) * b < x.size * b
-            if sparse:
-                arrays[f"{key}.nonzero"] = np.packbits(nonzero, bitorder="little")
-                unsigned = unsigned[nonzero]
-            arrays[f"{key}.codes"] = pack_bits(unsigned, b)
-            arrays[f"{key}.scale"] = scale
-            arrays[f"{key}.zero_point"] = zp
-            entry.update(kind="quant", bits=b, qmin=int(qmin), sparse=bool(sparse))
+            codes, scale, zp, _ = _encode_leaf(x, b, quant.axis_for(name, x.ndim), quant.symmetric)
+            stored = np.broadcast_to(zp, x.shape) != codes
+            sparse = x.size + int(stored.sum()) * b < x.size * b
+            payload = codes.astype(code_dtype(b, quant.symmetric))
+            arrays[f"{name}/scale"] = scale
+            if not quant.symmetric:  # symmetric zero points are 0: not stored
+                arrays[f"{name}/zero_point"] = zp
+            entry = {"encoding": "codes", "bits": b, "scale_shape": list(scale.shape)}
+            key = "codes"
         else:
-            values = np.asarray(x, np.float32).ravel()
-            nonzero = values != 0
-            sparse = x.size + 32 * int(nonzero.sum()) < 32 * x.size
-            if sparse:
-                arrays[f"{key}.nonzero"] = np.packbits(nonzero, bitorder="little")
-                values = values[nonzero]
-            arrays[f"{key}.values"] = values
-            entry.update(kind="float", bits=32, sparse=bool(sparse))
-        layers[name] = {
-            "bits": entry["bits"],
-            "sparse": entry["sparse"],
-            "bytes": sum(a.nbytes for k, a in arrays.items() if k.startswith(key + ".")),
-        }
-        manifest["leaves"].append(entry)
-    path = os.fspath(path)
-    _write(path, manifest, arrays)
-    on_disk = os.path.getsize(path)
-    return {
-        "path": path,
-        "bytes_on_disk": on_disk,
-        "float32_bytes": float32_bytes,
-        "ratio": float32_bytes / on_disk,
-        "layers": layers,
-    }
+            payload = np.asarray(x, np.float32)
+            stored = payload.view(np.uint32) != 0  # by bits: a -0.0 is stored, bit-exact
+            sparse = x.size + 32 * int(stored.sum()) < 32 * x.size
+            entry = {"encoding": "float", "bits": 32}
+            key = "values"
+        if sparse:
+            arrays[f"{name}/nonzero"] = np.packbits(stored.ravel(), bitorder="little")
+            payload = payload.ravel()[stored.ravel()]
+        if payload.size:
+            arrays[f"{name}/{key}"] = payload
+        leaves[name] = {**entry, "shape": list(x.shape), "dtype": np.dtype(x.dtype).name,
+                        "sparse": bool(sparse), "nonzero": int(stored.sum())}
+    layout = {"version": PACKED_VERSION, "quant": None if quant is None else quant.to_dict(),
+              "leaves": leaves}
+    return arrays, layout
 
 
-def load_compressed(path: str | os.PathLike) -> Any:
-    """Loads :func:`export_compressed` output as dequantized float params (nested dicts)."""
-    manifest, data = _read(os.fspath(path))
-    if manifest.get("version") != FORMAT_VERSION:
-        raise ValueError(f"unsupported export format version {manifest.get('version')}")
-    flat = {}
-    for i, entry in enumerate(manifest["leaves"]):
-        key = f"leaf{i}"
-        shape = tuple(entry["shape"])
+def packed_arrays(layout: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{array path: (shape, dtype name)}`` that ``layout`` needs (without reading them).
+
+    Raises:
+      ValueError: a malformed layout (unknown version or encoding, missing fields).
+    """
+    if not isinstance(layout, dict) or layout.get("version") != PACKED_VERSION:
+        got = layout.get("version") if isinstance(layout, dict) else type(layout).__name__
+        raise ValueError(f"unsupported packed layout version {got!r} (this version reads "
+                         f"{PACKED_VERSION})")
+    quant = layout.get("quant") or {}
+    out = {}
+    for name, e in layout["leaves"].items():
+        try:
+            shape, sparse, nonzero = tuple(e["shape"]), bool(e["sparse"]), int(e["nonzero"])
+            encoding, bits = e["encoding"], int(e["bits"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"packed layout entry of {name} is malformed: {err!r}") from err
+        if encoding not in ENCODINGS:
+            raise ValueError(f"packed layout entry of {name}: unknown encoding {encoding!r} "
+                             f"(known: {', '.join(ENCODINGS)})")
         size = int(np.prod(shape, dtype=np.int64))
-        nonzero = None
-        if entry["sparse"]:
-            nonzero = np.unpackbits(data[f"{key}.nonzero"], count=size, bitorder="little")
-            nonzero = nonzero.astype(bool)
-        if entry["kind"] == "quant":
-            zp = data[f"{key}.zero_point"]
-            count = size if nonzero is None else int(nonzero.sum())
-            unsigned = unpack_bits(data[f"{key}.codes"], entry["bits"], count)
-            stored = unsigned.astype(np.int64) + entry["qmin"]
-            if nonzero is None:
-                codes = stored
-            else:
-                # Absent entries hold the zero point's code (value 0.0).
-                codes = np.broadcast_to(zp, shape).astype(np.int64).ravel().copy()
-                codes[nonzero] = stored
-            value = _decode(codes.reshape(shape), data[f"{key}.scale"], zp)
+        if sparse:
+            out[f"{name}/nonzero"] = ((-(-size // 8),), "uint8")
+        if encoding == "codes":
+            try:
+                scale_shape = tuple(e["scale_shape"])
+            except (KeyError, TypeError) as err:
+                raise ValueError(f"packed layout entry of {name} is malformed: {err!r}") from err
+            out[f"{name}/scale"] = (scale_shape, "float32")
+            symmetric = bool(quant.get("symmetric", True))
+            if not symmetric:
+                out[f"{name}/zero_point"] = (scale_shape, "int32")
+            dtype = code_dtype(bits, symmetric).name
+            count = (nonzero,) if sparse else shape
+            if nonzero or not sparse:
+                out[f"{name}/codes"] = (count, dtype)
+        elif nonzero or not sparse:
+            out[f"{name}/values"] = ((nonzero,) if sparse else shape, "float32")
+    return out
+
+
+def unpack_params(arrays: dict[str, Any], layout: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`pack_params`: the float params the forward pass uses.
+
+    Args:
+      arrays: ``{array path: array}`` as :func:`pack_params` returns them.
+      layout: its layout.
+
+    Returns:
+      Nested dicts of numpy arrays (each leaf in its recorded dtype), equal bit
+      for bit to the masked and fake-quantized params of the forward pass.
+
+    Raises:
+      ValueError: an array the layout needs is missing or mis-shaped.
+    """
+    need = packed_arrays(layout)
+    for key, (shape, _) in need.items():
+        if key not in arrays:
+            raise ValueError(f"packed model lacks the array {key}")
+        if tuple(np.shape(arrays[key])) != tuple(shape):
+            raise ValueError(f"packed array {key} has shape {list(np.shape(arrays[key]))}, "
+                             f"its layout says {list(shape)}")
+    flat = {}
+    for name, e in layout["leaves"].items():
+        shape = tuple(e["shape"])
+        size = int(np.prod(shape, dtype=np.int64))
+        stored = None
+        if e["sparse"]:
+            stored = np.unpackbits(np.asarray(arrays[f"{name}/nonzero"], np.uint8), count=size,
+                                   bitorder="little").astype(bool)
+        if e["encoding"] == "codes":
+            scale = np.asarray(arrays[f"{name}/scale"], np.float32)
+            zp = np.asarray(arrays.get(f"{name}/zero_point", np.zeros(scale.shape, np.int32)),
+                            np.int32)
+            if stored is None:
+                codes = np.asarray(arrays[f"{name}/codes"]).astype(np.int32)
+            else:  # absent entries hold the zero point's code (value +0.0)
+                codes = np.broadcast_to(zp, shape).astype(np.int32).ravel()
+                if e["nonzero"]:
+                    codes[stored] = np.asarray(arrays[f"{name}/codes"])
+                codes = codes.reshape(shape)
+            value = _decode(codes, scale, zp)
         else:
-            values = data[f"{key}.values"]
-            if nonzero is not None:
-                full = np.zeros(size, np.float32)
-                full[nonzero] = values
-                values = full
-            value = values.reshape(shape)
-        flat[entry["path"]] = jnp.asarray(value.astype(entry["dtype"]))
+            if stored is None:
+                value = np.asarray(arrays[f"{name}/values"], np.float32)
+            else:
+                value = np.zeros(size, np.float32)
+                if e["nonzero"]:
+                    value[stored] = np.asarray(arrays[f"{name}/values"], np.float32)
+                value = value.reshape(shape)
+        flat[name] = value.astype(e["dtype"])
     return unflatten(flat)
-
-
-def export_size_report(params: Any, report: dict[str, Any]) -> str:
-    """One-line human summary of an export report."""
-    n = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-    return (
-        f"{n} params: {report['bytes_on_disk']} B on disk vs {report['float32_bytes']} B "
-        f"float32 ({report['ratio']:.2f}x smaller)"
-    )

@@ -22,15 +22,14 @@ What runs where:
 :func:`fake_quant_apply` is the float reference (quantize-dequantize of the
 same activations and weights, straight-through gradients, so it also serves
 quantization-aware fine-tuning); :func:`int8_apply` equals it up to the float
-rounding of the accumulation. :func:`save_int8` writes the int8 model compactly
-(int8 codes + float32 scales and biases, one ``.npz``).
+rounding of the accumulation. ``deepliflow_jax.checkpoint.save_checkpoint`` stores
+the int8 model (the ``int8`` checkpoint kind: int8 codes, float32 scales and biases,
+in Orbax) and ``load_checkpoint(..., kind="int8")`` reads it back for :func:`int8_apply`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -43,7 +42,6 @@ import numpy as np
 
 from deepliflow_jax.compress.export import _encode_leaf  # numpy twin of quantize.encode
 from deepliflow_jax.compress.quantize import encode, fake_quant
-from deepliflow_jax.fileio import atomic_write
 from deepliflow_jax.model.channels import architecture_widths, dependency_graph, widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import Conv, ConvTranspose, leaky_relu
@@ -51,7 +49,7 @@ from deepliflow_jax.model.widths import freeze_widths
 
 BITS = 8
 QMAX = 2 ** (BITS - 1) - 1
-FORMAT = "deepliflow-int8-v1"
+GROUPS = ("convs", "nconv", "float")  # the parts of an int8 model (quantize_int8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +321,7 @@ def quantize_int8(variables: Mapping[str, Any], act_ranges: Mapping[str, float],
     Returns:
       ``{"convs": {path: {"w" int8, "w_scale", "bias", "x_scale"}},
       "nconv": {path: {"codes" int8, "scale"}}, "float": remaining float params}``
-      (numpy), for :func:`int8_apply` and :func:`save_int8`.
+      (numpy), for :func:`int8_apply` and ``checkpoint.save_checkpoint``.
 
     Raises:
       ValueError: a selected layer without a calibrated range.
@@ -401,18 +399,33 @@ def int8_apply(qmodel: Mapping[str, Any], frames: jnp.ndarray, interp_size=None,
                                     out_size)
 
 
+def float_layout(qmodel: Mapping[str, Any]) -> dict[str, Any]:
+    """The int8 model's arrays under the float model's parameter paths.
+
+    Args:
+      qmodel: from :func:`quantize_int8` (or anything with the same tree whose
+        leaves have a ``shape``, e.g. ``jax.ShapeDtypeStruct``).
+
+    Returns:
+      ``{path: array}`` (``/``-joined, without ``params/``): each conv's int8 kernel
+      under ``kernel`` and its ``bias``, each normalized conv's codes under
+      ``kernels``, the float parameters as they are; the shapes are the float
+      model's, so they name its architecture.
+    """
+    flat = dict(qmodel.get("float", {}))
+    for path, q in qmodel.get("convs", {}).items():
+        flat[f"{path}/kernel"] = q["w"]
+        flat[f"{path}/bias"] = q["bias"]
+    for path, q in qmodel.get("nconv", {}).items():
+        flat[f"{path}/kernels"] = q["codes"]
+    return flat
+
+
 def int8_widths(qmodel: Mapping[str, Any]) -> dict[str, int] | None:
     """The channel widths of an int8 model (None: the original network)."""
     if not any(k.endswith("/conf_mass") for k in qmodel["float"]):
         return None
-
-    flat = dict(qmodel["float"])
-    for path, q in qmodel["convs"].items():
-        flat[f"{path}/kernel"] = q["w"]
-        flat[f"{path}/bias"] = q["bias"]
-    for path, q in qmodel["nconv"].items():
-        flat[f"{path}/kernels"] = q["codes"]
-    return widths_of(flax.traverse_util.unflatten_dict(flat, sep="/"))
+    return widths_of(flax.traverse_util.unflatten_dict(float_layout(qmodel), sep="/"))
 
 
 # ----------------------------------------------------------------------------- HLO evidence
@@ -492,58 +505,3 @@ def compiled_int8_report(qmodel: Mapping[str, Any], frames: Any, widths: Any = N
     report["selected_layers"] = len(qmodel["convs"])
     report["integer_convs_ran"] = report["integer_convolutions"] >= len(qmodel["convs"])
     return report
-
-
-# ----------------------------------------------------------------------------- storage
-
-
-def save_int8(path: str | os.PathLike, qmodel: Mapping[str, Any],
-              metadata: Mapping[str, Any] | None = None) -> int:
-    """Writes the int8 model as one uncompressed ``.npz`` (int8 codes stay 1 byte).
-
-    Args:
-      path: output file.
-      qmodel: from :func:`quantize_int8`.
-      metadata: JSON-serialisable extras; the format tag and the widths are added.
-
-    Returns:
-      The file size in bytes.
-    """
-    arrays: dict[str, np.ndarray] = {}
-    for group in ("convs", "nconv"):
-        for layer, q in qmodel[group].items():
-            for name, a in q.items():
-                arrays[f"{group}|{layer}|{name}"] = np.asarray(a)
-    for key, a in qmodel["float"].items():
-        arrays[f"float|{key}"] = np.asarray(a, np.float32)
-    meta = {"format": FORMAT, "widths": int8_widths(qmodel), **dict(metadata or {})}
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    path = atomic_write(path, lambda f: np.savez(f, **arrays))  # never half-written
-    return os.path.getsize(path)
-
-
-def load_int8(path: str | os.PathLike) -> tuple[dict, dict]:
-    """Reads :func:`save_int8`'s file.
-
-    Returns:
-      ``(qmodel, metadata)``; ``metadata["widths"]`` builds the model.
-
-    Raises:
-      ValueError: not an int8 model file.
-    """
-    with np.load(os.fspath(path)) as z:
-        if "__meta__" not in z.files:
-            raise ValueError(f"{path} is not a DeepLiDARFlow int8 model (no metadata)")
-        meta = json.loads(bytes(z["__meta__"]).decode())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: unknown int8 model format {meta.get('format')!r}")
-        q: dict[str, Any] = {"convs": {}, "nconv": {}, "float": {}}
-        for key in z.files:
-            if key == "__meta__":
-                continue
-            parts = key.split("|")
-            if parts[0] == "float":
-                q["float"][parts[1]] = z[key]
-            else:
-                q[parts[0]].setdefault(parts[1], {})[parts[2]] = z[key]
-    return q, meta

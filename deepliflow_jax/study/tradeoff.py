@@ -7,8 +7,8 @@ original's L2 term), then measure, with and without int8 (post-training,
 calibrated on a few training batches, ``compress.int8``):
 
 * parameters, FLOPs (XLA ``cost_analysis`` and eq. (3) conv FLOPs of the
-  forward that is timed), size on disk (an Orbax checkpoint for float models,
-  the int8 ``.npz`` for int8 ones);
+  forward that is timed), size on disk (the model's checkpoint: kind ``float``,
+  or ``int8`` for int8 models);
 * latency: one AOT-compiled executable per model (``profile.timer.aot_compile``)
   evaluates the validation set *and* is timed on the validation batch; all
   models are timed in interleaved rounds (``profile.timer.time_interleaved``) so
@@ -246,19 +246,23 @@ def dir_size(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-FLOAT_PROBE = "size_probe_checkpoint"  # fixed names: a call replaces what an interrupted
-INT8_PROBE = "size_probe_int8.npz"      # one left, so scratch never fills with leftovers
+# a fixed name: a call replaces what an interrupted one left, so scratch never fills up
+SIZE_PROBE = "size_probe_checkpoint"
 
 
-def float_disk_bytes(params: Any, workdir: Path) -> int:
-    """Size of the model's Orbax checkpoint (``save_checkpoint``), measured in ``workdir``.
+def disk_bytes(model: Any, workdir: Path) -> int:
+    """Size of the model's checkpoint (``save_checkpoint``), measured in ``workdir``.
+
+    Args:
+      model: ``{'params': ...}`` (a float checkpoint) or an int8 model (``int8``).
+      workdir: scratch folder.
 
     Raises:
       FileExistsError: ``workdir/size_probe_checkpoint`` exists and is not a checkpoint.
     """
 
-    out = Path(workdir) / FLOAT_PROBE
-    save_checkpoint(out, {"params": params}, overwrite=True)
+    out = Path(workdir) / SIZE_PROBE
+    save_checkpoint(out, model, overwrite=True)
     size = dir_size(out)
     discard(out)
     return size
@@ -317,9 +321,7 @@ def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
     if quant:
         ranges = int8_lib.calibrate({"params": params}, calib, widths=widths)
         qmodel = int8_lib.quantize_int8({"params": params}, ranges)
-        path = Path(workdir) / INT8_PROBE
-        disk = int8_lib.save_int8(path, qmodel, {"name": name})
-        path.unlink()
+        disk = disk_bytes(qmodel, workdir)
         qmodel = jax.device_put(qmodel)
 
         def fn(q, f):
@@ -334,7 +336,7 @@ def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
             return model.apply({"params": p}, f, None, out_size)[0]
 
         args = (jax.device_put(params), frames)
-        disk = float_disk_bytes(params, workdir)
+        disk = disk_bytes({"params": params}, workdir)
         n_params = count_params(params)
     t0 = time.perf_counter()
     compiled, info = aot_compile(fn, *args)
