@@ -8,27 +8,51 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from absl import app, flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("height", 384, "Input height (a multiple of 64 unless --interp_size).")
-flags.DEFINE_integer("width", 1216, "Input width (a multiple of 64 unless --interp_size).")
-flags.DEFINE_integer("batch", 1, "Batch size.")
-flags.DEFINE_list("interp_size", None, "h,w the network resizes the input to (KITTI path).")
-flags.DEFINE_list("conv_impls", ["xla", "subpixel"], "Conv implementations to compare.")
-flags.DEFINE_integer("repeats", 10, "Timed rounds (every block once per round).")
-flags.DEFINE_integer("warmup", 2, "Untimed calls of every block after compiling.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-flags.DEFINE_string("checkpoint", None, "Converted checkpoint dir; default: random init.")
-flags.DEFINE_bool("whole", True, "Also time the whole forward under one jit.")
-flags.DEFINE_string("output_json", None, "Write the results as JSON here.")
-flags.DEFINE_string("output_md", None, "Write the Markdown tables here.")
+from deepliflow_jax import cli
+
+PROG = "python -m experiments.profile_blocks"
+# own flag set: tests run this script in the process where profile_model defines --height
+FLAGS = flags.FlagValues()
+_DEFINE = (
+    (flags.DEFINE_integer, "height", 384, "Input height (a multiple of 64 unless --interp_size)."),
+    (flags.DEFINE_integer, "width", 1216, "Input width (a multiple of 64 unless --interp_size)."),
+    (flags.DEFINE_integer, "batch", 1, "Batch size."),
+    (flags.DEFINE_list, "interp_size", None, "h,w the network resizes the input to (KITTI path)."),
+    (flags.DEFINE_list, "conv_impls", ["xla", "subpixel"], "Conv implementations to compare."),
+    (flags.DEFINE_integer, "repeats", 10, "Timed rounds (every block once per round)."),
+    (flags.DEFINE_integer, "warmup", 2, "Untimed calls of every block after compiling."),
+    (flags.DEFINE_string, "checkpoint", None, "Converted checkpoint dir; default: random init."),
+    (flags.DEFINE_bool, "whole", True, "Also time the whole forward under one jit."),
+    (flags.DEFINE_string, "output_json", None, "Write the results as JSON here."),
+    (flags.DEFINE_string, "output_md", None, "Write the Markdown tables here."),
+)
+for _define, _name, _default, _help in _DEFINE:
+    _define(_name, _default, _help, flag_values=FLAGS)
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.",
+                  flag_values=FLAGS)
 
 
-def main(argv):
-    del argv
+def main(argv: list[str] | None = None) -> int:
+    """Parses the flags (``argv`` after the program name) and profiles; returns 0.
+
+    Raises:
+      SystemExit: 0 after ``--help``, 2 on a usage error.
+    """
+    cli.parse_flags(FLAGS, sys.argv[1:] if argv is None else list(argv), PROG, __doc__)
+    try:
+        _profile()
+    except app.UsageError as err:
+        print(f"{PROG}: usage error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    return 0
+
+
+def _profile() -> None:
     import jax.numpy as jnp
 
     from deepliflow_jax.profile.blocks import format_blocks, profile_blocks
@@ -59,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

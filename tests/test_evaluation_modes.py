@@ -130,14 +130,14 @@ def test_devkit_and_original_give_the_hand_computed_numbers(two_frames):
 def test_evaluate_devkit_counts_what_numpy_counts(variables, tiny_world, tiny_data):
     """The compiled devkit evaluation == the NumPy devkit rule on the same predictions."""
     import deepliflow_jax as dl
-    from deepliflow_jax.api import _engine, _state
+    from deepliflow_jax.api import _state, _trainer
 
     dev = dl.load_dataset(tiny_world, validity="devkit")
     assert (dev.validity, tiny_data.validity) == ("devkit", "original")
     batches = dev.val_batches(dev.num_samples)
-    engine = _engine(dev)
-    got, outputs = engine.evaluate(_state(engine, variables["params"], 0.0, 0), batches,
-                                   keep_outputs=True, validity="devkit")
+    trainer = _trainer(dev)
+    got, outputs = trainer.evaluate(_state(trainer, variables["params"], 0.0, 0), batches,
+                                    keep_outputs=True, validity="devkit")
     ref = metrics.evaluate_np([(o, g, v) for b, out in zip(batches, outputs, strict=True)
                                for o, g, v in zip(out, b["gt"], b["valid"], strict=True)],
                               validity="devkit")

@@ -21,7 +21,7 @@ NET = (64, 192)
 def odd_data(tmp_path_factory):
     root = dl.make_synthetic_dataset(tmp_path_factory.mktemp("odd") / "world", num_scenes=10,
                                      height=FRAME[0], width=FRAME[1])
-    return dl.load_dataset(root)
+    return dl.load_dataset(root, interp_size=NET)
 
 
 def _by_hand(sf, gt):
@@ -39,7 +39,7 @@ def _by_hand(sf, gt):
 
 @pytest.mark.slow
 def test_evaluate_and_finetune_with_interp_size(variables, odd_data):
-    assert odd_data.interp_size is None and len(odd_data.val) == 1
+    assert odd_data.interp_size == NET and len(odd_data.val) == 1
     with pytest.raises(ValueError, match="multiple"):
         dl.predict_sceneflow(variables, dl.validation_pair(odd_data)["frames"])
     got = dl.evaluate(variables, odd_data, interp_size=NET)

@@ -38,15 +38,11 @@ def test_blocks_get_the_shapes_of_the_forward():
     assert (transposed(ref["estimator L3"]), transposed(blocks["estimator L3"])) == (2, 0)
 
 def test_profile_command_prints_every_block_per_impl(tmp_path, capsys):
-    from absl.testing import flagsaver
-
     from experiments import profile_blocks as cmd
 
     out = tmp_path / "blocks.json"
-    cmd.FLAGS(["profile_blocks"])
-    with flagsaver.flagsaver(height=64, width=128, repeats=1, warmup=1,
-                             conv_impls=["xla", "subpixel"], output_json=str(out)):
-        cmd.main([])
+    assert cmd.main(["--height=64", "--width=128", "--repeats=1", "--warmup=1",
+                     "--conv_impls=xla,subpixel", f"--output_json={out}"]) == 0
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["conv_impls"] == ["xla", "subpixel"]
