@@ -92,3 +92,23 @@ def each_interruption(write, reset, check, min_calls: int = 2) -> int:
                 raise AssertionError(f"step {point} was not reached: {counter.log}")
         check(point)
     return len(points)
+
+
+def sigkill_after_ready(script, args, env: dict, cwd: str, delay_s: float) -> None:
+    """Runs ``python script *args``, waits for its ``ready`` line, SIGKILLs it ``delay_s``
+    seconds later (in the middle of whatever it writes then) and checks that it died."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(delay_s)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.stdout.close()

@@ -4,9 +4,6 @@ import gc
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import flax
@@ -16,6 +13,7 @@ import pytest
 
 from deepliflow_jax import checkpoint as ckpt
 from deepliflow_jax.checkpoint import load_checkpoint, load_metadata, save_checkpoint
+from tests.interrupts import sigkill_after_ready
 
 
 def _leftovers(folder):
@@ -206,16 +204,7 @@ def test_sigkill_in_the_middle_of_saves_leaves_a_whole_checkpoint(variables, tmp
     rng = np.random.default_rng(0)
     seen = []
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env, cwd=root,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        try:
-            assert proc.stdout.readline().strip() == "ready"
-            time.sleep(rng.uniform(0.2, 2.0))
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=30) == -signal.SIGKILL
-        finally:
-            proc.kill()
-            proc.stdout.close()
+        sigkill_after_ready(script, [out], env, root, rng.uniform(0.2, 2.0))
         seen.append(sorted(p.name.split("-")[0] for p in tmp_path.iterdir()))
         loaded = load_checkpoint(out)
         assert _equal(variables, loaded) or _equal(new, loaded)

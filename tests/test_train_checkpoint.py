@@ -19,6 +19,7 @@ from deepliflow_jax.compress.quantize import QuantConfig
 from deepliflow_jax.compress.transforms import MaskState, QuantState, compress, get_bits
 from deepliflow_jax.train.checkpoint import Checkpointer
 from deepliflow_jax.train.state import TrainState, create_train_state
+from tests.interrupts import sigkill_after_ready
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARAMS = {
@@ -279,17 +280,7 @@ def test_sigkill_in_the_middle_of_saves_leaves_whole_steps(tmp_path):
     rng = np.random.default_rng(1)
     left = []
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ck")], env=env,
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True)
-        try:
-            assert proc.stdout.readline().strip() == "ready"
-            time.sleep(rng.uniform(0.5, 3.0))
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=30) == -signal.SIGKILL
-        finally:
-            proc.kill()
-            proc.stdout.close()
+        sigkill_after_ready(script, [tmp_path / "ck"], env, ROOT, rng.uniform(0.5, 3.0))
         left.append([n for n in _step_dirs(tmp_path / "ck") if "tmp" in n or ".deleted" in n])
         with Checkpointer(tmp_path / "ck", best_metric="m") as ck:
             assert ck.latest_step() is not None
