@@ -17,7 +17,7 @@ from deepliflow_jax.compress.transforms import (
     forward_params,
     get_bits,
     get_masks,
-    masked,
+    pruned,
 )
 
 
@@ -65,10 +65,10 @@ def _train(tx, params, steps):
 
 
 def test_pruned_weights_and_moments_stay_exactly_zero_under_adamw():
-    pruned, masks = prune(PARAMS, 50)
+    start, masks = prune(PARAMS, 50)
     # Decoupled weight decay and a schedule: the inner update is nonzero everywhere.
     inner = optax.adamw(1e-2, weight_decay=0.1)
-    params, state, losses = _train(masked(inner, masks), pruned, 50)
+    params, state, losses = _train(pruned(inner, masks), start, 50)
     assert float(losses[-1]) < float(losses[0])
     adam = find_state(state, optax.ScaleByAdamState)
     for p, m, mu, nu, p0 in zip(
@@ -76,7 +76,7 @@ def test_pruned_weights_and_moments_stay_exactly_zero_under_adamw():
         jax.tree.leaves(masks),
         jax.tree.leaves(adam.mu),
         jax.tree.leaves(adam.nu),
-        jax.tree.leaves(pruned),
+        jax.tree.leaves(start),
         strict=True,
     ):
         p, m = np.asarray(p), np.asarray(m)
@@ -89,16 +89,16 @@ def test_pruned_weights_and_moments_stay_exactly_zero_under_adamw():
 
 def test_masks_force_zero_even_if_params_were_not_pruned():
     _, masks = prune(PARAMS, 30)
-    params, _, _ = _train(masked(optax.adam(1e-3), masks), PARAMS, 1)  # unpruned start
+    params, _, _ = _train(pruned(optax.adam(1e-3), masks), PARAMS, 1)  # unpruned start
     for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(masks), strict=True):
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
 
 
 def test_forward_is_fake_quant_of_masked_params_and_bits_in_state():
-    pruned, masks = prune(PARAMS, 40)
+    start, masks = prune(PARAMS, 40)
     cfg = QuantConfig(bits=5, exclude=r"bias$")
     tx = compress(optax.adam(1e-3), masks=masks, quant=cfg)
-    state = tx.init(pruned)
+    state = tx.init(start)
     bits = get_bits(state)
     assert int(bits["params"]["conv1"]["kernel"]) == 5 and int(bits["params"]["out"]["bias"]) == 0
     fwd = jax.jit(tx.forward)(PARAMS, state)  # masks apply in the forward pass too
@@ -109,26 +109,26 @@ def test_forward_is_fake_quant_of_masked_params_and_bits_in_state():
     k = np.asarray(fwd["params"]["conv1"]["kernel"])
     assert len(np.unique(k)) <= 2**5 - 1
     assert np.all(k[~np.asarray(masks["params"]["conv1"]["kernel"])] == 0)
-    np.testing.assert_array_equal(fwd["params"]["out"]["bias"], pruned["params"]["out"]["bias"])
+    np.testing.assert_array_equal(fwd["params"]["out"]["bias"], start["params"]["out"]["bias"])
     assert forward_params(optax.adam(1e-3), PARAMS, None) is PARAMS  # plain optax: identity
 
 
 def test_no_nan_at_6_bits_and_90_percent_sparsity():
-    pruned, masks = prune(PARAMS, 90)
+    start, masks = prune(PARAMS, 90)
     tx = compress(optax.adam(1e-3), masks=masks, quant=QuantConfig(bits=6, act_bits=6))
-    params, state, losses = _train(tx, pruned, 5)
+    params, state, losses = _train(tx, start, 5)
     assert np.all(np.isfinite(np.asarray(losses)))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((params, state)))
 
 
 def test_gradual_polynomial_pruning_inside_jit():
-    tx = masked(optax.adam(1e-2), schedule=polynomial_schedule(80, 2, 8, frequency=3))
+    tx = pruned(optax.adam(1e-2), schedule=polynomial_schedule(80, 2, 8, frequency=3))
     params, state, _ = _train(tx, PARAMS, 10)
     n = sum(x.size for x in jax.tree.leaves(PARAMS))
-    pruned = sum(int((~np.asarray(m)).sum()) for m in jax.tree.leaves(state.masks))
-    assert pruned == int(0.8 * n)
+    num_pruned = sum(int((~np.asarray(m)).sum()) for m in jax.tree.leaves(state.masks))
+    assert num_pruned == int(0.8 * n)
     zeros = sum(int((np.asarray(p) == 0).sum()) for p in jax.tree.leaves(params))
-    assert zeros >= pruned
+    assert zeros >= num_pruned
     assert isinstance(state, MaskState) and int(state.count) == 10
 
 
@@ -136,8 +136,8 @@ def test_bad_masks_and_missing_params():
     _, masks = prune(PARAMS, 10)
     bad = {"params": {k: v for k, v in masks["params"].items() if k != "out"}}
     with pytest.raises(ValueError, match="masks tree does not match.*params/out"):
-        masked(optax.adam(1e-3), bad).init(PARAMS)
-    tx = masked(optax.adam(1e-3), masks)
+        pruned(optax.adam(1e-3), bad).init(PARAMS)
+    tx = pruned(optax.adam(1e-3), masks)
     with pytest.raises(ValueError, match="needs params"):
         tx.update(PARAMS, tx.init(PARAMS))
     with pytest.raises(ValueError, match="selects no parameters to quantize"):

@@ -106,7 +106,7 @@ def test_shrunken_model_equals_masked_full_model(variables):
     frames = jnp.asarray(make_frames(1, 64, 64, seed=3))
     apply_small = jax.jit(lambda v, f: model.apply(v, f))
     sf, aux = apply_small(small, frames)
-    ref_sf, ref_aux = jax.jit(lambda v, f: st.masked_apply(v, f, keep))(variables, frames)
+    ref_sf, ref_aux = jax.jit(lambda v, f: st.channel_masked_apply(v, f, keep))(variables, frames)
     scale = float(jnp.max(jnp.abs(ref_sf)))
     np.testing.assert_allclose(np.asarray(sf), np.asarray(ref_sf), atol=2e-5 * scale)
     for got, want in zip(aux["flows"], ref_aux["flows"]):
@@ -174,7 +174,7 @@ def test_pruning_a_pruned_model_and_fine_tuning_it(variables):
     small, widths = st.shrink(first.variables, keep)
     frames = jnp.asarray(make_frames(1, 64, 64, seed=4))
     sf = jax.jit(DeepLiDARFlow(widths=widths).apply)(small, frames)[0]
-    ref = jax.jit(lambda v, f: st.masked_apply(v, f, keep))(first.variables, frames)[0]
+    ref = jax.jit(lambda v, f: st.channel_masked_apply(v, f, keep))(first.variables, frames)[0]
     np.testing.assert_allclose(np.asarray(sf), np.asarray(ref),
                                atol=2e-5 * float(jnp.max(jnp.abs(ref))))
     gt = jnp.asarray(make_ground_truth(1, 64, 64))

@@ -3,7 +3,9 @@
 Pure functions over ``{'params': {...}}`` pytrees, leaves chosen by regex over
 '/'-joined paths; optax-style transforms keep masks and quantizer settings in
 the optimizer state. See :mod:`.modes` for the post-/aware-training recipes and
-the order of pruning and quantization.
+the order of pruning and quantization. The one-call functions ``prune`` and
+``quantize`` live in the submodules :mod:`.prune` and :mod:`.quantize` (and at the
+package top level, ``deepliflow_jax.prune``), so the package attribute names the module.
 
 Real acceleration: :mod:`.structured` removes whole channels and builds a
 physically smaller network; :mod:`.int8` runs it with integer convolutions;
@@ -23,7 +25,6 @@ from deepliflow_jax.compress.prune import (
     apply_masks,
     compute_masks,
     dense_masks,
-    prune,
     pruning_thresholds,
     sparsity_report,
 )
@@ -34,7 +35,6 @@ from deepliflow_jax.compress.quantize import (
     expected_zero_fraction,
     fake_quant,
     fake_quant_activation,
-    quantize,
     quantize_tree,
     zero_report,
 )
@@ -49,7 +49,7 @@ from deepliflow_jax.compress.schedules import (
 from deepliflow_jax.compress.select import flatten, map_with_path, select, unflatten
 from deepliflow_jax.compress.structured import (
     StructuredResult,
-    masked_apply,
+    channel_masked_apply,
     plan_pruning,
     shrink,
     structured_prune,
@@ -62,7 +62,7 @@ from deepliflow_jax.compress.transforms import (
     forward_params,
     get_bits,
     get_masks,
-    masked,
+    pruned,
     quantized,
 )
 
@@ -96,16 +96,14 @@ __all__ = [
     "get_masks",
     "int8_apply",
     "map_with_path",
-    "masked",
-    "masked_apply",
+    "channel_masked_apply",
     "one_shot_schedule",
     "pack_params",
     "plan_pruning",
     "polynomial_schedule",
     "post_training",
-    "prune",
+    "pruned",
     "pruning_thresholds",
-    "quantize",
     "quantize_int8",
     "quantize_tree",
     "quantized",

@@ -156,7 +156,8 @@ def dynamic_threshold_prune(
       params: trained parameter pytree.
       evaluate_fn: ``params -> validation EPE``.
       finetune_fn: optional ``(params, masks) -> params`` (aware pruning); must
-        keep masked entries at zero (fine-tune with :func:`masked`).
+        keep masked entries at zero (fine-tune with
+        :func:`~deepliflow_jax.compress.transforms.pruned`).
       baseline_epe: EPE of the uncompressed model (evaluated if None).
       start, increment, tolerance, relative, backoff, min_increment, max_percent:
         see :func:`dynamic_threshold_update`.

@@ -1,7 +1,7 @@
 """Pruning schedules: gradual polynomial (in-graph) and the paper's dynamic threshold.
 
 * :func:`polynomial_schedule` (Zhu & Gupta 2017) is evaluated inside the jitted
-  optimizer update (:func:`~deepliflow_jax.compress.transforms.masked`).
+  optimizer update (:func:`~deepliflow_jax.compress.transforms.pruned`).
 * The dynamic threshold (Alhimdiat et al. 2023: "dynamically adjusting the pruning
   thresholds based on the fine-tuning performance") is a small host-side state
   machine: raise the percentile by ``increment`` while validation EPE stays within

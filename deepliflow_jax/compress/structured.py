@@ -19,7 +19,7 @@ then equals the masked full model exactly (up to float rounding), and the fused
 channels can be pruned like any others (pass ``exclude=FUSED_GROUPS`` to keep
 them).
 
-Equivalence. The *masked full model* (:func:`masked_apply`) is the full model
+Equivalence. The *channel-masked full model* (:func:`channel_masked_apply`) is the full model
 whose removed channels are zeroed at every producer's output (data and
 confidence of normalized convs); the shrunken model computes the same flow.
 """
@@ -438,8 +438,9 @@ def mask_outputs(masks: Mapping[str, Any]):
     return nn.intercept_methods(interceptor)
 
 
-def masked_apply(variables: Mapping[str, Any], frames: jnp.ndarray, keep: Mapping[str, Any],
-                 interp_size=None, out_size=None, widths: Any = None):
+def channel_masked_apply(variables: Mapping[str, Any], frames: jnp.ndarray,
+                         keep: Mapping[str, Any], interp_size=None, out_size=None,
+                         widths: Any = None):
     """The full model with the channels ``keep`` drops zeroed (reference for tests).
 
     Args:

@@ -3,7 +3,7 @@
 Like jaxpruner, compression lives in the optimizer state, so one checkpoint of
 the train state restores masks and bit widths with the params and moments.
 
-* :func:`masked` wraps an inner optax transform. Gradients are masked before the
+* :func:`pruned` wraps an inner optax transform. Gradients are masked before the
   inner update (so Adam's moments at pruned entries stay exactly zero), the inner
   state's params-shaped subtrees (moments) are masked too, and the outgoing update
   is ``-param`` at pruned entries, so ``optax.apply_updates`` leaves them at
@@ -13,7 +13,7 @@ the train state restores masks and bit widths with the params and moments.
 * :func:`quantized` holds per-leaf bit widths (and the activation bit width) in
   state; it does not change updates, the straight-through estimator in the forward
   pass already shapes the gradient.
-* :func:`compress` = ``quantized(masked(inner))``. The forward parameters are
+* :func:`compress` = ``quantized(pruned(inner))``. The forward parameters are
   ``fake_quant(mask * w)``: prune first, quantize the survivors; zero is a level,
   so pruned weights stay zero and quantization adds the zeros of its zero bin.
 
@@ -56,7 +56,7 @@ class CompressionTransformation(NamedTuple):
 
 
 class MaskState(NamedTuple):
-    """State of :func:`masked`.
+    """State of :func:`pruned`.
 
     Attributes:
       count: number of updates applied (int32), drives the schedule.
@@ -111,7 +111,7 @@ def _mask_params_like(tree: Any, masks: Any) -> Any:
     return jax.tree.map(mask_node, tree, is_leaf=params_like)
 
 
-def masked(
+def pruned(
     inner: optax.GradientTransformation,
     masks: Any = None,
     *,
@@ -149,7 +149,7 @@ def masked(
 
     def update(updates, state, params=None):
         if params is None:
-            raise ValueError("masked() needs params in update() to keep pruned entries at zero")
+            raise ValueError("pruned() needs params in update() to keep pruned entries at zero")
         m = state.masks
         if schedule is not None:
             selection = select(params, include, exclude, what="parameters to prune")
@@ -186,7 +186,7 @@ def quantized(
     """Fake quantization (straight-through) of the forward pass, settings in state.
 
     Args:
-      inner: the optimizer (or a :func:`masked` transform, which then acts first
+      inner: the optimizer (or a :func:`pruned` transform, which then acts first
         in the forward pass: ``fake_quant(mask * w)``).
       config: :class:`QuantConfig`; bit widths go into the state, the static
         parts (granularity, selection) stay in the config.
@@ -244,7 +244,7 @@ def compress(
     include: Pattern = r".*",
     exclude: Pattern = None,
 ) -> CompressionTransformation:
-    """Pruning and/or quantization-aware fine-tuning: ``quantized(masked(inner))``.
+    """Pruning and/or quantization-aware fine-tuning: ``quantized(pruned(inner))``.
 
     Args:
       inner: the optimizer.
@@ -257,7 +257,7 @@ def compress(
       The composed :class:`CompressionTransformation`. The forward params are
       ``fake_quant(mask * w)`` (prune, then quantize).
     """
-    tx = masked(inner, masks, schedule=schedule, scope=scope, include=include, exclude=exclude)
+    tx = pruned(inner, masks, schedule=schedule, scope=scope, include=include, exclude=exclude)
     return tx if quant is None else quantized(tx, quant)
 
 

@@ -187,7 +187,7 @@ def prune_transform(percent: float) -> ParamTransform:
     """
 
     def transform(variables: dict) -> tuple[dict, dict]:
-        from deepliflow_jax.compress import prune
+        from deepliflow_jax.compress.prune import prune
 
         pruned, masks = prune(variables, percent)
         counts = _count(pruned)
@@ -209,7 +209,7 @@ def quant_transform(bits: int) -> ParamTransform:
     """
 
     def transform(variables: dict) -> tuple[dict, dict]:
-        from deepliflow_jax.compress import quantize
+        from deepliflow_jax.compress.quantize import quantize
 
         quant = quantize(variables, bits)
         counts = _count(quant)

@@ -175,7 +175,7 @@ class Trainer:
         self.forward = jax.jit(self.forward_fn)
 
     # -- functions traced once -------------------------------------------------
-    def _masked(self, batch: Mapping) -> contextlib.AbstractContextManager:
+    def _channel_masks(self, batch: Mapping) -> contextlib.AbstractContextManager:
         if self.channel_masked:
             return mask_outputs(batch["channel_masks"])
         return contextlib.nullcontext()
@@ -183,7 +183,7 @@ class Trainer:
     def _apply(self, params, batch, rng):
         del rng
         gt = batch["gt"]
-        with self._masked(batch):
+        with self._channel_masks(batch):
             return self.model.apply({"params": params}, batch["frames"], self.interp_size,
                                     gt.shape[1:3])
 
@@ -193,7 +193,7 @@ class Trainer:
     def _eval_counts(self, params, opt_state, batch, validity="original"):
         fwd = forward_params(self.tx, params, opt_state)
         gt = batch["gt"]
-        with self._masked(batch):
+        with self._channel_masks(batch):
             sf, _ = self.model.apply({"params": fwd}, batch["frames"], self.interp_size,
                                      gt.shape[1:3])
         return frame_counts(sf, gt, None, batch.get("valid"), validity), sf
