@@ -656,7 +656,7 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
         check_network_size,
         nearest_network_size,
     )
-    from deepliflow_jax.profile.timing import make_frames
+    from deepliflow_jax.profile.inputs import make_frames
 
     _check_variables(variables)
     repeats = _positive_int(repeats, "repeats")

@@ -31,7 +31,7 @@ flags.DEFINE_string("output_md", None, "Write the Markdown table here.")
 def main(argv):
     del argv
     from deepliflow_jax.profile import cost_volume_bench as cvb
-    from deepliflow_jax.profile.timing import check_sizes
+    from deepliflow_jax.profile.inputs import check_sizes
 
     check_sizes(FLAGS.height, FLAGS.width, [FLAGS.batch])
     result = cvb.run_bench(FLAGS.height, FLAGS.width, FLAGS.batch, FLAGS.repeats, FLAGS.dtype,

@@ -56,7 +56,7 @@ def _profile() -> None:
     import jax.numpy as jnp
 
     from deepliflow_jax.profile.blocks import format_blocks, profile_blocks
-    from deepliflow_jax.profile.timing import load_variables
+    from deepliflow_jax.profile.inputs import load_variables
     from deepliflow_jax.study.records import write_json_atomic, write_text_atomic
 
     interp = None

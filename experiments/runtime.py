@@ -3,7 +3,7 @@
   python -m experiments.runtime [--configs=dense,bf16,pruned50,fq8,torch_eager,...]
       [--height=384 --width=1216 --batch_sizes=1,8 --train_batch=1]
       [--repeats=20 --warmup=3 --processes=3] [--precision=default|highest]
-      [--weights=params.npz] [--profile_dir=DIR] [--isolate] [--mix_frameworks]
+      [--weights=params.npz] [--profile_dir=DIR] [--isolate] [--nomix_frameworks]
       [--compilation_cache_dir=DIR]
       [--output_json=FILE --output_md=FILE] [--note=TEXT]
 
@@ -36,7 +36,9 @@ flags.DEFINE_enum("precision", "default", ["default", "highest"],
 flags.DEFINE_integer("seed", 0, "Weights (random init) and input seed.")
 flags.DEFINE_string("weights", None, "Parameters .npz ('/'-joined paths); default random init.")
 flags.DEFINE_bool("isolate", False, "One subprocess per job (per-job peak memory).")
-flags.DEFINE_bool("mix_frameworks", False, "JAX and torch jobs in the same subprocess.")
+flags.DEFINE_bool("mix_frameworks", True,
+                  "JAX and torch jobs in the same subprocess, interleaved in the same rounds "
+                  "(--nomix_frameworks: one process group per framework).")
 flags.DEFINE_string("profile_dir", None, "Capture a jax.profiler trace of the JAX forwards here.")
 flags.DEFINE_string("output_json", "experiments/results/runtime.json", "JSON results file.")
 flags.DEFINE_string("output_md", "experiments/results/runtime.md", "Markdown report file.")
@@ -49,7 +51,7 @@ flags.DEFINE_bool("progress", True, "Show progress.")
 
 def main(argv):
     del argv
-    from deepliflow_jax.profile import timing
+    from deepliflow_jax.profile import report, timing
 
     try:
         batch_sizes = [int(b) for b in FLAGS.batch_sizes]
@@ -61,8 +63,8 @@ def main(argv):
         FLAGS.weights, FLAGS.isolate, FLAGS.mix_frameworks, FLAGS.profile_dir,
         FLAGS.progress, FLAGS.note, FLAGS.compilation_cache_dir,
         torch_reference=torch_bridge.LOADER)
-    timing.write_results(result, FLAGS.output_json, FLAGS.output_md)
-    print(timing.format_console(result))
+    report.write_results(result, FLAGS.output_json, FLAGS.output_md)
+    print(report.format_console(result))
     print(f"wrote {FLAGS.output_json} and {FLAGS.output_md}")
 
 

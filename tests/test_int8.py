@@ -128,7 +128,7 @@ def test_quantize_save_load_and_errors(variables, tmp_path):
 
 @pytest.mark.slow
 def test_whole_int8_model_matches_fake_quant_and_runs_integer_convs(variables):
-    from deepliflow_jax.profile.timing import make_frames
+    from deepliflow_jax.profile.inputs import make_frames
 
     res = structured_prune(variables, 0.5)
     calib = [make_frames(1, 64, 64, seed=s) for s in range(2)]

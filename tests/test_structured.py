@@ -12,7 +12,7 @@ from deepliflow_jax.model.api import param_shapes
 from deepliflow_jax.model.channels import dependency_graph, widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.widths import default_widths, freeze_widths
-from deepliflow_jax.profile.timing import make_frames
+from deepliflow_jax.profile.inputs import make_frames
 
 FUSED0 = "guidance_network/fusion/convconcat_refine_d0"
 
@@ -165,7 +165,7 @@ def test_checkpoint_round_trip_and_wrong_architecture(variables, tmp_path):
 @pytest.mark.slow
 def test_pruning_a_pruned_model_and_fine_tuning_it(variables):
     """Second-stage pruning accumulates conf_mass; the smaller model trains with make_train_step."""
-    from deepliflow_jax.profile.timing import make_ground_truth
+    from deepliflow_jax.profile.inputs import make_ground_truth
     from deepliflow_jax.study.tradeoff import fine_tune
     from deepliflow_jax.train.trainer import Trainer
 

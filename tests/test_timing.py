@@ -14,8 +14,8 @@ import pytest
 
 from deepliflow_jax.model.cost_volume import cost_volume
 from deepliflow_jax.profile import cost_volume_bench as cvb
+from deepliflow_jax.profile import environment, inputs, report, runners, timer, timing
 from deepliflow_jax.profile import runtime_configs as rc
-from deepliflow_jax.profile import timing
 from weights_convert import torch_bridge
 
 HAS_TORCH_REF = (importlib.util.find_spec("torch") is not None
@@ -75,30 +75,30 @@ def test_summarize_orders_statistics():
     rng = np.random.default_rng(0)
     for n in (1, 2, 7, 50):
         times = rng.lognormal(-3, 0.5, n)
-        s = timing.summarize(times)
+        s = timer.summarize(times)
         assert s["n"] == n
         assert s["min_ms"] <= s["p10_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["max_ms"]
         assert s["median_ms"] == pytest.approx(np.median(times) * 1e3)
-    assert timing.summarize([])["median_ms"] is None
+    assert timer.summarize([])["median_ms"] is None
 
 
 def test_frames_are_deterministic_and_sparse():
-    a, b = timing.make_frames(2, 64, 128, seed=3), timing.make_frames(2, 64, 128, seed=3)
+    a, b = inputs.make_frames(2, 64, 128, seed=3), inputs.make_frames(2, 64, 128, seed=3)
     assert a.shape == (2, 2, 64, 128, 4) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert 0.03 < np.mean(a[..., 3] != 0) < 0.07
 
 
 def test_peaks_and_precision_keys():
-    peaks, note = timing.peak_tflops("NVIDIA H100 80GB HBM3", "gpu")
+    peaks, note = environment.peak_tflops("NVIDIA H100 80GB HBM3", "gpu")
     assert peaks["bfloat16"] > peaks["tf32"] > peaks["float32"] and "SXM" in note
-    assert timing.peak_tflops("NVIDIA H100 PCIe", "gpu")[0]["tf32"] == 378.0
-    cpu, note = timing.peak_tflops("cpu", "cpu")
+    assert environment.peak_tflops("NVIDIA H100 PCIe", "gpu")[0]["tf32"] == 378.0
+    cpu, note = environment.peak_tflops("cpu", "cpu")
     assert cpu["float32"] > 0 and "CPU assumption" in note
-    assert timing.precision_key("float32", "default", "gpu") == "tf32"
-    assert timing.precision_key("float32", "highest", "gpu") == "float32"
-    assert timing.precision_key("bfloat16", "highest", "gpu") == "bfloat16"
-    assert timing.precision_key("float32", "default", "cpu") == "float32"
+    assert environment.precision_key("float32", "default", "gpu") == "tf32"
+    assert environment.precision_key("float32", "highest", "gpu") == "float32"
+    assert environment.precision_key("bfloat16", "highest", "gpu") == "bfloat16"
+    assert environment.precision_key("float32", "default", "cpu") == "float32"
 
 
 def test_compare_errors():
@@ -150,14 +150,14 @@ def test_targets_on_a_synthetic_result():
             "torch_eager@b1": {**row, "config": "torch_eager", "median_ms": 20.0},
         },
     }
-    got = {t["target"]: t["status"] for t in timing.target_checks(result)}
+    got = {t["target"]: t["status"] for t in report.target_checks(result)}
     assert got["flax fp32 <= 0.7 x torch eager"] == "PASS"
     assert got["flax fp32 <= torch.compile"] == "PENDING"
     assert got["bf16 >= 1.5x faster than fp32"] == "FAIL"
     assert got["fp32 within 5x of the floor"] == "PASS"
     assert got["bf16 within 5x of the floor"] == "FAIL"
     result["settings"]["height"] = 64
-    assert {t["status"] for t in timing.target_checks(result)} <= {"N/A-HERE", "PENDING"}
+    assert {t["status"] for t in report.target_checks(result)} <= {"N/A-HERE", "PENDING"}
 
 
 def test_torch_configs_need_the_reference_loader_named():
@@ -165,16 +165,53 @@ def test_torch_configs_need_the_reference_loader_named():
     with pytest.raises(ValueError, match="torch_reference=None.*module:function"):
         timing.run_benchmark("dense,torch_eager", height=64, width=128, batch_sizes=[1])
     with pytest.raises(ModuleNotFoundError):
-        timing.torch_reference_loader("no_such_module:load")
-    assert timing.torch_reference_loader(torch_bridge.LOADER) is torch_bridge.load_reference
+        runners.torch_reference_loader("no_such_module:load")
+    assert runners.torch_reference_loader(torch_bridge.LOADER) is torch_bridge.load_reference
 
 
-def test_harness_end_to_end_one_subprocess(tmp_path):
+def test_interleaved_rounds_rotate_from_the_offset_and_keep_the_raw_times():
+    order = []
+    calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
+    out = timer.time_interleaved(calls, repeats=3, warmup=1, offset=1, keep_times=True)
+    assert order[:3] == list("abc")  # warm-up, in order
+    assert order[3:] == list("bca" "cab" "abc")  # round r starts at (r + offset) % 3
+    assert all(out[n]["n"] == 3 and len(out[n]["times_s"]) == 3 for n in "abc")
+    assert "times_s" not in timer.time_interleaved(calls, repeats=1)["a"]
+
+
+def test_load_average_is_the_os_figure_and_flags_more_load_than_cores():
+    import os
+
+    load = environment.load_average()
+    assert load["cpu_count"] == os.cpu_count()
+    assert load["load1"] == pytest.approx(os.getloadavg()[0], abs=0.5)
+    assert load["loaded"] == (load["load1"] > load["cpu_count"])
+
+
+def test_harness_end_to_end_one_subprocess(tmp_path, monkeypatch):
     configs = "dense,pruned50" + (",torch_eager" if HAS_TORCH_REF else "")
-    result = timing.run_benchmark(configs, height=64, width=128, batch_sizes=[1], repeats=3,
-                                  warmup=1, processes=1, mix_frameworks=True, progress=False,
-                                  precision="highest", note="test",  # no TF32 on a GPU
-                                  torch_reference=torch_bridge.LOADER)
+    # the load seen after the process: above the core count, as if another job ran
+    calls = []
+
+    def fake_load():
+        calls.append(1)
+        busy = len(calls) == 2
+        cores = 2
+        return {"load1": 3.5 if busy else 0.5, "load5": 1.0, "load15": 1.0, "cpu_count": cores,
+                "loaded": busy}
+
+    monkeypatch.setattr(timing, "load_average", fake_load)
+    with pytest.warns(UserWarning, match=r"machine loaded while timing dense@b1.*0\.5 before, "
+                      r"3\.5 after, on 2 cores"):
+        result = timing.run_benchmark(configs, height=64, width=128, batch_sizes=[1],
+                                      repeats=3, warmup=1, processes=1, progress=False,
+                                      precision="highest", note="test",  # no TF32 on a GPU
+                                      torch_reference=torch_bridge.LOADER)
+    assert result["settings"]["mix_frameworks"] is True  # one process, shared rounds
+    assert result["loaded"] is True and len(result["load"]) == 1
+    assert result["load"][0]["jobs"] == [f"{c}@b1" for c in configs.split(",")]
+    assert "WARNING loaded machine (process 0: 0.5 -> 3.5 on 2 cores)" in (
+        report.format_console(result))
     # schema
     for key in ("schema_version", "created", "environment", "settings", "results", "targets",
                 "compression_honesty", "wall_s"):
@@ -209,9 +246,10 @@ def test_harness_end_to_end_one_subprocess(tmp_path):
     assert len(result["compression_honesty"]) == 1
     assert "same compiled executable" in result["compression_honesty"][0]
     json_path, md_path = tmp_path / "r.json", tmp_path / "r.md"
-    timing.write_results(result, str(json_path), str(md_path))
+    report.write_results(result, str(json_path), str(md_path))
     assert json.loads(json_path.read_text())["schema_version"] == timing.SCHEMA_VERSION
     md = md_path.read_text()
     assert "| dense | 1 | float32 |" in md and "## Targets" in md
+    assert "**Loaded machine:** process 0: 0.5 -> 3.5 on 2 cores" in md
     assert env["device_kind"] in md
-    assert "TARGET" in timing.format_console(result)
+    assert "TARGET" in report.format_console(result)

@@ -249,7 +249,7 @@ def test_tf_bundle_writer_is_whole_or_absent(tmp_path):
 
 def test_timing_and_trade_off_result_writers(tmp_path):
     from deepliflow_jax.data.io import read_png
-    from deepliflow_jax.profile.timing import write_results
+    from deepliflow_jax.profile.report import write_results
     from deepliflow_jax.study import tradeoff
 
     path = tmp_path / "t" / "result.json"

@@ -51,8 +51,8 @@ from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, leaky_relu
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
+from deepliflow_jax.profile.inputs import make_frames
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
-from deepliflow_jax.profile.timing import make_frames
 
 #: the guidance network's submodules, timed one by one (scope name -> block name)
 GUIDANCE_BLOCKS = {"rgb_encoder": "rgb encoder", "depth_encoder": "depth encoder",

@@ -175,7 +175,7 @@ def forward_with_variant(variant: str, height: int, width: int, batch: int = 1,
     from unittest import mock
 
     from deepliflow_jax.model import deeplidarflow
-    from deepliflow_jax.profile.timing import load_variables, make_frames
+    from deepliflow_jax.profile.inputs import load_variables, make_frames
 
     if variant not in VARIANTS:
         raise ValueError(f"--whole_model: unknown variant {variant!r}; known: {list(VARIANTS)}")

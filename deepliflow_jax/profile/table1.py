@@ -31,7 +31,7 @@ from deepliflow_jax.model.estimator import SceneFlowEstimator
 from deepliflow_jax.model.fusion import Fusion
 from deepliflow_jax.model.guidance import GuidanceNetwork
 from deepliflow_jax.model.warping import bilinear_warp
-from deepliflow_jax.profile.timing import time_forward
+from deepliflow_jax.profile.runners import time_forward
 
 # Table I of the paper (original TF model, GTX 1660 Ti, 384x1216).
 PAPER_TABLE1 = {

@@ -116,7 +116,8 @@ def time_calls(fn: Callable, *args: Any, repeats: int = 10, warmup: int = 1) -> 
 
 
 def time_interleaved(calls: Mapping[str, Callable[[], Any]], repeats: int = 10,
-                     warmup: int = 1) -> dict[str, dict[str, Any]]:
+                     warmup: int = 1, *, offset: int = 0,
+                     keep_times: bool = False) -> dict[str, dict[str, Any]]:
     """Contenders timed in rounds, each once per round, the round's order rotated.
 
     A load that comes and goes on a shared machine then hits every contender
@@ -126,9 +127,13 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], repeats: int = 10,
       calls: ``{name: no-argument callable}`` (compiled functions bound to their inputs).
       repeats: rounds (>= 1).
       warmup: untimed calls of each contender first.
+      offset: rotation of the first round (the harness gives each process its own,
+        so no contender is always first after a pause).
+      keep_times: also return each contender's raw times (``"times_s"``), e.g. to
+        merge several processes' runs.
 
     Returns:
-      ``{name: summarize statistics + "repeats"}``.
+      ``{name: summarize statistics + "repeats" (+ "times_s")}``.
 
     Raises:
       ValueError: no contenders, ``repeats < 1`` or ``warmup < 0``.
@@ -142,9 +147,10 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], repeats: int = 10,
             _block(calls[name]())
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        shift = r % len(names)
+        shift = (r + offset) % len(names)
         for name in names[shift:] + names[:shift]:
             t0 = time.perf_counter()
             _block(calls[name]())
             times[name].append(time.perf_counter() - t0)
-    return {name: {**summarize(times[name]), "repeats": repeats} for name in names}
+    return {name: {**summarize(times[name]), "repeats": repeats,
+                   **({"times_s": times[name]} if keep_times else {})} for name in names}

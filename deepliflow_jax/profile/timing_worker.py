@@ -5,7 +5,7 @@
 
 import sys
 
-from deepliflow_jax.profile.timing import worker_main
+from deepliflow_jax.profile.runners import worker_main
 
 if __name__ == "__main__":
     sys.exit(worker_main(sys.argv))

@@ -50,9 +50,9 @@ from deepliflow_jax.model.api import init_params
 from deepliflow_jax.model.channels import widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.widths import freeze_widths
+from deepliflow_jax.profile.environment import environment
 from deepliflow_jax.profile.table1 import conv_eq3_flops
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
-from deepliflow_jax.profile.timing import environment
 from deepliflow_jax.study.config import make_config
 from deepliflow_jax.study.data import load_study_data, make_synthetic
 from deepliflow_jax.train.trainer import Phase, Trainer
