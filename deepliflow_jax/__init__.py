@@ -5,7 +5,8 @@ dl; dl.init_params()``). Names load on first use (PEP 562), so ``import deeplifl
 imports neither JAX nor Orbax, PyTorch or matplotlib.
 
 Model and weights: ``create_model``, ``init_params``, ``param_shapes``,
-``load_checkpoint``, ``save_checkpoint``, ``convert_checkpoint``.
+``load_checkpoint``, ``save_checkpoint``. Converting the original's weights is
+``weights_convert.convert_checkpoint`` (beside the library, which never imports it).
 Frames and prediction: ``prepare_frames``, ``read_example``, ``input_images``,
 ``predict_sceneflow`` (``deepliflow_jax.predict.predict`` also returns the per-level
 outputs).
@@ -30,7 +31,6 @@ _EXPORTS = {
     "param_shapes": "deepliflow_jax.model.api",
     "load_checkpoint": "deepliflow_jax.checkpoint",
     "save_checkpoint": "deepliflow_jax.checkpoint",
-    "convert_checkpoint": "weights_convert.convert",
     "prepare_frames": "deepliflow_jax.api",
     "read_example": "deepliflow_jax.api",
     "input_images": "deepliflow_jax.api",

@@ -138,7 +138,7 @@ chain at a useful scale). With the original TF checkpoint, convert it once and s
     python -m weights_convert --format=tf --input=model/DeepLiDARFlow-KITTI \\
         --output=checkpoints/kitti
 
-(`dl.convert_checkpoint("tf", prefix, output_dir)` does the same from Python; a PyTorch
+(`weights_convert.convert_checkpoint("tf", prefix, output_dir)` does the same from Python; a PyTorch
 state dict converts with `--format=torch`.)"""),
     ("code", """\
 if CHECKPOINT:

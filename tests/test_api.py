@@ -312,7 +312,7 @@ def test_compression_table(model, data):
 
 # Re-exports defined outside ``deepliflow_jax.api`` (whose doctests run below): their
 # examples run here, each in its defining module's namespace.
-REEXPORTED_WITH_EXAMPLES = ("convert_checkpoint", "create_model", "enable_compilation_cache",
+REEXPORTED_WITH_EXAMPLES = ("create_model", "enable_compilation_cache",
                             "init_params", "load_checkpoint", "make_config", "param_shapes",
                             "prune", "quantize", "run_study", "save_checkpoint", "save_png",
                             "zero_fraction")

@@ -489,3 +489,17 @@ def test_entries_not_tied_to_a_model_variable_are_refused(release_model, tmp_pat
     out = tmp_path / "out"
     assert cli(["--format=tf", f"--input={prefix}", f"--output={out}"]) == 1
     assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_convert_checkpoint_docstring_example_runs():
+    import doctest
+
+    from weights_convert import convert
+
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    tests = finder.find(convert.convert_checkpoint, globs=vars(convert).copy())
+    assert tests and tests[0].examples
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
