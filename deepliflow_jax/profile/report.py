@@ -176,7 +176,8 @@ def _builder_note(info: dict) -> str:
     return ""
 
 
-def _fmt(v, spec=".2f", none="-"):
+def fmt(v, spec=".2f", none="-"):
+    """``v`` formatted with ``spec``, or ``none`` for a missing value (a table cell)."""
     return none if v is None else format(v, spec)
 
 
@@ -216,12 +217,12 @@ def to_markdown(result: dict) -> str:
             notes.append("ERROR: " + row["errors"][0].splitlines()[0][:120])
         pct = row.get("fraction_of_peak")
         lines.append(
-            f"| {row['config']} | {row['batch']} | {row['dtype']} | {_fmt(row['median_ms'])} | "
-            f"{_fmt(row['p10_ms'])} | {_fmt(row['p90_ms'])} | {row['n']} | "
-            f"{_fmt(row.get('items_per_s'))} | {_fmt(row['compile_s_median'], '.1f')} | "
-            f"{_fmt(row.get('achieved_gflops'), '.1f')} | "
-            f"{'-' if pct is None else f'{pct:.1%}'} | {_fmt(row.get('floor_ms'), '.3f')} | "
-            f"{_fmt(row.get('x_floor'), '.1f')} | {rel} | "
+            f"| {row['config']} | {row['batch']} | {row['dtype']} | {fmt(row['median_ms'])} | "
+            f"{fmt(row['p10_ms'])} | {fmt(row['p90_ms'])} | {row['n']} | "
+            f"{fmt(row.get('items_per_s'))} | {fmt(row['compile_s_median'], '.1f')} | "
+            f"{fmt(row.get('achieved_gflops'), '.1f')} | "
+            f"{'-' if pct is None else f'{pct:.1%}'} | {fmt(row.get('floor_ms'), '.3f')} | "
+            f"{fmt(row.get('x_floor'), '.1f')} | {rel} | "
             f"{'-' if zeros is None else f'{zeros:.1%}'} | {'; '.join(notes)} |")
     lines += ["", "Items/s: frame pairs per second (forward) or training examples per second "
               "(train_step). GFLOP/s from XLA's FLOP count of the dense forward; floor = "
@@ -270,9 +271,9 @@ def format_console(result: dict) -> str:
         extra = f"  max rel err vs {row['vs'].split('@')[0]} {err:.1e}" if err is not None else ""
         if row["errors"]:
             extra += "  ERROR " + row["errors"][0].splitlines()[0][:100]
-        out.append(f"{row['config']:>20s} b{row['batch']}: median {_fmt(row['median_ms'])} ms "
-                   f"(p10 {_fmt(row['p10_ms'])}, p90 {_fmt(row['p90_ms'])}, n {row['n']}), "
-                   f"compile {_fmt(row['compile_s_median'], '.1f')} s{extra}")
+        out.append(f"{row['config']:>20s} b{row['batch']}: median {fmt(row['median_ms'])} ms "
+                   f"(p10 {fmt(row['p10_ms'])}, p90 {fmt(row['p90_ms'])}, n {row['n']}), "
+                   f"compile {fmt(row['compile_s_median'], '.1f')} s{extra}")
     out += [f"TARGET {t['status']}: {t['target']}: {t['detail']}" for t in result["targets"]]
     if result.get("loaded"):
         out.append(f"WARNING loaded machine ({_load_text(result)}): not an idle-machine figure")

@@ -95,7 +95,7 @@ def _jax_forward_runner(key, config, batch, spec, variables, cache) -> _Runner:
     frames = jax.device_put(make_frames(batch, h, w, spec["seed"]))
     exe_key = (config.executable_key, batch)
     if exe_key not in cache:
-        model = DeepLiDARFlow(dtype=jnp.dtype(config.dtype))
+        model = DeepLiDARFlow(dtype=jnp.dtype(config.dtype), conv_impl=config.conv_impl)
         fn = functools.partial(model.apply, out_size=(h, w))
         compiled, info = aot_compile(fn, params, frames)
         cache[exe_key] = (compiled, info, key)

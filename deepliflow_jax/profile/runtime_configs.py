@@ -27,6 +27,7 @@ import numpy as np
 
 FRAMEWORKS = ("jax", "torch")
 KINDS = ("forward", "train_step")
+DTYPES = ("float32", "bfloat16", "float16")
 FQ_BITS = (16, 14, 12, 10, 8, 6)
 DEFAULT_PRUNE_PERCENT = 50.0
 
@@ -42,11 +43,14 @@ class RuntimeConfig:
       name: registry name (as on the command line).
       framework: ``"jax"`` or ``"torch"``.
       description: one line for the tables.
-      dtype: compute dtype name (``"float32"`` or ``"bfloat16"``); params stay f32.
+      dtype: compute dtype name (``"float32"``, ``"bfloat16"`` or ``"float16"``);
+        params stay f32.
       kind: ``"forward"`` (inference) or ``"train_step"`` (one fine-tuning step).
       transform: ``variables -> (variables, info)`` applied to the f32 params
         before timing (None: unchanged); ``info`` lands in the results.
       torch_mode: ``"eager"`` or ``"compile"`` for torch configs.
+      conv_impl: the model's ``conv_impl`` (JAX forwards; see
+        ``deepliflow_jax.model.layers.CONV_IMPLS``).
       unavailable: None, or why this configuration cannot run yet.
       builder: for a JAX forward that is not the plain model on (transformed)
         params (structured pruning, integer kernels):
@@ -63,22 +67,25 @@ class RuntimeConfig:
     torch_mode: str | None = None
     unavailable: str | None = None
     builder: Builder | None = None
+    conv_impl: str = "xla"
 
     def __post_init__(self):
         if self.framework not in FRAMEWORKS:
             raise ValueError(f"framework must be one of {FRAMEWORKS}, got {self.framework!r}")
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
     @property
     def executable_key(self) -> tuple[str, str, str]:
         """Configs with the same key run the same compiled program."""
         if self.builder is not None:
             return (self.framework, self.kind, f"{self.dtype}/{self.name}")
-        return (self.framework, self.kind, self.dtype if self.torch_mode is None
-                else f"{self.dtype}/{self.torch_mode}")
+        if self.torch_mode is not None:
+            return (self.framework, self.kind, f"{self.dtype}/{self.torch_mode}")
+        return (self.framework, self.kind, self.dtype if self.conv_impl == "xla"
+                else f"{self.dtype}/{self.conv_impl}")
 
 
 _REGISTRY: dict[str, RuntimeConfig] = {}
@@ -279,6 +286,15 @@ def _structured(match: re.Match) -> RuntimeConfig:
         builder=structured_builder(percent / 100.0))
 
 
+def _conv_impl(match: re.Match) -> RuntimeConfig:
+    from deepliflow_jax.model.layers import check_conv_impl
+
+    impl = check_conv_impl(match.group(1))
+    return RuntimeConfig(
+        name=match.group(0), framework="jax", conv_impl=impl,
+        description=f"float32, conv_impl={impl!r} (an exact alternative form of the convs)")
+
+
 def _pruned(match: re.Match) -> RuntimeConfig:
     percent = float(match.group(1))
     if not 0 <= percent < 100:
@@ -308,6 +324,9 @@ register(RuntimeConfig("pruned", "jax", f"alias of pruned{DEFAULT_PRUNE_PERCENT:
                        transform=prune_transform(DEFAULT_PRUNE_PERCENT)))
 register_family(r"pruned(\d+(?:\.\d+)?)", _pruned)
 register_family(r"fq(\d+)", _fake_quant)
+register(RuntimeConfig("fp16", "jax", "float16 compute, float32 params (cast in the graph)",
+                       dtype="float16"))
+register_family(r"conv_([a-z0-9+]+)", _conv_impl)
 register(RuntimeConfig("torch_eager", "torch", "PyTorch reference, eager, float32",
                        torch_mode="eager"))
 register(RuntimeConfig("torch_compile", "torch", "PyTorch reference, torch.compile, float32",
