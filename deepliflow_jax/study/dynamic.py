@@ -167,7 +167,9 @@ def search(params: Any, masks: Any, baseline_epe: float, settings: DynamicSettin
     while not state.done:
         percent, level = state.candidate, len(state.log)
         start = sum(int(e["steps"]) for e in state.log)
-        pruned, pruned_masks = post_training_masks(params, percent, masks)
+        # on the host: a donating train step must not consume the masks that the
+        # evaluation after fine-tuning and the next level use again
+        pruned, pruned_masks = jax.device_get(post_training_masks(params, percent, masks))
         extra: dict[str, Any] = {"start_step": start, "before": evaluate(pruned, pruned_masks)}
         try:
             tuned, info = finetune(pruned, pruned_masks, level=level, start=start)
