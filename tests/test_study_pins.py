@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 from deepliflow_jax.study import make_config, report
+from deepliflow_jax.study.config import resume_conflicts
 
 
 def _m(epe, sf):
@@ -122,6 +123,15 @@ def test_dynamic_rows_of_tables_ii_iii_and_its_trajectory():
     assert table[-1].startswith("Final: 7.5 % of all weights and biases pruned (zeros 7.50 %), "
                                 "EPE 1.050 vs baseline 1.000; stopped because the increment "
                                 "fell below the minimum.")
+
+
+def test_a_folder_from_before_the_dynamic_part_resumes_with_any_dynamic_settings():
+    paper = make_config("paper", data_dir="kitti", checkpoint="ckpt")
+    old = {k: v for k, v in json.loads(json.dumps(paper.to_dict())).items()
+           if not k.startswith("dynamic_")}
+    assert resume_conflicts(old, paper) == []  # paper's per-level length is not the default
+    assert resume_conflicts({**old, "dynamic_tolerance": 0.2, "lr1": 1e-3}, paper) == [
+        "dynamic_tolerance", "lr1"]
 
 
 def _table_records():

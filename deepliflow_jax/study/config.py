@@ -173,9 +173,11 @@ def resume_conflicts(saved: dict[str, Any], cfg: StudyConfig) -> list[str]:
     must not be mixed with new ones; the sweeps and the parts may change.
     """
     now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as saved
-    # a field added after the folder was written ran with its default's behaviour
+    # a field added after the folder was written ran with its default's behaviour; the
+    # dynamic threshold's settings shaped no record of a folder from before that part
     defaults = json.loads(json.dumps(StudyConfig().to_dict()))
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    saved = {**{k: now[k] if k.startswith("dynamic_") else v for k, v in defaults.items()
+                if k not in saved}, **saved}
     return sorted(k for k in set(now) | set(saved)
                   if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
 
