@@ -5,6 +5,7 @@ the masks and a "fine-tuning" that scales the kept weights, so that the trajecto
 model each level starts from and the resume are checked exactly and in milliseconds.
 """
 
+import json
 import math
 
 import jax
@@ -13,6 +14,7 @@ import pytest
 
 from deepliflow_jax.study.dynamic import (
     DynamicSettings,
+    _as_record,
     load_level,
     save_level,
     search,
@@ -125,6 +127,13 @@ def test_a_diverged_level_is_rejected_and_the_search_goes_on():
     assert seen[1][1] is None  # no model to keep
     assert state.log[2]["percent"] == 7.5  # back from the accepted 5 % with half the step
     assert state.log[2]["start_step"] == 3 + 2
+    # its record is strict JSON (no Infinity) and resumes to the same search
+    recorded = [json.loads(json.dumps(_as_record(e), allow_nan=False)) for e in state.log[:2]]
+    assert recorded[1]["epe"] is None
+    again, _, _ = search(seen[0][1], seen[0][2], BASELINE, RULE, finetune=FakeFinetune(),
+                         evaluate=steep_after_22_percent, recorded=recorded)
+    assert [(e["percent"], e["accepted"]) for e in again.log] == [
+        (e["percent"], e["accepted"]) for e in state.log]
 
 
 def test_search_resumes_from_a_recorded_trajectory():

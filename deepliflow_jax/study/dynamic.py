@@ -245,6 +245,14 @@ def _discard_models(results_dir: Path, keep: int | None) -> None:
 # -- the study part -------------------------------------------------------------------
 
 
+def _as_record(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A log entry for JSON: a diverged level's infinite EPE as None (replay reads it back)."""
+    out = {k: v for k, v in entry.items() if k not in _RECORD_ONLY}
+    if out["epe"] is not None and not math.isfinite(out["epe"]):
+        out["epe"] = None
+    return out
+
+
 def _compact(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: h[k] for k in ("step", "phase", "epe", "sf") if k in h} for h in history]
 
@@ -313,7 +321,7 @@ def run_part(study: Any, params: Any, say: Callable[[str], None] = print) -> dic
         key = level_key(entry["iteration"])
         if entry["accepted"]:  # the model first, then its record, then the older model
             save_level(model_path(study.dir, entry["iteration"]), tuned, m)
-        records.put(key, {"key": key, "kind": LEVEL_KIND, "bits": 0, **entry})
+        records.put(key, {"key": key, "kind": LEVEL_KIND, "bits": 0, **_as_record(entry)})
         if entry["accepted"]:
             _discard_models(study.dir, entry["iteration"])
         after = (f"failed ({entry['failed']})" if "failed" in entry
@@ -324,7 +332,7 @@ def run_part(study: Any, params: Any, say: Callable[[str], None] = print) -> dic
 
     state, params, masks = search(params, masks, baseline_epe, settings, finetune=finetune,
                                   evaluate=evaluate, recorded=recorded, on_level=on_level)
-    trajectory = [{k: v for k, v in e.items() if k not in _RECORD_ONLY} for e in state.log]
+    trajectory = [_as_record(e) for e in state.log]
     extra = {"percent": state.accepted, "bits": 0, "trajectory": trajectory,
              "stop": stop_reason(state, settings), "steps": sum(e["steps"] for e in trajectory),
              "settings": dataclasses.asdict(settings), "baseline_epe": baseline_epe,
