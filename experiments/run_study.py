@@ -4,6 +4,7 @@
   python -m experiments.run_study --preset=paper --data_dir=KITTI --checkpoint=CKPT
   python -m experiments.run_study --experiments=post_prune,post_quant   # one part
   python -m experiments.run_study --validity=devkit    # KITTI devkit's validity rule
+  python -m experiments.run_study --experiments=dynamic_prune --dynamic_tolerance=0.1
 
 Library: ``deepliflow_jax.study.run_study(make_config(preset, ...), results_dir)``.
 
@@ -28,7 +29,19 @@ flags.DEFINE_integer("finetune_steps", None, "Override the lr1 fine-tuning lengt
 flags.DEFINE_integer("refine_steps", None, "Override the lr2 refinement length.")
 flags.DEFINE_integer("seed", None, "Seed.")
 flags.DEFINE_list("experiments", None, "Parts to run (default all): post_prune, post_quant, "
-                  "aware_prune, aware_quant, hybrid.")
+                  "aware_prune, aware_quant, dynamic_prune, hybrid.")
+flags.DEFINE_float("dynamic_tolerance", None, "Dynamic threshold: a level is accepted while "
+                   "its fine-tuned EPE <= (1 + this) x the baseline's (default 0.05).")
+flags.DEFINE_float("dynamic_start", None, "Dynamic threshold: first pruned % (default 5).")
+flags.DEFINE_float("dynamic_increment", None, "Dynamic threshold: step in percentage points "
+                   "(default 5).")
+flags.DEFINE_float("dynamic_min_increment", None, "Dynamic threshold: stop once the step "
+                   "(halved after each rejected level) is below this (default 2.5).")
+flags.DEFINE_float("dynamic_max_percent", None, "Dynamic threshold: highest pruned % tried "
+                   "(default 50).")
+flags.DEFINE_integer("dynamic_steps", None, "Dynamic threshold: fine-tuning steps per level "
+                     "at lr1.")
+flags.DEFINE_integer("dynamic_refine_steps", None, "Dynamic threshold: then steps at lr2.")
 flags.DEFINE_list("lidar_sweep", None, "Override the LiDAR sample counts (KITTI-resolution "
                   "equivalent), e.g. 2048,16384.")
 flags.DEFINE_integer("runtime_repeats", None, "Timed forward passes per configuration "
@@ -38,6 +51,11 @@ flags.DEFINE_enum("validity", None, ["original", "devkit"],
                   "pixels with a valid first-frame disparity, frames averaged: the paper's "
                   "numbers) or 'devkit' (the KITTI devkit's: D0 / D1 / Fl each on its own valid "
                   "pixels, SF where all are valid, pixels pooled over the set).")
+
+
+DYNAMIC_FLAGS = ("dynamic_tolerance", "dynamic_start", "dynamic_increment",
+                 "dynamic_min_increment", "dynamic_max_percent", "dynamic_steps",
+                 "dynamic_refine_steps")
 
 
 def _floats(values, name):
@@ -77,6 +95,7 @@ def main(argv):
             experiments=None if FLAGS.experiments is None else tuple(FLAGS.experiments),
             lidar_sweep=lidar,
             runtime_repeats=FLAGS.runtime_repeats, validity=FLAGS.validity,
+            **{name: getattr(FLAGS, name) for name in DYNAMIC_FLAGS},
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err

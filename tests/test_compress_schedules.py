@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepliflow_jax.compress.modes import dynamic_threshold_prune, post_training
-from deepliflow_jax.compress.prune import sparsity_report
+from deepliflow_jax.compress.modes import post_training
 from deepliflow_jax.compress.quantize import QuantConfig
 from deepliflow_jax.compress.schedules import (
     dynamic_threshold_init,
+    dynamic_threshold_replay,
     dynamic_threshold_update,
     one_shot_schedule,
     polynomial_schedule,
@@ -52,31 +52,22 @@ def test_dynamic_threshold_state_machine():
     assert not st.log[-1]["accepted"]  # NaN never passes
 
 
-def test_dynamic_threshold_prune_backs_off_and_logs():
-    # Validation EPE rises sharply once more than 22 % of entries are zero.
-    def evaluate(params):
-        sparsity = sparsity_report(params)["total"]["sparsity"]
-        return 2.0 + (0.01 if sparsity <= 0.22 else 1.0) * sparsity
-
-    records = []
-    params, masks, log = dynamic_threshold_prune(
-        PARAMS, evaluate, tolerance=0.05, min_increment=1.0, log_fn=records.append
-    )
-    assert [(e["percent"], e["accepted"]) for e in log] == [
-        (5.0, True),
-        (10.0, True),
-        (15.0, True),
-        (20.0, True),
-        (25.0, False),
-        (22.5, False),
-        (21.25, True),
-        (22.5, False),
-    ]
-    assert records == list(log) and all("sparsity" in e for e in log)
-    # The result is the last accepted level, not the rejected ones after it.
-    rep = sparsity_report(params, masks)
-    assert rep["total"]["pruned"] == int(21.25 * N // 100)
-    assert rep["total"]["zeros"] == rep["total"]["pruned"]
+def test_dynamic_threshold_replay_rebuilds_the_state_and_keeps_extra_fields():
+    upd = dict(tolerance=0.1, min_increment=2.0)
+    st = dynamic_threshold_init(5.0, 5.0)
+    for i, epe in enumerate((1.0, 1.05, 1.2, 1.3)):  # as the state machine test: ends
+        st = dynamic_threshold_update(st, epe, 1.0, **upd, extra={"steps": i})
+    assert [e["steps"] for e in st.log] == [0, 1, 2, 3] and st.done
+    for n in range(len(st.log) + 1):
+        again = dynamic_threshold_replay(st.log[:n], 1.0, start=5.0, increment=5.0, **upd)
+        assert again.log == st.log[:n]
+        if n < len(st.log):  # the next level to try is the one that was tried next
+            assert again.candidate == st.log[n]["percent"] and not again.done
+    assert again == st
+    with pytest.raises(ValueError, match="comes after the search ended"):
+        dynamic_threshold_replay([*st.log, st.log[-1]], 1.0, start=5.0, increment=5.0, **upd)
+    with pytest.raises(ValueError, match=r"extra log fields \['epe'\] clash"):
+        dynamic_threshold_update(dynamic_threshold_init(), 1.0, 1.0, extra={"epe": 2.0})
 
 
 def test_post_training_prune_then_quantize():

@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 from deepliflow_jax.study import make_config, report
+from deepliflow_jax.study.config import resume_conflicts
 
 
 def _m(epe, sf):
@@ -72,6 +73,65 @@ def test_best_levels_ties_and_no_records_go_to_the_mildest_level():
                     "quant_16": 3.0, "quant_8": 1.0, "quant_6": 1.0}, "aware")
     assert report.best_levels(harsh, CFG) == (10.0, 8)
     assert report.best_levels({}, CFG) == (5.0, 16)
+
+
+def _dynamic(epe, percent):
+    """A ``dynamic_prune`` record: 5 % accepted, 10 % rejected, 7.5 % accepted."""
+    def level(i, p, before, after, ok, steps=2):
+        return {"iteration": i, "percent": p, "epe": after, "limit": 1.05, "accepted": ok,
+                "steps": steps, "start_step": 2 * i, "before": _m(before, 9.0),
+                "metrics": _m(after, 8.0), "history": [{"step": 2, "epe": after}]}
+
+    return {"kind": "dynamic", "percent": percent, "bits": 0, "zero_percent": percent,
+            "metrics": _m(epe, 8.5), "time": {"median_ms": 7.25}, "stop": "min_increment",
+            "steps": 6, "baseline_epe": 1.0, "limit": 1.05,
+            "settings": {"start": 5.0, "increment": 5.0, "tolerance": 0.05, "backoff": 0.5,
+                         "min_increment": 2.5, "max_percent": 50.0},
+            "before": _m(1.3, 9.5), "phases": {"lr1": _m(1.1, 8.75), "lr2": _m(epe, 8.5)},
+            "trajectory": [level(0, 5.0, 1.2, 1.01, True), level(1, 10.0, 1.9, 1.2, False),
+                           level(2, 7.5, 1.3, epe, True)]}
+
+
+def test_best_levels_takes_the_dynamic_level_when_its_epe_is_lower():
+    sweep = _sweep({"prune_5": 1.9, "prune_10": 1.4, "prune_25": 1.7, "quant_8": 1.1}, "aware")
+    assert report.best_levels({**sweep, "dynamic_prune": _dynamic(1.3, 7.5)}, CFG) == (7.5, 8)
+    # worse, or tied (the milder level wins), or the part not selected: the sweep's level
+    assert report.best_levels({**sweep, "dynamic_prune": _dynamic(1.5, 7.5)}, CFG)[0] == 10.0
+    assert report.best_levels({**sweep, "dynamic_prune": _dynamic(1.4, 12.5)}, CFG)[0] == 10.0
+    no_part = make_config("tiny", prune_percents=(5.0, 25.0, 10.0), quant_bits=(16, 8, 6),
+                          experiments=("aware_prune", "aware_quant", "hybrid"))
+    assert report.best_levels({**sweep, "dynamic_prune": _dynamic(1.3, 7.5)}, no_part)[0] == 10
+    # no level accepted (0 %): nothing to take
+    assert report.best_levels({**sweep, "dynamic_prune": _dynamic(0.5, 0.0)}, CFG)[0] == 10.0
+
+
+def test_dynamic_rows_of_tables_ii_iii_and_its_trajectory():
+    records = {"dynamic_prune": _dynamic(1.05, 7.5)}
+    assert report.table2(records, CFG).splitlines()[-1] == (
+        "| post | - | - | - | - | dynamic | 7.5% | 32 bits | 1.050 | 8.500 | 7.2 |")
+    assert report.table3(records, CFG).splitlines()[2:] == [
+        "| 1 | 7.5 % pruning (dynamic threshold) | dynamic, before fine-tuning | 1.300 | 9.500 |",
+        "| 2 | 7.5 % pruning (dynamic threshold) | dynamic lr1=0.0001 | 1.100 | 8.750 |",
+        "| 3 | 7.5 % pruning (dynamic threshold) | dynamic lr1 then lr2=1e-05 | 1.050 | 8.500 |",
+    ]
+    from deepliflow_jax.study.dynamic import trajectory_table
+
+    table = trajectory_table(records["dynamic_prune"]).splitlines()
+    assert table[2:5] == ["| 0 | 5 | 1.200 | 1.010 | 1.050 | accepted | 2 |",
+                          "| 1 | 10 | 1.900 | 1.200 | 1.050 | rejected | 2 |",
+                          "| 2 | 7.5 | 1.300 | 1.050 | 1.050 | accepted | 2 |"]
+    assert table[-1].startswith("Final: 7.5 % of all weights and biases pruned (zeros 7.50 %), "
+                                "EPE 1.050 vs baseline 1.000; stopped because the increment "
+                                "fell below the minimum.")
+
+
+def test_a_folder_from_before_the_dynamic_part_resumes_with_any_dynamic_settings():
+    paper = make_config("paper", data_dir="kitti", checkpoint="ckpt")
+    old = {k: v for k, v in json.loads(json.dumps(paper.to_dict())).items()
+           if not k.startswith("dynamic_")}
+    assert resume_conflicts(old, paper) == []  # paper's per-level length is not the default
+    assert resume_conflicts({**old, "dynamic_tolerance": 0.2, "lr1": 1e-3}, paper) == [
+        "dynamic_tolerance", "lr1"]
 
 
 def _table_records():
@@ -190,6 +250,9 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
          "--runtime_repeats=0", f"--results_dir={tmp_path / 'out'}",
          f"--data_dir={tmp_path / 'world'}"],
         ["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={ckpt}"],
+        ["--preset=tiny", "--dynamic_tolerance=0.1", "--dynamic_start=2.5",
+         "--dynamic_increment=5", "--dynamic_min_increment=0.5", "--dynamic_max_percent=30",
+         "--dynamic_steps=3", "--dynamic_refine_steps=0"],
     ]
     bad = [
         (["--preset=tiny", "--prune_percents=5,abc"], "--prune_percents: could not convert"),
@@ -206,6 +269,12 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
         (["--preset=tiny", "--finetune_steps=-1"], "finetune_steps must be >= 0, got -1"),
         (["--preset=tiny", "--runtime_repeats=-2"], "runtime_repeats must be >= 0, got -2"),
         (["--preset=huge"], "unknown preset 'huge'"),
+        (["--preset=tiny", "--dynamic_start=60"],
+         "need 0 < dynamic_start <= dynamic_max_percent < 100, got 60 and 20"),
+        (["--preset=tiny", "--dynamic_min_increment=20"],
+         "need 0 < dynamic_min_increment <= dynamic_increment, got 20 and 10"),
+        (["--preset=tiny", "--dynamic_tolerance=-0.1"],
+         "dynamic_tolerance must be a finite number >= 0, got -0.1"),
         (["--preset=paper", f"--checkpoint={ckpt}"], "--data_dir"),
         (["--preset=paper", f"--data_dir={kitti}"], "--checkpoint"),
         (["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={tmp_path / 'none'}"],
@@ -223,6 +292,11 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
         "lidar_sweep": "(2048, 16384)", "experiments": "('post_prune', 'hybrid')",
         "seed": "3", "pretrain_steps": "1", "finetune_steps": "4", "refine_steps": "2",
         "runtime_repeats": "0", "data_dir": repr(str(tmp_path / "world"))}
+    dynamic = {k: v for k, v in got[3]["fields"].items() if v != default[k]}
+    assert dynamic == {"dynamic_tolerance": "0.1", "dynamic_start": "2.5",
+                       "dynamic_increment": "5.0", "dynamic_min_increment": "0.5",
+                       "dynamic_max_percent": "30.0", "dynamic_steps": "3",
+                       "dynamic_refine_steps": "0"}
     paper = got[2]["fields"]
     assert got[2]["results_dir"] == "results/paper"
     assert (paper["data"], paper["interp_size"], paper["checkpoint"]) == (

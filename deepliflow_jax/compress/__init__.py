@@ -20,7 +20,7 @@ from deepliflow_jax.compress.int8 import (
     int8_apply,
     quantize_int8,
 )
-from deepliflow_jax.compress.modes import aware_training, dynamic_threshold_prune, post_training
+from deepliflow_jax.compress.modes import aware_training, post_training
 from deepliflow_jax.compress.prune import (
     apply_masks,
     compute_masks,
@@ -42,6 +42,7 @@ from deepliflow_jax.compress.schedules import (
     DynamicThresholdState,
     PruningSchedule,
     dynamic_threshold_init,
+    dynamic_threshold_replay,
     dynamic_threshold_update,
     one_shot_schedule,
     polynomial_schedule,
@@ -84,7 +85,7 @@ __all__ = [
     "compute_masks",
     "dense_masks",
     "dynamic_threshold_init",
-    "dynamic_threshold_prune",
+    "dynamic_threshold_replay",
     "dynamic_threshold_update",
     "expected_zero_fraction",
     "fake_quant",

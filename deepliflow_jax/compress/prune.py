@@ -332,15 +332,22 @@ def sparsity_report(
 SELECT_ALL = r".*"
 
 
-def post_training_masks(params: Any, percent: float) -> tuple[Any, Any]:
+def post_training_masks(params: Any, percent: float, masks: Any = None) -> tuple[Any, Any]:
     """Global percentile pruning of every weight and bias, as the paper.
 
+    Args:
+      params: parameter pytree.
+      percent: share of all entries pruned, in [0, 100).
+      masks: optional current masks: their pruned entries stay pruned and count
+        towards ``percent`` (raising the percentile of a pruned model, as the
+        dynamic threshold does).
+
     Returns:
-      ``(pruned params, masks)``; ``(params, None)`` for ``percent <= 0``.
+      ``(pruned params, masks)``; ``(params, masks)`` for ``percent <= 0``.
     """
     if percent <= 0:
-        return params, None
-    return prune(params, percent, include=SELECT_ALL, scope="global")[:2]
+        return params, masks
+    return prune(params, percent, include=SELECT_ALL, scope="global", masks=masks)[:2]
 
 
 def zero_fraction(params: Any) -> float:

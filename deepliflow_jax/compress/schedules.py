@@ -8,13 +8,15 @@
   ``tolerance`` of the uncompressed model; when it does not, return to the last
   accepted percentile and retry with a smaller increment (``backoff``). It stops
   when the increment falls below ``min_increment`` or ``max_percent`` is reached.
-  :func:`~deepliflow_jax.compress.modes.dynamic_threshold_prune` drives it.
+  :func:`dynamic_threshold_replay` rebuilds the state from a recorded log (to resume
+  a search); the study's ``dynamic_prune`` part (``deepliflow_jax.study.dynamic``)
+  drives it with pruning, fine-tuning and validation.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -123,6 +125,7 @@ def dynamic_threshold_update(
     backoff: float = 0.5,
     min_increment: float = 1.0,
     max_percent: float = 95.0,
+    extra: Mapping[str, Any] | None = None,
 ) -> DynamicThresholdState:
     """Feeds back the validation EPE measured at ``state.candidate``.
 
@@ -137,9 +140,17 @@ def dynamic_threshold_update(
       backoff: factor applied to the increment after a failure (0 < f < 1).
       min_increment: stop once the increment drops below this.
       max_percent: highest percentile ever tried.
+      extra: more fields for this evaluation's log entry (e.g. the EPE before
+        fine-tuning); they must not reuse the entry's own keys.
 
     Returns:
-      The next state; its last ``log`` entry records this evaluation.
+      The next state; its last ``log`` entry records this evaluation: ``iteration``,
+      ``percent``, ``epe``, ``baseline_epe``, ``limit``, ``accepted``,
+      ``best_percent``, ``next_percent`` (None once done), ``increment``, then
+      ``extra``.
+
+    Raises:
+      ValueError: ``backoff`` outside (0, 1), or ``extra`` reusing an entry key.
     """
     if state.done:
         return state
@@ -165,4 +176,56 @@ def dynamic_threshold_update(
         "next_percent": None if done else candidate,
         "increment": increment,
     }
+    clash = sorted(set(entry) & set(extra or {}))
+    if clash:
+        raise ValueError(f"extra log fields {clash} clash with the entry's own keys")
+    entry.update(extra or {})
     return DynamicThresholdState(candidate, accepted, increment, done, (*state.log, entry))
+
+
+def dynamic_threshold_replay(
+    log: Sequence[Mapping[str, Any]],
+    baseline_epe: float,
+    *,
+    start: float = 5.0,
+    increment: float = 5.0,
+    **update_kwargs: Any,
+) -> DynamicThresholdState:
+    """Rebuilds the search state from a recorded ``log`` (to resume an interrupted search).
+
+    Each entry's ``epe`` is fed back through :func:`dynamic_threshold_update` with
+    the same settings; the entries' other fields are kept as they were recorded.
+
+    Args:
+      log: entries as :func:`dynamic_threshold_update` made them (e.g. read back from
+        JSON), in order; an ``epe`` of None counts as a failed evaluation.
+      baseline_epe: EPE of the uncompressed model.
+      start, increment: see :func:`dynamic_threshold_init`.
+      **update_kwargs: ``tolerance``, ``relative``, ``backoff``, ``min_increment``,
+        ``max_percent`` (see :func:`dynamic_threshold_update`).
+
+    Returns:
+      The state after the last entry (its ``log`` is ``log``).
+
+    Raises:
+      ValueError: the log was made with other settings: an entry at another
+        percentile than the rule tries there, with another accept decision, or after
+        the search had ended.
+    """
+    state = dynamic_threshold_init(start, increment)
+    for i, recorded in enumerate(log):
+        if state.done:
+            raise ValueError(f"recorded entry {i} comes after the search ended (at "
+                             f"{state.accepted:g} %): the log was made with other settings")
+        if float(recorded["percent"]) != state.candidate:
+            raise ValueError(f"recorded entry {i} tried {recorded['percent']:g} % where these "
+                             f"settings try {state.candidate:g} %: the log was made with other "
+                             "settings")
+        epe = math.inf if recorded["epe"] is None else float(recorded["epe"])
+        state = dynamic_threshold_update(state, epe, baseline_epe, **update_kwargs)
+        if state.log[-1]["accepted"] != bool(recorded["accepted"]):
+            raise ValueError(f"recorded entry {i} ({recorded['percent']:g} %) was "
+                             f"{'accepted' if recorded['accepted'] else 'rejected'}, these "
+                             "settings decide otherwise: the log was made with other settings")
+        state = state._replace(log=(*state.log[:-1], dict(recorded)))
+    return state

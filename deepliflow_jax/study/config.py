@@ -21,7 +21,8 @@ PAPER_QUANT_BITS = (16, 14, 12, 10, 8, 6)
 
 
 # the study's parts; Table III comes from the aware records, Figs. 2/3 and 6 from every record
-EXPERIMENTS = ("post_prune", "post_quant", "aware_prune", "aware_quant", "hybrid")
+EXPERIMENTS = ("post_prune", "post_quant", "aware_prune", "aware_quant", "dynamic_prune",
+               "hybrid")
 # fields a resumed study may change: they only add or drop configurations
 RESUMABLE_CHANGES = ("prune_percents", "quant_bits", "experiments")
 
@@ -47,6 +48,16 @@ class StudyConfig:
       eval_every: validation every this many aware-training steps (best kept
         by SF outlier rate, as the original).
       prune_percents, quant_bits: the sweeps.
+      dynamic_start, dynamic_increment: the dynamic threshold's first percentile and
+        its step (percent of all weights and biases; the paper: 5 and 5).
+      dynamic_tolerance: a level is accepted while its fine-tuned validation EPE is at
+        most ``(1 + dynamic_tolerance) x`` the baseline's (ours: 0.05).
+      dynamic_backoff: the step is multiplied by this after a rejected level (ours: 0.5).
+      dynamic_min_increment: the search stops once the step falls below this (ours:
+        2.5, one halving of the paper's 5 % step).
+      dynamic_max_percent: the highest percentile tried (ours: 50).
+      dynamic_steps, dynamic_refine_steps: fine-tuning steps per level at lr1, then at
+        lr2 (ours; see ``deepliflow_jax.study.dynamic``).
       lidar_sweep: LiDAR sample counts of the Figs. 2/3 sweep.
       runtime_repeats: timed forward passes per configuration (0 = no timing).
       max_val_frames: cap on validation frames (None = the whole split).
@@ -77,6 +88,14 @@ class StudyConfig:
     eval_every: int = 12
     prune_percents: tuple[float, ...] = PAPER_PRUNE_PERCENTS
     quant_bits: tuple[int, ...] = PAPER_QUANT_BITS
+    dynamic_start: float = 5.0
+    dynamic_increment: float = 5.0
+    dynamic_tolerance: float = 0.05
+    dynamic_backoff: float = 0.5
+    dynamic_min_increment: float = 2.5
+    dynamic_max_percent: float = 50.0
+    dynamic_steps: int = 6
+    dynamic_refine_steps: int = 6
     lidar_sweep: tuple[int, ...] = (2048, 4096, 8192, 16384)
     runtime_repeats: int = 5
     max_val_frames: int | None = None
@@ -94,12 +113,17 @@ PRESETS: dict[str, StudyConfig] = {
         preset="tiny", num_scenes=10, pretrain_steps=3, finetune_steps=2, refine_steps=1,
         eval_every=2, prune_percents=(10.0,), quant_bits=(8,), lidar_sweep=(2048, 8192),
         runtime_repeats=1, max_val_frames=2,
+        # two levels (10 %, 20 %), one step at each rate; a wide tolerance so that the
+        # second level runs on the barely trained model
+        dynamic_start=10.0, dynamic_increment=10.0, dynamic_min_increment=10.0,
+        dynamic_max_percent=20.0, dynamic_tolerance=1.0, dynamic_steps=1,
+        dynamic_refine_steps=1,
     ),
     "paper": StudyConfig(
         preset="paper", data="kitti", height=KITTI_FULL_SIZE[0], width=KITTI_FULL_SIZE[1],
         interp_size=(384, 1216), pretrain_steps=0, finetune_steps=180 * 100,
         refine_steps=180 * 100, eval_every=180 * 5, lidar_sweep=LIDAR_SWEEP,
-        runtime_repeats=50,
+        runtime_repeats=50, dynamic_steps=180 * 10, dynamic_refine_steps=180 * 10,
     ),
 }
 
@@ -149,9 +173,11 @@ def resume_conflicts(saved: dict[str, Any], cfg: StudyConfig) -> list[str]:
     must not be mixed with new ones; the sweeps and the parts may change.
     """
     now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as saved
-    # a field added after the folder was written ran with its default's behaviour
+    # a field added after the folder was written ran with its default's behaviour; the
+    # dynamic threshold's settings shaped no record of a folder from before that part
     defaults = json.loads(json.dumps(StudyConfig().to_dict()))
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    saved = {**{k: now[k] if k.startswith("dynamic_") else v for k, v in defaults.items()
+                if k not in saved}, **saved}
     return sorted(k for k in set(now) | set(saved)
                   if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
 
@@ -180,7 +206,8 @@ def validate(cfg: StudyConfig) -> None:
                          "height/width (synthetic) or interp_size")
     if cfg.data == "synthetic" and cfg.num_scenes < 10:
         raise ValueError(f"num_scenes must be >= 10 (9:1 split), got {cfg.num_scenes}")
-    for name in ("pretrain_steps", "finetune_steps", "refine_steps", "runtime_repeats"):
+    for name in ("pretrain_steps", "finetune_steps", "refine_steps", "runtime_repeats",
+                 "dynamic_steps", "dynamic_refine_steps"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     unknown = sorted(set(cfg.experiments) - set(EXPERIMENTS))
@@ -193,3 +220,20 @@ def validate(cfg: StudyConfig) -> None:
         raise ValueError(f"validity must be one of {list(VALIDITY_MODES)}, got {cfg.validity!r}")
     if cfg.eval_every <= 0:
         raise ValueError(f"eval_every must be > 0, got {cfg.eval_every}")
+    if "dynamic_prune" in cfg.experiments:
+        _validate_dynamic(cfg)
+
+
+def _validate_dynamic(cfg: StudyConfig) -> None:
+    """The dynamic threshold's settings (see ``StudyConfig``)."""
+    if not 0 < cfg.dynamic_start <= cfg.dynamic_max_percent < 100:
+        raise ValueError("need 0 < dynamic_start <= dynamic_max_percent < 100, got "
+                         f"{cfg.dynamic_start:g} and {cfg.dynamic_max_percent:g}")
+    if not 0 < cfg.dynamic_min_increment <= cfg.dynamic_increment:
+        raise ValueError("need 0 < dynamic_min_increment <= dynamic_increment, got "
+                         f"{cfg.dynamic_min_increment:g} and {cfg.dynamic_increment:g}")
+    if not 0 < cfg.dynamic_backoff < 1:
+        raise ValueError(f"dynamic_backoff must be in (0, 1), got {cfg.dynamic_backoff:g}")
+    if not 0 <= cfg.dynamic_tolerance < float("inf"):
+        raise ValueError(f"dynamic_tolerance must be a finite number >= 0, got "
+                         f"{cfg.dynamic_tolerance:g}")

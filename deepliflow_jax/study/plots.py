@@ -61,7 +61,9 @@ def fig23(out: Path, records: dict, cfg: StudyConfig) -> Path:
     ns = [str(n) for n in cfg.lidar_sweep]
     for ax, kind in zip(axes, ("post", "aware")):
         for key, rec in records.items():
-            if rec.get("kind") not in (kind,) and key != "baseline":
+            # the dynamic threshold's final model is fine-tuned: with the aware ones
+            kinds = (kind, "dynamic") if kind == "aware" else (kind,)
+            if rec.get("kind") not in kinds and key != "baseline":
                 continue
             if "lidar" not in rec or key.startswith("hybrid"):
                 continue
@@ -96,6 +98,9 @@ def fig4(out: Path, records: dict, cfg: StudyConfig) -> Path:
         kind = rec.get("kind")
         if key == "baseline":
             ax.scatter(t, m, s=150, facecolors="none", edgecolors="green", label="original")
+        elif kind == "dynamic":
+            ax.scatter(t, m, marker="D", s=60, c="tab:green", edgecolors="black",
+                       label=f"dynamic threshold: {rec['percent']:g} %")
         elif key.startswith("hybrid"):
             ax.scatter(t, m, marker="*", s=160, c=colors[kind], edgecolors="black",
                        label=f"hybrid, {names[kind]}: {rec['bits']} bits + {rec['percent']:g} %")
@@ -136,7 +141,41 @@ def fig6(out: Path, records: dict, cfg: StudyConfig) -> Path:
     return path
 
 
+def fig_dynamic(out: Path, records: dict, cfg: StudyConfig) -> Path:
+    """The dynamic threshold's search: pruned % (top) and validation EPE (bottom) against
+    the fine-tuning steps of all levels; rejected levels in red, accepted in green."""
+    rec = records["dynamic_prune"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for e in rec["trajectory"]:
+        x0, x1 = e["start_step"], e["start_step"] + e["steps"]
+        color = "tab:green" if e["accepted"] else "tab:red"
+        top.plot([x0, x1], [e["percent"]] * 2, "-", color=color, lw=2)
+        top.plot(x1, e["percent"], "o" if e["accepted"] else "x", color=color)
+        top.annotate(f"{e['percent']:g}", (x1, e["percent"]), fontsize=7,
+                     textcoords="offset points", xytext=(3, 3))
+        xs = [x0] + [x0 + h["step"] for h in e.get("history", [])]
+        ys = [e["before"]["epe"]] + [h["epe"] for h in e.get("history", [])]
+        bottom.plot(xs, ys, ".-", color=color, lw=1)
+        bottom.plot(x0, e["before"]["epe"], "v", color=color, mfc="none")
+    _baseline(bottom, records)
+    bottom.axhline(rec["limit"], color="gray", ls="--", lw=1, label="limit (tolerance)")
+    top.set_ylabel("pruned % (all weights, biases)")
+    top.set_title(f"Dynamic threshold: final {rec['percent']:g} % (green accepted, red "
+                  "rejected)")
+    bottom.set_ylabel("validation EPE (px)")
+    bottom.set_xlabel("fine-tuning step (all levels; v = before the level's fine-tuning)")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+    bottom.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "fig_dynamic_threshold.png"
+    savefig_atomic(fig, path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_plots(out_dir: Path, records: dict, cfg: StudyConfig) -> list[Path]:
     # a failed (diverged) configuration has no numbers to plot
     records = {k: r for k, r in records.items() if not r.get("failed")}
-    return [f(Path(out_dir), records, cfg) for f in (fig1, fig23, fig4, fig6)]
+    figs = [fig1, fig23, fig4, fig6] + ([fig_dynamic] if "dynamic_prune" in records else [])
+    return [f(Path(out_dir), records, cfg) for f in figs]

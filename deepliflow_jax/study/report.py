@@ -9,6 +9,7 @@ from typing import Any
 
 from deepliflow_jax.fileio import write_json_atomic, write_text_atomic
 from deepliflow_jax.study.config import StudyConfig
+from deepliflow_jax.study.dynamic import trajectory_table
 
 
 def best_levels(records: dict[str, dict], cfg: StudyConfig) -> tuple[float, int]:
@@ -16,6 +17,8 @@ def best_levels(records: dict[str, dict], cfg: StudyConfig) -> tuple[float, int]
 
     Without aware records (a study of the post-training parts only) the post-training
     EPE decides; with neither, the smallest pruning level and the largest bit width.
+    The dynamic threshold's final level (when that part ran and pruned anything)
+    competes with its fine-tuned EPE.
     """
 
     def epe(name):
@@ -24,8 +27,12 @@ def best_levels(records: dict[str, dict], cfg: StudyConfig) -> tuple[float, int]
                 return records[f"{kind}_{name}"].get("metrics", {}).get("epe", float("inf"))
         return float("inf")
 
-    # ties go to the mildest level: sorted from it
-    best_p = min(sorted(cfg.prune_percents), key=lambda p: epe(f"prune_{p:g}"))
+    # ties go to the mildest level
+    levels = [(epe(f"prune_{p:g}"), p) for p in cfg.prune_percents]
+    dyn = records.get("dynamic_prune", {})
+    if "dynamic_prune" in cfg.experiments and dyn.get("percent", 0) > 0 and "metrics" in dyn:
+        levels.append((dyn["metrics"]["epe"], dyn["percent"]))
+    best_p = min(levels)[1]
     best_b = min(sorted(cfg.quant_bits, reverse=True), key=lambda b: epe(f"quant_{b}"))
     return best_p, best_b
 
@@ -77,6 +84,10 @@ def table2(records: dict[str, dict], cfg: StudyConfig) -> str:
                             else f"aware_{k}")
         lines.append("| post | " + " | ".join(_row(post)) + " | aware | "
                      + " | ".join(_row(aware)) + f" | {_ms(aware) if aware else '-'} |")
+    dyn = records.get("dynamic_prune")
+    if dyn:  # the dynamic threshold's final model: aware by construction
+        lines.append("| post | " + " | ".join(_row(None)) + " | dynamic | "
+                     + " | ".join(_row(dyn)) + f" | {_ms(dyn)} |")
     if zero:
         z = zero["metrics"]
         lines.append(f"| zero flow (reference) | | | {z['epe']:.3f} | {z['sf']:.3f} | | | | | "
@@ -110,6 +121,15 @@ def table3(records: dict[str, dict], cfg: StudyConfig) -> str:
             n += 1
             cells = "failed | failed" if m is None else f"{m['epe']:.3f} | {m['sf']:.3f}"
             lines.append(f"| {n} | {label} | {mode} | {cells} |")
+    dyn = records.get("dynamic_prune", {})
+    if "before" in dyn:  # its final level, before and after that level's fine-tuning
+        label = f"{dyn['percent']:g} % pruning (dynamic threshold)"
+        for mode, m in (("dynamic, before fine-tuning", dyn["before"]),
+                        (f"dynamic lr1={cfg.lr1:g}", dyn["phases"].get("lr1")),
+                        (f"dynamic lr1 then lr2={cfg.lr2:g}", dyn["phases"].get("lr2"))):
+            if m is not None:  # a phase of 0 steps has no row
+                n += 1
+                lines.append(f"| {n} | {label} | {mode} | {m['epe']:.3f} | {m['sf']:.3f} |")
     return "\n".join(lines)
 
 
@@ -148,6 +168,9 @@ def write_all(out_dir: Path, records: dict[str, dict], cfg: StudyConfig,
                f"(SF outliers {base['sf']:.2f} % vs {zero['sf']:.2f} %).", ""]
     md += ["## Table II", "", table2(records, cfg), "", "## Table III (ablation)", "",
            table3(records, cfg), ""]
+    if "dynamic_prune" in records:
+        md += ["## Dynamic threshold (trajectory)", "", trajectory_table(records["dynamic_prune"]),
+               ""]
     failed = [k for k, r in records.items() if r.get("failed")]
     if failed:
         md += ["Failed (training diverged; no numbers): "

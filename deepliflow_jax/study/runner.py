@@ -9,10 +9,13 @@ Order of work (each finished configuration is a record; a re-run skips it):
      lr2 = 1e-5, the best validation SF outlier rate kept (as the original); a run
      whose loss or weights turn non-finite is recorded as failed (``"failed"``, no
      metrics) and the study goes on;
-  5. hybrid: the best pruning level with the best bit width, post and aware;
-  6. every model above also at each LiDAR sample count of the sweep;
-  7. run time of every configuration (Fig. 6);
-  8. tables (Table II / III layout), JSON/CSV and plots.
+  5. dynamic threshold (``study/dynamic.py``): the percentile raised while the fine-tuned
+     validation EPE stays within a tolerance of the baseline's;
+  6. hybrid: the best pruning level (the sweep's or the dynamic one) with the best bit
+     width, post and aware;
+  7. every model above also at each LiDAR sample count of the sweep;
+  8. run time of every configuration (Fig. 6);
+  9. tables (Table II / III layout), JSON/CSV and plots.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 from deepliflow_jax.compress.prune import post_training_masks, zero_fraction
 from deepliflow_jax.fileio import claim_dir, write_json_atomic
 from deepliflow_jax.profile.timer import time_calls
-from deepliflow_jax.study import report
+from deepliflow_jax.study import dynamic, report
 from deepliflow_jax.study.config import StudyConfig, resume_conflicts
 from deepliflow_jax.study.data import load_study_data, make_synthetic
 from deepliflow_jax.study.records import RecordStore, RunLog, progress
@@ -241,6 +244,10 @@ class Study:
             rec = getattr(self, kind)(key, params, p, b)
             _say(f"{key}: {_summary(rec)}" + ("" if rec.get("failed") else
                                               f", zeros {rec['zero_percent']:.2f} %"))
+        if "dynamic_prune" in cfg.experiments:
+            rec = dynamic.run_part(self, params, say=_say)
+            _say(f"dynamic_prune: final {rec['percent']:g} % after {len(rec['trajectory'])} "
+                 f"levels (stop: {rec['stop']}), {_summary(rec)}")
         best_p, best_b = report.best_levels(self.records.all(), cfg)
         for kind in ("post", "aware") if "hybrid" in cfg.experiments else ():
             key = f"hybrid_{kind}_{best_b}_{best_p:g}"
