@@ -105,9 +105,13 @@ def data_sharded(mesh: Mesh, axis_name: str = DATA_AXIS) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(axis_name))
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a pytree (e.g. the train state) replicated on the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+def replicate(tree: Any, mesh: Mesh, *, copy: bool = False) -> Any:
+    """Places a pytree (e.g. the train state) replicated on the mesh.
+
+    ``copy=True`` never aliases the caller's device arrays (a donating step may then
+    consume the result without deleting them).
+    """
+    return jax.device_put(tree, replicated(mesh), may_alias=False if copy else None)
 
 
 def shard_batch(batch: Any, mesh: Mesh, axis_name: str = DATA_AXIS, *,

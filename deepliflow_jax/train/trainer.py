@@ -234,8 +234,10 @@ class Trainer:
         """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float)."""
         state = create_train_state(params, self._tx(lr, masks), self.seed)
         bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
+        # copied: the donating step must not delete the caller's masks
         return replicate(state._replace(opt_state=_replace_state(state.opt_state, QuantState,
-                                                                 bits=bits_tree)), self.mesh)
+                                                                 bits=bits_tree)), self.mesh,
+                         copy=True)
 
     def place(self, state: Any) -> Any:
         """``state`` replicated on this trainer's mesh (unchanged if it already is there)."""
