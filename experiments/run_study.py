@@ -43,7 +43,7 @@ flags.DEFINE_integer("runtime_repeats", None, "Timed forward passes per configur
 flags.DEFINE_string("devices", "all", "Data parallel inside a configuration over this many of "
                     "the process's devices ('all': every local device); the training batch "
                     "must divide by it.")
-flags.DEFINE_float("claim_timeout", 600.0, "Seconds without a heartbeat after which another "
+flags.DEFINE_float("claim_timeout", 180.0, "Seconds without a heartbeat after which another "
                    "worker takes over a configuration (a worker on the same machine whose "
                    "process is gone: at once).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a jax.distributed "

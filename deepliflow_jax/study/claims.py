@@ -40,7 +40,7 @@ from typing import Any
 from deepliflow_jax.fileio import create_exclusive, process_alive, write_json_atomic
 
 CLAIMS_DIR = "claims"
-DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_TIMEOUT_S = 180.0
 
 
 class ClaimBoard:

@@ -121,6 +121,10 @@ class Study:
         if self.data is not None:
             return
         cfg = self.cfg
+        n_dev = self.devices if isinstance(self.devices, int) else len(self.devices)
+        if not 1 <= n_dev <= len(jax.local_devices()):
+            raise ValueError(f"devices (--devices) is {n_dev}, but this process has "
+                             f"{len(jax.local_devices())} device(s): {jax.local_devices()}")
         if cfg.data == "synthetic":
             root = Path(cfg.data_dir) if cfg.data_dir else self.dir / "synthetic_kitti"
             ready = root / "study_ready.json"
@@ -140,10 +144,6 @@ class Study:
         self.data = load_study_data(cfg, root)
         _say(f"data: {len(self.data.train)} train / {len(self.data.val)} validation frames; "
              f"{self.data.samples_for(cfg)} LiDAR points per frame")
-        n_dev = self.devices if isinstance(self.devices, int) else len(self.devices)
-        if not 1 <= n_dev <= len(jax.local_devices()):
-            raise ValueError(f"devices (--devices) is {n_dev}, but this process has "
-                             f"{len(jax.local_devices())} device(s): {jax.local_devices()}")
         batch = len(self.data.train_batch(0, self.data.samples_for(cfg))["gt"])
         if batch % n_dev:
             raise ValueError(f"devices (--devices) is {n_dev}, but the training batch of "
