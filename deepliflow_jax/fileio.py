@@ -80,6 +80,11 @@ def _alive(pid: int | None) -> bool:
     """Whether a leftover's writer may still be running (None: a name without PID)."""
     if pid is None or pid == os.getpid():  # our own: an earlier, interrupted call
         return False
+    return process_alive(pid)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (True when it cannot be told)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -273,6 +278,45 @@ def write_with(path: PathLike, write_to_path: Callable[[str], Any]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def create_exclusive(path: PathLike, text: str) -> bool:
+    """Creates the file ``path`` with ``text`` unless it exists; atomic across processes.
+
+    The text goes to a temporary sibling (``fsync``-ed) that is then hard-linked to
+    ``path``: the link fails if ``path`` exists (also on NFS), so of several processes
+    creating the same path exactly one succeeds, and a reader never sees a partial
+    file. Where the file system has no hard links, ``O_EXCL`` creation is used.
+
+    Returns:
+      Whether this call created ``path``.
+    """
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return True
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> Path:

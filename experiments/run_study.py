@@ -5,10 +5,17 @@
   python -m experiments.run_study --experiments=post_prune,post_quant   # one part
   python -m experiments.run_study --validity=devkit    # KITTI devkit's validity rule
   python -m experiments.run_study --experiments=dynamic_prune --dynamic_tolerance=0.1
+  python -m experiments.run_study --devices=2          # data parallel over 2 local devices
+  # one worker per GPU, all in one results folder (they split the configurations):
+  for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i python -m experiments.run_study \
+      --preset=paper ... --results_dir=results/paper & done; wait
 
 Library: ``deepliflow_jax.study.run_study(make_config(preset, ...), results_dir)``.
 
-Re-running with the same --results_dir skips finished configurations.
+Re-running with the same --results_dir skips finished configurations. Any number
+of workers (processes, on one machine or many sharing the folder) may run at once:
+each claims a configuration before running it, and a dead worker's claim is taken
+over (at once on the same machine, after --claim_timeout elsewhere).
 """
 
 from __future__ import annotations
@@ -46,6 +53,18 @@ flags.DEFINE_list("lidar_sweep", None, "Override the LiDAR sample counts (KITTI-
                   "equivalent), e.g. 2048,16384.")
 flags.DEFINE_integer("runtime_repeats", None, "Timed forward passes per configuration "
                      "(0: no timing).")
+flags.DEFINE_string("devices", "all", "Data parallel inside a configuration over this many of "
+                    "the process's devices ('all': every local device); the training batch "
+                    "must divide by it.")
+flags.DEFINE_float("claim_timeout", 180.0, "Seconds without a heartbeat after which another "
+                   "worker takes over a configuration (a worker on the same machine whose "
+                   "process is gone: at once).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a jax.distributed "
+                    "launch (one worker per machine; or set JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Processes of a jax.distributed launch "
+                     "(or JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "This process's index in a jax.distributed launch "
+                     "(or JAX_PROCESS_ID).")
 flags.DEFINE_enum("validity", None, ["original", "devkit"],
                   "Evaluation: 'original' (default; the original's rule, every quantity on "
                   "pixels with a valid first-frame disparity, frames averaged: the paper's "
@@ -78,9 +97,28 @@ def _ints(values, name):
     return tuple(int(v) for v in numbers)
 
 
+def _devices(value: str):
+    """``all`` (None: every local device) or a positive whole number."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise app.UsageError(f"--devices must be 'all' or a positive whole number, got {value!r}")
+    return n
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    devices = _devices(FLAGS.devices)
+    from deepliflow_jax.train.sharding import initialize_distributed
+
+    # before any other JAX call; each process then runs whole configurations on its own
+    # devices, sharing the results folder with the others
+    initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from deepliflow_jax.study import make_config
 
     bits = _ints(FLAGS.quant_bits, "quant_bits")
@@ -108,7 +146,9 @@ def main(argv):
     from deepliflow_jax.study.runner import Study
 
     try:
-        study = Study(cfg, FLAGS.results_dir or f"results/{cfg.preset}")
+        study = Study(cfg, FLAGS.results_dir or f"results/{cfg.preset}", devices=devices,
+                      claim_timeout_s=FLAGS.claim_timeout)
+        study.prepare()
     except ValueError as err:
         raise app.UsageError(str(err)) from err
     out = study.run()

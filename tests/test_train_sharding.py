@@ -1,4 +1,10 @@
-"""Data-parallel fine-tuning: 2 host devices follow the 1-device loss trajectory."""
+"""Data-parallel fine-tuning: 2 host devices follow the 1-device loss trajectory.
+
+The whole network's train step takes minutes to compile on a CI CPU (twice: one
+executable per mesh), so the equivalence runs on a small network through the same
+helpers the :class:`Trainer` uses (``jit_step``, ``replicate``, ``shard_batch``), and
+the Trainer's wiring to them is checked without compiling the network.
+"""
 
 import json
 import os
@@ -7,6 +13,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from deepliflow_jax.train.sharding import initialize_distributed, make_mesh
 
@@ -44,8 +51,9 @@ SCRIPT = textwrap.dedent(
     def apply_fn(p, b, rng):
         return net.apply(p, b["x"])
 
-    def loss_fn(out, b):
-        return jnp.mean((out - b["y"]) ** 2)
+    def loss_fn(out, b):  # a replicated scalar and an unbatched per-channel mask, as the
+        # trainer's reg_scale and channel_masks
+        return b["scale"] * jnp.mean((out * b["cm"]["out"] - b["y"]) ** 2)
 
     params, tx = aware_training(
         optax.adam(1e-2), params, percent=30, quant=QuantConfig(bits=8, act_bits=8)
@@ -59,7 +67,9 @@ SCRIPT = textwrap.dedent(
         state = replicate(create_train_state(params, tx, seed=0), mesh)
         losses = []
         for i in range(len(X)):
-            batch = shard_batch({"x": X[i], "y": Y[i]}, mesh)
+            batch = shard_batch({"x": X[i], "y": Y[i], "scale": np.float32(0.5),
+                                 "cm": {"out": np.array([1.0, 0.0], np.float32)}}, mesh,
+                                unbatched=("cm",))
             state, metrics = step(state, batch)
             losses.append(float(metrics["loss"]))
         leaves = jax.tree.leaves(state.params)
@@ -69,6 +79,7 @@ SCRIPT = textwrap.dedent(
             "batch_devices": len(batch["x"].sharding.device_set),
             "shard_rows": int(batch["x"].addressable_shards[0].data.shape[0]),
             "param_devices": len(leaves[0].sharding.device_set),
+            "cm_rows": int(batch["cm"]["out"].addressable_shards[0].data.shape[0]),
             "params": [np.asarray(x).ravel().tolist() for x in leaves],
             "pruned_nonzero": int(sum(np.count_nonzero(np.asarray(p)[~np.asarray(m)])
                                       for p, m in zip(leaves, masks))),
@@ -78,6 +89,33 @@ SCRIPT = textwrap.dedent(
         result["odd_batch_error"] = None
     except ValueError as e:
         result["odd_batch_error"] = str(e)
+    # the trainer's wiring (no network compile): mesh, replicated state, batch checks
+    from deepliflow_jax.train.trainer import Trainer
+
+    one, two = Trainer(), Trainer(devices=2)
+    p = {"conv": {"kernel": jnp.ones((3, 3, 2, 2))}}
+    m = {"conv": {"kernel": jnp.ones((3, 3, 2, 2), bool)}}
+    st1, st2 = one.new_state(p, masks=m), two.new_state(p, masks=m)
+    frame = {"frames": np.zeros((1, 2, 64, 64, 4), np.float32),
+             "gt": np.zeros((1, 64, 64, 4), np.float32)}
+    pair = jax.tree.map(lambda x: np.concatenate([x, x]), frame)
+    result["trainer"] = {
+        "mesh": [one.mesh.size, two.mesh.size],
+        "state_devices": len(jax.tree.leaves(st2.params)[0].sharding.device_set),
+        # own copies: a donating step must not delete the caller's masks
+        "masks_copied": Trainer.masks_of(st1)["conv"]["kernel"].unsafe_buffer_pointer()
+        != m["conv"]["kernel"].unsafe_buffer_pointer(),
+        "eval_1_replicated": two._eval_batch(frame)["gt"].sharding.is_fully_replicated,
+        "eval_2_replicated": two._eval_batch(pair)["gt"].sharding.is_fully_replicated,
+    }
+    try:
+        two.train_step(st2, {**frame, "reg_scale": np.float32(1)})
+    except ValueError as e:
+        result["trainer"]["odd_batch_error"] = str(e)
+    try:
+        Trainer(devices=3)
+    except ValueError as e:
+        result["trainer"]["too_many"] = str(e)
     print(json.dumps(result))
     """
 )
@@ -112,9 +150,25 @@ def test_two_devices_match_one_device(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
     assert one["pruned_nonzero"] == two["pruned_nonzero"] == 0
     assert "does not split over 2" in res["odd_batch_error"]
+    assert one["cm_rows"] == two["cm_rows"] == 2  # unbatched: whole on every device
+    tr = res["trainer"]
+    assert tr["mesh"] == [1, 2] and tr["state_devices"] == 2 and tr["masks_copied"]
+    assert tr["eval_1_replicated"] and not tr["eval_2_replicated"]
+    assert "shape (1, 2, 64, 64, 4) does not split over 2 local devices" in tr["odd_batch_error"]
+    assert tr["too_many"] == "devices=3: this process has 2 cpu device(s); use 1..2"
 
 
-def test_single_process_helpers():
+def test_single_process_helpers(monkeypatch):
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
     assert not initialize_distributed()  # no cluster configured: a no-op, not an error
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "1")
+    assert not initialize_distributed()  # one process: nothing to coordinate
+    monkeypatch.setenv("JAX_PROCESS_ID", "first")
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID='first' is not a whole number"):
+        initialize_distributed()
     mesh = make_mesh()
     assert mesh.axis_names == ("data",) and mesh.size >= 1
+    assert make_mesh(1).size == 1
+    with pytest.raises(ValueError, match="devices=0: this process has"):
+        make_mesh(0)

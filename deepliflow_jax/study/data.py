@@ -83,7 +83,9 @@ def write_nine_to_one_split(path: Path, num_frames: int) -> Path:
     (The original's own 180/20 split file has no test frame among the first 10.)
     """
     lines = ["1" if i % 10 == 9 else "" for i in range(num_frames)]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if not (path.is_file() and path.read_text() == text):  # workers of a study share it
+        write_text_atomic(path, text)
     return path
 
 

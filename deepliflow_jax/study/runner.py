@@ -16,12 +16,22 @@ Order of work (each finished configuration is a record; a re-run skips it):
   7. every model above also at each LiDAR sample count of the sweep;
   8. run time of every configuration (Fig. 6);
   9. tables (Table II / III layout), JSON/CSV and plots.
+
+Scale: ``Study(..., devices=n)`` trains every configuration data-parallel over
+``n`` local devices (default all; see ``train.sharding``). Several worker
+processes, on one machine or many, may run the same study in one results folder:
+each configuration (the dynamic-threshold part as one, and the data, the baseline,
+Fig. 5 and the reports) is claimed by one worker (``claims.py``); the others run the
+rest, wait at the steps that need every record (the hybrid needs the sweeps' best
+levels) and take over the claim of a worker that died. The records, and so the
+tables, are the same as from one process.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +39,10 @@ import jax
 import numpy as np
 
 from deepliflow_jax.compress.prune import post_training_masks, zero_fraction
-from deepliflow_jax.fileio import claim_dir, write_json_atomic
+from deepliflow_jax.fileio import claim_dir, create_exclusive, write_json_atomic
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.study import dynamic, report
+from deepliflow_jax.study.claims import CLAIMS_DIR, DEFAULT_TIMEOUT_S, ClaimBoard, run_claimed
 from deepliflow_jax.study.config import StudyConfig, resume_conflicts
 from deepliflow_jax.study.data import load_study_data, make_synthetic
 from deepliflow_jax.study.records import RecordStore, RunLog, progress
@@ -62,35 +73,87 @@ def _summary(rec: dict) -> str:
 
 
 class Study:
-    """One study run in ``results_dir`` (see module docstring)."""
+    """One study run in ``results_dir`` (see module docstring).
 
-    def __init__(self, cfg: StudyConfig, results_dir: str | Path):
+    Args:
+      cfg: the configuration.
+      results_dir: the results folder (shared by every worker of the study).
+      devices: data parallel over this many of the process's devices (None: all), or
+        a device list; the training batch must divide over them.
+      claim_timeout_s: a configuration claimed by a worker whose heartbeat is older
+        than this is taken over (a worker on this host whose pid is gone: at once).
+      poll_s: seconds between looks at other workers' progress while waiting.
+    """
+
+    def __init__(self, cfg: StudyConfig, results_dir: str | Path, *,
+                 devices: int | Sequence[jax.Device] | None = None,
+                 claim_timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 2.0):
         self.cfg = cfg
         self.dir = Path(results_dir)
         self.check_resume()  # before anything is written there
         claim_dir(self.dir, CONFIG_FILE, "a deepliflow_jax study results folder")
-        write_json_atomic(self.dir / CONFIG_FILE, cfg.to_dict())
+        self._write_config()
         self.records = RecordStore(self.dir)
+        self.devices = len(jax.local_devices()) if devices is None else devices
+        self.claims = ClaimBoard(self.dir / CLAIMS_DIR, timeout_s=claim_timeout_s)
+        self.poll_s = poll_s
         self.trainer: Trainer | None = None
         self.data = None
         self._val: dict[int, list] = {}
         self._timing_frames = None
 
     # -- setup -------------------------------------------------------------------
-    def _prepare(self) -> None:
+    def _write_config(self) -> None:
+        # workers starting together: one creates config.json, the others find it equal
+        path, saved = self.dir / CONFIG_FILE, self.cfg.to_dict()
+        text = json.dumps(saved, indent=2, sort_keys=True)
+        if create_exclusive(path, text) or json.loads(path.read_text()) == json.loads(text):
+            return
+        write_json_atomic(path, saved)  # a resumed study with other sweeps or parts
+
+    def _work(self, items: list, done) -> None:
+        run_claimed(items, self.claims, done, poll_s=self.poll_s, say=_say)
+
+    def prepare(self) -> None:
+        """Data and trainer (run once; :meth:`run` calls it).
+
+        Raises:
+          ValueError: the data set has no frames in a split, or the training batch does
+            not divide over ``devices`` (``--devices``).
+        """
+        if self.data is not None:
+            return
         cfg = self.cfg
+        n_dev = self.devices if isinstance(self.devices, int) else len(self.devices)
+        if not 1 <= n_dev <= len(jax.local_devices()):
+            raise ValueError(f"devices (--devices) is {n_dev}, but this process has "
+                             f"{len(jax.local_devices())} device(s): {jax.local_devices()}")
         if cfg.data == "synthetic":
             root = Path(cfg.data_dir) if cfg.data_dir else self.dir / "synthetic_kitti"
-            _say(f"synthetic KITTI-format world: {cfg.num_scenes} scenes "
-                 f"{cfg.height}x{cfg.width} in {root}")
-            make_synthetic(cfg, root)
+            ready = root / "study_ready.json"
+            world = {k: getattr(cfg, k) for k in ("num_scenes", "height", "width", "seed")}
+
+            def generate() -> None:
+                _say(f"synthetic KITTI-format world: {cfg.num_scenes} scenes "
+                     f"{cfg.height}x{cfg.width} in {root}")
+                make_synthetic(cfg, root)
+                write_json_atomic(ready, world)
+
+            # one worker writes the world; the others wait for its marker
+            self._work([("data", generate)],
+                       lambda _: ready.is_file() and json.loads(ready.read_text()) == world)
         else:
             root = Path(cfg.data_dir)
         self.data = load_study_data(cfg, root)
         _say(f"data: {len(self.data.train)} train / {len(self.data.val)} validation frames; "
              f"{self.data.samples_for(cfg)} LiDAR points per frame")
+        batch = len(self.data.train_batch(0, self.data.samples_for(cfg))["gt"])
+        if batch % n_dev:
+            raise ValueError(f"devices (--devices) is {n_dev}, but the training batch of "
+                             f"{batch} frame(s) does not split over {n_dev} devices: use a "
+                             f"device count that divides {batch} (e.g. --devices=1)")
         enable_compilation_cache()
-        self.trainer = get_trainer(cfg.interp_size, cfg.seed)
+        self.trainer = get_trainer(cfg.interp_size, cfg.seed, self.devices)
 
     def check_resume(self) -> None:
         """Refuses a results folder written with another configuration (before any work)."""
@@ -221,41 +284,62 @@ class Study:
                              "history": fit.history, "steps": fit.steps})
 
     # -- the whole study -------------------------------------------------------------
+    def _baseline_done(self, key: str) -> bool:
+        from deepliflow_jax.checkpoint import checkpoint_exists
+
+        return self.records.has(key) and bool(
+            self.cfg.checkpoint or checkpoint_exists(self.dir / "baseline_checkpoint"))
+
     def run(self) -> dict:
         t_start = time.perf_counter()
-        self._prepare()
+        self.prepare()
         cfg = self.cfg
+        # one worker pre-trains (or loads) the baseline; the others load its checkpoint
+        self._work([(BASELINE, lambda: self.post(BASELINE, self._baseline_params()))],
+                   self._baseline_done)
         params = self._baseline_params()
-        base = self.post(BASELINE, params)
-        _say(f"baseline: {_summary(base)} (validity '{cfg.validity}')")
-        if not self.records.has("zero_flow"):
-            zero = jax.tree.map(np.zeros_like, params)
-            state = self.trainer.new_state(zero)
+        _say(f"baseline: {_summary(self.records.get(BASELINE))} (validity '{cfg.validity}')")
+
+        def zero_flow() -> None:
+            state = self.trainer.new_state(jax.tree.map(np.zeros_like, params))
             self.records.put("zero_flow", {"key": "zero_flow", "kind": "reference",
                                            "metrics": self._evaluate(state,
                                                                      self.val_batches())})
+
+        def config(key: str, kind: str, p: float, b: int, hybrid: bool = False):
+            def work() -> None:
+                rec = getattr(self, kind)(key, params, p, b)
+                _say(f"{key}: {_summary(rec)}" + ("" if rec.get("failed") or hybrid else
+                                                  f", zeros {rec['zero_percent']:.2f} %"))
+            return key, work
+
         sweeps = []
         for kind in ("post", "aware"):
             if f"{kind}_prune" in cfg.experiments:
                 sweeps += [(f"{kind}_prune_{p:g}", kind, p, 0) for p in cfg.prune_percents]
             if f"{kind}_quant" in cfg.experiments:
                 sweeps += [(f"{kind}_quant_{b}", kind, 0.0, b) for b in cfg.quant_bits]
-        for key, kind, p, b in progress(sweeps, len(sweeps), "sweeps"):
-            rec = getattr(self, kind)(key, params, p, b)
-            _say(f"{key}: {_summary(rec)}" + ("" if rec.get("failed") else
-                                              f", zeros {rec['zero_percent']:.2f} %"))
+        items = [("zero_flow", zero_flow)] + [config(*s) for s in sweeps]
         if "dynamic_prune" in cfg.experiments:
-            rec = dynamic.run_part(self, params, say=_say)
-            _say(f"dynamic_prune: final {rec['percent']:g} % after {len(rec['trajectory'])} "
-                 f"levels (stop: {rec['stop']}), {_summary(rec)}")
+            def dynamic_part() -> None:  # one claim: its levels build on each other
+                rec = dynamic.run_part(self, params, say=_say)
+                _say(f"dynamic_prune: final {rec['percent']:g} % after "
+                     f"{len(rec['trajectory'])} levels (stop: {rec['stop']}), {_summary(rec)}")
+            items.append((dynamic.PART, dynamic_part))
+        self._work(items, self.records.has)
         best_p, best_b = report.best_levels(self.records.all(), cfg)
-        for kind in ("post", "aware") if "hybrid" in cfg.experiments else ():
-            key = f"hybrid_{kind}_{best_b}_{best_p:g}"
-            rec = getattr(self, kind)(key, params, best_p, best_b)
-            _say(f"{key}: {_summary(rec)}")
-        self._qualitative(params, best_p, best_b)
-        outputs = report.write_all(self.dir, self.records.all(), cfg,
-                                   wall_s=time.perf_counter() - t_start)
+        items = [config(f"hybrid_{kind}_{best_b}_{best_p:g}", kind, best_p, best_b, True)
+                 for kind in (("post", "aware") if "hybrid" in cfg.experiments else ())]
+        fig5 = self.dir / "fig5_qualitative.png"
+        items.append(("fig5", lambda: self._qualitative(params, best_p, best_b)))
+        self._work(items, lambda k: fig5.exists() if k == "fig5" else self.records.has(k))
+        outputs = {}
+
+        def write_reports() -> None:  # every worker, one at a time: the last one's stays
+            outputs.update(report.write_all(self.dir, self.records.all(), cfg,
+                                            wall_s=time.perf_counter() - t_start))
+
+        self._work([("reports", write_reports)], lambda _: bool(outputs))
         _say(f"done in {time.perf_counter() - t_start:.0f} s; results in {self.dir}")
         return outputs
 
@@ -282,18 +366,20 @@ class Study:
             vis.save_fig5(path, sample.image0, sample.image1, rows, gt=batch["gt"][0])
 
 
-def run_study(cfg: StudyConfig, results_dir: str | Path) -> dict:
+def run_study(cfg: StudyConfig, results_dir: str | Path, **options: Any) -> dict:
     """Runs (or resumes) the study; returns the paths of what it wrote.
 
     Finished configurations are records in ``results_dir``; a re-run with the same
     settings skips them (see the module docstring for the order of work). An end-to-end
     run takes minutes even for the ``tiny`` preset; ``tests/test_study.py`` runs it
-    (``test_tiny_study_end_to_end_and_resume``).
+    (``test_tiny_study_end_to_end_and_resume``). Several processes calling this on the
+    same folder split the configurations between them (see :class:`Study`).
 
     Args:
       cfg: the configuration, e.g. from ``make_config``.
       results_dir: folder for the records, logs, tables and plots (created; a folder
         of an earlier run with the same settings is resumed).
+      **options: :class:`Study`'s ``devices``, ``claim_timeout_s``, ``poll_s``.
 
     Returns:
       ``{"json": ..., "csv": ..., "tables": ..., "plots": [...]}``: the paths (str)
@@ -309,6 +395,7 @@ def run_study(cfg: StudyConfig, results_dir: str | Path) -> dict:
         deepliflow_jax study results folder (holds ...); remove it or choose another
         path".
       FileNotFoundError: the configured checkpoint or KITTI data is missing.
+      ValueError: the training batch does not divide over ``devices``.
 
     Example:
       >>> import tempfile
@@ -319,4 +406,4 @@ def run_study(cfg: StudyConfig, results_dir: str | Path) -> dict:
       >>> sorted(run_study(cfg, tempfile.mkdtemp()))  # doctest: +SKIP
       ['csv', 'json', 'plots', 'tables']
     """
-    return Study(cfg, results_dir).run()
+    return Study(cfg, results_dir, **options).run()

@@ -15,6 +15,11 @@ phase, the best state by a validation metric kept (the original's model
 selection: the lowest SF outlier rate), a non-finite loss or parameters stopping
 it with :class:`DivergenceError`.
 
+Data parallel: ``Trainer(devices=n)`` (or a device list or mesh) splits every
+batch over a 1-D mesh of ``n`` devices and keeps the train state (parameters,
+masks, bit widths, Adam) replicated (``deepliflow_jax.train.sharding``); the
+result equals the one-device run up to float summation order.
+
 Structured models: ``Trainer(widths=...)`` trains a physically smaller network;
 ``Trainer(channel_masked=True)`` trains the full network with pruned channels
 zeroed at every producer (``batch["channel_masks"]``, see
@@ -35,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from deepliflow_jax.compress.prune import SELECT_ALL
 from deepliflow_jax.compress.quantize import QuantConfig
@@ -57,6 +63,7 @@ from deepliflow_jax.metrics import (
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.train.checkpoint import Checkpointer
+from deepliflow_jax.train.sharding import jit_step, make_mesh, replicate, shard_batch
 from deepliflow_jax.train.state import TrainState, create_train_state
 from deepliflow_jax.train.step import make_train_step
 
@@ -152,12 +159,23 @@ class Trainer:
       channel_masked: train the full network under channel masks that every batch
         carries as ``batch["channel_masks"]`` (``{group: 0/1 [width]}``).
       dtype: compute dtype of the network (parameters and updates stay float32).
+      devices: data parallel over a count of this process's devices, a device list or
+        a ``jax.sharding.Mesh`` with a ``"data"`` axis (None: one device). Training
+        batches must divide over them; evaluation batches that do not run replicated.
+
+    Raises:
+      ValueError: widths with ``channel_masked``, or a device count this process does
+        not have.
     """
 
     def __init__(self, interp_size: tuple[int, int] | None = None, seed: int = 0,
-                 widths: Any = None, channel_masked: bool = False, dtype: Any = jnp.float32):
+                 widths: Any = None, channel_masked: bool = False, dtype: Any = jnp.float32,
+                 devices: int | Sequence[jax.Device] | Mesh | None = None):
         if channel_masked and widths is not None:
             raise ValueError("channel-masked training runs the full model: widths must be None")
+        #: the 1-D data-parallel mesh every step and evaluation runs on
+        self.mesh = devices if isinstance(devices, Mesh) else make_mesh(
+            1 if devices is None else devices)
         self.model = DeepLiDARFlow(widths=freeze_widths(widths), dtype=dtype)
         self.interp_size = interp_size
         self.seed = seed
@@ -169,7 +187,7 @@ class Trainer:
         #: compression transform; jitted with donation as :meth:`train_step`
         self.step_fn = make_train_step(self._apply, self._loss, self.tx,
                                        regularizer=lambda p: l2_regularizer(p))
-        self._step = jax.jit(self.step_fn, donate_argnums=0)
+        self._step = jit_step(self.step_fn, self.mesh, donate=True)
         self._eval = jax.jit(self._eval_counts, static_argnames="validity")
         #: :meth:`forward_fn` jitted once (the study times every configuration with it)
         self.forward = jax.jit(self.forward_fn)
@@ -216,8 +234,18 @@ class Trainer:
         """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float)."""
         state = create_train_state(params, self._tx(lr, masks), self.seed)
         bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
-        return state._replace(opt_state=_replace_state(state.opt_state, QuantState,
-                                                       bits=bits_tree))
+        # copied: the donating step must not delete the caller's masks
+        return replicate(state._replace(opt_state=_replace_state(state.opt_state, QuantState,
+                                                                 bits=bits_tree)), self.mesh,
+                         copy=True)
+
+    def place(self, state: Any) -> Any:
+        """``state`` replicated on this trainer's mesh (unchanged if it already is there)."""
+        leaf = jax.tree.leaves(state)[0]
+        devices = set(self.mesh.devices.flat)
+        if isinstance(leaf, jax.Array) and leaf.sharding.device_set == devices:
+            return state
+        return replicate(state, self.mesh)
 
     @staticmethod
     def masks_of(state: TrainState) -> Any:
@@ -230,7 +258,14 @@ class Trainer:
 
     # -- work ------------------------------------------------------------------
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        return self._step(state, batch)
+        """One optimizer step; ``batch`` is split over the mesh's devices.
+
+        Raises:
+          ValueError: the batch does not divide over the devices ("batch leaf with shape
+            ... does not split over N local devices ...").
+        """
+        batch = shard_batch(batch, self.mesh, unbatched=("channel_masks",))
+        return self._step(self.place(state), batch)
 
     def evaluate(self, state: TrainState, batches: list[dict], keep_outputs: bool = False,
                  validity: str = "original"):
@@ -258,7 +293,8 @@ class Trainer:
             batch = {k: b[k] for k in ("frames", "gt", "channel_masks") if k in b}
             if devkit:
                 batch["valid"] = b["valid"]
-            c, sf = self._eval(state.params, state.opt_state, batch, validity=validity)
+            c, sf = self._eval(*self.place((state.params, state.opt_state)),
+                               self._eval_batch(batch), validity=validity)
             counts.append(jax.device_get(c))
             if keep_outputs:
                 outputs.append(np.asarray(sf))
@@ -266,6 +302,12 @@ class Trainer:
         with np.errstate(divide="ignore", invalid="ignore"):
             metrics = as_floats(metrics_from_counts(merged, default_aggregate(validity)))
         return (metrics, outputs) if keep_outputs else metrics
+
+    def _eval_batch(self, batch: dict) -> dict:
+        # split like a training batch when it divides over the devices, else replicated
+        if len(batch["gt"]) % self.mesh.size:
+            return replicate(batch, self.mesh)
+        return shard_batch(batch, self.mesh, unbatched=("channel_masks",))
 
     def fit(self, state: TrainState, batch_fn: Callable[[int], dict], phases: Sequence[Phase],
             **kwargs: Any) -> FitResult:
@@ -416,11 +458,20 @@ def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, star
     return FitResult(best_state, history, per_phase, done, selected)
 
 
-@functools.lru_cache(maxsize=4)
-def get_trainer(interp_size: tuple[int, int] | None = None, seed: int = 0) -> Trainer:
+def get_trainer(interp_size: tuple[int, int] | None = None, seed: int = 0,
+                devices: int | Sequence[jax.Device] | None = None) -> Trainer:
     """A shared :class:`Trainer` of the original network, so that the study, the API and
-    a resumed study in the same process do not compile again."""
-    return Trainer(interp_size, seed)
+    a resumed study in the same process do not compile again.
+
+    ``devices`` as :class:`Trainer`'s (None: one device).
+    """
+    mesh = make_mesh(1 if devices is None else devices)
+    return _shared_trainer(interp_size, seed, tuple(mesh.devices.flat))
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_trainer(interp_size, seed, devices) -> Trainer:
+    return Trainer(interp_size, seed, devices=list(devices))
 
 
 def enable_compilation_cache(path: str | None = None) -> None:
