@@ -98,10 +98,16 @@ RACE = textwrap.dedent("""
     spec.loader.exec_module(claims)
     board = claims.ClaimBoard(sys.argv[2], timeout_s=30)
     go = float(sys.argv[3])
+    ready = time.time()
     while time.time() < go:
         pass
     won = [k for k in ["stale"] + [f"k{i}" for i in range(30)] if board.acquire(k)]
-    print(json.dumps(won))
+    # stay alive until every racer is done: a dead owner's claim may rightly be taken over
+    done = os.path.join(sys.argv[4], str(os.getpid()))
+    open(done, "w").close()
+    while len(os.listdir(sys.argv[4])) < int(sys.argv[5]) and time.time() < go + 60:
+        time.sleep(0.05)
+    print(json.dumps({"won": won, "ready": ready}))
 """)
 
 
@@ -110,18 +116,20 @@ def test_racing_processes_never_claim_the_same_configuration(tmp_path):
     script.write_text(RACE)
     folder = tmp_path / "claims"
     _plant(ClaimBoard(folder), "stale", heartbeat=time.time() - 3600)  # both may take it
-    go = time.time() + 3.0
+    done = tmp_path / "done"
+    done.mkdir()
+    go = time.time() + 8.0  # time for all three to start, even on a loaded machine
     procs = [subprocess.Popen([sys.executable, str(script),
                                os.path.join(ROOT, "deepliflow_jax", "study", "claims.py"),
-                               str(folder), str(go)],
+                               str(folder), str(go), str(done), "3"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": ROOT})
              for _ in range(3)]
-    outs = [p.communicate(timeout=60) for p in procs]
+    outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
-    won = [json.loads(o[0]) for o in outs]
-    assert time.time() > go  # they raced (all started before the go time)
-    flat = sorted(k for w in won for k in w)
+    runs = [json.loads(o[0]) for o in outs]
+    assert all(r["ready"] < go for r in runs)  # they raced: all waiting before the go time
+    flat = sorted(k for r in runs for k in r["won"])
     assert flat == sorted([f"k{i}" for i in range(30)] + ["stale"])  # each exactly once
 
 
