@@ -59,6 +59,10 @@ from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.train.checkpoint import Checkpointer
 from deepliflow_jax.train.state import TrainState, create_train_state
 from deepliflow_jax.train.step import make_train_step
+from deepliflow_jax.train.tf_adam import TF1AdamState, tf1_adam
+
+# the trainer's optimizers: optax's Adam, or TF1's (the original's train.py; see tf_adam)
+OPTIMIZERS = {"adam": optax.adam, "tf1_adam": tf1_adam}
 
 
 class DivergenceError(FloatingPointError):
@@ -152,12 +156,18 @@ class Trainer:
       channel_masked: train the full network under channel masks that every batch
         carries as ``batch["channel_masks"]`` (``{group: 0/1 [width]}``).
       dtype: compute dtype of the network (parameters and updates stay float32).
+      optimizer: ``"adam"`` (``optax.adam``) or ``"tf1_adam"`` (TF 1.x's ``ApplyAdam``,
+        the original's; its state can continue a TF checkpoint's, see ``new_state``).
     """
 
     def __init__(self, interp_size: tuple[int, int] | None = None, seed: int = 0,
-                 widths: Any = None, channel_masked: bool = False, dtype: Any = jnp.float32):
+                 widths: Any = None, channel_masked: bool = False, dtype: Any = jnp.float32,
+                 optimizer: str = "adam"):
         if channel_masked and widths is not None:
             raise ValueError("channel-masked training runs the full model: widths must be None")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        self.optimizer = optimizer
         self.model = DeepLiDARFlow(widths=freeze_widths(widths), dtype=dtype)
         self.interp_size = interp_size
         self.seed = seed
@@ -208,16 +218,32 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------
     def _tx(self, lr: float, masks: Any):
-        return compress(optax.inject_hyperparams(optax.adam)(learning_rate=lr), masks=masks,
-                        quant=self.quant)
+        return compress(optax.inject_hyperparams(OPTIMIZERS[self.optimizer])(learning_rate=lr),
+                        masks=masks, quant=self.quant)
 
     def new_state(self, params: Any, *, lr: float = 1e-4, masks: Any = None,
-                  bits: int = 0) -> TrainState:
-        """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float)."""
+                  bits: int = 0, adam: TF1AdamState | None = None) -> TrainState:
+        """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float).
+
+        ``adam``: a ``tf1_adam`` trainer's starting Adam state (e.g. the original's,
+        ``tf_adam.state_from_checkpoint``) instead of zeros; moments of pruned entries
+        are zeroed. Raises ``ValueError`` for another optimizer.
+        """
         state = create_train_state(params, self._tx(lr, masks), self.seed)
         bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
-        return state._replace(opt_state=_replace_state(state.opt_state, QuantState,
-                                                       bits=bits_tree))
+        opt_state = _replace_state(state.opt_state, QuantState, bits=bits_tree)
+        if adam is not None:
+            if self.optimizer != "tf1_adam":
+                raise ValueError("a starting Adam state (adam=...) continues TF1's Adam: use "
+                                 f"Trainer(optimizer='tf1_adam'), not {self.optimizer!r}")
+            m = find_state(opt_state, MaskState).masks
+            keep = lambda t: jax.tree.map(  # noqa: E731
+                lambda x, k: jnp.where(k, jnp.asarray(x, jnp.float32), 0.0), t, m)
+            opt_state = _replace_state(opt_state, TF1AdamState, count=adam.count,
+                                       mu=keep(adam.mu), nu=keep(adam.nu),
+                                       beta1_power=adam.beta1_power,
+                                       beta2_power=adam.beta2_power)
+        return state._replace(opt_state=opt_state)
 
     @staticmethod
     def masks_of(state: TrainState) -> Any:
@@ -417,10 +443,11 @@ def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, star
 
 
 @functools.lru_cache(maxsize=4)
-def get_trainer(interp_size: tuple[int, int] | None = None, seed: int = 0) -> Trainer:
+def get_trainer(interp_size: tuple[int, int] | None = None, seed: int = 0,
+                optimizer: str = "adam") -> Trainer:
     """A shared :class:`Trainer` of the original network, so that the study, the API and
     a resumed study in the same process do not compile again."""
-    return Trainer(interp_size, seed)
+    return Trainer(interp_size, seed, optimizer=optimizer)
 
 
 def enable_compilation_cache(path: str | None = None) -> None:
