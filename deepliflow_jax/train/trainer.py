@@ -322,7 +322,8 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
         on_step: Callable[[int, dict], None] | None = None,
         on_eval: Callable[[int, dict], None] | None = None,
         progress: Callable[[Iterable, int, str], Iterable] | None = None,
-        checkpointer: Checkpointer | None = None) -> FitResult:
+        checkpointer: Checkpointer | None = None,
+        restart_from_best: bool = False) -> FitResult:
     """The fine-tuning loop: ``phases`` of optimizer steps, best state by validation.
 
     Each phase sets its learning rate in the state (:func:`set_learning_rate`) and
@@ -362,6 +363,13 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
       progress: wraps each phase's ``range`` (e.g. a progress bar).
       checkpointer: a :class:`~deepliflow_jax.train.checkpoint.Checkpointer` whose
         ``best_metric`` is ``select`` (or None), to resume an interrupted run.
+      restart_from_best: each phase after the first starts from the best state so far
+        (its parameters and optimizer state; the step count, RNG and data position go
+        on), the selection carried over: the original's second phase, ``train.py
+        --best_checkpoint True`` (``load_model`` restores the best checkpoint of
+        ``utils/checkpointsaver.py``'s ``best_checkpoints``, whose bookkeeping the new
+        ``BestCheckpointSaver`` keeps). Without a validation yet, the phase goes on from
+        the last state.
 
     Returns:
       :class:`FitResult` (``history`` holds this invocation's validations).
@@ -374,14 +382,14 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
     history: list[dict] = []
     try:
         return _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start,
-                    on_step, on_eval, progress, checkpointer, history)
+                    on_step, on_eval, progress, checkpointer, history, restart_from_best)
     except DivergenceError as err:
         err.history = history
         raise
 
 
 def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start, on_step,
-         on_eval, progress, checkpointer, history) -> FitResult:
+         on_eval, progress, checkpointer, history, restart_from_best=False) -> FitResult:
     per_phase: dict[str, dict] = {}
     best_value, best_state, selected = math.inf, None, 0
     first_step = int(state.step)
@@ -400,11 +408,13 @@ def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, star
             selected = int(best_state.step) - first_step
     total = sum(p.steps for p in phases)
     offset = 0  # steps of the phases before this one
-    for phase in phases:
+    for number, phase in enumerate(phases):
         skip = min(max(done - offset, 0), phase.steps)
         offset += phase.steps
         if skip == phase.steps:
             continue
+        if restart_from_best and number and not skip and best_state is not None:
+            state = state._replace(params=best_state.params, opt_state=best_state.opt_state)
         state = set_learning_rate(state, phase.lr)
         pending: list[tuple[int, Any]] = []  # losses still on the device
         steps = range(skip, phase.steps)
