@@ -2,6 +2,7 @@
 
   python -m experiments.run_study                      # --preset=demo, CPU, synthetic
   python -m experiments.run_study --preset=paper --data_dir=KITTI --checkpoint=CKPT
+      (CKPT converted with --with_optimizer_state: the paper preset continues its Adam)
   python -m experiments.run_study --experiments=post_prune,post_quant   # one part
   python -m experiments.run_study --validity=devkit    # KITTI devkit's validity rule
 
@@ -38,6 +39,9 @@ flags.DEFINE_enum("validity", None, ["original", "devkit"],
                   "pixels with a valid first-frame disparity, frames averaged: the paper's "
                   "numbers) or 'devkit' (the KITTI devkit's: D0 / D1 / Fl each on its own valid "
                   "pixels, SF where all are valid, pixels pooled over the set).")
+flags.DEFINE_bool("restore_optimizer", None, "Start aware training from the checkpoint's Adam "
+                  "state (paper preset: yes, as the original; needs a checkpoint converted with "
+                  "--with_optimizer_state). --norestore_optimizer starts a fresh TF1 Adam.")
 
 
 def _floats(values, name):
@@ -77,6 +81,7 @@ def main(argv):
             experiments=None if FLAGS.experiments is None else tuple(FLAGS.experiments),
             lidar_sweep=lidar,
             runtime_repeats=FLAGS.runtime_repeats, validity=FLAGS.validity,
+            restore_optimizer=FLAGS.restore_optimizer,
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err

@@ -190,6 +190,8 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
          "--runtime_repeats=0", f"--results_dir={tmp_path / 'out'}",
          f"--data_dir={tmp_path / 'world'}"],
         ["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={ckpt}"],
+        ["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={ckpt}",
+         "--norestore_optimizer"],
     ]
     bad = [
         (["--preset=tiny", "--prune_percents=5,abc"], "--prune_percents: could not convert"),
@@ -207,6 +209,9 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
         (["--preset=tiny", "--runtime_repeats=-2"], "runtime_repeats must be >= 0, got -2"),
         (["--preset=huge"], "unknown preset 'huge'"),
         (["--preset=paper", f"--checkpoint={ckpt}"], "--data_dir"),
+        (["--preset=tiny", "--restore_optimizer"],
+         "restore_optimizer continues a converted TF checkpoint's Adam: it needs "
+         "optimizer='tf1_adam' and --checkpoint"),
         (["--preset=paper", f"--data_dir={kitti}"], "--checkpoint"),
         (["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={tmp_path / 'none'}"],
          f"--checkpoint {tmp_path / 'none'} does not exist"),
@@ -227,6 +232,8 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
     assert got[2]["results_dir"] == "results/paper"
     assert (paper["data"], paper["interp_size"], paper["checkpoint"]) == (
         "'kitti'", "(384, 1216)", repr(str(ckpt)))
+    assert (paper["restore_optimizer"], got[3]["fields"]["restore_optimizer"]) == (
+        "True", "False")
     for (argv, message), result in zip(bad, got[len(ok):], strict=True):
         assert "error" in result, (argv, result)
         assert re.search(message, result["error"]), (argv, result["error"])
