@@ -126,3 +126,23 @@ def test_trainer_with_tf1_adam_continues_a_given_state():
                                               "bias": jnp.zeros(5)}}})
     with pytest.raises(ValueError, match=r"nu at \['conv'\]\['bias'\] is \[5\], the parameter is"):
         state_from_checkpoint(params, bad)
+
+
+def test_the_trainers_tf1_adam_state_survives_a_donating_step():
+    """The compiled step donates its state: no two of its leaves may share a buffer (the
+    beta powers start as the betas' values, held apart from the injected betas)."""
+    from deepliflow_jax.train.step import make_train_step
+
+    engine = Trainer(optimizer="tf1_adam")
+    params = {"w": jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32)}
+    step = jax.jit(make_train_step(lambda p, b, r: p["w"] * b["x"],
+                                   lambda out, b: jnp.sum(out ** 2), engine.tx),
+                   donate_argnums=0)
+    batch = {"x": jnp.arange(6, dtype=jnp.float32)}
+    state = engine.new_state(params, lr=1e-3)
+    for _ in range(2):
+        state, metrics = step(state, batch)
+    (adam,) = [n for n in jax.tree.leaves(state.opt_state, is_leaf=lambda n: isinstance(
+        n, TF1AdamState)) if isinstance(n, TF1AdamState)]
+    assert int(adam.count) == 2 and np.isfinite(float(metrics["loss"]))
+    assert float(adam.beta1_power) == pytest.approx(0.9 ** 3, rel=1e-6)

@@ -2,7 +2,10 @@
 
 ``demo`` (the default, the README's main job) runs everything on the built-in
 synthetic KITTI-format world at reduced resolution on a CPU; ``paper`` is the
-paper's protocol on KITTI 2015 at 384x1216 from a converted checkpoint;
+paper's protocol on KITTI 2015 at 384x1216 from a converted checkpoint, fine-tuning
+as the original's KITTI fine-tuning does (``train.py``, ``run_finetune.sh``,
+``data_loader/data_generator.py``: the fields from ``batch_size`` on; the README's
+table "The original's fine-tuning protocol vs ours" lists them and what departs);
 ``tiny`` is the smallest end-to-end run (the integration test).
 """
 

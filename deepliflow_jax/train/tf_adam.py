@@ -90,9 +90,11 @@ def tf1_adam(learning_rate: float | optax.Schedule, b1: float = TF1_BETA1,
 
     def init(params: Any) -> TF1AdamState:
         zeros = lambda p: jnp.zeros_like(p)  # noqa: E731
+        # copies: under inject_hyperparams b1 and b2 are state arrays themselves, and a
+        # donating step must not receive one buffer twice
         return TF1AdamState(jnp.zeros((), jnp.int32), jax.tree.map(zeros, params),
-                            jax.tree.map(zeros, params), jnp.asarray(b1, jnp.float32),
-                            jnp.asarray(b2, jnp.float32))
+                            jax.tree.map(zeros, params), jnp.array(b1, jnp.float32, copy=True),
+                            jnp.array(b2, jnp.float32, copy=True))
 
     def update(grads: Any, state: TF1AdamState, params: Any = None):
         del params

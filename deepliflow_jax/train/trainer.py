@@ -239,10 +239,11 @@ class Trainer:
             m = find_state(opt_state, MaskState).masks
             keep = lambda t: jax.tree.map(  # noqa: E731
                 lambda x, k: jnp.where(k, jnp.asarray(x, jnp.float32), 0.0), t, m)
-            opt_state = _replace_state(opt_state, TF1AdamState, count=adam.count,
+            own = lambda x: jnp.array(x, copy=True)  # noqa: E731 (a step donates its state)
+            opt_state = _replace_state(opt_state, TF1AdamState, count=own(adam.count),
                                        mu=keep(adam.mu), nu=keep(adam.nu),
-                                       beta1_power=adam.beta1_power,
-                                       beta2_power=adam.beta2_power)
+                                       beta1_power=own(adam.beta1_power),
+                                       beta2_power=own(adam.beta2_power))
         return state._replace(opt_state=opt_state)
 
     @staticmethod
@@ -452,11 +453,17 @@ def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, star
     return FitResult(best_state, history, per_phase, done, selected)
 
 
-@functools.lru_cache(maxsize=4)
 def get_trainer(interp_size: tuple[int, int] | None = None, seed: int = 0,
                 optimizer: str = "adam") -> Trainer:
     """A shared :class:`Trainer` of the original network, so that the study, the API and
     a resumed study in the same process do not compile again."""
+    # one cache key however the arguments are spelled
+    return _shared_trainer(None if interp_size is None else tuple(interp_size), int(seed),
+                           optimizer)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_trainer(interp_size, seed, optimizer) -> Trainer:
     return Trainer(interp_size, seed, optimizer=optimizer)
 
 
