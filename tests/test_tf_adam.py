@@ -146,3 +146,11 @@ def test_the_trainers_tf1_adam_state_survives_a_donating_step():
         n, TF1AdamState)) if isinstance(n, TF1AdamState)]
     assert int(adam.count) == 2 and np.isfinite(float(metrics["loss"]))
     assert float(adam.beta1_power) == pytest.approx(0.9 ** 3, rel=1e-6)
+    # two states seeded from one Adam state: each owns its buffers
+    seed = state_from_checkpoint(params, {
+        "mu": {"w": np.zeros(6, np.float32)}, "nu": {"w": np.ones(6, np.float32)},
+        "beta1_power": 0.5, "beta2_power": 0.5, "count": 5})
+    first, second = (engine.new_state(params, adam=seed) for _ in range(2))
+    step(first, batch)
+    _, metrics = step(second, batch)
+    assert np.isfinite(float(metrics["loss"]))
