@@ -3,6 +3,10 @@
 Layout of a checkpoint directory ``DIR``::
 
     DIR/params/                   Orbax (StandardCheckpointer) tree of the model
+    DIR/optimizer/                optional Orbax tree of an optimizer state to continue
+                                  (``save_checkpoint(..., optimizer=)``: TF1 Adam's
+                                  moments and beta powers of a converted TF training
+                                  checkpoint, ``load_optimizer_state``)
     DIR/deepliflow_checkpoint.json  metadata: architecture, kind, parameter count, date,
                                   and whatever the writer adds (e.g. the source
                                   and format of a converted checkpoint)
@@ -65,6 +69,8 @@ ARCHITECTURE = "DeepLiDARFlow"
 CHECKPOINT_VERSION = 1
 METADATA_FILE = "deepliflow_checkpoint.json"
 PARAMS_DIR = "params"
+OPTIMIZER_DIR = "optimizer"
+OPTIMIZER_SCALARS = ("beta1_power", "beta2_power", "count")  # beside the moments mu, nu
 KIND = "a deepliflow_jax checkpoint"  # how refusals name what may be overwritten
 
 PathLike = str | os.PathLike
@@ -313,9 +319,31 @@ def _int8_model(tree: dict) -> dict:
     return model
 
 
+def _optimizer_tree(optimizer: dict, variables: dict) -> dict:
+    """The optimizer item as stored: moments checked against ``variables``, numpy float32."""
+    if not isinstance(optimizer, dict) or set(optimizer) != {"mu", "nu", *OPTIMIZER_SCALARS}:
+        raise ValueError("optimizer must be a dict with mu, nu (trees of the variables' "
+                         f"{{'params': ...}}), {', '.join(OPTIMIZER_SCALARS)}; got "
+                         f"{sorted(optimizer) if isinstance(optimizer, dict) else optimizer!r}")
+    tree = {}
+    for name in ("mu", "nu"):
+        check_variables(optimizer[name], f"the optimizer's {name}")
+        if jax.tree.structure(optimizer[name]) != jax.tree.structure(variables):
+            raise ValueError(f"the optimizer's {name} is not a tree of the saved variables")
+        tree[name] = jax.tree.map(lambda x: np.asarray(x, np.float32), optimizer[name])
+    tree["beta1_power"] = np.asarray(optimizer["beta1_power"], np.float32)
+    tree["beta2_power"] = np.asarray(optimizer["beta2_power"], np.float32)
+    tree["count"] = np.asarray(optimizer["count"], np.int64)
+    for name in OPTIMIZER_SCALARS:
+        if tree[name].shape != ():
+            raise ValueError(f"the optimizer's {name} must be a scalar, got shape "
+                             f"{list(tree[name].shape)}")
+    return tree
+
+
 def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None = None,
                     overwrite: bool = False, *, quant: Any = None, masks: Any = None,
-                    bits: Any = None) -> Path:
+                    bits: Any = None, optimizer: dict | None = None) -> Path:
     """Saves a model (checked against the architecture) and metadata, atomically.
 
     The kind of checkpoint follows from the arguments and is recorded in the
@@ -345,6 +373,11 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
       masks: boolean pruning masks (the tree of ``variables``), applied first.
       bits: per-leaf bit widths overriding ``quant.bits`` (e.g.
         ``compress.transforms.get_bits(opt_state)``; 0 keeps a leaf float).
+      optimizer: float kind only: an Adam state to continue, ``{"mu", "nu"}`` (trees
+        like ``variables``), ``beta1_power``, ``beta2_power`` (TF1 Adam's running
+        powers) and ``count`` (updates taken), stored in ``DIR/optimizer`` and read by
+        ``load_optimizer_state`` (``weights_convert --with_optimizer_state``). Describe
+        it in ``metadata["optimizer"]``.
 
     Returns:
       The absolute checkpoint path.
@@ -354,7 +387,8 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
         checkpoint (see ``check_output``).
       ValueError: the variables are not DeepLiDARFlow's (or not a consistent int8
         model), ``bits`` without ``quant``, packing arguments with an int8 model,
-        or metadata that is not JSON.
+        an optimizer state with another kind or of other shapes, or metadata that is
+        not JSON.
 
     Example:
       >>> import tempfile
@@ -376,6 +410,10 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
     """
     out = check_output(directory, overwrite)
     extra: dict[str, Any] = {}
+    if optimizer is not None and (quant is not None or masks is not None or bits is not None
+                                  or is_int8_model(variables)):
+        raise ValueError("an optimizer state is kept with float parameters only (a training "
+                         "checkpoint to continue); pass no quant, masks or bits with it")
     if is_int8_model(variables):
         if quant is not None or masks is not None or bits is not None:
             raise ValueError("quant, masks and bits pack float parameters; an int8 model "
@@ -392,6 +430,8 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
         count, tensors = parameter_count(host), len(jax.tree.leaves(host))
         if quant is None and masks is None and bits is None:
             kind, tree = "float", host
+            if optimizer is not None:
+                optimizer = _optimizer_tree(optimizer, host)
         else:
             from deepliflow_jax.compress.export import pack_params
 
@@ -420,6 +460,8 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
     def write_params(staged: Path) -> None:
         with _checkpointer() as ckptr:
             ckptr.save(staged / PARAMS_DIR, tree)
+            if optimizer is not None:
+                ckptr.save(staged / OPTIMIZER_DIR, optimizer)
 
     # the metadata file is written last: it marks a staged copy complete and makes
     # the folder recognisably a checkpoint that a later overwrite may replace
@@ -485,6 +527,42 @@ def load_metadata(directory: PathLike) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"unreadable checkpoint metadata {path}: {err}") from err
+
+
+def load_optimizer_state(directory: PathLike) -> dict:
+    """The optimizer state stored with a checkpoint (``save_checkpoint(..., optimizer=)``).
+
+    Args:
+      directory: a checkpoint directory.
+
+    Returns:
+      ``{"mu": {"params": ...}, "nu": {"params": ...}, "beta1_power", "beta2_power",
+      "count"}`` as numpy arrays (``train.tf_adam.state_from_checkpoint`` makes the
+      trainer's Adam state of it); its description is ``load_metadata(directory)
+      ["optimizer"]``.
+
+    Raises:
+      FileNotFoundError: no checkpoint there, or one without an optimizer state ("...
+        holds no optimizer state: convert the TF training checkpoint with
+        --with_optimizer_state").
+      ValueError: an unreadable optimizer tree.
+    """
+    _params_dir(directory)
+    path = Path(directory).absolute() / OPTIMIZER_DIR
+    if not (path / "_METADATA").is_file():
+        raise FileNotFoundError(
+            f"checkpoint {directory} holds no optimizer state: convert the TF training "
+            "checkpoint with `python -m weights_convert --format=tf --with_optimizer_state "
+            "...` (it keeps the original's Adam slots and beta powers)")
+    with _checkpointer() as ckptr:
+        stored = _stored_tree(ckptr, path)
+        target = _nested({k: np.zeros(s, np.dtype(d)) for k, (s, d) in stored.items()})
+        try:
+            restored = ckptr.restore(path, target)
+        except Exception as err:
+            raise ValueError(f"could not read the optimizer state in {path} (corrupted or "
+                             f"truncated?): {err}") from err
+    return jax.tree.map(np.asarray, restored)
 
 
 def checkpoint_widths(directory: PathLike) -> dict[str, int] | None:

@@ -2,6 +2,7 @@
 
   python -m experiments.run_study                      # --preset=demo, CPU, synthetic
   python -m experiments.run_study --preset=paper --data_dir=KITTI --checkpoint=CKPT
+      (CKPT converted with --with_optimizer_state: the paper preset continues its Adam)
   python -m experiments.run_study --experiments=post_prune,post_quant   # one part
   python -m experiments.run_study --validity=devkit    # KITTI devkit's validity rule
   python -m experiments.run_study --experiments=dynamic_prune --dynamic_tolerance=0.1
@@ -70,6 +71,9 @@ flags.DEFINE_enum("validity", None, ["original", "devkit"],
                   "pixels with a valid first-frame disparity, frames averaged: the paper's "
                   "numbers) or 'devkit' (the KITTI devkit's: D0 / D1 / Fl each on its own valid "
                   "pixels, SF where all are valid, pixels pooled over the set).")
+flags.DEFINE_bool("restore_optimizer", None, "Start aware training from the checkpoint's Adam "
+                  "state (paper preset: yes, as the original; needs a checkpoint converted with "
+                  "--with_optimizer_state). --norestore_optimizer starts a fresh TF1 Adam.")
 
 
 DYNAMIC_FLAGS = ("dynamic_tolerance", "dynamic_start", "dynamic_increment",
@@ -134,6 +138,7 @@ def main(argv):
             lidar_sweep=lidar,
             runtime_repeats=FLAGS.runtime_repeats, validity=FLAGS.validity,
             **{name: getattr(FLAGS, name) for name in DYNAMIC_FLAGS},
+            restore_optimizer=FLAGS.restore_optimizer,
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from err

@@ -361,3 +361,31 @@ def test_kind_metadata_is_checked(small_variables, tmp_path):
     with pytest.raises(ValueError, match=r"its metadata says kind 'packed', but its tensor "
                        r"tree holds \['params'\] \(expected \['packed'\]\)"):
         load_checkpoint(paths["float"])
+
+
+def test_optimizer_state_item_round_trip_and_refusals(small_variables, tmp_path):
+    """``save_checkpoint(..., optimizer=)`` keeps an Adam state beside the model
+    (``DIR/optimizer``); other kinds, other shapes and missing entries are refused."""
+    mu = jax.tree.map(lambda x: np.full(np.shape(x), 0.5, np.float32), small_variables)
+    nu = jax.tree.map(lambda x: np.full(np.shape(x), 0.25, np.float32), small_variables)
+    state = {"mu": mu, "nu": nu, "beta1_power": 0.9 ** 3, "beta2_power": 0.999 ** 3,
+             "count": 2}
+    path = save_checkpoint(tmp_path / "c", small_variables, {"optimizer": {"kind": "tf1_adam"}},
+                           optimizer=state)
+    got = ckpt.load_optimizer_state(path)
+    assert int(got["count"]) == 2 and got["beta1_power"] == np.float32(0.9 ** 3)
+    for a, b in zip(jax.tree.leaves(got["nu"]), jax.tree.leaves(nu), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert load_metadata(path)["optimizer"] == {"kind": "tf1_adam"}
+    assert sorted(p.name for p in path.iterdir()) == ["deepliflow_checkpoint.json", "optimizer",
+                                                      "params"]
+    with pytest.raises(ValueError, match="an optimizer state is kept with float parameters "
+                                         "only"):
+        save_checkpoint(tmp_path / "d", small_variables, optimizer=state, bits=8)
+    with pytest.raises(ValueError, match="optimizer must be a dict with mu, nu"):
+        save_checkpoint(tmp_path / "d", small_variables, optimizer={"mu": mu})
+    wrong = dict(state, nu={"params": {"context_network": {}}})
+    with pytest.raises(ValueError, match="the optimizer's nu do not match the DeepLiDARFlow "
+                                         "parameters"):
+        save_checkpoint(tmp_path / "d", small_variables, optimizer=wrong)
+    assert not (tmp_path / "d").exists()

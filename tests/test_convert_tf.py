@@ -367,10 +367,22 @@ def _same_tree(a, b):
         np.array_equal(np.asarray(flat_a[k]), np.asarray(flat_b[k])) for k in flat_a)
 
 
-def test_release_named_bundle_via_cli(release_ckpt, variables, tmp_path, capsys):
-    out = tmp_path / "converted"
-    assert cli(["--format=tf", f"--input={release_ckpt}", f"--output={out}"]) == 0
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def release_converted(tmp_path_factory, release_ckpt):
+    """``release_ckpt`` converted by the CLI with ``--with_optimizer_state``: (dir, stdout)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("release_converted") / "converted"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli(["--format=tf", f"--input={release_ckpt}", f"--output={out}",
+                    "--with_optimizer_state"]) == 0
+    return out, printed.getvalue()
+
+
+def test_release_named_bundle_via_cli(release_converted, variables):
+    out, printed = release_converted
     for line in ("converted 257 tensors (8,296,404 parameters)",
                  "skipped 257 x optimizer slot (Adam_optimizer)\n",
                  "skipped 257 x optimizer slot (Adam_optimizer_1)\n",
@@ -503,3 +515,79 @@ def test_convert_checkpoint_docstring_example_runs():
     for test in tests:
         runner.run(test)
     assert runner.summarize(verbose=False).failed == 0
+
+
+def test_release_optimizer_state_is_kept_on_request(release_converted, release_model):
+    """``--with_optimizer_state``: the slots become TF1 Adam's mu/nu, the beta powers its
+    powers (300 updates), and one step from the restored state is TF's ``ApplyAdam`` step."""
+    import jax.numpy as jnp
+
+    from deepliflow_jax.checkpoint import load_optimizer_state
+    from deepliflow_jax.train.tf_adam import state_from_checkpoint, tf1_adam
+
+    out, printed = release_converted
+    assert ("kept the Adam state: m and v (Adam_optimizer, Adam_optimizer_1) of 257 tensors, "
+            "300 Adam steps") in printed
+    info = load_metadata(out)["optimizer"]
+    assert info["kind"] == "tf1_adam" and info["global_step"] == 41
+    assert (info["beta1"], info["beta2"], info["epsilon"]) == (0.9, 0.999, 1e-8)
+    params = load_checkpoint(out)["params"]
+    state = state_from_checkpoint(params, load_optimizer_state(out))
+    slots = release_slots(release_model)
+    table = tf_name_table()
+    flat_mu = flax.traverse_util.flatten_dict(state.mu, sep="/")
+    flat_nu = flax.traverse_util.flatten_dict(state.nu, sep="/")
+    for name, entry in table.items():
+        for moments, slot in ((flat_mu, "Adam_optimizer"), (flat_nu, "Adam_optimizer_1")):
+            want = slots[f"train/{name}/{slot}"]
+            np.testing.assert_array_equal(np.asarray(moments[entry.path]).reshape(want.shape),
+                                          want, err_msg=f"{name} {slot}")
+    assert int(state.count) == 300
+    assert float(state.beta1_power) == np.float32(0.9 ** 301)
+    assert float(state.beta2_power) == np.float32(0.999 ** 301)
+    # one TF1 Adam step from it = ApplyAdam by hand, on two of its tensors (a step on all
+    # 257 compiles for long; the trainer seeds its state with it: tests/test_tf_adam.py)
+    paths = ("context_network/conv1/kernel", "guidance_network/depth_encoder/nconv0b/biases")
+    flat_p = flax.traverse_util.flatten_dict(params, sep="/")
+    part = state._replace(mu={k: flat_mu[k] for k in paths}, nu={k: flat_nu[k] for k in paths})
+    rng = np.random.default_rng(0)
+    grads = {k: jnp.asarray(rng.normal(size=flat_p[k].shape), jnp.float32) for k in paths}
+    updates, after = tf1_adam(1e-4).update(grads, part)
+    assert int(after.count) == 301
+    b1p, b2p = float(np.float32(0.9 ** 301)), float(np.float32(0.999 ** 301))
+    c1, c2 = float(np.float32(1) - np.float32(0.9)), float(np.float32(1) - np.float32(0.999))
+    alpha = float(np.float32(1e-4)) * np.sqrt(1 - b2p) / (1 - b1p)
+    for path in paths:
+        p, g = np.asarray(flat_p[path], np.float64), np.asarray(grads[path], np.float64)
+        m = np.asarray(flat_mu[path], np.float64) + (g - flat_mu[path]) * c1
+        v = np.asarray(flat_nu[path], np.float64) + (g * g - flat_nu[path]) * c2
+        want = p - m * alpha / (np.sqrt(v) + float(np.float32(1e-8)))
+        got = p + np.asarray(updates[path], np.float64)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12, err_msg=path)
+
+
+def test_optimizer_state_refusals(release_model, small_variables, tmp_path):
+    from deepliflow_jax.checkpoint import load_optimizer_state, save_checkpoint
+    from weights_convert.convert import convert_checkpoint, tf_optimizer_state
+
+    _, weights_only = tf_tensors_to_flax(release_model)
+    with pytest.raises(ConversionError, match="need the Adam slots .* found slots none"):
+        tf_optimizer_state(weights_only)
+    tensors = release_checkpoint_tensors(release_model)
+    first = next(iter(tf_name_table()))
+    del tensors[f"train/{first}/Adam_optimizer_1"], tensors["train/beta2_power"]
+    with pytest.raises(ConversionError) as info:
+        tf_optimizer_state(tf_tensors_to_flax(tensors)[1])
+    assert f"missing slot Adam_optimizer_1 of {tf_name_table()[first].path}" in info.value.problems
+    assert "need exactly one beta2_power for the optimizer state, found none" in \
+        info.value.problems
+    with pytest.raises(ValueError, match="--with_optimizer_state keeps a TF training "
+                                         "checkpoint's Adam slots; a torch weights file"):
+        convert_checkpoint("torch", tmp_path / "x.pt", tmp_path / "out",
+                           with_optimizer_state=True)
+    assert not (tmp_path / "out").exists()
+    # a checkpoint without one says how to get it
+    save_checkpoint(tmp_path / "plain", small_variables)
+    with pytest.raises(FileNotFoundError, match="holds no optimizer state: convert the TF "
+                                                "training checkpoint with .*--with_optimizer"):
+        load_optimizer_state(tmp_path / "plain")

@@ -253,6 +253,8 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
         ["--preset=tiny", "--dynamic_tolerance=0.1", "--dynamic_start=2.5",
          "--dynamic_increment=5", "--dynamic_min_increment=0.5", "--dynamic_max_percent=30",
          "--dynamic_steps=3", "--dynamic_refine_steps=0"],
+        ["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={ckpt}",
+         "--norestore_optimizer"],
     ]
     bad = [
         (["--preset=tiny", "--prune_percents=5,abc"], "--prune_percents: could not convert"),
@@ -276,6 +278,9 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
         (["--preset=tiny", "--dynamic_tolerance=-0.1"],
          "dynamic_tolerance must be a finite number >= 0, got -0.1"),
         (["--preset=paper", f"--checkpoint={ckpt}"], "--data_dir"),
+        (["--preset=tiny", "--restore_optimizer"],
+         "restore_optimizer continues a converted TF checkpoint's Adam: it needs "
+         "optimizer='tf1_adam' and --checkpoint"),
         (["--preset=paper", f"--data_dir={kitti}"], "--checkpoint"),
         (["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={tmp_path / 'none'}"],
          f"--checkpoint {tmp_path / 'none'} does not exist"),
@@ -301,6 +306,8 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
     assert got[2]["results_dir"] == "results/paper"
     assert (paper["data"], paper["interp_size"], paper["checkpoint"]) == (
         "'kitti'", "(384, 1216)", repr(str(ckpt)))
+    assert (paper["restore_optimizer"], got[4]["fields"]["restore_optimizer"]) == (
+        "True", "False")
     for (argv, message), result in zip(bad, got[len(ok):], strict=True):
         assert "error" in result, (argv, result)
         assert re.search(message, result["error"]), (argv, result["error"])

@@ -10,7 +10,10 @@ checkpoint, and the non-weight items of a PyTorch training checkpoint, are skipp
 and counted in the printed summary. Nothing is written when the input does not fit
 the model (an entry tied to no model variable included), and an existing
 output is replaced only with ``--overwrite``. ``--no_verify_crc`` (TF only) skips
-the CRC-32C check of the tensor data.
+the CRC-32C check of the tensor data. ``--with_optimizer_state`` (TF only) keeps the
+Adam state of a training checkpoint (m, v and the beta powers: the original's
+``train/<var>/Adam_optimizer{,_1}``, ``train/beta{1,2}_power``) in the output, so that
+fine-tuning continues the original's Adam (the study's ``paper`` preset needs it).
 
 Flags are absl flags, kept in this module's own ``FlagValues`` (``FLAGS``) so that
 ``main(argv)`` can run in a process where other scripts defined flags of the same
@@ -44,6 +47,9 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing output.", flag_values
 # Named as the documented spelling: a `verify_crc` bool would take --noverify_crc only.
 flags.DEFINE_bool("no_verify_crc", False, "tf: skip the CRC-32C check of the tensor data.",
                   flag_values=FLAGS)
+flags.DEFINE_bool("with_optimizer_state", False, "tf: keep the Adam slots and beta powers of a "
+                  "training checkpoint (to continue its Adam when fine-tuning).",
+                  flag_values=FLAGS)
 
 
 def parse_flags(argv: list[str]) -> None:
@@ -66,13 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     """
     parse_flags(sys.argv[1:] if argv is None else list(argv))
     try:
+        if FLAGS.format == "orbax" and FLAGS.with_optimizer_state:
+            raise ValueError("--with_optimizer_state reads a TF training checkpoint "
+                             "(--format=tf); an export to PyTorch writes weights only")
         if FLAGS.format == "orbax":
             path = export_torch(FLAGS.input, FLAGS.output, overwrite=FLAGS.overwrite)
             print(f"wrote PyTorch state dict {path}")
         else:
             report = convert_checkpoint(FLAGS.format, FLAGS.input, FLAGS.output,
                                         overwrite=FLAGS.overwrite,
-                                        verify_crc=not FLAGS.no_verify_crc)
+                                        verify_crc=not FLAGS.no_verify_crc,
+                                        with_optimizer_state=FLAGS.with_optimizer_state)
             print(report.summary())
             print(f"wrote Orbax checkpoint {FLAGS.output}")
     except (ValueError, FileNotFoundError, FileExistsError) as err:

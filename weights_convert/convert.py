@@ -87,8 +87,9 @@ class ConversionReport:
         moving-average shadows of the model variables, in the Flax layout of their
         variable; ``slot`` is the component as written, e.g. ``'Adam_optimizer'``
         (Adam's first moment m) and ``'Adam_optimizer_1'`` (its second moment v),
-        in the order TF's ``AdamOptimizer._create_slots`` creates them. Not converted
-        into any optimizer state, and not saved.
+        in the order TF's ``AdamOptimizer._create_slots`` creates them. Saved only on
+        request, as an Adam state (``tf_optimizer_state``, ``convert_checkpoint(...,
+        with_optimizer_state=True)``).
       optimizer_scalars: TF only: ``{source name: value}`` of ``beta1_power``,
         ``beta2_power`` and ``global_step`` entries.
       global_step: TF only: the checkpoint's ``global_step`` when it has exactly one.
@@ -342,6 +343,82 @@ def _tf_convert(source: str, found, read):
         report.optimizer_scalars[name] = value.item()
     report.global_step = steps[0] if len(steps) == 1 else None
     return variables, report
+
+
+# Adam's slot pairs (m, v) as TF names them: the default optimizer name, the original's
+ADAM_SLOT_PAIRS = (("Adam", "Adam_1"), ("Adam_optimizer", "Adam_optimizer_1"))
+
+
+def tf_optimizer_state(report: ConversionReport) -> tuple[dict, dict]:
+    """The TF checkpoint's Adam state, for ``save_checkpoint(..., optimizer=)``.
+
+    The original's ``train.py`` builds ``tf.train.AdamOptimizer(name='Adam_optimizer')``
+    after the model and saves every variable, so its checkpoints hold Adam's ``m``
+    (``train/<var>/Adam_optimizer``), ``v`` (``..._1``) and ``train/beta{1,2}_power``; its
+    ``load_model`` restores them with the weights. This keeps them, in the Flax layout.
+
+    Args:
+      report: a TF conversion's report (``slots``, ``optimizer_scalars``).
+
+    Returns:
+      ``(tree, info)``: ``tree`` = ``{"mu": {"params": ...}, "nu": {"params": ...},
+      "beta1_power", "beta2_power", "count"}`` (``count``: Adam updates taken, from the
+      powers, ``deepliflow_jax.train.tf_adam.steps_from_powers``); ``info`` = JSON
+      metadata (``"kind": "tf1_adam"``, the betas and epsilon the original uses, the slot
+      names, ``adam_steps``, ``global_step``).
+
+    Raises:
+      ConversionError: not a TF report, no or ambiguous Adam slots (every model variable
+        needs one m and one v slot of one optimizer), or not exactly one
+        ``beta1_power`` and one ``beta2_power``.
+    """
+    from deepliflow_jax.train.tf_adam import TF1_BETA1, TF1_BETA2, TF1_EPSILON, steps_from_powers
+
+    if report.format != "tf":
+        raise ConversionError(report.source, [
+            "an optimizer state is kept from TF training checkpoints only (the original's "
+            f"Adam slots); this is a {report.format} checkpoint"])
+    paths = sorted(report.converted.values())
+    names = {slot for _, slot in report.slots}
+    pairs = [p for p in ADAM_SLOT_PAIRS if p[0] in names or p[1] in names]
+    problems = []
+    if len(pairs) != 1:
+        pair_names = " or ".join("/".join(p) for p in ADAM_SLOT_PAIRS)
+        problems.append(f"need the Adam slots (m/v) of one optimizer, {pair_names}, for the "
+                        f"optimizer state; found slots {sorted(names) or 'none'}")
+    else:
+        for path in paths:
+            problems += [f"missing slot {slot} of {path}" for slot in pairs[0]
+                         if (path, slot) not in report.slots]
+    powers = {}
+    for which in ("beta1_power", "beta2_power"):
+        found = sorted(n for n in report.optimizer_scalars
+                       if re.fullmatch(rf"(.*/)?{which}", n))
+        if len(found) != 1:
+            problems.append(f"need exactly one {which} for the optimizer state, found "
+                            f"{found or 'none'}")
+        else:
+            powers[which] = report.optimizer_scalars[found[0]]
+    if problems:
+        raise ConversionError(report.source, problems[:10] + (
+            [f"... and {len(problems) - 10} more"] if len(problems) > 10 else []))
+    try:
+        steps = steps_from_powers(powers["beta1_power"], powers["beta2_power"])
+    except ValueError as err:
+        raise ConversionError(report.source, [str(err)]) from err
+
+    def moments(slot: str) -> dict:
+        flat = {tuple(p.split("/")): report.slots[(p, slot)] for p in paths}
+        return {"params": flax.traverse_util.unflatten_dict(flat)}
+
+    tree = {"mu": moments(pairs[0][0]), "nu": moments(pairs[0][1]),
+            "beta1_power": np.float32(powers["beta1_power"]),
+            "beta2_power": np.float32(powers["beta2_power"]), "count": np.int64(steps)}
+    info = {"kind": "tf1_adam", "beta1": TF1_BETA1, "beta2": TF1_BETA2, "epsilon": TF1_EPSILON,
+            "slots": {"m": pairs[0][0], "v": pairs[0][1]}, "adam_steps": steps,
+            "beta1_power": float(powers["beta1_power"]),
+            "beta2_power": float(powers["beta2_power"]), "global_step": report.global_step}
+    return tree, info
 
 
 def tf_to_flax(prefix: PathLike, verify_crc: bool = True):
@@ -710,7 +787,8 @@ def save_torch_file(state_dict: Mapping[str, np.ndarray], path: PathLike,
 # ----------------------------------------------------------------------------- end to end
 
 def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
-                       overwrite: bool = False, verify_crc: bool = True) -> ConversionReport:
+                       overwrite: bool = False, verify_crc: bool = True,
+                       with_optimizer_state: bool = False) -> ConversionReport:
     """Converts a TF or PyTorch checkpoint into an Orbax checkpoint directory.
 
     Args:
@@ -719,6 +797,10 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
       output_dir: the checkpoint directory to create (see ``deepliflow_jax.checkpoint``).
       overwrite: replace an existing output.
       verify_crc: TF only: check tensor checksums.
+      with_optimizer_state: TF only: also keep the Adam state (slots m and v, the beta
+        powers; see ``tf_optimizer_state``) in the checkpoint (``DIR/optimizer``,
+        described in the metadata's ``"optimizer"``), so that fine-tuning continues the
+        original's Adam (``deepliflow_jax.checkpoint.load_optimizer_state``).
 
     Returns:
       The ``ConversionReport``.
@@ -726,7 +808,8 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
     Raises:
       ValueError: unknown format, or any conversion problem (nothing is written;
         ``ConversionError`` lists every missing, unexpected, mis-shaped or
-        non-float entry).
+        non-float entry; with ``with_optimizer_state``, a PyTorch input or missing
+        Adam slots or beta powers).
       FileNotFoundError: missing input.
       FileExistsError: output exists and ``overwrite`` is False, or it is not a
         checkpoint ("refusing to overwrite DIR: it is not a deepliflow_jax checkpoint
@@ -761,13 +844,25 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if with_optimizer_state and fmt != "tf":
+        raise ValueError("--with_optimizer_state keeps a TF training checkpoint's Adam slots; "
+                         f"a {fmt} weights file holds none")
     out = Path(output_dir)
     check_output(out, overwrite)  # fail before reading a large input (also: not ours)
     if fmt == "tf":
         variables, report = tf_to_flax(input_path, verify_crc=verify_crc)
     else:
         variables, report = torch_to_flax(input_path)
-    save_checkpoint(out, variables, report.metadata(), overwrite=overwrite)
+    optimizer = info = None
+    if with_optimizer_state:
+        optimizer, info = tf_optimizer_state(report)
+        report.notes.append(
+            f"kept the Adam state: m and v ({info['slots']['m']}, {info['slots']['v']}) of "
+            f"{len(report.converted)} tensors, {info['adam_steps']} Adam steps (beta powers)")
+    meta = report.metadata()
+    if info is not None:
+        meta["optimizer"] = info
+    save_checkpoint(out, variables, meta, overwrite=overwrite, optimizer=optimizer)
     return report
 
 

@@ -76,6 +76,54 @@ def _choose_num_samples(num_samples: int | Sequence[int], rng: np.random.Generat
     return int(choices[rng.integers(len(choices))]) if len(choices) > 1 else int(choices[0])
 
 
+def load_batch(dataset, indices: Sequence[int], num_samples: int | Sequence[int], seed: int,
+               epoch: int, crop_shape: tuple[int, int] | None = None,
+               lidar_method: str = "bernoulli", dataset_type: str | None = None
+               ) -> dict[str, Any]:
+    """One batch of the frames ``indices``: what ``iterate_batches`` yields for them.
+
+    Each frame's LiDAR draw comes from ``lidar.frame_rng(seed, index, epoch)``: with a
+    list of counts, one count is picked per frame from that generator first (the
+    original's ``data_generator.get_batch_gen``: ``np.random.randint`` over its
+    ``SAMPLES`` at every visit, the same count for t and t+1), so a frame gets a new
+    count and new points each epoch.
+
+    Args:
+      dataset: indexable dataset (or list) of ``SceneFlowSample``.
+      indices: frame indices.
+      num_samples: LiDAR points per frame, or the counts to pick from per frame.
+      seed, epoch: the draw's seed and epoch.
+      crop_shape: center crop (height, width) or ``None``.
+      lidar_method: see ``lidar.sample_lidar_mask``.
+      dataset_type: ``"KITTI"`` or ``"FT3D"``; None: ``dataset.dataset_type``.
+
+    Returns:
+      ``{"frames" [B, 2, h, w, 4], "gt" [B, h, w, 4], "valid" [B, h, w, 3], "index" [B],
+      "num_samples" [B]}`` (the LiDAR count each frame was drawn with).
+
+    Raises:
+      ValueError: frames of different sizes without a crop (naming the frame), an empty
+        list of counts.
+    """
+    dataset_type = preprocess.check_dataset_type(dataset_type or dataset.dataset_type)
+    frames, gts, valids, counts = [], [], [], []
+    for index in indices:
+        rng = lidar.frame_rng(seed, int(index), epoch)
+        count = _choose_num_samples(num_samples, rng)
+        sample = dataset[int(index)]
+        f, g = preprocess_sample(sample, dataset_type, count, rng, crop_shape, lidar_method)
+        if frames and f.shape != frames[0].shape:
+            raise ValueError(
+                f"Frame {int(index)} has shape {f.shape[1:3]}, not "
+                f"{frames[0].shape[1:3]} like the rest of its batch: set crop_shape")
+        valids.append(gt_valid_map(sample, crop_shape))
+        frames.append(f)
+        gts.append(g)
+        counts.append(count)
+    return {"frames": np.stack(frames), "gt": np.stack(gts), "valid": np.stack(valids),
+            "index": np.asarray(indices, np.int64), "num_samples": np.asarray(counts, np.int64)}
+
+
 def epoch_order(num_frames: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """Frame order of one epoch: a seeded permutation, or ``arange`` without shuffling."""
     if not shuffle:
@@ -127,23 +175,10 @@ def iterate_batches(dataset, batch_size: int, num_samples: int | Sequence[int] =
         order = epoch_order(len(dataset), seed, epoch, shuffle)
         stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
         for begin in range(0, stop, batch_size):
-            indices = order[begin:begin + batch_size]
-            frames, gts, valids = [], [], []
-            for index in indices:
-                rng = lidar.frame_rng(seed, int(index), epoch)
-                count = _choose_num_samples(num_samples, rng)
-                sample = dataset[int(index)]
-                f, g = preprocess_sample(sample, dataset_type, count, rng, crop_shape,
-                                         lidar_method)
-                valids.append(gt_valid_map(sample, crop_shape))
-                if frames and f.shape != frames[0].shape:
-                    raise ValueError(
-                        f"Frame {int(index)} has shape {f.shape[1:3]}, not "
-                        f"{frames[0].shape[1:3]} like the rest of its batch: set crop_shape")
-                frames.append(f)
-                gts.append(g)
-            yield {"frames": np.stack(frames), "gt": np.stack(gts), "valid": np.stack(valids),
-                   "index": np.asarray(indices, np.int64), "epoch": epoch}
+            batch = load_batch(dataset, order[begin:begin + batch_size], num_samples, seed,
+                               epoch, crop_shape, lidar_method)
+            del batch["num_samples"]  # the yields keep their documented keys
+            yield {**batch, "epoch": epoch}
         epoch += 1
 
 

@@ -2,7 +2,10 @@
 
 ``demo`` (the default, the README's main job) runs everything on the built-in
 synthetic KITTI-format world at reduced resolution on a CPU; ``paper`` is the
-paper's protocol on KITTI 2015 at 384x1216 from a converted checkpoint;
+paper's protocol on KITTI 2015 at 384x1216 from a converted checkpoint, fine-tuning
+as the original's KITTI fine-tuning does (``train.py``, ``run_finetune.sh``,
+``data_loader/data_generator.py``: the fields from ``batch_size`` on; the README's
+table "The original's fine-tuning protocol vs ours" lists them and what departs);
 ``tiny`` is the smallest end-to-end run (the integration test).
 """
 
@@ -13,9 +16,20 @@ import json
 from typing import Any
 
 from deepliflow_jax.data.kitti import VALIDITY_MODES
-from deepliflow_jax.data.lidar import LIDAR_SWEEP
+from deepliflow_jax.data.lidar import LIDAR_SWEEP, TRAIN_SAMPLES
+from deepliflow_jax.data.preprocess import KITTI_BATCH_CROP
 
 KITTI_FULL_SIZE = (375, 1242)
+# the original's KITTI fine-tuning (run_finetune.sh, README): batch 2 over the 180
+# training frames (train.py: data_size // BATCH_SIZE // STEP_SIZE = 90 steps per epoch,
+# STEP_SIZE = 1 for KITTI), 100 epochs at 1e-4, then 100 at 1e-5
+PAPER_BATCH_SIZE = 2
+PAPER_STEPS_PER_EPOCH = 180 // PAPER_BATCH_SIZE
+PAPER_EPOCHS = 100
+# training-time photometric augmentation (data/augment.py): none; the original's chain on
+# the mean-subtracted RGB (its clip zeroes values below the mean); or the chain on the colours
+AUGMENT_MODES = ("none", "original", "rgb")
+OPTIMIZERS = ("adam", "tf1_adam")  # train.trainer.OPTIMIZERS
 PAPER_PRUNE_PERCENTS = (5.0, 10.0, 15.0, 20.0, 25.0)
 PAPER_QUANT_BITS = (16, 14, 12, 10, 8, 6)
 
@@ -68,6 +82,24 @@ class StudyConfig:
         original's rule, frames averaged: what the paper's numbers mean) or ``"devkit"``
         (the KITTI devkit's per-quantity validity, pixels pooled over the set); see
         ``deepliflow_jax.metrics``. Training always uses the original's ground truth.
+      batch_size: frames per training step (the original: 2, ``run_finetune.sh``).
+      crop: centre crop (height, width) of the training frames before the network's own
+        resize, the loss at the crop (the original: 370x1220 at batch 2,
+        ``data_generator.get_batch_gen``/``get_cropped``); None: whole frames.
+      train_samples: LiDAR counts (KITTI resolution) of which each training frame visit
+        draws one, the same for t and t+1, anew every epoch (the original's
+        ``train.py`` ``SAMPLES``); None: ``num_samples`` always.
+      augment: training-time photometric augmentation, one of ``AUGMENT_MODES``
+        (``"original"``: ``data_generator.augment_images``, one draw per batch, on the
+        mean-subtracted RGB as the original; ``data/augment.py``).
+      optimizer: ``"adam"`` (``optax.adam``) or ``"tf1_adam"`` (TF 1.x's ``ApplyAdam``,
+        the original's ``tf.train.AdamOptimizer``; ``train/tf_adam.py``).
+      restore_optimizer: start every aware run from the checkpoint's Adam state (the
+        original's ``load_model`` restores slots and beta powers with the weights; needs
+        a checkpoint converted with ``--with_optimizer_state`` and ``tf1_adam``).
+      phase2_from_best: the lr2 phase starts from the best lr1 state (parameters and
+        Adam state), the selection carried on (the original's ``--best_checkpoint True``
+        restart); False: from the last lr1 state.
     """
 
     preset: str = "demo"
@@ -102,6 +134,14 @@ class StudyConfig:
     seed: int = 0
     experiments: tuple[str, ...] = EXPERIMENTS
     validity: str = "original"
+    # defaults: the behaviour before these fields existed (a resumed results folder)
+    batch_size: int = 1
+    crop: tuple[int, int] | None = None
+    train_samples: tuple[int, ...] | None = None
+    augment: str = "none"
+    optimizer: str = "adam"
+    restore_optimizer: bool = False
+    phase2_from_best: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,9 +161,13 @@ PRESETS: dict[str, StudyConfig] = {
     ),
     "paper": StudyConfig(
         preset="paper", data="kitti", height=KITTI_FULL_SIZE[0], width=KITTI_FULL_SIZE[1],
-        interp_size=(384, 1216), pretrain_steps=0, finetune_steps=180 * 100,
-        refine_steps=180 * 100, eval_every=180 * 5, lidar_sweep=LIDAR_SWEEP,
-        runtime_repeats=50, dynamic_steps=180 * 10, dynamic_refine_steps=180 * 10,
+        interp_size=(384, 1216), pretrain_steps=0,
+        finetune_steps=PAPER_STEPS_PER_EPOCH * PAPER_EPOCHS,
+        refine_steps=PAPER_STEPS_PER_EPOCH * PAPER_EPOCHS, eval_every=PAPER_STEPS_PER_EPOCH,
+        lidar_sweep=LIDAR_SWEEP, runtime_repeats=50, batch_size=PAPER_BATCH_SIZE,
+        crop=KITTI_BATCH_CROP, train_samples=TRAIN_SAMPLES, augment="original",
+        optimizer="tf1_adam", restore_optimizer=True, phase2_from_best=True,
+        dynamic_steps=PAPER_STEPS_PER_EPOCH * 10, dynamic_refine_steps=PAPER_STEPS_PER_EPOCH * 10,
     ),
 }
 
@@ -197,13 +241,34 @@ def validate(cfg: StudyConfig) -> None:
     for b in cfg.quant_bits:
         if int(b) != b or not 2 <= b <= 16:
             raise ValueError(f"quantization bits {b} outside [2, 16]")
-    for n in (*cfg.lidar_sweep, cfg.num_samples):
+    for n in (*cfg.lidar_sweep, cfg.num_samples, *(cfg.train_samples or ())):
         if int(n) <= 0:
             raise ValueError(f"LiDAR sample count {n} must be positive")
-    net = cfg.interp_size or (cfg.height, cfg.width)
+    if cfg.train_samples is not None and not cfg.train_samples:
+        raise ValueError("train_samples must be None or a non-empty list of LiDAR counts")
+    if cfg.crop is not None and (len(cfg.crop) != 2 or min(cfg.crop) <= 0):
+        raise ValueError(f"crop must be (height, width) > 0 or None, got {cfg.crop}")
+    if cfg.data == "synthetic" and cfg.crop is not None and (
+            cfg.crop[0] > cfg.height or cfg.crop[1] > cfg.width):
+        raise ValueError(f"crop {tuple(cfg.crop)} is larger than the frames "
+                         f"{cfg.height}x{cfg.width}")
+    net = cfg.interp_size or cfg.crop or (cfg.height, cfg.width)
     if net[0] % 64 or net[1] % 64:
         raise ValueError(f"network input {net[0]}x{net[1]} is not a multiple of 64; set "
-                         "height/width (synthetic) or interp_size")
+                         "height/width (synthetic), crop or interp_size")
+    if int(cfg.batch_size) != cfg.batch_size or cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {cfg.batch_size}")
+    if cfg.data == "kitti" and cfg.batch_size > 1 and cfg.crop is None:
+        raise ValueError(f"batch_size {cfg.batch_size} on KITTI needs a crop (its frames differ "
+                         f"in size; the original crops to {KITTI_BATCH_CROP})")
+    if cfg.augment not in AUGMENT_MODES:
+        raise ValueError(f"augment must be one of {list(AUGMENT_MODES)}, got {cfg.augment!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    if cfg.restore_optimizer and (cfg.optimizer != "tf1_adam" or not cfg.checkpoint):
+        raise ValueError("restore_optimizer continues a converted TF checkpoint's Adam: it needs "
+                         "optimizer='tf1_adam' and --checkpoint (converted with "
+                         "--with_optimizer_state)")
     if cfg.data == "synthetic" and cfg.num_scenes < 10:
         raise ValueError(f"num_scenes must be >= 10 (9:1 split), got {cfg.num_scenes}")
     for name in ("pretrain_steps", "finetune_steps", "refine_steps", "runtime_repeats",

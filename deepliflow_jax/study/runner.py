@@ -101,6 +101,7 @@ class Study:
         self.data = None
         self._val: dict[int, list] = {}
         self._timing_frames = None
+        self._optimizer_state = None  # the checkpoint's Adam state (restore_optimizer)
 
     # -- setup -------------------------------------------------------------------
     def _write_config(self) -> None:
@@ -153,7 +154,7 @@ class Study:
                              f"{batch} frame(s) does not split over {n_dev} devices: use a "
                              f"device count that divides {batch} (e.g. --devices=1)")
         enable_compilation_cache()
-        self.trainer = get_trainer(cfg.interp_size, cfg.seed, self.devices)
+        self.trainer = get_trainer(cfg.interp_size, cfg.seed, self.devices, cfg.optimizer)
 
     def check_resume(self) -> None:
         """Refuses a results folder written with another configuration (before any work)."""
@@ -183,7 +184,10 @@ class Study:
         cfg = self.cfg
         if cfg.checkpoint:
             _say(f"baseline: loading {cfg.checkpoint}")
-            return load_checkpoint(cfg.checkpoint)["params"]
+            params = load_checkpoint(cfg.checkpoint)["params"]
+            if cfg.restore_optimizer:  # fails now, not after the post-training sweeps
+                self._adam_start(params)
+            return params
         ckpt = self.dir / "baseline_checkpoint"
         if checkpoint_exists(ckpt):  # also settles a save that an interruption cut short
             _say(f"baseline: resuming from {ckpt}")
@@ -252,8 +256,27 @@ class Study:
         state = self.trainer.new_state(pruned, masks=masks, bits=bits)
         return self._finish(key, "post", state, {"percent": percent, "bits": bits})
 
+    def _adam_start(self, params: Any) -> Any:
+        """The checkpoint's TF1 Adam state for ``params`` (``cfg.restore_optimizer``), or None.
+
+        The original restores Adam's slots and beta powers with the weights
+        (``train.py`` ``load_model``: its saver holds every variable).
+        """
+        if not self.cfg.restore_optimizer:
+            return None
+        from deepliflow_jax.checkpoint import load_optimizer_state
+        from deepliflow_jax.train.tf_adam import state_from_checkpoint
+
+        if self._optimizer_state is None:
+            self._optimizer_state = load_optimizer_state(self.cfg.checkpoint)
+        return state_from_checkpoint(params, self._optimizer_state)
+
     def aware(self, key: str, params: Any, percent: float = 0.0, bits: int = 0) -> dict:
         """Fine-tunes a compressed model: lr1 phase, then lr2 phase; best by SF outliers.
+
+        As the configuration says (the ``paper`` preset: as the original's KITTI
+        fine-tuning): the starting Adam state, the lr2 phase from the best lr1 state,
+        the training LiDAR counts (``StudyConfig``).
 
         A non-finite loss or non-finite weights (checked at each validation, where the
         loop waits for the device anyway) end the run: its record says ``"failed"`` (the
@@ -263,15 +286,17 @@ class Study:
             return self.records.get(key)
         cfg = self.cfg
         pruned, masks = post_training_masks(params, percent)
-        state = self.trainer.new_state(pruned, lr=cfg.lr1, masks=masks, bits=bits)
+        state = self.trainer.new_state(pruned, lr=cfg.lr1, masks=masks, bits=bits,
+                                       adam=self._adam_start(pruned))
         log = RunLog(self.dir / "logs", key)
-        n = self.data.samples_for(cfg)
+        n = self.data.samples_for(cfg, cfg.train_samples)
         phases = [Phase("lr1", cfg.lr1, cfg.finetune_steps),
                   Phase("lr2", cfg.lr2, cfg.refine_steps)]
         try:
             fit = self.trainer.fit(state, lambda pos: self.data.train_batch(pos, n), phases,
                                    evaluate=lambda s: self._evaluate(s, self.val_batches()),
-                                   eval_every=cfg.eval_every, on_eval=log.log)
+                                   eval_every=cfg.eval_every, on_eval=log.log,
+                                   restart_from_best=cfg.phase2_from_best)
         except DivergenceError as err:
             log.close()
             return self.records.put(key, {

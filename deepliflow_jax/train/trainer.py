@@ -66,6 +66,10 @@ from deepliflow_jax.train.checkpoint import Checkpointer
 from deepliflow_jax.train.sharding import jit_step, make_mesh, replicate, shard_batch
 from deepliflow_jax.train.state import TrainState, create_train_state
 from deepliflow_jax.train.step import make_train_step
+from deepliflow_jax.train.tf_adam import TF1AdamState, tf1_adam
+
+# the trainer's optimizers: optax's Adam, or TF1's (the original's train.py; see tf_adam)
+OPTIMIZERS = {"adam": optax.adam, "tf1_adam": tf1_adam}
 
 
 class DivergenceError(FloatingPointError):
@@ -162,17 +166,23 @@ class Trainer:
       devices: data parallel over a count of this process's devices, a device list or
         a ``jax.sharding.Mesh`` with a ``"data"`` axis (None: one device). Training
         batches must divide over them; evaluation batches that do not run replicated.
+      optimizer: ``"adam"`` (``optax.adam``) or ``"tf1_adam"`` (TF 1.x's ``ApplyAdam``,
+        the original's; its state can continue a TF checkpoint's, see ``new_state``).
 
     Raises:
-      ValueError: widths with ``channel_masked``, or a device count this process does
-        not have.
+      ValueError: widths with ``channel_masked``, a device count this process does
+        not have, or an unknown optimizer.
     """
 
     def __init__(self, interp_size: tuple[int, int] | None = None, seed: int = 0,
                  widths: Any = None, channel_masked: bool = False, dtype: Any = jnp.float32,
-                 devices: int | Sequence[jax.Device] | Mesh | None = None):
+                 devices: int | Sequence[jax.Device] | Mesh | None = None,
+                 optimizer: str = "adam"):
         if channel_masked and widths is not None:
             raise ValueError("channel-masked training runs the full model: widths must be None")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        self.optimizer = optimizer
         #: the 1-D data-parallel mesh every step and evaluation runs on
         self.mesh = devices if isinstance(devices, Mesh) else make_mesh(
             1 if devices is None else devices)
@@ -226,18 +236,34 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------
     def _tx(self, lr: float, masks: Any):
-        return compress(optax.inject_hyperparams(optax.adam)(learning_rate=lr), masks=masks,
-                        quant=self.quant)
+        return compress(optax.inject_hyperparams(OPTIMIZERS[self.optimizer])(learning_rate=lr),
+                        masks=masks, quant=self.quant)
 
     def new_state(self, params: Any, *, lr: float = 1e-4, masks: Any = None,
-                  bits: int = 0) -> TrainState:
-        """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float)."""
+                  bits: int = 0, adam: TF1AdamState | None = None) -> TrainState:
+        """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float).
+
+        ``adam``: a ``tf1_adam`` trainer's starting Adam state (e.g. the original's,
+        ``tf_adam.state_from_checkpoint``) instead of zeros; moments of pruned entries
+        are zeroed. Raises ``ValueError`` for another optimizer.
+        """
         state = create_train_state(params, self._tx(lr, masks), self.seed)
         bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
+        opt_state = _replace_state(state.opt_state, QuantState, bits=bits_tree)
+        if adam is not None:
+            if self.optimizer != "tf1_adam":
+                raise ValueError("a starting Adam state (adam=...) continues TF1's Adam: use "
+                                 f"Trainer(optimizer='tf1_adam'), not {self.optimizer!r}")
+            m = find_state(opt_state, MaskState).masks
+            keep = lambda t: jax.tree.map(  # noqa: E731
+                lambda x, k: jnp.where(k, jnp.asarray(x, jnp.float32), 0.0), t, m)
+            own = lambda x: jnp.array(x, copy=True)  # noqa: E731 (a step donates its state)
+            opt_state = _replace_state(opt_state, TF1AdamState, count=own(adam.count),
+                                       mu=keep(adam.mu), nu=keep(adam.nu),
+                                       beta1_power=own(adam.beta1_power),
+                                       beta2_power=own(adam.beta2_power))
         # copied: the donating step must not delete the caller's masks
-        return replicate(state._replace(opt_state=_replace_state(state.opt_state, QuantState,
-                                                                 bits=bits_tree)), self.mesh,
-                         copy=True)
+        return replicate(state._replace(opt_state=opt_state), self.mesh, copy=True)
 
     def place(self, state: Any) -> Any:
         """``state`` replicated on this trainer's mesh (unchanged if it already is there)."""
@@ -338,7 +364,8 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
         on_step: Callable[[int, dict], None] | None = None,
         on_eval: Callable[[int, dict], None] | None = None,
         progress: Callable[[Iterable, int, str], Iterable] | None = None,
-        checkpointer: Checkpointer | None = None) -> FitResult:
+        checkpointer: Checkpointer | None = None,
+        restart_from_best: bool = False) -> FitResult:
     """The fine-tuning loop: ``phases`` of optimizer steps, best state by validation.
 
     Each phase sets its learning rate in the state (:func:`set_learning_rate`) and
@@ -378,6 +405,13 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
       progress: wraps each phase's ``range`` (e.g. a progress bar).
       checkpointer: a :class:`~deepliflow_jax.train.checkpoint.Checkpointer` whose
         ``best_metric`` is ``select`` (or None), to resume an interrupted run.
+      restart_from_best: each phase after the first starts from the best state so far
+        (its parameters and optimizer state; the step count, RNG and data position go
+        on), the selection carried over: the original's second phase, ``train.py
+        --best_checkpoint True`` (``load_model`` restores the best checkpoint of
+        ``utils/checkpointsaver.py``'s ``best_checkpoints``, whose bookkeeping the new
+        ``BestCheckpointSaver`` keeps). Without a validation yet, the phase goes on from
+        the last state.
 
     Returns:
       :class:`FitResult` (``history`` holds this invocation's validations).
@@ -390,14 +424,14 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
     history: list[dict] = []
     try:
         return _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start,
-                    on_step, on_eval, progress, checkpointer, history)
+                    on_step, on_eval, progress, checkpointer, history, restart_from_best)
     except DivergenceError as err:
         err.history = history
         raise
 
 
 def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start, on_step,
-         on_eval, progress, checkpointer, history) -> FitResult:
+         on_eval, progress, checkpointer, history, restart_from_best=False) -> FitResult:
     per_phase: dict[str, dict] = {}
     best_value, best_state, selected = math.inf, None, 0
     first_step = int(state.step)
@@ -416,11 +450,13 @@ def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, star
             selected = int(best_state.step) - first_step
     total = sum(p.steps for p in phases)
     offset = 0  # steps of the phases before this one
-    for phase in phases:
+    for number, phase in enumerate(phases):
         skip = min(max(done - offset, 0), phase.steps)
         offset += phase.steps
         if skip == phase.steps:
             continue
+        if restart_from_best and number and not skip and best_state is not None:
+            state = state._replace(params=best_state.params, opt_state=best_state.opt_state)
         state = set_learning_rate(state, phase.lr)
         pending: list[tuple[int, Any]] = []  # losses still on the device
         steps = range(skip, phase.steps)
@@ -459,19 +495,22 @@ def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, star
 
 
 def get_trainer(interp_size: tuple[int, int] | None = None, seed: int = 0,
-                devices: int | Sequence[jax.Device] | None = None) -> Trainer:
+                devices: int | Sequence[jax.Device] | None = None,
+                optimizer: str = "adam") -> Trainer:
     """A shared :class:`Trainer` of the original network, so that the study, the API and
     a resumed study in the same process do not compile again.
 
-    ``devices`` as :class:`Trainer`'s (None: one device).
+    ``devices`` and ``optimizer`` as :class:`Trainer`'s (None: one device).
     """
     mesh = make_mesh(1 if devices is None else devices)
-    return _shared_trainer(interp_size, seed, tuple(mesh.devices.flat))
+    # one cache key however the arguments are spelled
+    return _shared_trainer(None if interp_size is None else tuple(interp_size), int(seed),
+                           tuple(mesh.devices.flat), optimizer)
 
 
 @functools.lru_cache(maxsize=4)
-def _shared_trainer(interp_size, seed, devices) -> Trainer:
-    return Trainer(interp_size, seed, devices=list(devices))
+def _shared_trainer(interp_size, seed, devices, optimizer) -> Trainer:
+    return Trainer(interp_size, seed, devices=list(devices), optimizer=optimizer)
 
 
 def enable_compilation_cache(path: str | None = None) -> None:
