@@ -151,7 +151,7 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
               lr: float, refine_after: int | None = None, refine_factor: float = 0.1,
               log: Callable[[str], None] = print, channel_masks: Any = None,
               evaluate: Callable[[Any], dict] | None = None, eval_every: int = 0,
-              select: str = "sf") -> FineTuned:
+              select: str = "sf", masks: Any = None, bits: Any = 0) -> FineTuned:
     """``steps`` Adam steps from ``params`` with the one trainer (:meth:`Trainer.fit`).
 
     Two ways to fine-tune a pruned model:
@@ -185,6 +185,8 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
         something fine-tuned is always returned.
       eval_every: see ``evaluate``; 0 returns the last step's params.
       select: the metric minimised by the selection.
+      masks, bits: unstructured pruning masks and weight bit widths (one, or a tree
+        like ``params``) held in the train state (:meth:`Trainer.new_state`).
 
     Returns:
       :class:`FineTuned`.
@@ -214,7 +216,7 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
     if evaluate is not None and eval_every:
         def validate(state):
             return evaluate(jax.device_get(state.params))
-    state = trainer.new_state(jax.tree.map(jnp.asarray, params), lr=lr)
+    state = trainer.new_state(jax.tree.map(jnp.asarray, params), lr=lr, masks=masks, bits=bits)
     fit = trainer.fit(state, batch, [p for p in phases if p.steps], evaluate=validate,
                       eval_every=eval_every, select=select, on_step=on_step)
     summary = ""

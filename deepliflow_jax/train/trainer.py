@@ -212,10 +212,14 @@ class Trainer:
                         quant=self.quant)
 
     def new_state(self, params: Any, *, lr: float = 1e-4, masks: Any = None,
-                  bits: int = 0) -> TrainState:
-        """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float)."""
+                  bits: Any = 0) -> TrainState:
+        """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float):
+        one width for every leaf, or a tree of per-leaf widths like ``params``."""
         state = create_train_state(params, self._tx(lr, masks), self.seed)
-        bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
+        if isinstance(bits, int | np.integer):
+            bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
+        else:
+            bits_tree = jax.tree.map(lambda _, b: jnp.asarray(b, jnp.int32), params, bits)
         return state._replace(opt_state=_replace_state(state.opt_state, QuantState,
                                                        bits=bits_tree))
 
