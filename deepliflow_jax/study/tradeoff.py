@@ -127,6 +127,35 @@ class TradeoffConfig:
             raise ValueError("int8 needs calib_batches >= 1")
 
 
+def parse_plan(spec: str) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """A named per-layer pruning plan from ``NAME:REGEX=RATIO[;REGEX=RATIO]``.
+
+    Example: ``"g70h10:guidance_network=0.7;scene_flow_estimator|context_network=0.1"``
+    (the regexes go over channel-group names, see :func:`.structured.plan_pruning`).
+
+    Returns:
+      ``(name, ((regex, ratio), ...))``.
+
+    Raises:
+      ValueError: a spec without a name, ``:`` or ``REGEX=RATIO`` pair, or a ratio that
+        is not a number in (0, 1).
+    """
+    name, sep, body = str(spec).partition(":")
+    try:
+        if not sep or not name:
+            raise ValueError("expected NAME:REGEX=RATIO[;REGEX=RATIO]")
+        pairs = tuple((p.rsplit("=", 1)[0], float(p.rsplit("=", 1)[1]))
+                      for p in body.split(";") if p)
+        if not pairs:
+            raise ValueError("no REGEX=RATIO pair")
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"plan {spec!r}: {err}") from err
+    for _, ratio in pairs:
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"plan {spec!r}: ratio {ratio} outside (0, 1)")
+    return name, pairs
+
+
 @dataclasses.dataclass
 class FineTuned:
     """A fine-tuning run of the trade-off: the params it selected and how it went.
