@@ -745,8 +745,15 @@ def measure_sensitivity(params: Any, val: Mapping[str, np.ndarray],
 
 
 def _signature(block) -> tuple:
-    """A block's name with the shapes and dtypes of its parameters and inputs."""
-    leaves, tree = jax.tree.flatten((block.params, block.args))
+    """A block's name with the shapes and dtypes of its parameters and inputs.
+
+    ``conf_mass`` is left out: every structured model has it, pruned there or not.
+    """
+    params = block.params
+    if isinstance(params, Mapping):
+        flat = flax.traverse_util.flatten_dict(dict(params), sep="/")
+        params = {k: v for k, v in flat.items() if not k.endswith("conf_mass")}
+    leaves, tree = jax.tree.flatten((params, block.args))
     return (block.name, str(tree), tuple((tuple(np.shape(x)), str(x.dtype)) for x in leaves))
 
 
