@@ -11,7 +11,7 @@ Frames and prediction: ``prepare_frames``, ``read_example``, ``input_images``,
 ``predict_sceneflow`` (``deepliflow_jax.predict.predict`` also returns the per-level
 outputs).
 Compression: ``prune``, ``quantize``, ``zero_fraction``, ``finetune``, ``evaluate``,
-``compression_table``, ``format_table``, ``time_model``.
+``compression_table``, ``format_table``, ``time_model``, ``compression_search``.
 Data: ``make_synthetic_dataset``, ``load_dataset``, ``validation_pair``, ``Dataset``.
 Pictures: ``flow_image``, ``disparity_image``, ``plot_sceneflow``, ``save_png``.
 The study: ``run_study``, ``make_config``, ``enable_compilation_cache``.
@@ -42,6 +42,7 @@ _EXPORTS = {
     "evaluate": "deepliflow_jax.api",
     "compression_table": "deepliflow_jax.api",
     "format_table": "deepliflow_jax.api",
+    "compression_search": "deepliflow_jax.api",
     "time_model": "deepliflow_jax.api",
     "make_synthetic_dataset": "deepliflow_jax.api",
     "load_dataset": "deepliflow_jax.api",

@@ -750,6 +750,73 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
     return rows
 
 
+def compression_search(variables: Mapping, data: Dataset | PathLike, budget: str = "2x", *,
+                       workdir: PathLike, save_to: PathLike | None = None,
+                       sensitivity_cache: PathLike | None = None, log: Any = print,
+                       **settings: Any) -> dict[str, Any]:
+    """The most accurate compressed model for a budget on this device (the search).
+
+    Per layer group a channel-pruning ratio (and, for size budgets, weight bits and
+    unstructured sparsity) chosen from measured sensitivities and measured costs, the
+    best few plans fine-tuned with the one trainer and measured for real; see
+    :mod:`deepliflow_jax.study.search` (``python -m experiments.compression_search``).
+
+    Args:
+      variables: ``{'params': ...}`` of the trained original (dense) network.
+      data: a :class:`Dataset` or its folder; its frames must be a network size (multiples
+        of 64), its validation frames one size.
+      budget: ``"120ms"``, ``"8MB"``, ``"2.5x"`` (over dense) or a reference plan's name.
+      workdir: scratch folder (fine-tuned models, the sensitivity cache).
+      save_to: checkpoint of the chosen model (default ``workdir/searched_model``).
+      sensitivity_cache: JSON cache (default ``workdir/sensitivity_cache.json``).
+      log: progress printer.
+      **settings: fields of :class:`~deepliflow_jax.study.search.SearchConfig` (e.g.
+        ``ratios``, ``finetune_steps``, ``candidates``, ``groups``).
+
+    Returns:
+      The result: ``rows`` (every measured model), ``chosen``, ``chosen_checkpoint``,
+      ``frontier``, ``additivity``, ``sensitivity``, ``costs``;
+      ``study.search.to_markdown`` / ``plot`` show it.
+
+    Raises:
+      ValueError: bad variables, data or settings (before anything is compiled);
+        ``InfeasibleBudgetError`` (a ValueError) when the budget is out of reach.
+
+    Example:
+      >>> result = compression_search(variables, data, "2x", workdir=folder)  # doctest: +SKIP
+      >>> result["chosen"], result["rows"][0]["latency_ms"]  # doctest: +SKIP
+      ('searched1', 87.2)
+      >>> compression_search(init_params(0), data, "g99", workdir="/tmp/search")
+      Traceback (most recent call last):
+      ...
+      ValueError: budget 'g99' names no reference plan; the references are ['g70h10', ...
+    """
+    from deepliflow_jax.study.search import SearchConfig, run_search
+    from deepliflow_jax.study.tradeoff import TradeoffData
+
+    params = _check_variables(variables)["params"]
+    data = _checked_data(data, None, "compression_search", "val")
+    if not data.train:
+        raise ValueError("compression_search fine-tunes on the training frames, but the data "
+                         "set has none")
+    if _network_input(data, None, "compression_search") is not None:
+        raise ValueError("compression_search runs the network at the frame size: load the data "
+                         "set without interp_size, with frames of a multiple of 64")
+    try:
+        cfg = SearchConfig(budget=budget, **settings)
+    except TypeError as err:
+        raise ValueError(f"compression_search: {err}; the settings are the fields of "
+                         "deepliflow_jax.study.search.SearchConfig") from err
+    batches = data.val_batches(data.num_samples)
+    if len(batches) != 1:
+        raise ValueError(f"compression_search needs validation frames of one size, got "
+                         f"{len(batches)} sizes")
+    desc = f"{data.root or 'data set'}: {len(data.train)} training / {len(data.val)} validation"
+    search_data = TradeoffData(data.train_batch, batches[0], data.num_samples, desc)
+    return run_search(cfg, search_data, {"params": params}, workdir, save_to=save_to,
+                      sensitivity_cache=sensitivity_cache, log=log)
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """A Markdown table of :func:`compression_table` rows.
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.model.api import forward
+from deepliflow_jax.model.channels import architecture_widths
 from deepliflow_jax.model.deeplidarflow import SIZE_MULTIPLE
 
 KITTI_INTERP_SIZE = (384, 1216)
@@ -187,7 +188,8 @@ def predict(variables: dict, frames: Any, dataset: str | None = None,
     """Scene flow for preprocessed frame pairs, at the frame resolution.
 
     Args:
-      variables: ``{'params': ...}`` of floating-point arrays.
+      variables: ``{'params': ...}`` of floating-point arrays: the original network or a
+        structured (channel-pruned) one, whose widths are read from the shapes.
       frames: ``[B, 2, H, W, 4]`` or ``[2, H, W, 4]``: RGB in [0, 1] minus the
         dataset mean and the normalised sparse disparity (0 = no point), for
         frames t and t+1.
@@ -228,5 +230,7 @@ def predict(variables: dict, frames: Any, dataset: str | None = None,
                          f"got {h}x{w} (see deepliflow_jax.data preprocessing)")
     if interp_size is None:
         check_network_size(h, w, "frame size")
+    # a structured (channel-pruned) model runs with the widths its parameters hold
     return forward(variables, jax.device_put(arr), interp_size=interp_size,
-                   out_size=out_size or (h, w), dtype=dtype)
+                   out_size=out_size or (h, w), dtype=dtype,
+                   widths=architecture_widths(variables))

@@ -44,20 +44,12 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 
 
 def _plans(specs):
-    plans = []
-    for spec in specs:
-        name, sep, body = spec.partition(":")
-        try:
-            if not sep or not name:
-                raise ValueError("expected NAME:REGEX=RATIO[;REGEX=RATIO]")
-            pairs = tuple((p.rsplit("=", 1)[0], float(p.rsplit("=", 1)[1]))
-                          for p in body.split(";") if p)
-            if not pairs:
-                raise ValueError("no REGEX=RATIO pair")
-        except (ValueError, IndexError) as err:
-            raise app.UsageError(f"--plan {spec!r}: {err}") from err
-        plans.append((name, pairs))
-    return tuple(plans)
+    from deepliflow_jax.study.tradeoff import parse_plan
+
+    try:
+        return tuple(parse_plan(spec) for spec in specs)
+    except ValueError as err:
+        raise app.UsageError(f"--plan: {err}") from err
 
 
 def main(argv):

@@ -51,6 +51,7 @@ from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, leaky_relu
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
+from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.profile.inputs import make_frames
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
 
@@ -119,17 +120,20 @@ def _module_block(name, module, params, args_sds, rng) -> Block:
 
 def block_calls(variables: dict, batch: int, height: int, width: int, interp_size=None,
                 out_size=None, conv_impl: str = CONV_IMPL_DEFAULT, dtype: Any = jnp.float32,
-                seed: int = 0) -> list[Block]:
+                seed: int = 0, widths: Any = None) -> list[Block]:
     """Every block of the forward on its real input shapes, ready to compile.
 
     Args:
-      variables: ``{'params': ...}`` of the original (unpruned) network.
+      variables: ``{'params': ...}`` of the original network, or of the structured
+        (channel-pruned) one that ``widths`` describes.
       batch, height, width: the frames' size ``[B, 2, H, W, 4]``.
       interp_size: ``(h, w)`` the network resizes to (KITTI path), None = none.
       out_size: output size, default the input size.
       conv_impl: see :mod:`deepliflow_jax.model.layers`.
       dtype: compute dtype.
       seed: seed of the random inputs.
+      widths: channel widths of a structured model (None: the original network; see
+        :mod:`deepliflow_jax.model.widths`).
 
     Returns:
       :class:`Block` s named as :func:`block_names`.
@@ -137,7 +141,7 @@ def block_calls(variables: dict, batch: int, height: int, width: int, interp_siz
     Raises:
       ValueError: an invalid ``conv_impl``.
     """
-    model = DeepLiDARFlow(dtype=dtype, conv_impl=conv_impl)
+    model = DeepLiDARFlow(dtype=dtype, conv_impl=conv_impl, widths=freeze_widths(widths))
     out_size = tuple(out_size) if out_size is not None else (height, width)
     frames = jax.ShapeDtypeStruct((batch, 2, height, width, 4), jnp.float32)
     calls = _record_calls(model, variables, frames, interp_size, out_size)

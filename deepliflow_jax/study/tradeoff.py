@@ -127,6 +127,35 @@ class TradeoffConfig:
             raise ValueError("int8 needs calib_batches >= 1")
 
 
+def parse_plan(spec: str) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """A named per-layer pruning plan from ``NAME:REGEX=RATIO[;REGEX=RATIO]``.
+
+    Example: ``"g70h10:guidance_network=0.7;scene_flow_estimator|context_network=0.1"``
+    (the regexes go over channel-group names, see :func:`.structured.plan_pruning`).
+
+    Returns:
+      ``(name, ((regex, ratio), ...))``.
+
+    Raises:
+      ValueError: a spec without a name, ``:`` or ``REGEX=RATIO`` pair, or a ratio that
+        is not a number in (0, 1).
+    """
+    name, sep, body = str(spec).partition(":")
+    try:
+        if not sep or not name:
+            raise ValueError("expected NAME:REGEX=RATIO[;REGEX=RATIO]")
+        pairs = tuple((p.rsplit("=", 1)[0], float(p.rsplit("=", 1)[1]))
+                      for p in body.split(";") if p)
+        if not pairs:
+            raise ValueError("no REGEX=RATIO pair")
+    except (ValueError, IndexError) as err:
+        raise ValueError(f"plan {spec!r}: {err}") from err
+    for _, ratio in pairs:
+        if not 0.0 < ratio < 1.0:
+            raise ValueError(f"plan {spec!r}: ratio {ratio} outside (0, 1)")
+    return name, pairs
+
+
 @dataclasses.dataclass
 class FineTuned:
     """A fine-tuning run of the trade-off: the params it selected and how it went.
@@ -151,7 +180,7 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
               lr: float, refine_after: int | None = None, refine_factor: float = 0.1,
               log: Callable[[str], None] = print, channel_masks: Any = None,
               evaluate: Callable[[Any], dict] | None = None, eval_every: int = 0,
-              select: str = "sf") -> FineTuned:
+              select: str = "sf", masks: Any = None, bits: Any = 0) -> FineTuned:
     """``steps`` Adam steps from ``params`` with the one trainer (:meth:`Trainer.fit`).
 
     Two ways to fine-tune a pruned model:
@@ -185,6 +214,8 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
         something fine-tuned is always returned.
       eval_every: see ``evaluate``; 0 returns the last step's params.
       select: the metric minimised by the selection.
+      masks, bits: unstructured pruning masks and weight bit widths (one, or a tree
+        like ``params``) held in the train state (:meth:`Trainer.new_state`).
 
     Returns:
       :class:`FineTuned`.
@@ -214,7 +245,7 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
     if evaluate is not None and eval_every:
         def validate(state):
             return evaluate(jax.device_get(state.params))
-    state = trainer.new_state(jax.tree.map(jnp.asarray, params), lr=lr)
+    state = trainer.new_state(jax.tree.map(jnp.asarray, params), lr=lr, masks=masks, bits=bits)
     fit = trainer.fit(state, batch, [p for p in phases if p.steps], evaluate=validate,
                       eval_every=eval_every, select=select, on_step=on_step)
     summary = ""

@@ -240,15 +240,19 @@ class Trainer:
                         masks=masks, quant=self.quant)
 
     def new_state(self, params: Any, *, lr: float = 1e-4, masks: Any = None,
-                  bits: int = 0, adam: TF1AdamState | None = None) -> TrainState:
-        """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float).
+                  bits: Any = 0, adam: TF1AdamState | None = None) -> TrainState:
+        """A fresh train state: Adam at ``lr``, ``masks`` (None = dense), ``bits`` (0 = float):
+        one width for every leaf, or a tree of per-leaf widths like ``params``.
 
         ``adam``: a ``tf1_adam`` trainer's starting Adam state (e.g. the original's,
         ``tf_adam.state_from_checkpoint``) instead of zeros; moments of pruned entries
         are zeroed. Raises ``ValueError`` for another optimizer.
         """
         state = create_train_state(params, self._tx(lr, masks), self.seed)
-        bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
+        if isinstance(bits, int | np.integer):
+            bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
+        else:
+            bits_tree = jax.tree.map(lambda _, b: jnp.asarray(b, jnp.int32), params, bits)
         opt_state = _replace_state(state.opt_state, QuantState, bits=bits_tree)
         if adam is not None:
             if self.optimizer != "tf1_adam":

@@ -1,0 +1,332 @@
+"""The compression search: its solver and candidates on hand-made tables, the size model
+against the real shapes and packing, the sensitivity options and their cache, and one
+tiny end-to-end search (size budget: deterministic) whose chosen model loads and predicts."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from deepliflow_jax.study import search as S
+
+CTX = ("context", r"^context_network/")
+EST6 = ("estimator6", r"^scene_flow_estimator_6/")
+
+
+# ----------------------------------------------------------------------------- the solver
+
+
+def _brute(options, need):
+    best = None
+    for picks in itertools.product(*options.values()):
+        saving = sum(p[2] for p in picks)
+        delta = sum(p[1] for p in picks)
+        if saving >= need and (best is None or delta < best):
+            best = delta
+    return best
+
+
+def test_solve_is_exact_on_random_tables():
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        options = {f"g{i}": [(("noop", i), 0.0, 0.0)] + [
+            ((j, i), float(rng.uniform(-0.05, 1.0)), float(rng.integers(-1, 8)))
+            for j in range(int(rng.integers(1, 4)))] for i in range(4)}
+        for need in (1.0, 5.0, 9.0, 14.0):
+            best = _brute(options, need)
+            if best is None:
+                with pytest.raises(S.InfeasibleBudgetError):
+                    S.solve(options, need, resolution=int(need))
+                continue
+            choice, delta, saving = S.solve(options, need, resolution=int(need))  # unit 1: exact
+            assert delta == pytest.approx(best), (trial, need)
+            picked = [next(o for o in options[g] if o[0] == c) for g, c in choice.items()]
+            assert saving == pytest.approx(sum(o[2] for o in picked)) and saving >= need
+            assert delta == pytest.approx(sum(o[1] for o in picked))
+
+
+def test_solve_prefers_the_larger_saving_on_ties_and_rejects_bad_input():
+    options = {"a": [("a0", 0.0, 0.0), ("a1", 0.1, 2.0), ("a2", 0.1, 3.0)],
+               "b": [("b0", 0.0, 0.0), ("b1", 0.5, 5.0)]}
+    assert S.solve(options, 2.0) == ({"a": "a2", "b": "b0"}, pytest.approx(0.1), 3.0)
+    assert S.solve(options, 4.0)[0] == {"a": "a0", "b": "b1"}
+    assert S.solve(options, 5.5)[0] == {"a": "a2", "b": "b1"}  # tie: the larger saving
+    assert S.solve(options, -1.0)[0] == {"a": "a0", "b": "b0"}  # nothing needed
+    with pytest.raises(S.InfeasibleBudgetError, match="add up to 8, 9 are needed"):
+        S.solve(options, 9.0)
+    with pytest.raises(ValueError, match="layer group 'c' has no option"):
+        S.solve({**options, "c": []}, 1.0)
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def _tables():
+    """Three groups; pruning ``b`` is cheap in EPE per ms, ``c`` is expensive."""
+    delta = {"a": {0.5: 0.10, 0.7: 0.30}, "b": {0.5: 0.02, 0.7: 0.05}, "c": {0.5: 0.50, 0.7: 1.0}}
+    saved = {"a": {0.5: 20.0, 0.7: 30.0}, "b": {0.5: 10.0, 0.7: 15.0},
+             "c": {0.5: 30.0, 0.7: 40.0}}
+    sens = {"delta": {g: {"ratio": d, "bits": {}, "percent": {}} for g, d in delta.items()}}
+    costs = {"dense_ms": 100.0, "saved_ms": saved}
+    groups = tuple((g, f"^{g}/") for g in "abc")
+    return groups, sens, costs
+
+
+def test_latency_candidates_meet_the_budget_with_the_best_plan_first():
+    groups, sens, costs = _tables()
+    found = S.search_candidates(groups, sens, 75.0, "latency", costs=costs,
+                                margins=(0.0, 0.05, 0.1), count=3)
+    # 25 ms to save: a0.5 + b0.5 (delta 0.12) beats a0.7 (0.30), b0.7 + a0.5 (0.15), c (0.5)
+    assert found[0]["plan"] == {"a": S.Choice(0.5), "b": S.Choice(0.5)}
+    assert found[0]["delta_epe"] == pytest.approx(0.12)
+    assert found[0]["predicted_ms"] == pytest.approx(70.0)
+    for c, limit in zip(found, (75.0, 71.25, 67.5), strict=False):
+        assert c["predicted_ms"] <= limit + 1e-9
+    # 5 % tighter still fits a0.5 + b0.5 (70 ms): not repeated; 10 % needs 32.5 ms
+    assert [c["margin"] for c in found] == [0.0, 0.1]
+    assert found[1]["plan"] == {"a": S.Choice(0.5), "b": S.Choice(0.7)}
+    assert S.plan_label(found[1]["plan"], groups) == "a r0.5, b r0.7"
+
+
+def test_an_unreachable_budget_is_a_clear_error():
+    groups, sens, costs = _tables()
+    with pytest.raises(S.InfeasibleBudgetError) as err:
+        S.search_candidates(groups, sens, 10.0, "latency", costs=costs)
+    assert str(err.value) == (
+        "budget 10 ms is out of reach of the search space: the most compressed plan (a r0.7, "
+        "b r0.7, c r0.7) is predicted at 15 ms (dense 100 ms); raise the budget or allow "
+        "larger ratios, fewer bits or more sparsity")
+    # a budget above the dense model's time keeps it dense
+    assert S.search_candidates(groups, sens, 120.0, "latency", costs=costs)[0]["plan"] == {}
+
+
+def test_size_candidates_use_bits_and_sparsity_and_meet_the_exact_size(variables):
+    groups = (CTX, EST6)
+    sens = {"delta": {"context": {"ratio": {0.5: 0.4}, "bits": {8: 0.001}, "percent": {50.0: 0.02}},
+                      "estimator6": {"ratio": {0.5: 0.3}, "bits": {8: 0.002},
+                                     "percent": {50.0: 0.5}}}}
+    model = S.SizeModel(variables["params"], groups, disk_factor={0: 0.9, 8: 0.7})
+    dense = model.disk_bytes({})
+    # 8 bits in both groups save 3.19 MB; with half of the context's parameters zeroed 3.32
+    limit = dense - 3.25e6
+    found = S.search_candidates(groups, sens, limit, "size", size_model=model, count=2,
+                                margins=(0.0, 0.02))
+    # 8 bits are nearly free; context sparsity is the cheapest further saving
+    assert found[0]["plan"] == {"context": S.Choice(bits=8, percent=50.0),
+                                "estimator6": S.Choice(bits=8)}
+    for c in found:
+        assert c["predicted_bytes"] == pytest.approx(model.disk_bytes(c["plan"]))
+        assert c["predicted_bytes"] <= limit
+    with pytest.raises(S.InfeasibleBudgetError, match="budget 1 MB is out of reach"):
+        S.search_candidates(groups, sens, 1e6, "size", size_model=model)
+
+
+def test_budget_forms_and_errors():
+    assert S.Budget.parse("120ms") == S.Budget("latency_ms", 120.0)
+    assert S.Budget.parse(" 5.5MB") == S.Budget("size_mb", 5.5)
+    assert S.Budget.parse("2x") == S.Budget("speedup", 2.0)
+    assert S.Budget.parse("g70h10") == S.Budget("reference", "g70h10")
+    assert S.Budget.parse("2x").measure == "latency" and S.Budget.parse("1mb").measure == "size"
+    with pytest.raises(ValueError, match="the speedup must be a positive number"):
+        S.Budget.parse("0x")
+    with pytest.raises(ValueError, match="expected a latency like '120ms'"):
+        S.Budget.parse("fast!")
+    with pytest.raises(ValueError, match=r"budget 'g99' names no reference plan; the references "
+                                         r"are \['g70h10', 'g70h30', 'g70', 'uniform30'"):
+        S.SearchConfig(budget="g99")
+
+
+# ----------------------------------------------------------------------------- plans and sizes
+
+
+def test_groups_and_reference_ratios(variables):
+    from deepliflow_jax.model.channels import widths_of
+
+    widths = widths_of(variables)
+    members = S.check_groups(S.LAYER_GROUPS, widths)
+    assert sorted(c for cs in members.values() for c in cs) == sorted(widths)  # a partition
+    assert members["fused"] == [f"guidance_network/fusion/convconcat_refine_d{k}"
+                                for k in range(5)]
+    ratios = S.group_ratios({"guidance_network": 0.7, "scene_flow_estimator|context_network":
+                             0.1}, S.LAYER_GROUPS, widths)
+    assert ratios == {**{g: 0.7 for g in ("rgb", "depth", "fusion", "fused")},
+                      **{f"estimator{lv}": 0.1 for lv in (6, 5, 4, 3, 2)}, "context": 0.1}
+    assert S.group_ratios({"rgb_encoder": 0.5}, S.LAYER_GROUPS, widths) is None  # splits "rgb"
+    assert S.group_ratios(0.3, (CTX,), widths) is None  # prunes outside the groups
+    with pytest.raises(ValueError, match="channel group context_network/conv1 is in layer "
+                                         "groups 'context' and 'c1'"):
+        S.check_groups((CTX, ("c1", "context_network/conv1$")), widths)
+    with pytest.raises(ValueError, match="layer group 'x' .* matches no channel group"):
+        S.check_groups((("x", "^nothing/"),), widths)
+
+
+def test_size_model_has_the_pruned_models_shapes_and_the_packed_bytes(variables):
+    import flax
+
+    from deepliflow_jax.compress.export import pack_params
+    from deepliflow_jax.compress.quantize import QuantConfig
+    from deepliflow_jax.compress.structured import structured_prune
+
+    plan = {"rgb": S.Choice(0.5), "fused": S.Choice(0.3, 8), "estimator2": S.Choice(0.7, 0, 30.0)}
+    model = S.SizeModel(variables["params"], S.LAYER_GROUPS)
+    leaves = {k: (n, b, p) for k, n, b, p in model.leaves(plan)}
+    pruned = structured_prune(variables, S.ratio_spec(plan, S.LAYER_GROUPS))
+    flat = flax.traverse_util.flatten_dict(pruned.variables["params"], sep="/")
+    assert set(flat) == set(leaves)
+    assert {k: np.size(v) for k, v in flat.items()} == {k: v[0] for k, v in leaves.items()}
+    assert leaves["guidance_network/fusion/convconcat_refine_d2/kernel"][1:] == (8, 0.0)
+    assert leaves["scene_flow_estimator_2/conv1/bias"][1:] == (0, 30.0)
+    assert leaves["guidance_network/depth_decoder/refine1/conf_mass"][1:] == (0, 0.0)
+    assert model.payload_bytes({}) == 4 * 8_296_404  # the float checkpoint: float32
+    rng = np.random.default_rng(0)
+    for bits, zeros in itertools.product((0, 6, 8, 12), (0.0, 0.3, 0.95)):
+        x = rng.normal(size=(3, 3, 16, 8)).astype(np.float32)
+        x[rng.random(x.shape) < zeros] = 0.0
+        arrays, layout = pack_params({"w": x}, quant=QuantConfig(bits=bits or 8),
+                                     bits={"w": bits})
+        nonzero = layout["leaves"]["w"]["nonzero"]
+        assert S.leaf_bytes(x.size, bits, nonzero, True) == sum(a.nbytes for a in
+                                                                 arrays.values()), (bits, zeros)
+    assert S.leaf_bytes(100, 0, 3, False) == 400
+
+
+def test_bits_and_sparsity_touch_only_their_group(variables):
+    import flax
+
+    params = variables["params"]
+    plan = {"context": S.Choice(bits=6, percent=40.0), "estimator6": S.Choice(0.5)}
+    bits = flax.traverse_util.flatten_dict(S.plan_bits(params, plan, (CTX, EST6)), sep="/")
+    assert {k for k, b in bits.items() if b} == {k for k in bits if k.startswith("context_")}
+    assert set(bits.values()) == {0, 6}
+    pruned, masks = S.sparsify(params, plan, (CTX, EST6))
+    flat = flax.traverse_util.flatten_dict(pruned, sep="/")
+    ctx = np.concatenate([np.ravel(v) for k, v in flat.items() if k.startswith("context_")])
+    assert np.mean(ctx == 0) == pytest.approx(0.40, abs=1e-4)
+    assert all(np.all(m) for k, m in flax.traverse_util.flatten_dict(masks, sep="/").items()
+               if not k.startswith("context_"))
+    # the sensitivity's numpy quantizer is the trainer's, bit for bit, on the group only
+    from deepliflow_jax.compress.quantize import QuantConfig, quantize_tree
+
+    rng = np.random.default_rng(1)
+    tree = {"context_network": {"conv1": {"kernel": rng.normal(size=(3, 3, 5, 7)),
+                                          "bias": rng.normal(size=7)}},
+            "other": {"kernel": rng.normal(size=(4, 4))}}
+    tree = {k: {n: {a: np.float32(b) for a, b in v.items()} if isinstance(v, dict)
+                else np.float32(v) for n, v in d.items()} for k, d in tree.items()}
+    got = flax.traverse_util.flatten_dict(S.fake_quantize(tree, CTX[1], 5), sep="/")
+    want = flax.traverse_util.flatten_dict(
+        quantize_tree(tree, QuantConfig(bits=5, include=CTX[1])), sep="/")
+    for k in want:
+        np.testing.assert_array_equal(got[k], np.asarray(want[k]))
+    assert np.array_equal(got["other/kernel"], tree["other"]["kernel"])
+    assert not np.array_equal(got["context_network/conv1/kernel"],
+                              tree["context_network"]["conv1"]["kernel"])
+
+
+# ----------------------------------------------------------------------------- sensitivity
+
+
+def test_sensitivity_options_and_cache(variables, tmp_path):
+    """Each option compresses its group only; a second call reads everything from the cache."""
+    import flax
+
+    from deepliflow_jax.model.channels import widths_of
+
+    params = variables["params"]
+    widths = widths_of(params)
+    ref = flax.traverse_util.flatten_dict(params, sep="/")
+    val = {"frames": np.zeros((1, 2, 64, 64, 4), np.float32),
+           "gt": np.zeros((1, 64, 64, 4), np.float32)}
+    calls = []
+
+    def evaluate(p, masks):
+        flat = flax.traverse_util.flatten_dict(p, sep="/")
+        changed = sorted({k.split("/")[0] for k in flat if not np.array_equal(flat[k], ref[k])})
+        cut = {} if masks is None else {k: int(m.size - m.sum()) for k, m in masks.items()
+                                        if m.sum() < m.size}
+        calls.append((changed, cut))
+        return {"epe": 1.0 + 0.01 * len(calls), "sf": 0.0}
+
+    cache = tmp_path / "sens.json"
+    out = S.measure_sensitivity(params, val, (CTX, EST6), (0.5,), (6,), (40.0,), cache=cache,
+                                evaluate=evaluate, log=lambda _: None)
+    assert calls[0] == ([], {})  # the base model
+    ratio_ctx, bits_ctx, pct_ctx = calls[1:4]
+    assert ratio_ctx[0] == [] and set(ratio_ctx[1]) == {f"context_network/conv{i}"
+                                                         for i in range(1, 7)}
+    assert ratio_ctx[1]["context_network/conv1"] == widths["context_network/conv1"] // 2
+    assert bits_ctx == (["context_network"], {}) and pct_ctx == (["context_network"], {})
+    assert calls[4][1] == {f"scene_flow_estimator_6/{n}": widths[f"scene_flow_estimator_6/{n}"]
+                           // 2 for n in ("conv1", "conv2", "conv3", "conv4", "conv_f")}
+    assert out["delta"]["context"] == {"ratio": {0.5: pytest.approx(0.01)},
+                                       "bits": {6.0: pytest.approx(0.02)},
+                                       "percent": {40.0: pytest.approx(0.03)}}
+    assert (out["evaluated"], out["cached"]) == (6, 0)
+    stored = json.loads(cache.read_text())
+    assert list(stored["entries"]) == [out["key"]]
+
+    def fail(p, masks):
+        raise AssertionError("evaluated although cached")
+
+    again = S.measure_sensitivity(params, val, (CTX, EST6), (0.5,), (6,), (40.0,), cache=cache,
+                                  evaluate=fail, log=lambda _: None)
+    assert again["delta"] == out["delta"] and (again["evaluated"], again["cached"]) == (0, 6)
+    calls.clear()
+    more = S.measure_sensitivity(params, val, (CTX,), (0.5, 0.25), (), (), cache=cache,
+                                 evaluate=evaluate, log=lambda _: None)
+    assert len(calls) == 1 and (more["evaluated"], more["cached"]) == (1, 1)
+    cache.write_text("{broken")
+    with pytest.raises(ValueError, match="sensitivity cache .*sens.json is not readable JSON"):
+        S.measure_sensitivity(params, val, (CTX,), (0.5,), cache=cache, evaluate=fail)
+
+
+def test_pareto_front():
+    pts = [("dense", 100, 3.0), ("a", 50, 3.2), ("b", 60, 3.5), ("c", 40, 4.0), ("d", 50, 3.1)]
+    assert S.pareto_front(pts) == ["c", "d", "dense"]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_tiny_search_end_to_end(variables, tiny_data, tmp_path):
+    """A size budget (deterministic) on two groups: the chosen model meets it on disk, loads
+    with load_checkpoint and predict_sceneflow reproduces the EPE the search reported."""
+    import jax
+
+    import deepliflow_jax as dl
+    from deepliflow_jax.checkpoint import checkpoint_widths, load_checkpoint, load_metadata
+    from deepliflow_jax.study.tradeoff import TradeoffData, evaluate_outputs
+
+    val = tiny_data.val_batches(tiny_data.num_samples)[0]
+    data = TradeoffData(tiny_data.train_batch, val, tiny_data.num_samples, "tiny world")
+    cfg = S.SearchConfig(budget="27.6MB", groups=(CTX, EST6), ratios=(0.5,), bits=(8,),
+                         percents=(), margins=(0.0,), candidates=1, uniform=(), plans=(),
+                         finetune_steps=0, repeats=1, block_repeats=1, warmup=0)
+    result = S.run_search(cfg, data, variables, tmp_path / "work",
+                          save_to=tmp_path / "chosen", log=lambda _: None)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {"dense", "searched1"} and result["chosen"] == "searched1"
+    chosen = rows["searched1"]
+    assert chosen["disk_bytes"] <= 27.6e6 < rows["dense"]["disk_bytes"]
+    assert chosen["meets_budget"] and not rows["dense"]["meets_budget"]
+    assert result["budget"]["limit"] == 27.6e6
+    cand = result["candidates"][0]
+    assert cand["predicted_bytes"] <= 27.6e6
+    assert chosen["predicted_disk_bytes"] == pytest.approx(cand["predicted_bytes"])
+    loaded = load_checkpoint(tmp_path / "chosen")
+    meta = load_metadata(tmp_path / "chosen")
+    assert meta["plan"] == cand["plan"] and meta["source"] == "compression_search"
+    pruned = any(g["ratio"] for g in cand["plan"].values())
+    assert (checkpoint_widths(tmp_path / "chosen") is not None) == pruned
+    sf = dl.predict_sceneflow(loaded, val["frames"])
+    assert evaluate_outputs(np.asarray(sf), val["gt"])["epe"] == pytest.approx(chosen["epe"],
+                                                                               rel=1e-5)
+    assert result["sensitivity"]["evaluated"] == 4 and result["costs"]["saved_ms"].keys() == {
+        "context", "estimator6"}
+    assert result["costs"]["changed_blocks"]["context"]["0.5"] == ["context network"]
+    md = S.to_markdown(result)
+    assert "**Chosen: `searched1`**" in md and "| context |" in md
+    S.plot(result, tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+    assert jax.tree.leaves(loaded)
