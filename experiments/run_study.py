@@ -55,8 +55,8 @@ flags.DEFINE_list("lidar_sweep", None, "Override the LiDAR sample counts (KITTI-
 flags.DEFINE_integer("runtime_repeats", None, "Timed forward passes per configuration "
                      "(0: no timing).")
 flags.DEFINE_string("devices", "all", "Data parallel inside a configuration over this many of "
-                    "the process's devices ('all': every local device); the training batch "
-                    "must divide by it.")
+                    "the process's devices; the training batch must divide by it ('all': as "
+                    "many local devices as the batch splits over, every one when it allows).")
 flags.DEFINE_float("claim_timeout", 180.0, "Seconds without a heartbeat after which another "
                    "worker takes over a configuration (a worker on the same machine whose "
                    "process is gone: at once).")

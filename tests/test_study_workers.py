@@ -91,8 +91,8 @@ def test_two_workers_match_one_process_and_take_over_a_killed_one(tmp_path):
 def test_a_batch_that_does_not_split_over_the_devices_is_refused(tmp_path):
     env = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     base = [sys.executable, "-m", "experiments.run_study", "--preset=tiny"]
-    proc = subprocess.run([*base, f"--results_dir={tmp_path / 'a'}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)  # default: all (2)
+    proc = subprocess.run([*base, "--devices=2", f"--results_dir={tmp_path / 'a'}"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
     assert ("devices (--devices) is 2, but the training batch of 1 frame(s) does not split "
             "over 2 devices: use a device count that divides 1 (e.g. --devices=1)"
@@ -104,3 +104,20 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused(tmp_path):
         proc = subprocess.run([*base, f"--devices={bad}", f"--results_dir={tmp_path / bad}"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode != 0 and says in proc.stderr, proc.stderr[-2000:]
+
+
+def test_all_devices_means_as_many_as_the_batch_splits_over(tmp_path):
+    """The default: a batch of 1 on a 2-device process trains on 1 device and says why."""
+    env = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    script = ("import sys\n"
+              "from deepliflow_jax.study.config import make_config\n"
+              "from deepliflow_jax.study.runner import Study\n"
+              "study = Study(make_config('tiny'), sys.argv[1])\n"
+              "study.prepare()\n"
+              "print('devices', study.devices, study.trainer.mesh.devices.size)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "devices 1 1" in proc.stdout
+    assert "data parallel over 1 of 2 devices (the training batch of 1 splits no further" in (
+        proc.stdout)

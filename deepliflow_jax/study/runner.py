@@ -78,8 +78,9 @@ class Study:
     Args:
       cfg: the configuration.
       results_dir: the results folder (shared by every worker of the study).
-      devices: data parallel over this many of the process's devices (None: all), or
-        a device list; the training batch must divide over them.
+      devices: data parallel over this many of the process's devices, or a device
+        list; the training batch must divide over them. None: as many of its devices
+        as divide the training batch (all of them when the batch allows).
       claim_timeout_s: a configuration claimed by a worker whose heartbeat is older
         than this is taken over (a worker on this host whose pid is gone: at once).
       poll_s: seconds between looks at other workers' progress while waiting.
@@ -94,7 +95,7 @@ class Study:
         claim_dir(self.dir, CONFIG_FILE, "a deepliflow_jax study results folder")
         self._write_config()
         self.records = RecordStore(self.dir)
-        self.devices = len(jax.local_devices()) if devices is None else devices
+        self.devices = devices  # None: chosen in prepare(), once the batch is known
         self.claims = ClaimBoard(self.dir / CLAIMS_DIR, timeout_s=claim_timeout_s)
         self.poll_s = poll_s
         self.trainer: Trainer | None = None
@@ -125,8 +126,10 @@ class Study:
         if self.data is not None:
             return
         cfg = self.cfg
-        n_dev = self.devices if isinstance(self.devices, int) else len(self.devices)
-        if not 1 <= n_dev <= len(jax.local_devices()):
+        local = len(jax.local_devices())
+        n_dev = (local if self.devices is None else
+                 self.devices if isinstance(self.devices, int) else len(self.devices))
+        if not 1 <= n_dev <= local:
             raise ValueError(f"devices (--devices) is {n_dev}, but this process has "
                              f"{len(jax.local_devices())} device(s): {jax.local_devices()}")
         if cfg.data == "synthetic":
@@ -149,6 +152,12 @@ class Study:
         _say(f"data: {len(self.data.train)} train / {len(self.data.val)} validation frames; "
              f"{self.data.samples_for(cfg)} LiDAR points per frame")
         batch = len(self.data.train_batch(0, self.data.samples_for(cfg))["gt"])
+        if self.devices is None:  # 'all': the most devices the batch splits over
+            n_dev = max(d for d in range(1, n_dev + 1) if batch % d == 0)
+            self.devices = n_dev
+            if n_dev < local:
+                _say(f"data parallel over {n_dev} of {local} devices (the training batch "
+                     f"of {batch} splits no further; run one worker per device instead)")
         if batch % n_dev:
             raise ValueError(f"devices (--devices) is {n_dev}, but the training batch of "
                              f"{batch} frame(s) does not split over {n_dev} devices: use a "
