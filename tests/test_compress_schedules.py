@@ -1,11 +1,9 @@
-"""Polynomial schedule, dynamic threshold, post-training modes."""
+"""Polynomial schedule and the dynamic-threshold state machine."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepliflow_jax.compress.modes import post_training
-from deepliflow_jax.compress.quantize import QuantConfig
 from deepliflow_jax.compress.schedules import (
     dynamic_threshold_init,
     dynamic_threshold_replay,
@@ -68,18 +66,3 @@ def test_dynamic_threshold_replay_rebuilds_the_state_and_keeps_extra_fields():
         dynamic_threshold_replay([*st.log, st.log[-1]], 1.0, start=5.0, increment=5.0, **upd)
     with pytest.raises(ValueError, match=r"extra log fields \['epe'\] clash"):
         dynamic_threshold_update(dynamic_threshold_init(), 1.0, 1.0, extra={"epe": 2.0})
-
-
-def test_post_training_prune_then_quantize():
-    # 10 % pruning cuts at ~0.13 sigma; the 4-bit zero bin reaches ~0.2 sigma.
-    params, masks, report = post_training(PARAMS, percent=10, quant=QuantConfig(bits=4))
-    k = np.asarray(params["params"]["conv"]["kernel"])
-    m = np.asarray(masks["params"]["conv"]["kernel"])
-    assert np.all(k[~m] == 0)  # pruned stay zero after quantization
-    assert report["pruning"]["total"]["pruned"] == 30
-    created = report["quantization_zeros"]["created"]
-    assert created > 0  # the 4-bit zero bin adds zeros on top
-    assert report["final"]["total"]["zeros"] == 30 + created
-    assert len(np.unique(k)) <= 15
-    only_q, none_masks, rep = post_training(PARAMS, quant=8)
-    assert none_masks is None and "pruning" not in rep

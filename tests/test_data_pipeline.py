@@ -1,9 +1,6 @@
-"""Batching, seeding and background prefetch of the data pipeline."""
+"""Batching and seeding of the data pipeline."""
 
-import threading
-import time
 
-import jax
 import numpy as np
 import pytest
 
@@ -37,84 +34,34 @@ def _sample(seed, h=6, w=8):
 
 def test_batches_are_the_preprocessed_samples_and_reproducible():
     ds = ListDataset([_sample(i) for i in range(5)])
-    batches = list(pipeline.iterate_batches(ds, 2, num_samples=10, seed=3, crop_shape=None))
-    assert len(batches) == 2  # the last, incomplete batch is dropped
-    b = batches[1]
+    b = pipeline.load_batch(ds, [2, 3], 10, seed=3, epoch=0)
     assert b["frames"].shape == (2, 2, 6, 8, 4) and b["gt"].shape == (2, 6, 8, 4)
     np.testing.assert_array_equal(b["index"], [2, 3])
+    np.testing.assert_array_equal(b["num_samples"], [10, 10])
     rng = lidar.frame_rng(3, 3, 0)
     frames, gt = pipeline.preprocess_sample(ds[3], "KITTI", 10, rng)
     np.testing.assert_array_equal(b["frames"][1], frames)
     np.testing.assert_array_equal(b["gt"][1], ds[3].gt)
-    again = list(pipeline.iterate_batches(ds, 2, num_samples=10, seed=3, crop_shape=None))
-    np.testing.assert_array_equal(again[0]["frames"], batches[0]["frames"])
-    # A new epoch draws new LiDAR points.
-    two = list(pipeline.iterate_batches(ds, 5, num_samples=10, seed=3, num_epochs=2,
-                                        crop_shape=None))
-    assert [t["epoch"] for t in two] == [0, 1]
-    assert not np.array_equal(two[0]["frames"][..., 3], two[1]["frames"][..., 3])
-    np.testing.assert_array_equal(two[0]["frames"][..., :3], two[1]["frames"][..., :3])
-    last = list(pipeline.iterate_batches(ds, 2, crop_shape=None, drop_remainder=False))
-    assert [len(t["index"]) for t in last] == [2, 2, 1]
+    again = pipeline.load_batch(ds, [2, 3], 10, seed=3, epoch=0)
+    np.testing.assert_array_equal(again["frames"], b["frames"])
+    # A new epoch draws new LiDAR points on the same images.
+    other = pipeline.load_batch(ds, [2, 3], 10, seed=3, epoch=1)
+    assert not np.array_equal(other["frames"][..., 3], b["frames"][..., 3])
+    np.testing.assert_array_equal(other["frames"][..., :3], b["frames"][..., :3])
 
 
-def test_shuffle_crop_and_mixed_sizes():
+def test_counts_crop_and_mixed_sizes():
     ds = ListDataset([_sample(i, 380, 1230) for i in range(3)])
-    seen = [int(i) for b in pipeline.iterate_batches(ds, 1, seed=1, shuffle=True,
-                                                     num_epochs=2, num_samples=[5, 50])
-            for i in b["index"]]
-    assert sorted(seen[:3]) == [0, 1, 2] and sorted(seen[3:]) == [0, 1, 2]
-    order = pipeline.epoch_order(3, 1, 0, True)
-    assert seen[:3] == list(order)
-    cropped = next(pipeline.iterate_batches(ds, 2, num_samples=100))
+    counts = {int(n) for e in range(8)
+              for n in pipeline.load_batch(ds, [0, 1, 2], [5, 50], 1, e)["num_samples"]}
+    assert counts == {5, 50}  # one of the counts per frame visit
+    cropped = pipeline.load_batch(ds, [0, 1], 100, 0, 0, crop_shape=(370, 1220))
     assert cropped["frames"].shape == (2, 2, 370, 1220, 4)
     np.testing.assert_array_equal(cropped["gt"][0], preprocess.center_crop(ds[0].gt,
                                                                            (370, 1220)))
     mixed = ListDataset([_sample(0), _sample(1, 7, 8)])
     with pytest.raises(ValueError, match="Frame 1"):
-        list(pipeline.iterate_batches(mixed, 2, crop_shape=None))
-
-
-def test_prefetch_keeps_order_propagates_errors_and_stops():
-    assert list(pipeline.prefetch(iter(range(20)), size=3)) == list(range(20))
-
-    def failing():
-        yield 1
-        raise RuntimeError("decode failed")
-
-    it = pipeline.prefetch(failing(), size=2)
-    assert next(it) == 1
-    with pytest.raises(RuntimeError, match="decode failed"):
-        next(it)
-
-    produced = []
-
-    def endless():
-        i = 0
-        while True:
-            produced.append(i)
-            yield i
-            i += 1
-
-    it = pipeline.prefetch(endless(), size=2)
-    assert next(it) == 0
-    it.close()
-    time.sleep(0.3)
-    count = len(produced)
-    time.sleep(0.3)
-    assert len(produced) == count  # the producer thread has stopped
-    assert not any(t.name == "deepliflow-prefetch" and t.is_alive()
-                   for t in threading.enumerate())
-
-
-def test_batches_on_device_with_prefetch():
-    ds = ListDataset([_sample(i) for i in range(4)])
-    out = list(pipeline.batches(ds, 2, num_samples=10, crop_shape=None, prefetch_size=2))
-    assert len(out) == 2 and isinstance(out[0]["frames"], jax.Array)
-    ref = list(pipeline.iterate_batches(ds, 2, num_samples=10, crop_shape=None))
-    np.testing.assert_array_equal(np.asarray(out[1]["frames"]), ref[1]["frames"])
-    cached = pipeline.CachedDataset(ds)
-    assert cached[1] is cached[1] and cached.dataset_type == "KITTI"
+        pipeline.load_batch(mixed, [0, 1], 10, 0, 0)
 
 
 def test_inference_inputs_from_the_shared_examples():

@@ -84,7 +84,8 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys, time
     import flax.linen as nn, jax, jax.numpy as jnp, numpy as np
-    from deepliflow_jax.compress.modes import aware_training
+    from deepliflow_jax.compress.prune import prune
+    from deepliflow_jax.compress.transforms import compress
     from deepliflow_jax.compress.quantize import QuantConfig
     import optax
     from deepliflow_jax.losses import l2_regularizer
@@ -122,10 +123,9 @@ SCRIPT = textwrap.dedent(
         "out": {"kernel": 0.3 * rs.randn(3, 3, 4, 2), "bias": 0.1 * rs.randn(2)},
     }}
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-    params, tx = aware_training(
-        optax.inject_hyperparams(optax.adam)(learning_rate=1e-2), params, percent=30,
-        quant=QuantConfig(bits=8)
-    )
+    params, masks = prune(params, 30)
+    tx = compress(optax.inject_hyperparams(optax.adam)(learning_rate=1e-2), masks=masks,
+                  quant=QuantConfig(bits=8))
     step = jax.jit(make_train_step(apply_fn, loss_fn, tx,
                                    regularizer=lambda p: l2_regularizer(p, 2e-4)))
     state = create_train_state(params, tx, seed=0)

@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent(
     """
     import json
     import flax.linen as nn, jax, jax.numpy as jnp, numpy as np, optax
-    from deepliflow_jax.compress.modes import aware_training
+    from deepliflow_jax.compress.prune import prune
+    from deepliflow_jax.compress.transforms import compress
     from deepliflow_jax.compress.quantize import QuantConfig
     from deepliflow_jax.compress.transforms import get_masks
     from deepliflow_jax.train.sharding import jit_step, make_mesh, replicate, shard_batch
@@ -55,9 +56,8 @@ SCRIPT = textwrap.dedent(
         # trainer's reg_scale and channel_masks
         return b["scale"] * jnp.mean((out * b["cm"]["out"] - b["y"]) ** 2)
 
-    params, tx = aware_training(
-        optax.adam(1e-2), params, percent=30, quant=QuantConfig(bits=8, act_bits=8)
-    )
+    params, masks = prune(params, 30)
+    tx = compress(optax.adam(1e-2), masks=masks, quant=QuantConfig(bits=8, act_bits=8))
     train_step = make_train_step(apply_fn, loss_fn, tx,
                                  regularizer=lambda p: l2_regularizer(p, 2e-3))
     result = {}

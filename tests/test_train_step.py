@@ -8,15 +8,20 @@ import numpy as np
 import optax
 import pytest
 
-from deepliflow_jax.compress.modes import aware_training
+from deepliflow_jax.compress.prune import prune
 from deepliflow_jax.compress.quantize import QuantConfig, activation_quantization, fake_quant
-from deepliflow_jax.compress.transforms import get_masks
+from deepliflow_jax.compress.transforms import compress, get_masks
 from deepliflow_jax.losses import l2_regularizer
 from deepliflow_jax.train.checkpoint import Checkpointer
 from deepliflow_jax.train.state import create_train_state
 from deepliflow_jax.train.step import make_eval_fn, make_train_step
 from deepliflow_jax.train.trainer import Phase, fit
 
+
+def prune_and_compress(inner, params, *, percent, quant):
+    """``params`` pruned by ``percent`` and the transform keeping those zeros, quantized."""
+    params, masks = prune(params, percent)
+    return params, compress(inner, masks=masks, quant=quant)
 
 def _reg(scale):
     return lambda p: l2_regularizer(p, scale)
@@ -67,7 +72,7 @@ def data_fn(pos):
 
 
 def test_compressed_train_step():
-    params, tx = aware_training(
+    params, tx = prune_and_compress(
         optax.adam(1e-2), PARAMS, percent=50, quant=QuantConfig(bits=6, act_bits=8)
     )
     reg = _reg(2e-3)  # the original's scale * sum(w**2) / 2
@@ -108,7 +113,7 @@ def test_compressed_train_step():
 
 
 def test_no_nan_at_6_bits_and_90_percent_sparsity():
-    params, tx = aware_training(
+    params, tx = prune_and_compress(
         optax.adam(1e-4), PARAMS, percent=90, quant=QuantConfig(bits=6, act_bits=6)
     )
     step = jax.jit(make_train_step(apply_fn, loss_fn, tx, regularizer=_reg(8e-4)))
@@ -120,7 +125,7 @@ def test_no_nan_at_6_bits_and_90_percent_sparsity():
 
 
 def _aware(lr=1e-2):
-    return aware_training(optax.inject_hyperparams(optax.adam)(learning_rate=lr), PARAMS,
+    return prune_and_compress(optax.inject_hyperparams(optax.adam)(learning_rate=lr), PARAMS,
                           percent=50, quant=QuantConfig(bits=6))
 
 

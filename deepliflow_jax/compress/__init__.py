@@ -2,8 +2,8 @@
 
 Pure functions over ``{'params': {...}}`` pytrees, leaves chosen by regex over
 '/'-joined paths; optax-style transforms keep masks and quantizer settings in
-the optimizer state. See :mod:`.modes` for the post-/aware-training recipes and
-the order of pruning and quantization. The one-call functions ``prune`` and
+the optimizer state (:mod:`.transforms`); the one trainer (``deepliflow_jax.train``)
+fine-tunes through them. The one-call functions ``prune`` and
 ``quantize`` live in the submodules :mod:`.prune` and :mod:`.quantize` (and at the
 package top level, ``deepliflow_jax.prune``), so the package attribute names the module.
 
@@ -20,7 +20,6 @@ from deepliflow_jax.compress.int8 import (
     int8_apply,
     quantize_int8,
 )
-from deepliflow_jax.compress.modes import aware_training, post_training
 from deepliflow_jax.compress.prune import (
     apply_masks,
     compute_masks,
@@ -79,7 +78,6 @@ __all__ = [
     "StructuredResult",
     "activation_quantization",
     "apply_masks",
-    "aware_training",
     "calibrate",
     "compress",
     "compute_masks",
@@ -102,7 +100,6 @@ __all__ = [
     "pack_params",
     "plan_pruning",
     "polynomial_schedule",
-    "post_training",
     "pruned",
     "pruning_thresholds",
     "quantize_int8",
