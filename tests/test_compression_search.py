@@ -65,11 +65,20 @@ def test_solve_prefers_the_larger_saving_on_ties_and_rejects_bad_input():
 def _tables():
     """Three groups; pruning ``b`` is cheap in EPE per ms, ``c`` is expensive."""
     delta = {"a": {0.5: 0.10, 0.7: 0.30}, "b": {0.5: 0.02, 0.7: 0.05}, "c": {0.5: 0.50, 0.7: 1.0}}
-    saved = {"a": {0.5: 20.0, 0.7: 30.0}, "b": {0.5: 10.0, 0.7: 15.0},
-             "c": {0.5: 30.0, 0.7: 40.0}}
+    # each group's pruning changes one block (dense: A 40 ms, B 20 ms, C 40 ms)
+    option_ms = {"a": {0.5: {"A": 20.0}, 0.7: {"A": 10.0}}, "b": {0.5: {"B": 10.0},
+                                                                 0.7: {"B": 5.0}},
+                 "c": {0.5: {"C": 10.0}, 0.7: {"C": 0.0}}}
+    return _costs(delta, {"A": 40.0, "B": 20.0, "C": 40.0}, option_ms)
+
+
+def _costs(delta, blocks, option_ms, dense_ms=100.0):
+    saved = {g: {r: sum(blocks[n] - ms for n, ms in per.items()) for r, per in t.items()}
+             for g, t in option_ms.items()}
     sens = {"delta": {g: {"ratio": d, "bits": {}, "percent": {}} for g, d in delta.items()}}
-    costs = {"dense_ms": 100.0, "saved_ms": saved}
-    groups = tuple((g, f"^{g}/") for g in "abc")
+    costs = {"dense_ms": dense_ms, "saved_ms": saved, "option_ms": option_ms,
+             "blocks": {n: {"median_ms": ms} for n, ms in blocks.items()}}
+    groups = tuple((g, f"^{g}/") for g in delta)
     return groups, sens, costs
 
 
@@ -87,6 +96,25 @@ def test_latency_candidates_meet_the_budget_with_the_best_plan_first():
     assert [c["margin"] for c in found] == [0.0, 0.1]
     assert found[1]["plan"] == {"a": S.Choice(0.5), "b": S.Choice(0.7)}
     assert S.plan_label(found[1]["plan"], groups) == "a r0.5, b r0.7"
+
+
+def test_groups_pruning_one_block_multiply_and_the_search_checks_it():
+    # a prunes the block's inputs, b its outputs: together 0.5 * 0.5 of it remains, not 0
+    groups, sens, costs = _costs({"a": {0.5: 0.1, 0.7: 0.5}, "b": {0.5: 0.1}}, {"X": 100.0},
+                                 {"a": {0.5: {"X": 50.0}, 0.7: {"X": 30.0}},
+                                  "b": {0.5: {"X": 50.0}}})
+    assert S.predicted_latency(costs, {"a": 0.5, "b": 0.5}) == pytest.approx(25.0)
+    assert S.predicted_latency(costs, {"a": 0.7, "b": 0.0}) == pytest.approx(30.0)
+    assert S.predicted_latency(costs, {"a": 0.3}) is None  # not measured
+    # 40 ms: a0.5 + b0.5 (25 ms) is the cheapest in EPE
+    assert S.search_candidates(groups, sens, 40.0, "latency", costs=costs)[0]["plan"] == {
+        "a": S.Choice(0.5), "b": S.Choice(0.5)}
+    # 20 ms: the summed savings (100 ms) would accept a0.5 + b0.5, its real 25 ms does not
+    found = S.search_candidates(groups, sens, 20.0, "latency", costs=costs)
+    assert found[0]["plan"] == {"a": S.Choice(0.7), "b": S.Choice(0.5)}
+    assert found[0]["predicted_ms"] == pytest.approx(15.0)
+    with pytest.raises(S.InfeasibleBudgetError, match="predicted at 15 ms"):
+        S.search_candidates(groups, sens, 14.0, "latency", costs=costs)
 
 
 def test_an_unreachable_budget_is_a_clear_error():
@@ -222,6 +250,28 @@ def test_bits_and_sparsity_touch_only_their_group(variables):
     assert np.array_equal(got["other/kernel"], tree["other"]["kernel"])
     assert not np.array_equal(got["context_network/conv1/kernel"],
                               tree["context_network"]["conv1"]["kernel"])
+
+
+def test_trainer_state_takes_per_leaf_bits_and_masks(small_variables):
+    import flax
+
+    from deepliflow_jax.compress.transforms import MaskState, QuantState, find_state
+    from deepliflow_jax.model.channels import widths_of
+    from deepliflow_jax.train.trainer import Trainer
+
+    params = small_variables["params"]
+    plan = {"context": S.Choice(bits=6, percent=50.0)}
+    pruned, masks = S.sparsify(params, plan, (CTX,))
+    state = Trainer(widths=widths_of(params)).new_state(
+        pruned, masks=masks, bits=S.plan_bits(params, plan, (CTX,)))
+    bits = flax.traverse_util.flatten_dict(find_state(state.opt_state, QuantState).bits,
+                                           sep="/")
+    assert {k: int(b) for k, b in bits.items() if b} == {
+        k: 6 for k in bits if k.startswith("context_network/")}
+    kept = flax.traverse_util.flatten_dict(find_state(state.opt_state, MaskState).masks,
+                                           sep="/")
+    assert not np.all(kept["context_network/conv1/kernel"])
+    assert np.all(kept["scene_flow_estimator_2/conv1/kernel"])
 
 
 # ----------------------------------------------------------------------------- sensitivity

@@ -823,6 +823,7 @@ def measure_costs(params: Any, frames: Any, groups: Sequence[tuple[str, str]],
     stats = time_interleaved(calls, repeats, max(1, warmup))
     saved_ms: dict[str, dict[float, float]] = {}
     saved_gflops: dict[str, dict[float, float]] = {}
+    option_ms: dict[str, dict[float, dict[str, float]]] = {}
     for g, per in changed.items():
         for r, diff in per.items():
             ms = sum(stats[("block",) + base_sig[n]]["median_ms"]
@@ -830,6 +831,8 @@ def measure_costs(params: Any, frames: Any, groups: Sequence[tuple[str, str]],
             fl = sum(compiled[base_sig[n]][1] - compiled[sig][1] for n, sig in diff)
             saved_ms.setdefault(g, {})[r] = ms
             saved_gflops.setdefault(g, {})[r] = fl / 1e9
+            option_ms.setdefault(g, {})[r] = {n: stats[("block",) + sig]["median_ms"]
+                                              for n, sig in diff}
     blocks = {}
     for name, sig in base_sig.items():
         if sig in compiled:
@@ -837,21 +840,37 @@ def measure_costs(params: Any, frames: Any, groups: Sequence[tuple[str, str]],
     return {"dense_ms": stats[("whole", "dense")]["median_ms"],
             "whole": {n: stats[("whole", n)] for n in models},
             "blocks": blocks, "saved_ms": saved_ms, "saved_gflops": saved_gflops,
+            "option_ms": option_ms,
             "changed_blocks": {g: {r: [n for n, _ in d] for r, d in per.items()}
                                for g, per in changed.items()},
             "compile_s": time.perf_counter() - t0}
 
 
 def predicted_latency(costs: Mapping[str, Any], ratios: Mapping[str, float]) -> float | None:
-    """The dense forward's measured time minus the groups' measured savings (None: unknown)."""
-    total = costs["dense_ms"]
+    """A plan's latency from the per-group block times (None: a ratio was not measured).
+
+    The dense forward's measured time minus, per block, the dense block time times
+    ``1 - prod(option time / dense time)`` over the groups whose pruning changes that
+    block: a conv pruned on its input channels by one group and on its outputs by
+    another costs the product of both fractions (additive savings would count the
+    overlap twice). For a single group this is its measured saving.
+
+    Args:
+      costs: ``{"dense_ms", "blocks": {block: {"median_ms"}}, "option_ms": {group:
+        {ratio: {block: ms}}}}`` (:func:`measure_costs`).
+      ratios: ``{group: ratio}`` (0: not pruned).
+    """
+    factors: dict[str, float] = {}
     for g, r in ratios.items():
-        if r:
-            saved = costs["saved_ms"].get(g, {}).get(float(r))
-            if saved is None:
-                return None
-            total -= saved
-    return total
+        if not r:
+            continue
+        per = costs["option_ms"].get(g, {}).get(float(r))
+        if per is None:
+            return None
+        for name, ms in per.items():
+            factors[name] = factors.get(name, 1.0) * ms / costs["blocks"][name]["median_ms"]
+    return costs["dense_ms"] - sum(costs["blocks"][n]["median_ms"] * (1.0 - f)
+                                   for n, f in factors.items())
 
 
 def calibrate_disk(params: Any, bits: Sequence[int], workdir: str | Path, quant: QuantConfig
@@ -945,31 +964,35 @@ def search_candidates(groups: Sequence[tuple[str, str]], sens: Mapping[str, Any]
         exact = size_model.disk_bytes
     unit = "ms" if measure == "latency" else "MB"
     scale = 1.0 if measure == "latency" else 1e-6
+
+    def unreachable() -> InfeasibleBudgetError:
+        fastest = {g: max(o, key=lambda x: x[2])[0] for g, o in options.items()}
+        return InfeasibleBudgetError(
+            f"budget {limit * scale:g} {unit} is out of reach of the search space: the most "
+            f"compressed plan ({plan_label(fastest, groups)}) is predicted at "
+            f"{exact(fastest) * scale:.4g} {unit} (dense {total * scale:.4g} {unit}); raise "
+            "the budget or allow larger ratios, fewer bits or more sparsity")
+
     out: list[dict[str, Any]] = []
     for margin in sorted(set(margins)):
         target = limit * (1.0 - margin)
         need = total - target
         plan = None
-        for _ in range(6):  # the exact (non-additive) cost may miss: ask for more
+        for _ in range(50):  # the exact (non-additive) cost may miss: ask for more
             try:
-                plan, delta, _ = solve(options, need, resolution)
-            except InfeasibleBudgetError as err:
-                if margin == min(margins) and not out:
-                    fastest = {g: max(o, key=lambda x: x[2])[0] for g, o in options.items()}
-                    raise InfeasibleBudgetError(
-                        f"budget {limit * scale:g} {unit} is out of reach of the search space: "
-                        f"the most compressed plan ({plan_label(fastest, groups)}) is predicted "
-                        f"at {exact(fastest) * scale:.4g} {unit} (dense {total * scale:.4g} "
-                        f"{unit}); raise the budget or allow larger ratios, fewer bits or more "
-                        f"sparsity") from err
+                plan, delta, saving = solve(options, need, resolution)
+            except InfeasibleBudgetError:
                 plan = None
                 break
             cost = exact(plan)
             if cost <= target + 1e-9 * abs(target):
                 break
-            need += cost - target
+            # the additive savings overrate this plan: ask for more than it offers
+            need = max(need + cost - target, saving + 1e-6 * abs(total))
             plan = None
         if plan is None:
+            if not out and margin == max(margins):
+                raise unreachable()
             continue
         plan = {g: c for g, c in plan.items() if c != Choice()}
         if any(p["plan"] == plan for p in out):
@@ -1270,6 +1293,8 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
                                    for g, t in costs["saved_gflops"].items()},
                   "changed_blocks": {g: {f"{r:g}": v for r, v in t.items()}
                                      for g, t in costs["changed_blocks"].items()},
+                  "option_ms": {g: {f"{r:g}": v for r, v in t.items()}
+                                for g, t in costs["option_ms"].items()},
                   "blocks": costs["blocks"],
                   "whole_ms": {k: v["median_ms"] for k, v in costs["whole"].items()},
                   "disk_factor": factors,
