@@ -1218,7 +1218,8 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
         met = m.info["metrics"]
         rows.append({
             "name": name, "kind": m.kind,
-            "plan": plan_label(plan, cfg.groups) if plan is not None else str(m.spec),
+            "plan": _spec_label(m.spec) if m.kind in ("uniform", "hand") else
+            plan_label(plan or {}, cfg.groups),
             "groups": _jsonable_plan(plan), "params": m.info["params"],
             "disk_bytes": m.info["disk_bytes"],
             "predicted_disk_bytes": None if plan is None else size_model.disk_bytes(plan),
@@ -1303,6 +1304,13 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
         "wall_s": time.perf_counter() - start,
     }
     return result
+
+
+def _spec_label(spec: Any) -> str:
+    """A reference plan as given: ``"all r0.5"`` or ``"guidance_network=0.7; ..."``."""
+    if isinstance(spec, Mapping):
+        return "; ".join(f"{k}={v:g}" for k, v in spec.items())
+    return f"all r{float(spec):g}"
 
 
 def _errors(checks: Sequence[tuple[str, float, float]]) -> dict[str, Any]:
