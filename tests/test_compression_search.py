@@ -57,6 +57,11 @@ def test_solve_prefers_the_larger_saving_on_ties_and_rejects_bad_input():
         S.solve(options, 9.0)
     with pytest.raises(ValueError, match="layer group 'c' has no option"):
         S.solve({**options, "c": []}, 1.0)
+    # savings are rounded down to units of need / resolution: 2.4 + 2.4 never pass for 5
+    near = {"a": [("a0", 0.0, 0.0), ("a1", 0.1, 2.4)], "b": [("b0", 0.0, 0.0), ("b1", 0.1, 2.4)],
+            "c": [("c0", 0.0, 0.0), ("c1", 0.5, 5.0)]}
+    assert S.solve(near, 5.0, resolution=10) == ({"a": "a0", "b": "b0", "c": "c1"}, 0.5, 5.0)
+    assert S.solve(near, 4.8, resolution=10)[0] == {"a": "a1", "b": "b1", "c": "c0"}
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -110,9 +115,10 @@ def test_groups_pruning_one_block_multiply_and_the_search_checks_it():
     assert S.search_candidates(groups, sens, 40.0, "latency", costs=costs)[0]["plan"] == {
         "a": S.Choice(0.5), "b": S.Choice(0.5)}
     # 20 ms: the summed savings (100 ms) would accept a0.5 + b0.5, its real 25 ms does not
-    found = S.search_candidates(groups, sens, 20.0, "latency", costs=costs)
-    assert found[0]["plan"] == {"a": S.Choice(0.7), "b": S.Choice(0.5)}
-    assert found[0]["predicted_ms"] == pytest.approx(15.0)
+    for limit in (20.0, 24.999):  # also when the real time misses by a hair
+        found = S.search_candidates(groups, sens, limit, "latency", costs=costs)
+        assert found[0]["plan"] == {"a": S.Choice(0.7), "b": S.Choice(0.5)}
+        assert found[0]["predicted_ms"] == pytest.approx(15.0)
     with pytest.raises(S.InfeasibleBudgetError, match="predicted at 15 ms"):
         S.search_candidates(groups, sens, 14.0, "latency", costs=costs)
 
@@ -272,6 +278,11 @@ def test_trainer_state_takes_per_leaf_bits_and_masks(small_variables):
                                            sep="/")
     assert not np.all(kept["context_network/conv1/kernel"])
     assert np.all(kept["scene_flow_estimator_2/conv1/kernel"])
+    # a structured model's conf_mass (the removed inputs' weight mass) stays float
+    depth = flax.traverse_util.flatten_dict(
+        S.plan_bits(params, {"depth": S.Choice(bits=8)}, S.LAYER_GROUPS), sep="/")
+    assert depth["guidance_network/depth_decoder/refine1/conf_mass"] == 0
+    assert depth["guidance_network/depth_decoder/refine1/kernels"] == 8
 
 
 # ----------------------------------------------------------------------------- sensitivity
@@ -322,6 +333,14 @@ def test_sensitivity_options_and_cache(variables, tmp_path):
     again = S.measure_sensitivity(params, val, (CTX, EST6), (0.5,), (6,), (40.0,), cache=cache,
                                   evaluate=fail, log=lambda _: None)
     assert again["delta"] == out["delta"] and (again["evaluated"], again["cached"]) == (0, 6)
+    calls.clear()
+    other = flax.traverse_util.flatten_dict(params, sep="/")
+    other["context_network/conv1/bias"] = other["context_network/conv1/bias"] + 1.0
+    fresh = S.measure_sensitivity(flax.traverse_util.unflatten_dict(other, sep="/"), val,
+                                  (CTX,), (0.5,), cache=cache, evaluate=evaluate,
+                                  log=lambda _: None)
+    assert len(calls) == 2 and fresh["evaluated"] == 1 and fresh["key"] != out["key"]
+    assert len(json.loads(cache.read_text())["entries"]) == 2  # one entry per checkpoint
     calls.clear()
     more = S.measure_sensitivity(params, val, (CTX,), (0.5, 0.25), (), (), cache=cache,
                                  evaluate=evaluate, log=lambda _: None)

@@ -24,7 +24,9 @@ validation EPE. Method:
    and whole models in the same rounds); the saving of (group, ratio) is the sum,
    over the blocks whose shapes change when only that group is pruned, of dense
    minus pruned block time (XLA FLOPs beside). A plan's predicted latency is the
-   whole dense forward's measured time minus its groups' savings (additive).
+   whole dense forward's measured time minus, per block, the block's time times one
+   minus the product of the fractions its groups leave (:func:`predicted_latency`;
+   for one group, its saving).
    Size on disk (:class:`SizeModel`): the bytes ``save_checkpoint`` stores per
    parameter (float32, or ``compress.export`` codes, sparse where that is smaller),
    computed exactly from the plan's shapes, times a compression factor per bit
@@ -33,13 +35,12 @@ validation EPE. Method:
    so latency budgets search channel ratios only.
 3. **Search** (:func:`solve`, :func:`search_candidates`): a multiple-choice
    knapsack: one option per group, minimising the predicted EPE change (the sum of
-   the options' sensitivities) subject to the predicted saving reaching what the
-   budget needs; solved exactly by dynamic programming over savings discretised to
-   ``1/resolution`` of the need and rounded down (a plan the solver accepts meets
-   the budget under the cost model). It is solved at the budget tightened by each
-   margin (0, 5, 10 %) for a few distinct plans that hedge the model's error; the
-   exact (non-additive) size of every plan is checked and the need raised if it
-   misses.
+   the options' sensitivities) subject to the summed per-group savings reaching what
+   the budget needs; solved exactly by dynamic programming over savings discretised
+   to ``1/resolution`` of the need and rounded down. Every plan it returns is then
+   checked with the exact (non-additive) latency or size model, and the need raised
+   past that plan's summed saving if it misses. It is solved at the budget tightened
+   by each margin (0, 5, 10 %) for a few distinct plans that hedge the model's error.
 4. **Fine-tuning and measurement** (:func:`run_search`): every candidate and every
    reference plan (uniform ratios, the trade-off tool's hand-written hybrids) is
    fine-tuned for the same steps with the one trainer (channel-masked: one compiled
@@ -1218,7 +1219,8 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
         met = m.info["metrics"]
         rows.append({
             "name": name, "kind": m.kind,
-            "plan": plan_label(plan, cfg.groups) if plan is not None else str(m.spec),
+            "plan": _spec_label(m.spec) if m.kind in ("uniform", "hand") else
+            plan_label(plan or {}, cfg.groups),
             "groups": _jsonable_plan(plan), "params": m.info["params"],
             "disk_bytes": m.info["disk_bytes"],
             "predicted_disk_bytes": None if plan is None else size_model.disk_bytes(plan),
@@ -1303,6 +1305,13 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
         "wall_s": time.perf_counter() - start,
     }
     return result
+
+
+def _spec_label(spec: Any) -> str:
+    """A reference plan as given: ``"all r0.5"`` or ``"guidance_network=0.7; ..."``."""
+    if isinstance(spec, Mapping):
+        return "; ".join(f"{k}={v:g}" for k, v in spec.items())
+    return f"all r{float(spec):g}"
 
 
 def _errors(checks: Sequence[tuple[str, float, float]]) -> dict[str, Any]:
@@ -1397,9 +1406,11 @@ def to_markdown(result: Mapping[str, Any]) -> str:
               f"EPE vs latency: {' -> '.join(fr['latency'])}; EPE vs size: "
               f"{' -> '.join(fr['size'])}.", ""]
     add = result["additivity"]
-    lines.append("Interaction check (predicted = the dense forward's time minus the sum of "
-                 "the groups' block savings, scaled to this round's dense time; size = the "
-                 "per-parameter payload times the measured compression factor):")
+    lines.append("Interaction check (predicted latency = the dense forward's time minus, per "
+                 "block, its time times one minus the product of the fractions the plan's "
+                 "groups leave (measured one group at a time), scaled to this round's dense "
+                 "time; size = the per-parameter payload times the measured compression "
+                 "factor):")
     for what, unit in (("latency", "ms"), ("size", "MB")):
         a = add[what]
         if not a["rows"]:
