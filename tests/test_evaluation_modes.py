@@ -213,7 +213,7 @@ class _FakeTrainer:
 
     fit = Trainer.fit  # the real loop over the fake steps
 
-    def new_state(self, params, *, lr=1e-4, masks=None, bits=0):
+    def new_state(self, params, *, lr=1e-4, masks=None, bits=0, adam=None):
         self.diverges = masks is not None  # the configuration about to be trained
         return create_train_state(params, optax.inject_hyperparams(optax.adam)(learning_rate=lr))
 
@@ -240,9 +240,12 @@ def test_study_records_a_diverged_configuration_and_goes_on(tmp_path, monkeypatc
     def prepare(self):
         self.data, self.trainer = data, _FakeTrainer()
 
-    monkeypatch.setattr(Study, "_prepare", prepare)
+    monkeypatch.setattr(Study, "prepare", prepare)
     monkeypatch.setattr(Study, "_baseline_params", lambda self: {"w": np.arange(1.0, 11.0)})
-    monkeypatch.setattr(Study, "_qualitative", lambda self, *a: None)
+    # no baseline checkpoint is written here: its record alone marks it done
+    monkeypatch.setattr(Study, "_baseline_done", lambda self, key: self.records.has(key))
+    monkeypatch.setattr(Study, "_qualitative",  # Fig. 5 is not the point: its file marks it done
+                        lambda self, *a: (self.dir / "fig5_qualitative.png").write_bytes(b""))
     cfg = make_config("tiny", experiments=("aware_prune", "aware_quant"), runtime_repeats=0)
     Study(cfg, tmp_path).run()
     results = json.loads((tmp_path / "results.json").read_text())
