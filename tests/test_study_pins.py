@@ -207,8 +207,11 @@ _FLAG_DRIVER = textwrap.dedent("""
     seen = {}
 
     class Recorder:
-        def __init__(self, cfg, results_dir):
+        def __init__(self, cfg, results_dir, **options):
             seen.update(cfg=cfg, results_dir=str(results_dir))
+
+        def prepare(self):
+            pass
 
         def run(self):
             return {}

@@ -85,18 +85,20 @@ def parity(root: Path, out: Path, precision: str, select: str | None,
     if precision == "highest":
         env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+    # one process: the tests compile on the one device (the suite's default is 2 workers)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-n", "0", "-p", "no:cacheprovider",
            *PARITY_TESTS] + (["-k", select] if select else [])
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
                               timeout=timeout_s, check=False)
-        log, code = proc.stdout + proc.stderr, proc.returncode
+        out_text, log, code = proc.stdout, proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as e:
-        log = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        log, code = log + f"\nTIMEOUT after {timeout_s:.0f} s", None
+        out_text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        log, code = out_text + f"\nTIMEOUT after {timeout_s:.0f} s", None
     path = out / f"parity_{precision}.log"
     write_text_atomic(path, log)
-    tail = log.strip().splitlines()[-1] if log.strip() else ""
+    # pytest's summary is the last line of its stdout (warnings go to stderr)
+    tail = out_text.strip().splitlines()[-1] if out_text.strip() else ""
     return {"precision": precision, "returncode": code, "counts": _summary_counts(tail),
             "log": str(path)}
 
