@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepliflow_jax.profile.environment import cpu_info
 from deepliflow_jax.study import make_config, report
 from deepliflow_jax.study.config import effective_samples
 from deepliflow_jax.study.data import load_study_data
@@ -89,7 +90,11 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, monkeypatch):
     assert (tmp_path / "records" / "dynamic_prune_level_00.json").is_file()
     assert not (tmp_path / "records" / "dynamic_prune_level_01.json").exists()
     out = run_study(cfg, tmp_path)
-    results = json.loads((tmp_path / "results.json").read_text())["records"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    results = saved["records"]
+    # the machine's instruction set is recorded: numbers differ between AVX2 and AVX-512
+    assert saved["machine"] == cpu_info()
+    assert f"({cpu_info()['instruction_set']})" in (tmp_path / "tables.md").read_text()
     # the hybrid's pruning level: the sweep's 10 %, or the dynamic threshold's final level
     # when its EPE is lower
     dyn = results["dynamic_prune"]

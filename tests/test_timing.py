@@ -179,6 +179,17 @@ def test_interleaved_rounds_rotate_from_the_offset_and_keep_the_raw_times():
     assert "times_s" not in timer.time_interleaved(calls, repeats=1)["a"]
 
 
+def test_cpu_info_names_the_widest_instruction_set_in_proc_cpuinfo():
+    info = environment.cpu_info()
+    flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
+                .split(":", 1)[1].split())
+    want = ("AVX-512" if "avx512f" in flags else
+            "AVX2+FMA" if {"avx2", "fma"} <= flags else "SSE/other")
+    assert info["instruction_set"] == want and info["cpu_count"] >= 1 and info["mhz"] > 0
+    assert environment.peak_tflops("cpu", "cpu")[1].find(
+        "AVX-512" if want == "AVX-512" else "AVX2") >= 0 or want == "SSE/other"
+
+
 def test_load_average_is_the_os_figure_and_flags_more_load_than_cores():
     import os
 

@@ -49,19 +49,9 @@ def peak_tflops(device_kind: str, platform_name: str) -> tuple[dict[str, float],
         if "1660" in kind:
             return GPU_PEAK_TFLOPS["GTX 1660 Ti"], "GTX 1660 Ti fp32 (no tensor cores)"
         return {}, f"no peak figure known for {kind!r}"
-    cores = os.cpu_count() or 1
-    mhz, flags = 0.0, ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        for line in text.splitlines():
-            if line.startswith("cpu MHz") and not mhz:
-                mhz = float(line.split(":")[1])
-            elif line.startswith("flags") and not flags:
-                flags = line
-    except OSError:
-        pass
-    mhz = mhz or 2500.0
-    per_cycle = 64 if "avx512f" in flags else 32 if ("avx2" in flags and "fma" in flags) else 16
+    cpu = cpu_info()
+    cores, mhz = cpu["cpu_count"], cpu["mhz"] or 2500.0
+    per_cycle = {"AVX-512": 64, "AVX2+FMA": 32}.get(cpu["instruction_set"], 16)
     tf = cores * mhz * 1e6 * per_cycle / 1e12
     note = (f"CPU assumption: {cores} cores x {mhz:.0f} MHz x {per_cycle} fp32 FLOP/cycle "
             f"({'AVX-512' if per_cycle == 64 else 'AVX2+FMA, 2 FMA units'}) = {tf * 1e3:.0f} "
@@ -200,3 +190,38 @@ def load_average() -> dict[str, Any]:
                 "loaded": None}
     return {"load1": round(load1, 2), "load5": round(load5, 2), "load15": round(load15, 2),
             "cpu_count": cores, "loaded": load1 > cores}
+
+
+def cpu_info() -> dict[str, Any]:
+    """The host CPU: model, widest vector instruction set, clock, logical cores.
+
+    Float results after many training steps differ between instruction sets (XLA:CPU
+    picks other kernels and summation orders for AVX2 and AVX-512), so the study
+    records this with its results.
+
+    Returns:
+      ``{"cpu", "instruction_set" ("AVX-512", "AVX2+FMA", "SSE/other" or "unknown"
+      without /proc/cpuinfo), "mhz" (None when unknown), "cpu_count"}``.
+    """
+    model, mhz, flags = platform.processor() or platform.machine(), None, None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model == (platform.processor() or platform.machine()):
+                model = value.strip()
+            elif key == "cpu MHz" and mhz is None:
+                mhz = float(value)
+            elif key == "flags" and flags is None:
+                flags = set(value.split())
+    except (OSError, ValueError):
+        pass
+    if flags is None:
+        isa = "unknown"
+    elif "avx512f" in flags:
+        isa = "AVX-512"
+    elif {"avx2", "fma"} <= flags:
+        isa = "AVX2+FMA"
+    else:
+        isa = "SSE/other"
+    return {"cpu": model, "instruction_set": isa, "mhz": mhz, "cpu_count": os.cpu_count() or 1}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deepliflow_jax.fileio import write_json_atomic, write_text_atomic
+from deepliflow_jax.profile.environment import cpu_info
 from deepliflow_jax.study.config import StudyConfig
 from deepliflow_jax.study.dynamic import trajectory_table
 
@@ -152,17 +153,22 @@ def write_all(out_dir: Path, records: dict[str, dict], cfg: StudyConfig,
               wall_s: float | None = None) -> dict[str, Any]:
     """Writes results.json, results.csv, tables.md and the plots; returns the paths."""
     out_dir = Path(out_dir)
+    machine = cpu_info()
     paths = {
         "json": write_json_atomic(out_dir / "results.json",
                                   {"config": cfg.to_dict(), "validity": cfg.validity,
-                                   "records": records, "wall_s": wall_s}),
+                                   "machine": machine, "records": records,
+                                   "wall_s": wall_s}),
         "csv": write_text_atomic(out_dir / "results.csv", csv_text(records)),
     }
     base = records.get("baseline", {}).get("metrics", {})
     zero = records.get("zero_flow", {}).get("metrics", {})
     note = ("Numbers from the synthetic KITTI-format world and a briefly pre-trained model, "
             "not from KITTI." if cfg.data == "synthetic" else "KITTI 2015, validation split.")
-    md = [f"# Compression study ({cfg.preset})", "", note, "", validity_note(cfg), ""]
+    md = [f"# Compression study ({cfg.preset})", "", note, "", validity_note(cfg), "",
+          f"Machine: {machine['cpu']} ({machine['instruction_set']}). Numbers after "
+          "training differ between instruction sets (float summation order), so compare "
+          "runs on one machine.", ""]
     if base and zero:
         md += [f"Baseline EPE {base['epe']:.3f} vs zero flow {zero['epe']:.3f} "
                f"(SF outliers {base['sf']:.2f} % vs {zero['sf']:.2f} %).", ""]
