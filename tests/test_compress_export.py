@@ -175,8 +175,10 @@ def test_packed_8bit_half_pruned_full_model_is_smaller_by_its_bit_count(variable
     assert 4.5 < bits_per_param < 5.5  # 1 + 50 % x 8: the pruning reached the file
     # the container (Orbax's tree metadata, our JSON layout), net of zstd's gain: < 5 %
     assert packed * 8 / n <= 1.05 * bits_per_param
-    # float32 weights compress by less than 10 %: the factor is at least ~32 / 5
-    assert dense / packed >= 0.9 * 32 / bits_per_param
+    # float32 weights compress by less than 10 %, and with the container's < 5 % above
+    # the factor is at least ~32 / 5
+    assert dense * 8 / n >= 0.9 * 32
+    assert dense / packed >= 0.9 * 32 / (1.05 * bits_per_param)
     _bits_equal(load_checkpoint(tmp_path / "packed"),
                 jax.tree.map(jnp.asarray, unpack_params(*pack_params(pruned, quant=cfg,
                                                                      masks=masks))))
