@@ -529,6 +529,24 @@ def load_metadata(directory: PathLike) -> dict:
         raise ValueError(f"unreadable checkpoint metadata {path}: {err}") from err
 
 
+
+def _restore_numpy(ckptr: Any, path: Path, stored: dict, what: str) -> Any:
+    """Orbax's tree at ``path`` into numpy targets of the ``stored`` shapes and dtypes.
+
+    Numpy targets (no sharding) let Orbax read the arrays without opening every array's
+    metadata a second time.
+
+    Raises:
+      ValueError: the files cannot be read, naming ``what`` and ``path``.
+    """
+    target = _nested({k: np.zeros(s, np.dtype(d)) for k, (s, d) in stored.items()})
+    try:
+        return ckptr.restore(path, target)
+    except Exception as err:
+        raise ValueError(f"could not read {what} in {path} (corrupted or truncated?): "
+                         f"{err}") from err
+
+
 def load_optimizer_state(directory: PathLike) -> dict:
     """The optimizer state stored with a checkpoint (``save_checkpoint(..., optimizer=)``).
 
@@ -556,12 +574,7 @@ def load_optimizer_state(directory: PathLike) -> dict:
             "...` (it keeps the original's Adam slots and beta powers)")
     with _checkpointer() as ckptr:
         stored = _stored_tree(ckptr, path)
-        target = _nested({k: np.zeros(s, np.dtype(d)) for k, (s, d) in stored.items()})
-        try:
-            restored = ckptr.restore(path, target)
-        except Exception as err:
-            raise ValueError(f"could not read the optimizer state in {path} (corrupted or "
-                             f"truncated?): {err}") from err
+        restored = _restore_numpy(ckptr, path, stored, "the optimizer state")
     return jax.tree.map(np.asarray, restored)
 
 
@@ -767,14 +780,7 @@ def load_checkpoint(directory: PathLike, widths: Any = AUTO, kind: str | None = 
             raise ValueError(f"checkpoint {directory} is not a DeepLiDARFlow checkpoint of this "
                              f"architecture{what} ({len(problems)} problems): "
                              + summarize_problems(found, problems, arch))
-        # numpy targets (no sharding): Orbax reads them without opening every array's
-        # metadata a second time
-        target = _nested({k: np.zeros(s, np.dtype(d)) for k, (s, d) in stored.items()})
-        try:
-            restored = ckptr.restore(params_dir, target)
-        except Exception as err:
-            raise ValueError(f"could not read the checkpoint tensors in {params_dir} "
-                             f"(corrupted or truncated?): {err}") from err
+        restored = _restore_numpy(ckptr, params_dir, stored, "the checkpoint tensors")
     if stored_kind == "int8":
         return jax.tree.map(np.asarray, _int8_model(restored))
     if stored_kind == "packed":

@@ -96,11 +96,7 @@ def main(argv):
         raise app.UsageError(str(err)) from err
     enable_compilation_cache()
     work = Path(FLAGS.workdir)
-    data_dir = FLAGS.data_dir
-    if data_dir is None:
-        sibling = Path(FLAGS.checkpoint).parent / "synthetic_kitti"
-        data_dir = sibling if sibling.is_dir() else work / "synthetic_kitti"
-    data = tr.synthetic_data(data_dir, FLAGS.seed)
+    data = tr.data_beside(FLAGS.checkpoint, FLAGS.data_dir, work, FLAGS.seed)
     print(data.description, flush=True)
     baseline = tr.baseline_params(FLAGS.checkpoint, data,
                                   tr.TradeoffConfig(pretrain_steps=FLAGS.pretrain_steps,

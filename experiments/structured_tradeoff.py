@@ -76,11 +76,7 @@ def main(argv):
         raise app.UsageError(str(err)) from err
     enable_compilation_cache()
     work = Path(FLAGS.workdir)
-    data_dir = FLAGS.data_dir
-    if data_dir is None:
-        sibling = Path(FLAGS.checkpoint).parent / "synthetic_kitti"
-        data_dir = sibling if sibling.is_dir() else work / "synthetic_kitti"
-    data = tr.synthetic_data(data_dir, FLAGS.seed)
+    data = tr.data_beside(FLAGS.checkpoint, FLAGS.data_dir, work, FLAGS.seed)
     print(data.description, flush=True)
     baseline = tr.baseline_params(FLAGS.checkpoint, data, cfg, work / "baseline_checkpoint")
     result = tr.run_tradeoff(cfg, data, baseline, work / "scratch")

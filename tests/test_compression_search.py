@@ -399,3 +399,16 @@ def test_tiny_search_end_to_end(variables, tiny_data, tmp_path):
     S.plot(result, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     assert jax.tree.leaves(loaded)
+
+
+def test_the_scripts_find_the_world_beside_the_checkpoint_or_make_one(tmp_path):
+    from deepliflow_jax.study import tradeoff as tr
+
+    ckpt = tmp_path / "study" / "baseline_checkpoint"
+    made = tr.data_beside(ckpt, None, tmp_path / "work")  # no world beside it: made in work
+    assert f"({tmp_path / 'work' / 'synthetic_kitti'})" in made.description
+    (tmp_path / "study").mkdir()
+    (tmp_path / "work" / "synthetic_kitti").rename(tmp_path / "study" / "synthetic_kitti")
+    beside = tr.data_beside(ckpt, None, tmp_path / "other")
+    assert f"({tmp_path / 'study' / 'synthetic_kitti'})" in beside.description
+    assert not (tmp_path / "other").exists()  # the study's world was used

@@ -582,6 +582,16 @@ def synthetic_data(data_dir: str | os.PathLike, seed: int = 0) -> TradeoffData:
     return TradeoffData(data.train_batch, val[0], n, desc)
 
 
+def data_beside(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None,
+                workdir: str | os.PathLike, seed: int = 0) -> TradeoffData:
+    """:func:`synthetic_data` from ``data_dir``; None: the world next to ``checkpoint`` (a
+    study's ``synthetic_kitti``) when there is one, else ``workdir/synthetic_kitti``."""
+    if data_dir is None:
+        sibling = Path(checkpoint).parent / "synthetic_kitti"
+        data_dir = sibling if sibling.is_dir() else Path(workdir) / "synthetic_kitti"
+    return synthetic_data(data_dir, seed)
+
+
 def baseline_params(checkpoint: str | os.PathLike | None, data: TradeoffData,
                     cfg: TradeoffConfig, save_to: str | os.PathLike, log=print) -> Any:
     """The trained dense model: ``checkpoint`` if it exists, else pre-trained here and saved.
