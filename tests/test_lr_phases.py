@@ -12,6 +12,7 @@ import pytest
 
 from deepliflow_jax.study import make_config
 from deepliflow_jax.study.runner import Study
+from deepliflow_jax.train.sharding import jit_step
 from deepliflow_jax.train.trainer import Trainer, get_trainer, set_learning_rate
 
 
@@ -113,3 +114,27 @@ def test_finetune_trains_at_its_lr(variables, tiny_data, first_adam_step):
     assert np.abs(d4).max() == pytest.approx(1e-4, rel=1e-2)
     assert np.abs(d5).max() == pytest.approx(1e-5, rel=1e-2)
     assert np.linalg.norm(d4) / np.linalg.norm(d5) == pytest.approx(10.0, rel=1e-2)
+
+
+def test_a_new_learning_rate_never_retraces_the_step():
+    """Phases and resumed fits switch the rate between steps; the step must stay one trace.
+
+    An unplaced scalar in a replicated state is another input type to ``jax.jit``: the
+    whole-network step would be traced and compiled a second time at every switch.
+    """
+    engine = get_trainer(None, 0)
+    params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4)), "bias": jnp.zeros(4)}}
+    traces = []
+
+    def step(state, batch):
+        traces.append(1)
+        return state._replace(params=jax.tree.map(lambda p: p * batch, state.params)), batch
+
+    fn = jit_step(step, engine.mesh, donate=False)
+    state = engine.new_state(params, lr=1e-4)
+    for phase_lr in (3e-4, 1e-5):  # a phase sets its rate, then takes two steps
+        state = set_learning_rate(state, phase_lr)
+        for _ in range(2):
+            state, _ = fn(state, jnp.float32(1.0))
+    assert len(traces) == 1
+    assert _lr(state) == pytest.approx(1e-5)

@@ -283,8 +283,9 @@ class Trainer:
 
     def compressed_params(self, state: TrainState) -> Any:
         """The params the forward pass uses (masked, fake-quantized), on the host."""
+        # placed like the step's states, so that every caller shares one trace
         return jax.device_get(jax.jit(forward_params, static_argnums=0)(
-            self.tx, state.params, state.opt_state))
+            self.tx, *self.place((state.params, state.opt_state))))
 
     # -- work ------------------------------------------------------------------
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -349,11 +350,15 @@ def set_learning_rate(state: TrainState, lr: float) -> TrainState:
     """``state`` with the learning rate of its ``optax.inject_hyperparams`` optimizer set.
 
     The learning rate is a traced value in the optimizer state: changing it never
-    recompiles the step.
+    recompiles the step. The new value keeps the old one's placement (a replicated
+    state stays replicated): an uncommitted scalar would give the jitted step another
+    input type, hence a second trace and compile of the whole network.
     """
     def swap(node):
         hp = dict(node.hyperparams)
-        hp["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        old, new = hp["learning_rate"], jnp.asarray(lr, jnp.float32)
+        hp["learning_rate"] = (jax.device_put(new, old.sharding)
+                               if isinstance(old, jax.Array) else new)
         return node._replace(hyperparams=hp)
 
     is_inj = lambda n: hasattr(n, "hyperparams") and hasattr(n, "inner_state")  # noqa: E731
