@@ -209,6 +209,8 @@ def test_torch_train_steps_run_through_the_worker(monkeypatch):
         return fn
 
     monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(timing, "load_average", lambda: {  # no load warning from other tests
+        "load1": 0.0, "load5": 0.0, "load15": 0.0, "cpu_count": 2, "loaded": False})
     result = timing.run_benchmark("torch_train_step,torch_compile_train_step", height=64,
                                   width=64, batch_sizes=[1], train_batch=1, repeats=1,
                                   warmup=0, processes=0, progress=False,
@@ -225,6 +227,19 @@ def test_torch_train_steps_run_through_the_worker(monkeypatch):
     console = report.format_console(result)
     assert "torch_train_step b1: median" in console
     assert "needs train_step and torch_train_step at batch 1" in console
+
+    def broken_compile(fn, **kwargs):
+        def fail():
+            raise AssertionError("inductor")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    result = timing.run_benchmark("torch_compile_train_step", height=64, width=64,
+                                  batch_sizes=[1], repeats=1, warmup=0, processes=0,
+                                  progress=False, torch_reference=torch_bridge.LOADER)
+    (error,) = result["results"]["torch_compile_train_step@b1"]["errors"]
+    assert error == ("RuntimeError: torch_compile_train_step at 64x64: torch.compile failed "
+                     "(AssertionError: inductor); on CPU it needs --height and --width >= 128")
 
 
 def test_torch_configs_need_the_reference_loader_named():

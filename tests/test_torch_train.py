@@ -5,9 +5,12 @@ whole step (loss, gradient norm, Adam's update) against the session's one JAX
 train step (``first_adam_step``): no new JAX compile here.
 """
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
@@ -74,6 +77,10 @@ def test_one_torch_step_is_the_jax_first_adam_step(variables, tiny_data, first_a
     assert np.abs(want).max() == pytest.approx(1e-4, rel=1e-3)
     close = np.abs(moved - want) <= 1e-6  # 1 % of the learning rate
     assert close.mean() > 0.999, (close.mean(), np.abs(moved - want).max())
+    # one step cannot tell the betas apart (bias correction): they are optax.adam's
+    adam = inspect.signature(optax.adam).parameters
+    assert step.optimizer.defaults["betas"] == (adam["b1"].default, adam["b2"].default)
+    assert step.optimizer.defaults["eps"] == adam["eps"].default
     # the caller's module is not trained
     assert all(np.array_equal(v.numpy(), before[k])
                for k, v in ref.module.state_dict().items())

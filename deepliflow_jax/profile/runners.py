@@ -286,9 +286,18 @@ def _torch_train_runner(key, config, batch, spec, variables, cache) -> _Runner:
 
     first_calls = 3 if config.torch_mode == "compile" else 1  # as the forward runner
     t0 = time.perf_counter()
-    first = call()  # the loss at the initial weights, as the JAX step's first call
-    for _ in range(first_calls - 1):
-        call()
+    try:
+        first = call()  # the loss at the initial weights, as the JAX step's first call
+        for _ in range(first_calls - 1):
+            call()
+    except Exception as e:
+        if config.torch_mode == "compile" and min(spec["height"], spec["width"]) < 128:
+            # seen with torch 2.13 on CPU: a 1-pixel level 6 gives the backward of the
+            # loss's resize a constant-index scatter that inductor's C++ codegen rejects
+            raise RuntimeError(f"{config.name} at {spec['height']}x{spec['width']}: "
+                               f"torch.compile failed ({type(e).__name__}: {e}); on CPU it "
+                               "needs --height and --width >= 128") from e
+        raise
     runner.compile = {"lower_s": 0.0, "compile_s": time.perf_counter() - t0, "flops": None,
                       "memory_analysis": None,
                       "note": f"first {first_calls} step(s), including torch.compile"}
