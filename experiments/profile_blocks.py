@@ -1,8 +1,12 @@
-"""Per-block forward time for each conv implementation (see deepliflow_jax.profile.blocks).
+"""Per-block forward (--train: forward + backward) time for each conv implementation.
+
+See deepliflow_jax.profile.blocks; --train times what the train step does per block
+and the whole train step (forward + backward + Adam) as the reference row.
 
   python -m experiments.profile_blocks [--height=384 --width=1216 --batch=1]
       [--interp_size=384,1216 (with the raw --height/--width, e.g. 375x1242)]
       [--conv_impls=xla,subpixel] [--repeats=10 --warmup=2] [--dtype=float32|bfloat16]
+      [--train]
       [--checkpoint=DIR] [--output_json=FILE] [--output_md=FILE]
 """
 
@@ -27,7 +31,10 @@ _DEFINE = (
     (flags.DEFINE_integer, "repeats", 10, "Timed rounds (every block once per round)."),
     (flags.DEFINE_integer, "warmup", 2, "Untimed calls of every block after compiling."),
     (flags.DEFINE_string, "checkpoint", None, "Converted checkpoint dir; default: random init."),
-    (flags.DEFINE_bool, "whole", True, "Also time the whole forward under one jit."),
+    (flags.DEFINE_bool, "whole", True, "Also time the whole forward (train step) under one "
+     "jit."),
+    (flags.DEFINE_bool, "train", False, "Time each block's forward + backward (jax.vjp) and "
+     "the whole train step, instead of the forward."),
     (flags.DEFINE_string, "output_json", None, "Write the results as JSON here."),
     (flags.DEFINE_string, "output_md", None, "Write the Markdown tables here."),
 )
@@ -73,7 +80,7 @@ def _profile() -> None:
         variables = load_variables()
     result = profile_blocks(variables, FLAGS.batch, FLAGS.height, FLAGS.width,
                             FLAGS.conv_impls, FLAGS.repeats, FLAGS.warmup, interp,
-                            jnp.dtype(FLAGS.dtype), FLAGS.whole)
+                            jnp.dtype(FLAGS.dtype), FLAGS.whole, FLAGS.train)
     table = format_blocks(result)
     print(table)
     if FLAGS.output_json:

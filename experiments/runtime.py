@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("configs", runtime_configs.DEFAULT_CONFIGS,
                     "Comma-separated configurations (dense, bf16, prunedN, fqN, torch_eager, "
                     "torch_compile, torch_eager_bf16, torch_compile_bf16, train_step, "
-                    "train_step_bf16).")
+                    "train_step_bf16, torch_train_step, torch_compile_train_step).")
 flags.DEFINE_integer("height", 384, "Network input height (multiple of 64).")
 flags.DEFINE_integer("width", 1216, "Network input width (multiple of 64).")
 flags.DEFINE_list("batch_sizes", ["1", "8"], "Forward batch sizes (1: latency, 8: throughput).")

@@ -153,11 +153,93 @@ def test_targets_on_a_synthetic_result():
     got = {t["target"]: t["status"] for t in report.target_checks(result)}
     assert got["flax fp32 <= 0.7 x torch eager"] == "PASS"
     assert got["flax fp32 <= torch.compile"] == "PENDING"
+    assert got["flax train step <= 1x torch eager train step"] == "PENDING"
     assert got["bf16 >= 1.5x faster than fp32"] == "FAIL"
     assert got["fp32 within 5x of the floor"] == "PASS"
     assert got["bf16 within 5x of the floor"] == "FAIL"
     result["settings"]["height"] = 64
     assert {t["status"] for t in report.target_checks(result)} <= {"N/A-HERE", "PENDING"}
+
+
+def test_train_step_target_compares_flax_with_both_torch_steps():
+    row = {"batch": 2, "p10_ms": 9.0, "p90_ms": 11.0, "info": {}}
+    result = {"environment": {"device_kind": "cpu"},
+              "settings": {"height": 128, "width": 256, "train_batch": 2},
+              "results": {"train_step@b2": {**row, "config": "train_step", "median_ms": 30.0},
+                          "torch_train_step@b2": {**row, "config": "torch_train_step",
+                                                  "median_ms": 40.0}}}
+    name = "flax train step <= 1x torch eager train step"
+
+    def target():
+        return next(t for t in report.target_checks(result) if t["target"] == name)
+
+    # a same-run ratio: checked off the H100 and at any size, unlike the forward targets
+    assert target()["status"] == "PASS" and "(ratio 0.75)" in target()["detail"]
+    assert "torch.compile" not in target()["detail"]
+    result["results"]["torch_compile_train_step@b2"] = {
+        **row, "config": "torch_compile_train_step", "median_ms": 20.0}
+    assert "torch.compile train step 20.00 ms (flax / compile 1.50)" in target()["detail"]
+    result["results"]["train_step@b2"]["median_ms"] = 41.0
+    assert target()["status"] == "FAIL"
+    result["settings"]["train_batch"] = 1  # no rows at that batch
+    assert target()["status"] == "PENDING" and "batch 1" in target()["detail"]
+
+
+def test_torch_train_steps_resolve_and_compare_their_loss_with_the_jax_step():
+    eager, comp = rc.resolve("torch_train_step"), rc.resolve("torch_compile_train_step")
+    assert (eager.framework, eager.kind, eager.torch_mode) == ("torch", "train_step", "eager")
+    assert (comp.framework, comp.kind, comp.torch_mode) == ("torch", "train_step", "compile")
+    assert len({c.executable_key for c in (eager, comp, rc.resolve("torch_eager"),
+                                           rc.resolve("torch_compile"))}) == 4
+    keys = {"train_step@b1", "dense@b1"}
+    assert timing._reference_key(eager, 1, keys) == "train_step@b1"
+    assert timing._reference_key(comp, 2, keys) is None  # no JAX step at that batch
+    assert timing._reference_key(rc.resolve("train_step"), 1, keys) is None
+
+
+def test_torch_train_steps_run_through_the_worker(monkeypatch):
+    # in-process (processes=0) so that torch.compile can be replaced by a recorder: the
+    # real inductor compile of the step takes minutes on a small CPU
+    import torch
+
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append(fn.__name__)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(timing, "load_average", lambda: {  # no load warning from other tests
+        "load1": 0.0, "load5": 0.0, "load15": 0.0, "cpu_count": 2, "loaded": False})
+    result = timing.run_benchmark("torch_train_step,torch_compile_train_step", height=64,
+                                  width=64, batch_sizes=[1], train_batch=1, repeats=1,
+                                  warmup=0, processes=0, progress=False,
+                                  torch_reference=torch_bridge.LOADER)
+    assert compiled == ["objective", "update"]  # the compile config only, both parts
+    rows = result["results"]
+    assert set(rows) == {"torch_train_step@b1", "torch_compile_train_step@b1"}
+    for key, row in rows.items():
+        assert not row["errors"], (key, row["errors"])
+        assert row["kind"] == "train_step" and row["n"] == 1 and row["median_ms"] > 0
+        assert "torch.optim.Adam(0.0001)" in row["info"]["optimizer"]
+    assert rows["torch_compile_train_step@b1"]["compile_s_median"] > 0
+    assert "compile'd" in rows["torch_compile_train_step@b1"]["info"]["step"]
+    console = report.format_console(result)
+    assert "torch_train_step b1: median" in console
+    assert "needs train_step and torch_train_step at batch 1" in console
+
+    def broken_compile(fn, **kwargs):
+        def fail():
+            raise AssertionError("inductor")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    result = timing.run_benchmark("torch_compile_train_step", height=64, width=64,
+                                  batch_sizes=[1], repeats=1, warmup=0, processes=0,
+                                  progress=False, torch_reference=torch_bridge.LOADER)
+    (error,) = result["results"]["torch_compile_train_step@b1"]["errors"]
+    assert error == ("RuntimeError: torch_compile_train_step at 64x64: torch.compile failed "
+                     "(AssertionError: inductor); on CPU it needs --height and --width >= 128")
 
 
 def test_torch_configs_need_the_reference_loader_named():

@@ -5,10 +5,11 @@ in the layers, so it does not import this module: the caller names the loader
 (``torch_reference="weights_convert.torch_bridge:load_reference"``, which
 ``experiments.runtime`` passes) and the harness's worker processes import it.
 
-The harness needs four things from the reference: a ``torch.nn.Module`` with
+The harness needs five things from the reference: a ``torch.nn.Module`` with
 the converted weights on a device, a way to turn the Flax-layout frames
 ``[B, 2, H, W, 4]`` into its input, a way to turn its output into the Flax
-scene flow ``[B, H, W, 4]``, and a description. :func:`load_reference` builds
+scene flow ``[B, H, W, 4]``, a description, and a fine-tuning step on a batch
+(``weights_convert.torch_train``). :func:`load_reference` builds
 them; without torch it raises :class:`ReferenceUnavailable`, and the torch rows
 of the results carry that reason instead of a time.
 """
@@ -40,12 +41,17 @@ class TorchReference:
       make_input: ``frames [B, 2, H, W, 4] numpy -> model input on the device``.
       to_numpy: ``model output -> scene flow [B, H, W, 4] float32 numpy``.
       description: where the model and converter come from.
+      train_step: ``(batch, lr, compile) -> step``: one Adam step per ``step()`` call
+        (returning the loss) on a copy of ``module``, ``batch`` as
+        ``deepliflow_jax.profile.inputs.make_train_batch`` gives it
+        (``weights_convert.torch_train.make_train_step``).
     """
 
     module: Any
     make_input: Callable[[np.ndarray], Any]
     to_numpy: Callable[[Any], np.ndarray]
     description: str
+    train_step: Callable[..., Callable[[], Any]]
 
 
 def load_reference(variables: dict, device: str = "cpu") -> TorchReference:
@@ -66,7 +72,7 @@ def load_reference(variables: dict, device: str = "cpu") -> TorchReference:
     try:
         import torch
 
-        from weights_convert import torch_model
+        from weights_convert import torch_model, torch_train
     except ImportError as e:
         raise ReferenceUnavailable(f"torch is not installed ({e})") from e
     state = flax_to_torch_state_dict(variables)
@@ -81,6 +87,9 @@ def load_reference(variables: dict, device: str = "cpu") -> TorchReference:
         flow = out[0] if isinstance(out, (tuple, list)) else out
         return flow.detach().float().cpu().numpy().transpose(0, 2, 3, 1)
 
+    def train_step(batch: dict, lr: float, compile: bool = False) -> Callable[[], Any]:
+        return torch_train.make_train_step(model, batch, lr, device, compile)
+
     return TorchReference(model, make_input, to_numpy,
                           "weights_convert.torch_model.DeepLiDARFlow, weights by "
-                          "weights_convert.convert.flax_to_torch_state_dict")
+                          "weights_convert.convert.flax_to_torch_state_dict", train_step)

@@ -1,4 +1,4 @@
-"""Per-block forward time of DeepLiDARFlow, for each conv implementation.
+"""Per-block forward (or forward + backward) time of DeepLiDARFlow, per conv implementation.
 
 Blocks, in forward order (names as printed):
 
@@ -30,11 +30,25 @@ The whole forward under one ``jit`` is timed in the same rounds: the gap to
 the sum of the blocks is the glue between blocks (concatenations, slicing) and
 XLA's fusion across block boundaries.
 
+Train mode (``train=True``): each block runs its forward and its backward, as
+the train step's backward does per block: ``jax.vjp`` of the block with respect
+to its parameters and to the inputs the step differentiates (not the frames:
+``input resize`` stays a forward, the encoders differentiate their parameters
+only), then the pullback of a seeded uniform [0, 1) cotangent of the block's
+output; the call returns the output and the gradients. ``output resize`` is not
+part of the step (the loss reads the levels' flows, XLA drops it) and gives
+way to ``loss``: ``deepliflow_jax.losses.kitti_loss`` of the five flows against
+the synthetic ground truth, forward and backward with respect to the flows. The
+reference row is the whole train step under one jit (the harness's
+``train_step`` job, :func:`~deepliflow_jax.profile.runners.jax_train_step_call`):
+its gap to the sum of the blocks is the glue, the L2 term and Adam.
+
 ``share`` is a block's median over the sum of all block medians.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax.losses import kitti_loss
 from deepliflow_jax.model.config import FLOW_SCALE, LEVELS, SIZE_MULTIPLE
 from deepliflow_jax.model.cost_volume import cost_volume
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
@@ -52,7 +67,8 @@ from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, leak
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
 from deepliflow_jax.model.widths import freeze_widths
-from deepliflow_jax.profile.inputs import make_frames
+from deepliflow_jax.profile.inputs import make_frames, make_ground_truth
+from deepliflow_jax.profile.runners import jax_train_step_call
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
 
 #: the guidance network's submodules, timed one by one (scope name -> block name)
@@ -60,20 +76,27 @@ GUIDANCE_BLOCKS = {"rgb_encoder": "rgb encoder", "depth_encoder": "depth encoder
                    "depth_decoder": "depth decoder", "rgb_decoder": "rgb decoder",
                    "fusion": "fusion"}
 WHOLE = "whole forward (one jit)"
+WHOLE_TRAIN = "whole train step (one jit)"
+#: blocks whose inputs come from the frames: the train step differentiates none of them
+FRAME_INPUT_BLOCKS = ("input resize", "rgb encoder", "depth encoder")
 
 
 @dataclass(frozen=True)
 class Block:
-    """One timed block: ``fn(params, *args)``; ``params`` None for parameter-free blocks."""
+    """One timed block: ``fn(params, *args)``; ``params`` None for parameter-free blocks.
+
+    ``grad_args``: how many leading ``args`` the train step differentiates (None: all).
+    """
 
     name: str
     fn: Callable
     params: Any
     args: tuple
     uses_conv_impl: bool
+    grad_args: int | None = None
 
 
-def block_names(interp_size=None) -> list[str]:
+def block_names(interp_size=None, train: bool = False) -> list[str]:
     """The block names :func:`block_calls` returns, in forward order."""
     names = ["input resize"] if interp_size is not None else []
     names += list(GUIDANCE_BLOCKS.values())
@@ -81,7 +104,7 @@ def block_names(interp_size=None) -> list[str]:
         if level != LEVELS[0]:
             names.append(f"warp L{level}")
         names += [f"cost volume L{level}", f"estimator L{level}"]
-    return names + ["context network", "output resize"]
+    return names + ["context network", "loss" if train else "output resize"]
 
 
 def _record_calls(model: DeepLiDARFlow, variables: dict, frames, interp_size, out_size):
@@ -118,9 +141,36 @@ def _module_block(name, module, params, args_sds, rng) -> Block:
     return Block(name, fn, params, _random_like(tuple(args_sds), rng), True)
 
 
+def forward_backward(block: Block, seed: int = 0) -> Block:
+    """``block`` as the train step runs it: forward, then the pullback of a cotangent.
+
+    Args:
+      block: a forward block (its ``grad_args`` says which inputs are differentiated).
+      seed: seed of the cotangent (uniform [0, 1), the output's shapes and dtypes).
+
+    Returns:
+      A block whose ``fn(params, *args, cotangent)`` returns ``(output, (d params,
+      d inputs...))``, the cotangent appended to its ``args``; ``block`` itself when
+      nothing is differentiated (no parameters, no differentiated input).
+    """
+    k = len(block.args) if block.grad_args is None else block.grad_args
+    if block.params is None and k == 0:
+        return block
+    cotangent = _random_like(jax.eval_shape(block.fn, block.params, *block.args),
+                             np.random.default_rng(seed))
+
+    def fn(params, *args):
+        *args, cot = args
+        rest = tuple(args[k:])
+        out, pull = jax.vjp(lambda p, *d: block.fn(p, *d, *rest), params, *args[:k])
+        return out, pull(cot)
+
+    return dataclasses.replace(block, fn=fn, args=(*block.args, cotangent))
+
+
 def block_calls(variables: dict, batch: int, height: int, width: int, interp_size=None,
                 out_size=None, conv_impl: str = CONV_IMPL_DEFAULT, dtype: Any = jnp.float32,
-                seed: int = 0, widths: Any = None) -> list[Block]:
+                seed: int = 0, widths: Any = None, train: bool = False) -> list[Block]:
     """Every block of the forward on its real input shapes, ready to compile.
 
     Args:
@@ -134,9 +184,11 @@ def block_calls(variables: dict, batch: int, height: int, width: int, interp_siz
       seed: seed of the random inputs.
       widths: channel widths of a structured model (None: the original network; see
         :mod:`deepliflow_jax.model.widths`).
+      train: the blocks of the train step (:func:`forward_backward` of each; ``loss``
+        against ``make_ground_truth`` at the output size in place of ``output resize``).
 
     Returns:
-      :class:`Block` s named as :func:`block_names`.
+      :class:`Block` s named as :func:`block_names` (with ``train``).
 
     Raises:
       ValueError: an invalid ``conv_impl``.
@@ -152,10 +204,12 @@ def block_calls(variables: dict, batch: int, height: int, width: int, interp_siz
         x = jax.ShapeDtypeStruct((2 * batch, height, width, 4), jnp.float32)
         size = tuple(interp_size)
         blocks.append(Block("input resize", lambda _, a: resize_nearest_legacy(a, size), None,
-                            _random_like((x,), rng), False))
+                            _random_like((x,), rng), False, grad_args=0))
     for scope, name in GUIDANCE_BLOCKS.items():
         module, args, _ = calls[("guidance_network", scope)]
-        blocks.append(_module_block(name, module, params["guidance_network"][scope], args, rng))
+        block = _module_block(name, module, params["guidance_network"][scope], args, rng)
+        blocks.append(dataclasses.replace(block, grad_args=0) if name in FRAME_INPUT_BLOCKS
+                      else block)
     fused = calls[("guidance_network", "fusion")][2]
     r = model.search_range
 
@@ -178,10 +232,17 @@ def block_calls(variables: dict, batch: int, height: int, width: int, interp_siz
     module, args, out = calls[("context_network",)]
     blocks.append(_module_block("context network", module, params["context_network"], args, rng))
     refined = jax.ShapeDtypeStruct(out.shape, jnp.float32)
-    blocks.append(Block("output resize",
-                        lambda _, a: FLOW_SCALE * resize_bilinear_legacy(a, out_size), None,
-                        _random_like((refined,), rng), False))
-    return blocks
+    if not train:
+        blocks.append(Block("output resize",
+                            lambda _, a: FLOW_SCALE * resize_bilinear_legacy(a, out_size), None,
+                            _random_like((refined,), rng), False))
+        return blocks
+    # the five flows the loss reads (levels 6..3 from the estimators, refined level 2)
+    flows = tuple(calls[(f"scene_flow_estimator_{lv}",)][2][0] for lv in LEVELS[:-1]) + (out,)
+    gt = jnp.asarray(make_ground_truth(batch, *out_size))
+    blocks.append(Block("loss", lambda _, f, g: kitti_loss(list(f), g), None,
+                        (_random_like(flows, rng), gt), False, grad_args=1))
+    return [forward_backward(b, seed + i) for i, b in enumerate(blocks)]
 
 
 def _check_sizes(height, width, interp_size, repeats, conv_impls):
@@ -202,8 +263,8 @@ def _check_sizes(height, width, interp_size, repeats, conv_impls):
 def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: int = 1216,
                    conv_impls: Sequence[str] = ("xla", "subpixel"), repeats: int = 10,
                    warmup: int = 2, interp_size=None, dtype: Any = jnp.float32,
-                   whole: bool = True) -> dict:
-    """Times every block (and the whole forward) for each conv implementation.
+                   whole: bool = True, train: bool = False) -> dict:
+    """Times every block (and the whole forward or train step) for each conv implementation.
 
     Args:
       variables: ``{'params': ...}`` of the original network.
@@ -213,11 +274,13 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
       warmup: untimed calls of everything after compiling.
       interp_size: ``(h, w)`` of the KITTI-style resize inside the network, or None.
       dtype: compute dtype.
-      whole: also time the whole forward under one ``jit``.
+      whole: also time the whole forward (the whole train step) under one ``jit``.
+      train: time each block's forward and backward (see the module's "Train mode"),
+        and the whole train step as the reference row.
 
     Returns:
       ``{"input", "dtype", "repeats", "warmup", "backend", "device", "conv_impls",
-      "tables": {impl: {"blocks": [{"block", "median_ms", "p10_ms", "p90_ms",
+      "train", "tables": {impl: {"blocks": [{"block", "median_ms", "p10_ms", "p90_ms",
       "share", "compile_s"}], "sum_ms", "whole": {...} or None}}}``.
 
     Raises:
@@ -228,15 +291,21 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
     impls = list(dict.fromkeys(check_conv_impl(c) for c in conv_impls))
     interp = tuple(interp_size) if interp_size is not None else None
     jobs, shared = {}, {}  # (impl, block name) -> (compiled, args); shared: name -> key
+    whole_name = WHOLE_TRAIN if train else WHOLE
     for impl in impls:
-        for block in block_calls(variables, batch, height, width, interp, None, impl, dtype):
+        for block in block_calls(variables, batch, height, width, interp, None, impl, dtype,
+                                 train=train):
             if not block.uses_conv_impl and block.name in shared:
                 continue
             compiled, info = aot_compile(block.fn, block.params, *block.args)
             jobs[(impl, block.name)] = (compiled, (block.params, *block.args), info["compile_s"])
             if not block.uses_conv_impl:
                 shared[block.name] = (impl, block.name)
-        if whole:
+        if whole and train:
+            call, info = jax_train_step_call(variables, batch, height, width, 0,
+                                             jnp.dtype(dtype).name, impl, interp)
+            jobs[(impl, WHOLE_TRAIN)] = (call, (), info["compile_s"])
+        elif whole:
             model = DeepLiDARFlow(dtype=dtype, conv_impl=impl)
             frames = jnp.asarray(make_frames(batch, height, width))
 
@@ -250,7 +319,7 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
     tables = {}
     for impl in impls:
         rows = []
-        for name in block_names(interp):
+        for name in block_names(interp, train):
             key = (impl, name) if (impl, name) in jobs else shared[name]
             rows.append({"block": name, **stats[key], "compile_s": jobs[key][2]})
         total = sum(r["median_ms"] for r in rows)
@@ -258,23 +327,25 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
             r["share"] = r["median_ms"] / total
         whole_row = None
         if whole:
-            whole_row = {"block": WHOLE, **stats[(impl, WHOLE)],
-                         "compile_s": jobs[(impl, WHOLE)][2]}
+            whole_row = {"block": whole_name, **stats[(impl, whole_name)],
+                         "compile_s": jobs[(impl, whole_name)][2]}
         tables[impl] = {"blocks": rows, "sum_ms": total, "whole": whole_row}
     return {"input": {"batch": batch, "height": height, "width": width,
                       "interp_size": list(interp) if interp else None},
             "dtype": jnp.dtype(dtype).name, "repeats": repeats, "warmup": warmup,
             "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-            "conv_impls": impls, "tables": tables}
+            "conv_impls": impls, "train": train, "tables": tables}
 
 
 def format_blocks(result: dict) -> str:
     """One Markdown table (block, ms, p10-p90, share) per conv implementation."""
     inp = result["input"]
+    train = result.get("train", False)
     size = f"{inp['batch']}x{inp['height']}x{inp['width']}"
     if inp["interp_size"]:
         size += f" resized to {inp['interp_size'][0]}x{inp['interp_size'][1]}"
-    lines = [f"Per-block forward time, input {size} (batch x H x W), {result['dtype']}, "
+    what = "forward + backward (the train step's work per block)" if train else "forward"
+    lines = [f"Per-block {what} time, input {size} (batch x H x W), {result['dtype']}, "
              f"{result['backend']} ({result['device']}); median of {result['repeats']} "
              f"rounds after {result['warmup']} warm-up calls."]
     for impl in result["conv_impls"]:
@@ -287,6 +358,6 @@ def format_blocks(result: dict) -> str:
         lines.append(f"| **sum of blocks** | {table['sum_ms']:.3f} | | 100.0 % |")
         if table["whole"] is not None:
             w = table["whole"]
-            lines.append(f"| {WHOLE} | {w['median_ms']:.3f} | {w['p10_ms']:.3f}-"
+            lines.append(f"| {w['block']} | {w['median_ms']:.3f} | {w['p10_ms']:.3f}-"
                          f"{w['p90_ms']:.3f} | |")
     return "\n".join(lines)

@@ -54,6 +54,15 @@ def make_ground_truth(batch: int, height: int, width: int, seed: int = 1) -> np.
     return gt
 
 
+def make_train_batch(batch: int, height: int, width: int, seed: int = 0) -> dict:
+    """One fine-tuning batch: ``{"frames": make_frames(...), "gt": make_ground_truth(...)}``.
+
+    The input every train-step contender (the JAX step, the PyTorch steps) times.
+    """
+    return {"frames": make_frames(batch, height, width, seed),
+            "gt": make_ground_truth(batch, height, width)}
+
+
 def load_variables(weights: str | None = None, seed: int = 0) -> dict:
     """Parameters: ``weights`` (``.npz`` of '/'-joined paths) or the numpy init.
 

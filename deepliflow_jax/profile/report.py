@@ -30,6 +30,11 @@ TARGET_BF16_EPE_CHANGE = 0.01
 TARGET_FLOOR_FACTOR = 5.0
 
 
+# The train-step target: a ratio of two steps timed in the same run, so it is checked on
+# whatever machine and size it runs (JAX train_step vs PyTorch eager, batch --train_batch).
+TARGET_TRAIN_RATIO = 1.0
+
+
 def derive(result: dict) -> dict:
     """Adds the derived parts (torch rows' FLOP figures, targets, compression sentences).
 
@@ -40,9 +45,11 @@ def derive(result: dict) -> dict:
     """
     results, env = result["results"], result["environment"]
     peak_tf = env.get("peak_tflops", {})
-    # forward FLOPs do not depend on the framework: give torch rows the XLA count too
+    # FLOPs do not depend on the framework: give torch rows the XLA count of the same
+    # work (the dense forward, or the JAX train step)
     for row in results.values():
-        dense = results.get(f"dense@b{row['batch']}")
+        same = "dense" if row["kind"] == "forward" else "train_step"
+        dense = results.get(f"{same}@b{row['batch']}")
         if row["framework"] == "torch" and dense and dense.get("xla_flops") and row["median_ms"]:
             row["xla_flops"] = dense["xla_flops"]
             row["achieved_gflops"] = dense["xla_flops"] / (row["median_ms"] / 1e3) / 1e9
@@ -119,6 +126,7 @@ def target_checks(result: dict) -> list[dict[str, str]]:
     else:
         out.append({"target": f"bf16 >= {TARGET_BF16_SPEEDUP}x faster than fp32",
                     "status": "PENDING", "detail": "needs dense and bf16 at batch 1"})
+    out.append(_train_target(result))
     for name, row in (("fp32", dense), ("bf16", bf16)):
         if row and row.get("x_floor"):
             out.append({"target": f"{name} within {TARGET_FLOOR_FACTOR:g}x of the floor",
@@ -129,6 +137,27 @@ def target_checks(result: dict) -> list[dict[str, str]]:
             out.append({"target": f"{name} within {TARGET_FLOOR_FACTOR:g}x of the floor",
                         "status": "PENDING", "detail": f"needs {name} time and XLA FLOPs"})
     return out
+
+
+def _train_target(result: dict) -> dict[str, str]:
+    """Flax's train step against PyTorch's eager one (and torch.compile's, for information)."""
+    batch = result["settings"].get("train_batch", 1)
+    name = f"flax train step <= {TARGET_TRAIN_RATIO:g}x torch eager train step"
+    flax, eager = _row(result, "train_step", batch), _row(result, "torch_train_step", batch)
+    comp = _row(result, "torch_compile_train_step", batch)
+    if not (flax and eager):
+        return {"target": name, "status": "PENDING",
+                "detail": f"needs train_step and torch_train_step at batch {batch}"}
+    ratio = flax["median_ms"] / eager["median_ms"]
+    s = result["settings"]
+    detail = (f"{flax['median_ms']:.2f} ms vs {eager['median_ms']:.2f} ms (ratio {ratio:.2f})")
+    if comp:
+        detail += (f"; torch.compile train step {comp['median_ms']:.2f} ms (flax / compile "
+                   f"{flax['median_ms'] / comp['median_ms']:.2f})")
+    detail += (f"; batch {batch}, {s['height']}x{s['width']}, on this machine (a same-run "
+               "ratio, checked wherever it runs)")
+    return {"target": name, "status": "PASS" if ratio <= TARGET_TRAIN_RATIO else "FAIL",
+            "detail": detail}
 
 
 def compression_summary(result: dict) -> list[str]:
@@ -229,7 +258,8 @@ def to_markdown(result: dict) -> str:
               f"XLA FLOPs / peak. Peak: {env.get('peak_note')} "
               f"({peaks})."
               f" Paper baseline: {PAPER_BASELINE_MS} ms (TF, GTX 1660 Ti, 384x1216, batch 1).",
-              "", "## Targets (defined for one H100, batch 1, 384x1216)", ""]
+              "", "## Targets (the forward ones defined for one H100, batch 1, 384x1216; the "
+              "train-step one on the machine of the run)", ""]
     lines += [f"- **{t['status']}** {t['target']}: {t['detail']}" for t in result["targets"]]
     lines += ["", "## Compression variants vs dense: does anything run faster?", ""]
     lines += [f"- {x}" for x in result["compression_honesty"]] or ["- (no compressed configs)"]

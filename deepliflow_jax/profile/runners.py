@@ -3,7 +3,7 @@
 A worker runs in a fresh subprocess (``python -m deepliflow_jax.profile.timing_worker``)
 started by :func:`deepliflow_jax.profile.timing.run_benchmark`: it builds one
 runner per job (JAX forward, another model's forward, the train step, or the
-PyTorch reference), warms each up, and times them all together with
+PyTorch reference's forward or train step), warms each up, and times them all together with
 :func:`~deepliflow_jax.profile.timer.time_interleaved` (round-robin, order
 rotated per round and per process).
 """
@@ -28,8 +28,11 @@ from deepliflow_jax.profile.environment import (
     environment,
     torch_environment,
 )
-from deepliflow_jax.profile.inputs import load_variables, make_frames, make_ground_truth
+from deepliflow_jax.profile.inputs import load_variables, make_frames, make_train_batch
 from deepliflow_jax.profile.timer import aot_compile, time_calls, time_interleaved
+
+#: the learning rate of every timed fine-tuning step (JAX and PyTorch), the paper's first
+TRAIN_LR = 1e-4
 
 
 def time_forward(variables: dict, batch: int, height: int, width: int, repeats: int = 10,
@@ -141,26 +144,39 @@ def _jax_builder_runner(runner: _Runner, spec: dict, variables: dict) -> _Runner
     return runner
 
 
-def _jax_train_runner(key, config, batch, spec, variables, cache) -> _Runner:
+def jax_train_step_call(variables: dict, batch: int, height: int, width: int, seed: int = 0,
+                        dtype: Any = "float32", conv_impl: str = "xla",
+                        interp_size: tuple[int, int] | None = None
+                        ) -> tuple[Callable[[], Any], dict]:
+    """The JAX fine-tuning step every timing job runs, compiled and bound to its batch.
+
+    ``Trainer.step_fn`` (the original's KITTI loss plus its L2 term, Adam at
+    :data:`TRAIN_LR` through the compression transform, dense and float) on
+    :func:`~deepliflow_jax.profile.inputs.make_train_batch`, compiled ahead of time with
+    the state donated; each call takes one step from the state the last one left.
+
+    Args:
+      variables: ``{'params': ...}`` (copied: the caller's buffers are never donated).
+      batch, height, width: the batch ``[B, 2, H, W, 4]``.
+      seed: seed of the frames.
+      dtype: compute dtype.
+      conv_impl: the network's conv implementation.
+      interp_size: the network's input size (None: the frames').
+
+    Returns:
+      ``(call, compile_info)``: ``call() -> (state, metrics)``, blocked until ready.
+    """
     import jax
     import jax.numpy as jnp
 
     from deepliflow_jax.train.trainer import Trainer
 
-    h, w = spec["height"], spec["width"]
-    runner = _Runner(key, config, batch)
-    trainer = Trainer(dtype=jnp.dtype(config.dtype))
+    trainer = Trainer(interp_size, dtype=jnp.dtype(dtype), conv_impl=conv_impl)
     # own copies: the step donates the state, and must not delete the buffers that the
     # forward jobs of this process share
-    state = trainer.new_state(jax.tree.map(jnp.copy, variables["params"]), lr=1e-4)
-    data = jax.device_put({"frames": make_frames(batch, h, w, spec["seed"]),
-                           "gt": make_ground_truth(batch, h, w)})
+    state = trainer.new_state(jax.tree.map(jnp.copy, variables["params"]), lr=TRAIN_LR)
+    data = jax.device_put(make_train_batch(batch, height, width, seed))
     compiled, info = aot_compile(trainer.step_fn, state, data, donate_argnums=0)
-    runner.compile = info
-    runner.info = {"optimizer": "Adam(1e-4) through the compression transform (dense, float)",
-                   "loss": "deepliflow_jax.losses.kitti_loss + the original's L2 term "
-                   "(synthetic sparse ground truth)",
-                   "step": "deepliflow_jax.train.trainer.Trainer.step_fn, state donated"}
     holder = {"state": state}
 
     def call():
@@ -168,6 +184,18 @@ def _jax_train_runner(key, config, batch, spec, variables, cache) -> _Runner:
         holder["state"] = new_state
         return jax.block_until_ready((new_state, metrics))
 
+    return call, info
+
+
+def _jax_train_runner(key, config, batch, spec, variables, cache) -> _Runner:
+    runner = _Runner(key, config, batch)
+    call, runner.compile = jax_train_step_call(variables, batch, spec["height"],
+                                               spec["width"], spec["seed"], config.dtype)
+    runner.info = {"optimizer": f"Adam({TRAIN_LR:g}) through the compression transform "
+                   "(dense, float)",
+                   "loss": "deepliflow_jax.losses.kitti_loss + the original's L2 term "
+                   "(synthetic sparse ground truth)",
+                   "step": "deepliflow_jax.train.trainer.Trainer.step_fn, state donated"}
     runner.call = call
     runner.output = np.asarray(call()[1]["loss"], np.float32).reshape(1)
     return runner
@@ -192,16 +220,23 @@ def torch_reference_loader(address: str | None) -> Callable[[dict, str], Any]:
     return getattr(importlib.import_module(module), name)
 
 
-def _torch_runner(key, config, batch, spec, variables, cache) -> _Runner:
+def _torch_reference(spec, variables, cache):
+    """``(reference, device)``: the PyTorch reference, loaded once per worker."""
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _set_torch_precision(spec["precision"], device)
-    runner = _Runner(key, config, batch)
     if "torch_ref" not in cache:
         cache["torch_ref"] = torch_reference_loader(spec.get("torch_reference"))(
             variables, device)
-    ref = cache["torch_ref"]
+    return cache["torch_ref"], device
+
+
+def _torch_runner(key, config, batch, spec, variables, cache) -> _Runner:
+    import torch
+
+    runner = _Runner(key, config, batch)
+    ref, device = _torch_reference(spec, variables, cache)
     frames = make_frames(batch, spec["height"], spec["width"], spec["seed"])
     x = ref.make_input(frames)
     module = ref.module
@@ -231,6 +266,54 @@ def _torch_runner(key, config, batch, spec, variables, cache) -> _Runner:
     return runner
 
 
+def _torch_train_runner(key, config, batch, spec, variables, cache) -> _Runner:
+    """The PyTorch fine-tuning step on the JAX train step's weights, batch and lr."""
+    import torch
+
+    if config.dtype != "float32":
+        raise ValueError(f"{config.name}: the PyTorch train step runs in float32 only, "
+                         f"got dtype {config.dtype!r}")
+    runner = _Runner(key, config, batch)
+    ref, device = _torch_reference(spec, variables, cache)
+    step = ref.train_step(make_train_batch(batch, spec["height"], spec["width"], spec["seed"]),
+                          lr=TRAIN_LR, compile=config.torch_mode == "compile")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def call():
+        loss = step()
+        sync()
+        return loss
+
+    first_calls = 3 if config.torch_mode == "compile" else 1  # as the forward runner
+    t0 = time.perf_counter()
+    try:
+        first = call()  # the loss at the initial weights, as the JAX step's first call
+        for _ in range(first_calls - 1):
+            call()
+    except Exception as e:
+        if config.torch_mode == "compile" and min(spec["height"], spec["width"]) < 128:
+            # seen with torch 2.13 on CPU: a 1-pixel level 6 gives the backward of the
+            # loss's resize a constant-index scatter that inductor's C++ codegen rejects
+            raise RuntimeError(f"{config.name} at {spec['height']}x{spec['width']}: "
+                               f"torch.compile failed ({type(e).__name__}: {e}); on CPU it "
+                               "needs --height and --width >= 128") from e
+        raise
+    runner.compile = {"lower_s": 0.0, "compile_s": time.perf_counter() - t0, "flops": None,
+                      "memory_analysis": None,
+                      "note": f"first {first_calls} step(s), including torch.compile"}
+    runner.output = np.asarray(first.float().cpu().numpy(), np.float32).reshape(1)
+    runner.info = {"reference": ref.description,
+                   "optimizer": f"torch.optim.Adam({TRAIN_LR:g}), optax.adam's betas and eps",
+                   "loss": "weights_convert.torch_train.kitti_loss + the original's L2 term "
+                   "(synthetic sparse ground truth)",
+                   "step": "weights_convert.torch_train.make_train_step"
+                   + (", objective and optimizer step torch.compile'd"
+                      if config.torch_mode == "compile" else ", eager"),
+                   **torch_environment(device)}
+    runner.call = call
+    return runner
+
+
 def _set_torch_precision(precision: str, device: str) -> None:
     import torch
 
@@ -243,6 +326,8 @@ def _set_torch_precision(precision: str, device: str) -> None:
 
 
 def _make_runner(key, config, batch, spec, variables, cache) -> _Runner:
+    if config.framework == "torch" and config.kind == "train_step":
+        return _torch_train_runner(key, config, batch, spec, variables, cache)
     if config.framework == "torch":
         return _torch_runner(key, config, batch, spec, variables, cache)
     if config.kind == "train_step":

@@ -341,6 +341,12 @@ register(RuntimeConfig("train_step", "jax", "one fine-tuning step (forward + bac
                        kind="train_step"))
 register(RuntimeConfig("train_step_bf16", "jax", "fine-tuning step, bfloat16 compute",
                        dtype="bfloat16", kind="train_step"))
+register(RuntimeConfig("torch_train_step", "torch", "PyTorch reference, one fine-tuning step "
+                       "(forward + backward + Adam), eager, float32", kind="train_step",
+                       torch_mode="eager"))
+register(RuntimeConfig("torch_compile_train_step", "torch", "PyTorch reference, one "
+                       "fine-tuning step, objective and Adam torch.compile'd, float32",
+                       kind="train_step", torch_mode="compile"))
 register_family(r"structured(\d+(?:\.\d+)?)", _structured)
 register(RuntimeConfig("structured", "jax", "alias of structured50",
                        builder=structured_builder(0.5)))
@@ -351,4 +357,4 @@ register(RuntimeConfig("int8", "jax", "int8 x int8 -> int32 convolutions (calibr
 # name gives a clear error rather than an "unknown configuration"
 
 DEFAULT_CONFIGS = ("dense,bf16,pruned50,fq16,fq14,fq12,fq10,fq8,fq6,structured50,int8,"
-                   "torch_eager,torch_compile,train_step")
+                   "torch_eager,torch_compile,train_step,torch_train_step")

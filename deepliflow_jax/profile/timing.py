@@ -145,9 +145,14 @@ def _compare(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def _reference_key(config: rc.RuntimeConfig, batch: int, keys: set[str]) -> str | None:
-    """Which job an output is compared against (same batch)."""
+    """Which job an output is compared against (same batch).
+
+    Forwards: the scene flow against ``dense`` (``bf16`` for torch bfloat16); PyTorch
+    train steps: the loss of the first step against the JAX ``train_step``'s.
+    """
     if config.kind != "forward":
-        return None
+        ref = f"train_step@b{batch}"
+        return ref if config.framework == "torch" and ref in keys else None
     if config.framework == "torch" and config.dtype == "bfloat16":
         ref = f"bf16@b{batch}"
         if ref in keys:

@@ -61,6 +61,7 @@ from deepliflow_jax.metrics import (
     metrics_from_counts,
 )
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT
 from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.train.checkpoint import Checkpointer
 from deepliflow_jax.train.sharding import jit_step, make_mesh, replicate, shard_batch
@@ -168,6 +169,8 @@ class Trainer:
         batches must divide over them; evaluation batches that do not run replicated.
       optimizer: ``"adam"`` (``optax.adam``) or ``"tf1_adam"`` (TF 1.x's ``ApplyAdam``,
         the original's; its state can continue a TF checkpoint's, see ``new_state``).
+      conv_impl: the network's conv implementation (``deepliflow_jax.model.layers``;
+        exact alternatives, e.g. for the per-block profile of the train step).
 
     Raises:
       ValueError: widths with ``channel_masked``, a device count this process does
@@ -177,7 +180,7 @@ class Trainer:
     def __init__(self, interp_size: tuple[int, int] | None = None, seed: int = 0,
                  widths: Any = None, channel_masked: bool = False, dtype: Any = jnp.float32,
                  devices: int | Sequence[jax.Device] | Mesh | None = None,
-                 optimizer: str = "adam"):
+                 optimizer: str = "adam", conv_impl: str = CONV_IMPL_DEFAULT):
         if channel_masked and widths is not None:
             raise ValueError("channel-masked training runs the full model: widths must be None")
         if optimizer not in OPTIMIZERS:
@@ -186,7 +189,8 @@ class Trainer:
         #: the 1-D data-parallel mesh every step and evaluation runs on
         self.mesh = devices if isinstance(devices, Mesh) else make_mesh(
             1 if devices is None else devices)
-        self.model = DeepLiDARFlow(widths=freeze_widths(widths), dtype=dtype)
+        self.model = DeepLiDARFlow(widths=freeze_widths(widths), dtype=dtype,
+                                   conv_impl=conv_impl)
         self.interp_size = interp_size
         self.seed = seed
         self.channel_masked = channel_masked
