@@ -162,6 +162,9 @@ def test_budget_forms_and_errors():
     assert S.Budget.parse("2x") == S.Budget("speedup", 2.0)
     assert S.Budget.parse("g70h10") == S.Budget("reference", "g70h10")
     assert S.Budget.parse("2x").measure == "latency" and S.Budget.parse("1mb").measure == "size"
+    # every kind is described in the log, the default (a reference plan's name) included
+    assert [S.Budget.parse(t).describe() for t in ("120ms", "5.5MB", "2x", "g70h10")] == [
+        "120 ms", "5.5 MB", "2x faster than dense", "as fast as g70h10"]
     with pytest.raises(ValueError, match="the speedup must be a positive number"):
         S.Budget.parse("0x")
     with pytest.raises(ValueError, match="expected a latency like '120ms'"):

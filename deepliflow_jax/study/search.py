@@ -499,9 +499,10 @@ class Budget:
         return cls("reference", t)
 
     def describe(self) -> str:
-        return {"latency_ms": f"{self.value:g} ms", "size_mb": f"{self.value:g} MB",
-                "speedup": f"{self.value:g}x faster than dense",
-                "reference": f"as fast as {self.value}"}[self.kind]
+        if self.kind == "reference":  # a name, not a number
+            return f"as fast as {self.value}"
+        unit = {"latency_ms": " ms", "size_mb": " MB", "speedup": "x faster than dense"}
+        return f"{float(self.value):g}{unit[self.kind]}"
 
     @property
     def measure(self) -> str:
