@@ -415,3 +415,12 @@ def test_the_scripts_find_the_world_beside_the_checkpoint_or_make_one(tmp_path):
     beside = tr.data_beside(ckpt, None, tmp_path / "other")
     assert f"({tmp_path / 'study' / 'synthetic_kitti'})" in beside.description
     assert not (tmp_path / "other").exists()  # the study's world was used
+
+
+def test_the_machine_load_is_described_or_said_missing():
+    idle = {"load1": 0.4, "cpu_count": 2, "loaded": False}
+    busy = {"load1": 4.5, "cpu_count": 2, "loaded": True}
+    assert S.describe_load({}) == "not recorded"
+    assert S.describe_load({"load": {"before": idle, "after": idle}}) == (
+        "load average 0.40 before, 0.40 after on 2 cores; not loaded")
+    assert "LOADED by other work" in S.describe_load({"load": {"before": idle, "after": busy}})

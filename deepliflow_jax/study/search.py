@@ -98,7 +98,7 @@ from deepliflow_jax.model.channels import (
 from deepliflow_jax.model.config import LEVELS
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.profile.blocks import block_calls
-from deepliflow_jax.profile.environment import environment
+from deepliflow_jax.profile.environment import environment, load_average
 from deepliflow_jax.profile.table1 import conv_eq3_flops
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
 from deepliflow_jax.study.tradeoff import (
@@ -1064,6 +1064,7 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
       ValueError: bad settings or data.
     """
     start = time.perf_counter()
+    load_before = load_average()  # other work on the cores makes every time a shared one
     stage: dict[str, float] = {}
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -1270,6 +1271,7 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
         "data": data.description,
         "timed_input": list(np.shape(val["frames"])),
         "environment": environment(),
+        "load": {"before": load_before, "after": load_average()},
         "rows": rows,
         "chosen": chosen["name"],
         "chosen_meets_budget": chosen["meets_budget"],
@@ -1357,6 +1359,8 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     chosen = by_name[result["chosen"]]
     lines = [
         f"# Compression search: the most accurate DeepLiDARFlow for a budget ({platform})",
+        "",
+        f"Machine load: {describe_load(result)}.",
         "",
         f"Budget: {b['describe']} = {limit} (measured in the final rounds). Device: "
         f"{env.get('platform', '?')} ({env.get('cpu', '?')}, {env.get('cpu_count')} cores "
@@ -1451,6 +1455,19 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe_load(result: Mapping[str, Any]) -> str:
+    """The 1-minute load average before and after the run, and whether other work shared
+    the cores (a load above the core count); "not recorded" for results without it."""
+    load = result.get("load") or {}
+    before, after = load.get("before") or {}, load.get("after") or {}
+    if before.get("load1") is None or after.get("load1") is None:
+        return "not recorded"
+    shared = before.get("loaded") or after.get("loaded")
+    return (f"load average {before['load1']:.2f} before, {after['load1']:.2f} after on "
+            f"{before['cpu_count']} cores" + ("; LOADED by other work: compare rows with each "
+                                              "other only" if shared else "; not loaded"))
+
+
 def plot(result: Mapping[str, Any], path: str | Path) -> None:
     """EPE vs measured latency and vs size on disk, with the Pareto frontier and the budget."""
     import matplotlib
@@ -1463,14 +1480,25 @@ def plot(result: Mapping[str, Any], path: str | Path) -> None:
     rows = result["rows"]
     style = {"baseline": ("o", "black"), "uniform": ("s", "tab:blue"),
              "hand": ("^", "tab:orange"), "searched": ("D", "tab:green")}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    b = result["budget"]
+    chosen = next(r for r in rows if r["name"] == result["chosen"])
+    # models within 15 % of a latency budget and of the chosen EPE crowd together: a third
+    # panel zooms on them
+    near = [r for r in rows if b["measure"] == "latency"
+            and abs(r["latency_ms"] / b["limit"] - 1.0) <= 0.15
+            and r["epe"] <= 1.15 * chosen["epe"]] if b["limit"] else []
+    zoom = len(near) > 1
+    fig, axes = plt.subplots(1, 3 if zoom else 2, figsize=(17 if zoom else 12, 4.6))
     platform = result["environment"].get("platform", "cpu").upper()
-    for ax, key, scale, label, front in (
-            (axes[0], "latency_ms", 1.0, f"latency per validation batch [ms] ({platform})",
-             "latency"),
-            (axes[1], "disk_bytes", 1e-6, "checkpoint size on disk [MB]", "size")):
+    panels = [(axes[0], "latency_ms", 1.0, f"latency per validation batch [ms] ({platform})",
+               "latency", rows),
+              (axes[1], "disk_bytes", 1e-6, "checkpoint size on disk [MB]", "size", rows)]
+    if zoom:
+        panels.append((axes[2], "latency_ms", 1.0, f"latency [ms] ({platform}), near the budget",
+                       "latency", near))
+    for i, (ax, key, scale, label, front, shown) in enumerate(panels):
         for kind, (marker, color) in style.items():
-            pts = [r for r in rows if r["kind"] == kind]
+            pts = [r for r in shown if r["kind"] == kind]
             if kind == "uniform":
                 pts = sorted(pts, key=lambda r: r[key])
             ax.plot([r[key] * scale for r in pts], [r["epe"] for r in pts], marker=marker,
@@ -1479,21 +1507,28 @@ def plot(result: Mapping[str, Any], path: str | Path) -> None:
         fr = [next(r for r in rows if r["name"] == n) for n in names]
         ax.step([r[key] * scale for r in fr], [r["epe"] for r in fr], where="post",
                 color="gray", linestyle="--", linewidth=0.8, label="Pareto frontier")
-        chosen = next(r for r in rows if r["name"] == result["chosen"])
         ax.plot([chosen[key] * scale], [chosen["epe"]], marker="*", markersize=16,
                 color="tab:red", linestyle="", label=f"chosen ({chosen['name']})")
-        for r in rows:
-            ax.annotate(r["name"], (r[key] * scale, r["epe"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
-        b = result["budget"]
+        crowded = {r["name"] for r in near} if zoom and i < 2 else set()
+        for r in shown:
+            if r["name"] not in crowded:  # named in the zoom panel instead
+                ax.annotate(r["name"], (r[key] * scale, r["epe"]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
         if b["measure"] == front:
             ax.axvline(b["limit"] * scale, color="tab:red", linestyle=":", linewidth=1,
                        label=f"budget ({b['describe']})")
+        if i == 2:
+            xs, ys = [r[key] for r in shown], [r["epe"] for r in shown]
+            pad_x, pad_y = 0.1 * (max(xs) - min(xs)) + 1e-3, 0.15 * (max(ys) - min(ys)) + 1e-3
+            ax.set_xlim(min(xs + [b["limit"]]) - pad_x, max(xs + [b["limit"]]) + pad_x)
+            ax.set_ylim(min(ys) - pad_y, max(ys) + pad_y)
         ax.set_xlabel(label)
         ax.set_ylabel("EPE [px] (validation)")
         ax.legend(fontsize=7)
+    load = describe_load(result)
+    load = "machine load not recorded" if load == "not recorded" else load
     fig.suptitle("Compression search: EPE vs measured latency and size (fine-tuned models; "
-                 "shared machine)", fontsize=10)
+                 f"{load})", fontsize=10)
     fig.tight_layout()
     savefig_atomic(fig, path, dpi=120)
     plt.close(fig)
