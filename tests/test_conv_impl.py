@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from deepliflow_jax.model.api import create_model, forward, init_params, param_shapes
+from deepliflow_jax.model.cost_volume import cost_volume, cost_volume_banded
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import (
     CONV_IMPL_TOKENS,
@@ -106,6 +107,28 @@ def test_space_to_batch_refuses_even_kernels():
         dilated_conv_space_to_batch(jnp.zeros((1, 8, 8, 2)), jnp.zeros((2, 2, 2, 3)), 2)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 20, 8), (1, 4, 16, 64), (1, 6, 19, 32),
+                                   (1, 3, 7, 5)])
+def test_banded_cost_volume_equals_the_original_form(shape):
+    """W below, at and off the tile width, H below 2r + 1; values and gradients."""
+    rng = np.random.default_rng(sum(shape))
+    x, w = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(2))
+    want = jax.jit(cost_volume)(x, w)
+    got = jax.jit(cost_volume_banded)(x, w)
+    assert got.shape == want.shape == shape[:3] + (81,)
+    assert _rel(got, want) < 1e-6
+    cot = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    g_want = jax.grad(lambda a, b: jnp.sum(cost_volume(a, b) * cot), argnums=(0, 1))(x, w)
+    g_got = jax.grad(lambda a, b: jnp.sum(cost_volume_banded(a, b) * cot),
+                     argnums=(0, 1))(x, w)
+    for a, b in zip(g_got, g_want, strict=True):
+        assert _rel(a, b) < 1e-6
+    # other search ranges and tiles give the same numbers
+    assert _rel(cost_volume_banded(x, w, 2, tile=3), cost_volume(x, w, 2)) < 1e-6
+    with pytest.raises(ValueError, match="tile must be >= 1"):
+        cost_volume_banded(x, w, tile=0)
+
+
 def _convs(jaxpr):
     """Every ``conv_general_dilated`` equation of a jaxpr, nested ones included."""
     for eqn in jaxpr.eqns:
@@ -134,6 +157,10 @@ def test_option_reaches_every_layer(impl):
     assert len(lhs_dilated) == (0 if impl == "subpixel" else 12)
     assert len(rhs_dilated) == (0 if impl == "s2b" else 4)
     odd = [e for e in convs if e.invars[1].aval.shape[2] % 8 or e.invars[1].aval.shape[3] % 8]
+    # the banded cost volume: 9 row matmuls at each of the 5 levels, else none
+    dots = [e for e in jax.make_jaxpr(model.apply)(param_shapes(), frames).jaxpr.eqns
+            if e.primitive.name == "dot_general"]
+    assert len(dots) == (45 if impl == "banded" else 0)
     if impl in ("xla", "pad8"):
         # pad8 leaves the normalized convs (not Conv layers) 1 -> 16, 128 -> 196,
         # 196 -> 196 (top) and 196 -> 128 (upsampling5to4)
@@ -210,7 +237,7 @@ def net_outputs(net_variables, net_frames):
 
 
 @pytest.mark.parametrize("path", ["ft3d", "kitti"])
-@pytest.mark.parametrize("impl", ["subpixel+s2b+pad8"])  # every alternative at once
+@pytest.mark.parametrize("impl", ["subpixel+s2b+pad8+banded"])  # every alternative at once
 def test_whole_network_equals_reference(net_outputs, path, impl):
     ref = net_outputs(path)
     got = net_outputs(path, impl)

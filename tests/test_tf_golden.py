@@ -30,7 +30,7 @@ from weights_convert.tf_names import tf_name_table
 FIX = Path(__file__).parent / "fixtures"
 
 # the reference path and every alternative at once (tests/test_conv_impl.py checks each alone)
-GOLDEN_IMPLS = ("xla", "subpixel+s2b+pad8")
+GOLDEN_IMPLS = ("xla", "subpixel+s2b+pad8+banded")
 
 
 @pytest.fixture(scope="module")

@@ -34,10 +34,15 @@ import jax.numpy as jnp
 
 from deepliflow_jax.model.config import FLOW_SCALE, LEVELS, SEARCH_RANGE, SIZE_MULTIPLE
 from deepliflow_jax.model.context import ContextNetwork
-from deepliflow_jax.model.cost_volume import cost_volume
+from deepliflow_jax.model.cost_volume import cost_volume, cost_volume_banded
 from deepliflow_jax.model.estimator import SceneFlowEstimator
 from deepliflow_jax.model.guidance import GuidanceNetwork
-from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, leaky_relu
+from deepliflow_jax.model.layers import (
+    CONV_IMPL_DEFAULT,
+    check_conv_impl,
+    leaky_relu,
+    uses_impl,
+)
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
 from deepliflow_jax.model.widths import Widths, freeze_widths, scoped
@@ -96,7 +101,9 @@ class DeepLiDARFlow(nn.Module):
             else:
                 scale = FLOW_SCALE / 2**level
                 warped = bilinear_warp(f2, up_flow[..., :2].astype(jnp.float32) * scale)
-            cv = leaky_relu(cost_volume(f1, warped.astype(f1.dtype), self.search_range))
+            correlate = (cost_volume_banded if uses_impl(self.conv_impl, "banded")
+                         else cost_volume)
+            cv = leaky_relu(correlate(f1, warped.astype(f1.dtype), self.search_range))
             parts = [cv, f1, warped.astype(f1.dtype)]
             if up_flow is not None:
                 parts += [up_flow, up_feature]

@@ -46,7 +46,7 @@ from deepliflow_jax.model.config import LEAKY_SLOPE
 XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "truncated_normal")
 #: the reference implementation and the tokens an alternative is built from
 CONV_IMPL_DEFAULT = "xla"
-CONV_IMPL_TOKENS = ("subpixel", "s2b", "pad8")
+CONV_IMPL_TOKENS = ("subpixel", "s2b", "pad8", "banded")
 #: the implementations tests and the block profile compare with the reference
 CONV_IMPLS = ("xla", "subpixel", "subpixel+s2b", "subpixel+s2b+pad8")
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -82,6 +82,11 @@ def check_conv_impl(conv_impl: str) -> str:
 def _tokens(conv_impl: str) -> frozenset[str]:
     canonical = check_conv_impl(conv_impl)
     return frozenset() if canonical == CONV_IMPL_DEFAULT else frozenset(canonical.split("+"))
+
+
+def uses_impl(conv_impl: str, token: str) -> bool:
+    """Whether ``conv_impl`` (validated) includes ``token`` (one of :data:`CONV_IMPL_TOKENS`)."""
+    return token in _tokens(conv_impl)
 
 
 def leaky_relu(x: jnp.ndarray, slope: float = LEAKY_SLOPE) -> jnp.ndarray:

@@ -11,9 +11,9 @@ All compute exactly what ``deepliflow_jax.model.cost_volume.cost_volume`` does
   ``einsum`` each (9x less transient memory than ``window_einsum``).
 * ``patches``: ``lax.conv_general_dilated_patches`` (an identity-kernel conv)
   extracts the 9x9 neighbourhoods, then a per-pixel matrix-vector product.
-* ``banded_matmul``: W is cut into tiles of ``T`` pixels; per tile and ``dy``
-  one ``[T, C] x [C, T + 2r]`` matmul (tensor-core / MXU friendly), of which the
-  band of ``2r + 1`` diagonals is kept: ``(T + 2r) / (2r + 1)`` times the FLOPs.
+* ``banded_matmul``: the model's ``cost_volume_banded`` (``conv_impl`` token
+  ``"banded"``): W is cut into tiles of ``T`` pixels; per tile and ``dy`` one
+  ``[T, C] x [C, T + 2r]`` matmul, of which the band of ``2r + 1`` diagonals is kept.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.model.cost_volume import cost_volume as shifted
+from deepliflow_jax.model.cost_volume import cost_volume_banded as banded_matmul
 from deepliflow_jax.profile.timer import time_calls
 
 # per-level feature sizes of the forward pass: (level, H / 2**level, W / 2**level), C = 64
@@ -69,28 +70,6 @@ def patches(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4) -> jnp.n
         dimension_numbers=("NHWC", "HWIO", "NHWC"))  # channel = c * d * d + k
     p = p.reshape(b, h, w, c, d * d)
     return jnp.einsum("bhwc,bhwck->bhwk", x, p) * _scale(c, d, x.dtype)
-
-
-def banded_matmul(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4,
-                  tile: int = 16) -> jnp.ndarray:
-    """Tiled row matmuls, keeping the band. Args/Returns as ``cost_volume``; ``tile``: T."""
-    r, (b, h, w, c) = search_range, x.shape
-    d = 2 * r + 1
-    nt = -(-w // tile)
-    wp = nt * tile
-    xt = jnp.pad(x, ((0, 0), (0, 0), (0, wp - w), (0, 0))).reshape(b, h, nt, tile, c)
-    padded = jnp.pad(warped, ((0, 0), (r, r), (r, r + wp - w), (0, 0)))
-    cols = (jnp.arange(nt)[:, None] * tile + jnp.arange(tile + 2 * r)[None, :])
-    tiles = padded[:, :, cols]  # [B, H + 2r, nt, T + 2r, C]
-    band = jnp.arange(tile)[:, None] + jnp.arange(d)[None, :]  # [T, d]: column t + dx
-    rows = []
-    for dy in range(d):
-        m = jnp.einsum("bhjtc,bhjsc->bhjts", xt, tiles[:, dy:dy + h])
-        rows.append(jnp.take_along_axis(m, jnp.broadcast_to(band, m.shape[:-1] + (d,)),
-                                        axis=-1))
-    out = jnp.stack(rows, axis=-2)  # [B, H, nt, T, dy, dx]
-    out = out.reshape(b, h, wp, d * d)[:, :, :w]
-    return out * _scale(c, d, x.dtype)
 
 
 VARIANTS: dict[str, Callable] = {
