@@ -183,6 +183,8 @@ def test_load_dataset_splits_like_the_study(data, world, tmp_path):
     assert data.num_samples == effective_samples(4096, H, W) and data.interp_size is None
     study = load_study_data(make_config("tiny"), world)
     assert [s.name for s in data.val] == [s.name for s in study.val]
+    as_text = load_study_data(make_config("tiny"), str(world))  # a folder given as text
+    assert [s.name for s in as_text.train] == [s.name for s in study.train]
     np.testing.assert_array_equal(data.train_batch(3, data.num_samples)["frames"],
                                   study.train_batch(3, data.num_samples)["frames"])
     assert dl.load_dataset(world, num_samples=50).num_samples == 50

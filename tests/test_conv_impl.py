@@ -5,6 +5,8 @@ Per layer (odd and even sizes, forward and gradients), on the whole network
 reaches every layer it applies to, and the parameter tree does not change.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,24 +109,27 @@ def test_space_to_batch_refuses_even_kernels():
         dilated_conv_space_to_batch(jnp.zeros((1, 8, 8, 2)), jnp.zeros((2, 2, 2, 3)), 2)
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 20, 8), (1, 4, 16, 64), (1, 6, 19, 32),
-                                   (1, 3, 7, 5)])
+def _values_and_grads(fn, x, w, cot, **kwargs):
+    """``fn(x, w)`` and the gradients of ``sum(fn(x, w) * cot)``, under one jit."""
+    f = functools.partial(fn, **kwargs)
+    return jax.jit(lambda a, b: (f(a, b), jax.grad(lambda p, q: jnp.sum(f(p, q) * cot),
+                                                   argnums=(0, 1))(a, b)))(x, w)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 20, 8), (1, 6, 19, 32)])
 def test_banded_cost_volume_equals_the_original_form(shape):
-    """W below, at and off the tile width, H below 2r + 1; values and gradients."""
+    """W below and off the tile width (and a tile of 3 at W 5 x 3 + 4), H below 2r + 1."""
     rng = np.random.default_rng(sum(shape))
     x, w = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(2))
-    want = jax.jit(cost_volume)(x, w)
-    got = jax.jit(cost_volume_banded)(x, w)
-    assert got.shape == want.shape == shape[:3] + (81,)
-    assert _rel(got, want) < 1e-6
-    cot = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
-    g_want = jax.grad(lambda a, b: jnp.sum(cost_volume(a, b) * cot), argnums=(0, 1))(x, w)
-    g_got = jax.grad(lambda a, b: jnp.sum(cost_volume_banded(a, b) * cot),
-                     argnums=(0, 1))(x, w)
-    for a, b in zip(g_got, g_want, strict=True):
-        assert _rel(a, b) < 1e-6
-    # other search ranges and tiles give the same numbers
-    assert _rel(cost_volume_banded(x, w, 2, tile=3), cost_volume(x, w, 2)) < 1e-6
+    for r, tile in ((4, 16), (2, 3)):
+        cot = jnp.asarray(rng.standard_normal(shape[:3] + ((2 * r + 1) ** 2,)), jnp.float32)
+        want, g_want = _values_and_grads(cost_volume, x, w, cot, search_range=r)
+        got, g_got = _values_and_grads(cost_volume_banded, x, w, cot, search_range=r,
+                                       tile=tile)
+        assert got.shape == want.shape
+        assert _rel(got, want) < 1e-6
+        for a, b in zip(g_got, g_want, strict=True):
+            assert _rel(a, b) < 1e-6
     with pytest.raises(ValueError, match="tile must be >= 1"):
         cost_volume_banded(x, w, tile=0)
 

@@ -156,13 +156,17 @@ def write_nine_to_one_split(path: Path, num_frames: int) -> Path:
     return path
 
 
-def load_study_data(cfg: StudyConfig, root: Path) -> StudyData:
-    """Decodes the train/val splits of ``root`` into memory.
+def load_study_data(cfg: StudyConfig, root: str | Path) -> StudyData:
+    """Decodes the train/val splits of ``root`` (a folder, ``str`` or ``Path``) into memory.
 
     KITTI uses the original release's 180/20 split; the synthetic world a 9:1
     split of its own (see ``write_nine_to_one_split``). The validation frames' ground
     truth follows ``cfg.validity``; the training frames' the original's.
+
+    Raises:
+      ValueError: a split without frames.
     """
+    root = Path(root)
     split_file = None
     if cfg.data == "synthetic":
         split_file = write_nine_to_one_split(root / "study_split.txt", cfg.num_scenes)
