@@ -418,9 +418,11 @@ def test_the_scripts_find_the_world_beside_the_checkpoint_or_make_one(tmp_path):
 
 
 def test_the_machine_load_is_described_or_said_missing():
+    from deepliflow_jax.profile.environment import describe_load
+
     idle = {"load1": 0.4, "cpu_count": 2, "loaded": False}
     busy = {"load1": 4.5, "cpu_count": 2, "loaded": True}
-    assert S.describe_load({}) == "not recorded"
-    assert S.describe_load({"load": {"before": idle, "after": idle}}) == (
+    assert describe_load(None) == describe_load({}) == "not recorded"
+    assert describe_load({"before": idle, "after": idle}) == (
         "load average 0.40 before, 0.40 after on 2 cores; not loaded")
-    assert "LOADED by other work" in S.describe_load({"load": {"before": idle, "after": busy}})
+    assert "LOADED by other work" in describe_load({"before": idle, "after": busy})

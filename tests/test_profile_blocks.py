@@ -48,6 +48,9 @@ def test_profile_command_prints_every_block_per_impl(tmp_path, capsys):
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["conv_impls"] == ["xla", "subpixel"]
+    # the machine's load is recorded and printed beside the times
+    assert set(data["load"]) == {"before", "after"} and data["load"]["after"]["cpu_count"] >= 1
+    assert "machine load average" in printed
     for impl in ("xla", "subpixel"):
         section = printed.split(f"conv_impl = {impl}")[1].split("conv_impl = ")[0]
         table = data["tables"][impl]

@@ -67,6 +67,7 @@ from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, leak
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
 from deepliflow_jax.model.widths import freeze_widths
+from deepliflow_jax.profile.environment import describe_load, load_average
 from deepliflow_jax.profile.inputs import make_frames, make_ground_truth
 from deepliflow_jax.profile.runners import jax_train_step_call
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
@@ -290,6 +291,7 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
     _check_sizes(height, width, interp_size, repeats, conv_impls)
     impls = list(dict.fromkeys(check_conv_impl(c) for c in conv_impls))
     interp = tuple(interp_size) if interp_size is not None else None
+    load_before = load_average()  # recorded beside the times: a loaded figure is labelled
     jobs, shared = {}, {}  # (impl, block name) -> (compiled, args); shared: name -> key
     whole_name = WHOLE_TRAIN if train else WHOLE
     for impl in impls:
@@ -332,6 +334,7 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
         tables[impl] = {"blocks": rows, "sum_ms": total, "whole": whole_row}
     return {"input": {"batch": batch, "height": height, "width": width,
                       "interp_size": list(interp) if interp else None},
+            "load": {"before": load_before, "after": load_average()},
             "dtype": jnp.dtype(dtype).name, "repeats": repeats, "warmup": warmup,
             "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
             "conv_impls": impls, "train": train, "tables": tables}
@@ -347,7 +350,8 @@ def format_blocks(result: dict) -> str:
     what = "forward + backward (the train step's work per block)" if train else "forward"
     lines = [f"Per-block {what} time, input {size} (batch x H x W), {result['dtype']}, "
              f"{result['backend']} ({result['device']}); median of {result['repeats']} "
-             f"rounds after {result['warmup']} warm-up calls."]
+             f"rounds after {result['warmup']} warm-up calls; machine "
+             f"{describe_load(result.get('load'))}."]
     for impl in result["conv_impls"]:
         table = result["tables"][impl]
         lines += ["", f"conv_impl = {impl}", "",

@@ -192,6 +192,22 @@ def load_average() -> dict[str, Any]:
             "cpu_count": cores, "loaded": load1 > cores}
 
 
+def describe_load(load: dict[str, Any] | None) -> str:
+    """``{"before": load_average(), "after": load_average()}`` of a run, in words.
+
+    Returns:
+      The 1-minute load average before and after on the core count, and whether other
+      work shared the cores (a load above the core count); "not recorded" without it.
+    """
+    before, after = (load or {}).get("before") or {}, (load or {}).get("after") or {}
+    if before.get("load1") is None or after.get("load1") is None:
+        return "not recorded"
+    shared = before.get("loaded") or after.get("loaded")
+    return (f"load average {before['load1']:.2f} before, {after['load1']:.2f} after on "
+            f"{before['cpu_count']} cores" + ("; LOADED by other work: compare rows with each "
+                                              "other only" if shared else "; not loaded"))
+
+
 def cpu_info() -> dict[str, Any]:
     """The host CPU: model, widest vector instruction set, clock, logical cores.
 

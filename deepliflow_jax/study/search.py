@@ -98,7 +98,7 @@ from deepliflow_jax.model.channels import (
 from deepliflow_jax.model.config import LEVELS
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.profile.blocks import block_calls
-from deepliflow_jax.profile.environment import environment, load_average
+from deepliflow_jax.profile.environment import describe_load, environment, load_average
 from deepliflow_jax.profile.table1 import conv_eq3_flops
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
 from deepliflow_jax.study.tradeoff import (
@@ -1360,7 +1360,7 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"# Compression search: the most accurate DeepLiDARFlow for a budget ({platform})",
         "",
-        f"Machine load: {describe_load(result)}.",
+        f"Machine load: {describe_load(result.get('load'))}.",
         "",
         f"Budget: {b['describe']} = {limit} (measured in the final rounds). Device: "
         f"{env.get('platform', '?')} ({env.get('cpu', '?')}, {env.get('cpu_count')} cores "
@@ -1455,19 +1455,6 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe_load(result: Mapping[str, Any]) -> str:
-    """The 1-minute load average before and after the run, and whether other work shared
-    the cores (a load above the core count); "not recorded" for results without it."""
-    load = result.get("load") or {}
-    before, after = load.get("before") or {}, load.get("after") or {}
-    if before.get("load1") is None or after.get("load1") is None:
-        return "not recorded"
-    shared = before.get("loaded") or after.get("loaded")
-    return (f"load average {before['load1']:.2f} before, {after['load1']:.2f} after on "
-            f"{before['cpu_count']} cores" + ("; LOADED by other work: compare rows with each "
-                                              "other only" if shared else "; not loaded"))
-
-
 def plot(result: Mapping[str, Any], path: str | Path) -> None:
     """EPE vs measured latency and vs size on disk, with the Pareto frontier and the budget."""
     import matplotlib
@@ -1525,7 +1512,7 @@ def plot(result: Mapping[str, Any], path: str | Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("EPE [px] (validation)")
         ax.legend(fontsize=7)
-    load = describe_load(result)
+    load = describe_load(result.get("load"))
     load = "machine load not recorded" if load == "not recorded" else load
     fig.suptitle("Compression search: EPE vs measured latency and size (fine-tuned models; "
                  f"{load})", fontsize=10)
