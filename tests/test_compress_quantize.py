@@ -133,6 +133,37 @@ def test_straight_through_gradient_is_identity_inside_clip_range():
     np.testing.assert_array_equal(tangent, jnp.ones_like(X))
 
 
+
+def _primitives(jaxpr) -> set[str]:
+    """The primitives of ``jaxpr`` and of the jaxprs nested in its equations."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    names |= _primitives(inner)
+    return names
+
+
+def test_the_backward_pass_holds_no_quantizer():
+    """The data-range STE's gradient is written as the identity: a train step's backward
+    pass (and so its compile) carries none of the quantizer's reductions and selects."""
+    from deepliflow_jax.compress.quantize import QuantConfig, quantize_tree
+
+    params = {"conv": {"kernel": X, "bias": X[0, 0, 0]}}
+    bits = {"conv": {"kernel": jnp.int32(6), "bias": jnp.int32(0)}}  # traced, one float
+    cfg = QuantConfig(bits=8, per_channel=True)
+    _, linear = jax.linearize(lambda w: fake_quant(w, 8, axis=-1), X)
+    _, linear_tree = jax.linearize(lambda p: quantize_tree(p, cfg, bits), params)
+    for f, arg in ((linear, X), (linear_tree, params)):
+        prims = _primitives(jax.make_jaxpr(f)(arg).jaxpr)
+        assert prims <= {"pjit", "jit", "convert_element_type", "add_any"}, prims
+        tangent = jax.tree.map(lambda x: jnp.full_like(x, 3.0), arg)
+        jax.tree.map(np.testing.assert_array_equal, f(tangent), tangent)
+
+
 def test_per_channel_scales():
     w = jnp.asarray(RNG.randn(3, 3, 2, 5) * np.array([0.01, 0.1, 1, 10, 100]), jnp.float32)
     q = quantize({"conv": {"kernel": w}}, 4, per_channel=True)["conv"]["kernel"]

@@ -124,7 +124,8 @@ def init_params(seed: int = 0, bias_std: float = 0.0, widths: Any = None,
             value = rng.normal(0.0, bias_std, shape)
         else:
             value = np.zeros(shape)
-        out[path] = jnp.asarray(value, jnp.float32)
+        # cast on the host: an eager jnp cast would compile one XLA op per leaf shape
+        out[path] = jnp.asarray(np.asarray(value, np.float32))
     return {"params": flax.traverse_util.unflatten_dict(out)}
 
 
