@@ -23,6 +23,21 @@ os.environ["XLA_FLAGS"] = " ".join(
 ).strip()
 
 
+# The files that take longest (``--durations``: each pays whole-network compiles or runs
+# subprocesses) go first, so that the two xdist workers finish together; by default xdist
+# hands out files by their number of tests, which put these last. Stable: the other
+# files, and the tests inside each file, keep their order.
+_LONGEST_FIRST = ("test_study.py", "test_api.py", "test_checkpoint.py", "test_structured.py",
+                  "test_notebook.py", "test_conv_impl.py", "test_interp_path.py",
+                  "test_writers.py", "test_profile_blocks.py", "test_evaluation_modes.py",
+                  "test_gpu_check.py", "test_compression_search.py", "test_train_checkpoint.py",
+                  "test_timing.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 @pytest.fixture(scope="session")
 def variables():
     from deepliflow_jax.model.api import init_params

@@ -213,10 +213,12 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
 
 
-def _start(folder, checkpoint) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *ARGS, f"--checkpoint={checkpoint}",
-                             f"--results_dir={folder}"], cwd=ROOT, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _start(folder, checkpoint, log: Path) -> subprocess.Popen:
+    # output to a file: an unread pipe would stall a talkative worker once it is full
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, *ARGS, f"--checkpoint={checkpoint}",
+                                 f"--results_dir={folder}"], cwd=ROOT, env=_env(),
+                                stdout=out, stderr=subprocess.STDOUT)
 
 
 def _holder(claims_dir, pids) -> tuple[int, str] | None:
@@ -240,8 +242,10 @@ def test_two_workers_from_a_checkpoint_match_one_process_and_take_over_a_killed_
         tiny_study, tmp_path):
     folder, _, ref = tiny_study
     two = tmp_path / "two"
-    workers = {p.pid: p for p in (_start(two, folder / "baseline_checkpoint"),
-                                  _start(two, folder / "baseline_checkpoint"))}
+    paths = [tmp_path / f"worker{i}.log" for i in range(2)]
+    started = [_start(two, folder / "baseline_checkpoint", log) for log in paths]
+    workers = {p.pid: p for p in started}
+    logs = {p.pid: log for p, log in zip(started, paths, strict=True)}
     try:
         held = None
         deadline = time.time() + 900
@@ -255,9 +259,9 @@ def test_two_workers_from_a_checkpoint_match_one_process_and_take_over_a_killed_
         os.kill(pid, signal.SIGKILL)
         killed = workers.pop(pid)
         assert killed.wait(timeout=30) == -signal.SIGKILL
-        killed.stdout.close()
         (survivor,) = workers.values()
-        out, _ = survivor.communicate(timeout=900)
+        survivor.wait(timeout=900)
+        out = logs[survivor.pid].read_text()
     finally:
         for p in workers.values():
             p.kill()

@@ -31,8 +31,8 @@ forward pass and not differentiated through, so every weight gets gradient 1;
 activations can use a fixed range ``[-clip, clip]`` beyond which they saturate.
 Where the range is the data's own, the identity gradient is written as such
 (:func:`straight_through`, a ``custom_jvp``): the backward pass of a train step
-then holds no quantizer at all, which halves what quantization adds to its
-XLA compile (float weights pass through it alike).
+then holds no quantizer at all (float weights pass through it alike), which
+leaves XLA less to compile.
 """
 
 from __future__ import annotations
