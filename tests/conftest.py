@@ -38,6 +38,7 @@ def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
+
 @pytest.fixture(scope="session")
 def variables():
     from deepliflow_jax.model.api import init_params

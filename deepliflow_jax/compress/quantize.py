@@ -102,26 +102,6 @@ def _reciprocal(q: Any) -> Any:
     return 1.0 / jnp.asarray(q, jnp.float32)
 
 
-def _range_and_scale(x: jnp.ndarray, bits: Any, axis: int | None, symmetric: bool):
-    """``(scale, zero_point, lo, hi)``; ``[lo, hi]`` is the data range quantized."""
-    # Only multiplications by explicit reciprocals: XLA turns `x / c` into
-    # `x * (1 / c)` under jit but not eagerly, which would change the last bit.
-    x = jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
-    red = _reduce_axes(x.ndim, axis)
-    keep = red is not None
-    qmin, qmax = qrange(bits, symmetric)
-    if symmetric:
-        amax = jnp.max(jnp.abs(x), axis=red, keepdims=keep)
-        # An all-zero tensor gets scale 1 so nothing divides by zero.
-        scale = jnp.where(amax > 0, amax * _reciprocal(qmax), 1.0)
-        return scale, jnp.zeros(scale.shape, jnp.int32), -amax, amax
-    lo = jnp.minimum(jnp.min(x, axis=red, keepdims=keep), 0.0)
-    hi = jnp.maximum(jnp.max(x, axis=red, keepdims=keep), 0.0)
-    scale = jnp.where(hi > lo, (hi - lo) * _reciprocal(qmax - qmin), 1.0)
-    zero_point = jnp.clip(jnp.round(-lo * (1.0 / scale)), qmin, qmax).astype(jnp.int32)
-    return scale, zero_point, lo, hi
-
-
 def compute_scale(
     x: jnp.ndarray, bits: Any, *, axis: int | None = None, symmetric: bool = True
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -138,7 +118,21 @@ def compute_scale(
       ``(scale, zero_point)`` float32/int32, broadcastable against ``x``; not
       differentiable (stop_gradient).
     """
-    scale, zero_point, _, _ = _range_and_scale(x, bits, axis, symmetric)
+    # Only multiplications by explicit reciprocals: XLA turns `x / c` into
+    # `x * (1 / c)` under jit but not eagerly, which would change the last bit.
+    x = jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
+    red = _reduce_axes(x.ndim, axis)
+    keep = red is not None
+    qmin, qmax = qrange(bits, symmetric)
+    if symmetric:
+        amax = jnp.max(jnp.abs(x), axis=red, keepdims=keep)
+        # An all-zero tensor gets scale 1 so nothing divides by zero.
+        scale = jnp.where(amax > 0, amax * _reciprocal(qmax), 1.0)
+        return scale, jnp.zeros(scale.shape, jnp.int32)
+    lo = jnp.minimum(jnp.min(x, axis=red, keepdims=keep), 0.0)
+    hi = jnp.maximum(jnp.max(x, axis=red, keepdims=keep), 0.0)
+    scale = jnp.where(hi > lo, (hi - lo) * _reciprocal(qmax - qmin), 1.0)
+    zero_point = jnp.clip(jnp.round(-lo * (1.0 / scale)), qmin, qmax).astype(jnp.int32)
     return scale, zero_point
 
 
@@ -209,7 +203,7 @@ def fake_quant(
     dtype = jnp.asarray(x).dtype
     x32 = jnp.asarray(x, jnp.float32)
     # the data's own range: nothing is clipped, every entry gets gradient 1
-    scale, zp, _, _ = _range_and_scale(x32, bits, axis, symmetric)
+    scale, zp = compute_scale(x32, bits, axis=axis, symmetric=symmetric)
     qmin, qmax = qrange(bits, symmetric)
     q = decode(encode(x32, scale, zp, qmin, qmax), scale, zp)
     return straight_through(x32, q).astype(dtype)

@@ -20,6 +20,12 @@ import jax.numpy as jnp
 BAND_TILE = 16  # pixels per row tile of cost_volume_banded
 
 
+
+def correlation_scale(channels: int, search_range: int, dtype) -> jnp.ndarray:
+    """The original's two normalisations in one factor: the mean over ``channels``,
+    then the division by ``(2r + 1) ** 2``."""
+    return jnp.asarray(1.0 / (channels * (2 * search_range + 1) ** 2), dtype)
+
 def cost_volume(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4) -> jnp.ndarray:
     """Correlation of ``x`` with shifted ``warped`` over a (2r+1)^2 window.
 
@@ -35,14 +41,12 @@ def cost_volume(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4) -> j
     _, h, w, c = x.shape
     d = 2 * r + 1
     padded = jnp.pad(warped, ((0, 0), (r, r), (r, r), (0, 0)))
-    # fold both normalisations into one scale
-    scale = jnp.asarray(1.0 / (c * d * d), x.dtype)
     out = [
         jnp.sum(x * padded[:, dy : dy + h, dx : dx + w], axis=-1)
         for dy in range(d)
         for dx in range(d)
     ]
-    return jnp.stack(out, axis=-1) * scale
+    return jnp.stack(out, axis=-1) * correlation_scale(c, r, x.dtype)
 
 
 def cost_volume_banded(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4,
@@ -85,4 +89,4 @@ def cost_volume_banded(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 
         rows.append(jnp.take_along_axis(m, jnp.broadcast_to(band, m.shape[:-1] + (d,)),
                                         axis=-1))
     out = jnp.stack(rows, axis=-2).reshape(b, h, wp, d * d)[:, :, :w]  # [.., (dy, dx)]
-    return out * jnp.asarray(1.0 / (c * d * d), x.dtype)
+    return out * correlation_scale(c, r, x.dtype)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax.model.cost_volume import correlation_scale
 from deepliflow_jax.model.cost_volume import cost_volume as shifted
 from deepliflow_jax.model.cost_volume import cost_volume_banded as banded_matmul
 from deepliflow_jax.profile.timer import time_calls
@@ -34,10 +35,6 @@ LEVELS = (6, 5, 4, 3, 2)
 FEATURES = 64
 
 
-def _scale(c: int, d: int, dtype) -> jnp.ndarray:
-    return jnp.asarray(1.0 / (c * d * d), dtype)
-
-
 def window_einsum(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4) -> jnp.ndarray:
     """All windows stacked, one einsum. Args/Returns as ``cost_volume``."""
     r, (_, h, w, c) = search_range, x.shape
@@ -45,7 +42,7 @@ def window_einsum(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4) ->
     padded = jnp.pad(warped, ((0, 0), (r, r), (r, r), (0, 0)))
     win = jnp.stack([padded[:, dy:dy + h, dx:dx + w] for dy in range(d) for dx in range(d)],
                     axis=3)
-    return jnp.einsum("bhwc,bhwkc->bhwk", x, win) * _scale(c, d, x.dtype)
+    return jnp.einsum("bhwc,bhwkc->bhwk", x, win) * correlation_scale(c, r, x.dtype)
 
 
 def row_einsum(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4) -> jnp.ndarray:
@@ -58,7 +55,7 @@ def row_einsum(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4) -> jn
         band = padded[:, dy:dy + h]
         win = jnp.stack([band[:, :, dx:dx + w] for dx in range(d)], axis=3)
         rows.append(jnp.einsum("bhwc,bhwkc->bhwk", x, win))
-    return jnp.concatenate(rows, axis=-1) * _scale(c, d, x.dtype)
+    return jnp.concatenate(rows, axis=-1) * correlation_scale(c, r, x.dtype)
 
 
 def patches(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4) -> jnp.ndarray:
@@ -69,7 +66,7 @@ def patches(x: jnp.ndarray, warped: jnp.ndarray, search_range: int = 4) -> jnp.n
         warped, (d, d), (1, 1), ((r, r), (r, r)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))  # channel = c * d * d + k
     p = p.reshape(b, h, w, c, d * d)
-    return jnp.einsum("bhwc,bhwck->bhwk", x, p) * _scale(c, d, x.dtype)
+    return jnp.einsum("bhwc,bhwck->bhwk", x, p) * correlation_scale(c, r, x.dtype)
 
 
 VARIANTS: dict[str, Callable] = {
