@@ -210,3 +210,33 @@ def test_a_donating_step_never_deletes_the_callers_parameters():
         jax.block_until_ready(state)
     assert not any(x.is_deleted() for x in jax.tree.leaves(params))
     np.testing.assert_array_equal(params["params"]["out"]["bias"], PARAMS["params"]["out"]["bias"])
+
+
+def test_trainer_new_state_is_one_compiled_init_per_tree_structure():
+    """Every configuration of a study starts with ``new_state``: one traced initialisation
+    for dense and one for masked states, whatever the rate and bit widths, holding what
+    was asked and new buffers that a donating step may consume."""
+    from deepliflow_jax.compress.transforms import get_bits
+    from deepliflow_jax.train.trainer import Trainer
+
+    trainer = Trainer(seed=3)
+    params = jax.tree.map(jnp.asarray, PARAMS)["params"]
+    pruned, masks = prune({"params": params}, 50.0)
+    asked = [dict(lr=1.25e-4), dict(lr=2.5e-5, bits=8), dict(lr=1e-3, masks=masks["params"]),
+             dict(lr=5e-4, masks=masks["params"],
+                  bits=jax.tree.map(lambda x: 4 if x.ndim > 1 else 0, params))]
+    for kwargs in asked:
+        state = trainer.new_state(pruned["params"], **kwargs)
+        assert _lr(state) == pytest.approx(kwargs["lr"])
+        bits = kwargs.get("bits", 0)
+        want = jax.tree.map(lambda _, b=bits: b, params) if isinstance(bits, int) else bits
+        assert jax.tree.map(int, get_bits(state.opt_state)) == want
+        m = masks["params"] if "masks" in kwargs else jax.tree.map(lambda _: True, params)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b),
+                     get_masks(state.opt_state), m)
+        jax.tree.map(np.testing.assert_array_equal, state.params, pruned["params"])
+        assert int(state.step) == 0 and int(state.data_pos) == 0
+        np.testing.assert_array_equal(state.rng, jax.random.PRNGKey(3))
+        mine = {x.unsafe_buffer_pointer() for x in jax.tree.leaves((pruned, masks))}
+        assert not mine & {x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)}
+    assert trainer._init._cache_size() == 2

@@ -64,7 +64,13 @@ from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT
 from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.train.checkpoint import Checkpointer
-from deepliflow_jax.train.sharding import jit_step, make_mesh, replicate, shard_batch
+from deepliflow_jax.train.sharding import (
+    jit_step,
+    make_mesh,
+    replicate,
+    replicated,
+    shard_batch,
+)
 from deepliflow_jax.train.state import TrainState, create_train_state
 from deepliflow_jax.train.step import make_train_step
 from deepliflow_jax.train.tf_adam import TF1AdamState, tf1_adam
@@ -205,6 +211,7 @@ class Trainer:
         self._eval = jax.jit(self._eval_counts, static_argnames="validity")
         #: :meth:`forward_fn` jitted once (the study times every configuration with it)
         self.forward = jax.jit(self.forward_fn)
+        self._init = jax.jit(self._init_fn, out_shardings=replicated(self.mesh))
 
     # -- functions traced once -------------------------------------------------
     def _channel_masks(self, batch: Mapping) -> contextlib.AbstractContextManager:
@@ -252,26 +259,34 @@ class Trainer:
         ``tf_adam.state_from_checkpoint``) instead of zeros; moments of pruned entries
         are zeroed. Raises ``ValueError`` for another optimizer.
         """
-        state = create_train_state(params, self._tx(lr, masks), self.seed)
         if isinstance(bits, int | np.integer):
-            bits_tree = jax.tree.map(lambda _: jnp.asarray(bits, jnp.int32), params)
+            bits_tree = jax.tree.map(lambda _: np.int32(bits), params)
         else:
-            bits_tree = jax.tree.map(lambda _, b: jnp.asarray(b, jnp.int32), params, bits)
-        opt_state = _replace_state(state.opt_state, QuantState, bits=bits_tree)
-        if adam is not None:
-            if self.optimizer != "tf1_adam":
-                raise ValueError("a starting Adam state (adam=...) continues TF1's Adam: use "
-                                 f"Trainer(optimizer='tf1_adam'), not {self.optimizer!r}")
-            m = find_state(opt_state, MaskState).masks
-            keep = lambda t: jax.tree.map(  # noqa: E731
-                lambda x, k: jnp.where(k, jnp.asarray(x, jnp.float32), 0.0), t, m)
-            own = lambda x: jnp.array(x, copy=True)  # noqa: E731 (a step donates its state)
-            opt_state = _replace_state(opt_state, TF1AdamState, count=own(adam.count),
-                                       mu=keep(adam.mu), nu=keep(adam.nu),
-                                       beta1_power=own(adam.beta1_power),
-                                       beta2_power=own(adam.beta2_power))
-        # copied: the donating step must not delete the caller's masks
-        return replicate(state._replace(opt_state=opt_state), self.mesh, copy=True)
+            bits_tree = jax.tree.map(lambda _, b: np.asarray(b, np.int32), params, bits)
+        state = self._init(params, masks, bits_tree, np.float32(lr))
+        if adam is None:
+            return state
+        if self.optimizer != "tf1_adam":
+            raise ValueError("a starting Adam state (adam=...) continues TF1's Adam: use "
+                             f"Trainer(optimizer='tf1_adam'), not {self.optimizer!r}")
+        m = find_state(state.opt_state, MaskState).masks
+        keep = lambda t: jax.tree.map(  # noqa: E731
+            lambda x, k: jnp.where(k, jnp.asarray(x, jnp.float32), 0.0), t, m)
+        own = lambda x: jnp.array(x, copy=True)  # noqa: E731 (a step donates its state)
+        opt_state = _replace_state(state.opt_state, TF1AdamState, count=own(adam.count),
+                                   mu=keep(adam.mu), nu=keep(adam.nu),
+                                   beta1_power=own(adam.beta1_power),
+                                   beta2_power=own(adam.beta2_power))
+        return replicate(state._replace(opt_state=opt_state), self.mesh)
+
+    def _init_fn(self, params: Any, masks: Any, bits: Any, lr: Any) -> TrainState:
+        # traced once per tree structure: eagerly, the ~2,000 small ops of Adam's,
+        # the masks' and the bit widths' initial state took ~1 s per configuration.
+        # The outputs are new buffers: a donating step never deletes the caller's
+        # parameters or masks.
+        state = create_train_state(params, self._tx(lr, masks), self.seed)
+        return state._replace(opt_state=_replace_state(state.opt_state, QuantState,
+                                                       bits=bits))
 
     def place(self, state: Any) -> Any:
         """``state`` replicated on this trainer's mesh (unchanged if it already is there)."""
