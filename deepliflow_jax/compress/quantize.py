@@ -38,6 +38,7 @@ leaves XLA less to compile.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -337,11 +338,22 @@ def quantize_tree(params: Any, config: QuantConfig, bits: Any = None) -> Any:
             return x
         if isinstance(b, int | np.integer):
             return leaf(path, x, b) if b else x
-        # A (traced) width of 0 keeps the leaf in float, so one compiled step
-        # serves float and quantized runs alike; either way the gradient is 1.
-        return straight_through(x, jnp.where(b > 0, leaf(path, x, jnp.maximum(b, 2)), x))
+        return _fake_quant_or_float(x, b, axis=config.axis_for(path, jnp.ndim(x)),
+                                    symmetric=config.symmetric)
 
     return map_with_path(leaf_or_float, params, bits)
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "symmetric"))
+def _fake_quant_or_float(x: jnp.ndarray, bits: Any, axis: int | None,
+                         symmetric: bool) -> jnp.ndarray:
+    # A (traced) width of 0 keeps the leaf in float, so one compiled step serves float
+    # and quantized runs alike; either way the gradient is 1. Jitted: a step, an
+    # evaluation and the compressed parameters each trace the ~100 leaf shapes once
+    # instead of all 257 leaves (1.5 s -> 0.5 s per trace with the gradient).
+    return straight_through(x, jnp.where(bits > 0, fake_quant(x, jnp.maximum(bits, 2),
+                                                              axis=axis, symmetric=symmetric),
+                                         x))
 
 
 def quantize(
