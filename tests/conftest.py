@@ -14,9 +14,13 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # element-wise emitter (fusion emitters off) halves the rest: the 64x192 forward
 # compiles in 4.8 s instead of 9.6 s, gradient and Adam in 12.6 s instead of 25 s,
 # and the forward and all 257 gradients come out bit for bit the same.
+# One LLVM module per executable (no split for parallel code generation): the two
+# xdist workers already use both cores, and splitting and cloning the module took
+# ~9 % of a train step's compile (same bits: 2 steps, evaluation, Adam state).
 # Subprocess tests inherit the flags. Benchmarks never run under this file.
 _TEST_XLA_FLAGS = ("--xla_cpu_multi_thread_eigen=true", "--xla_backend_optimization_level=0",
-                   "--xla_cpu_use_fusion_emitters=false")
+                   "--xla_cpu_use_fusion_emitters=false",
+                   "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", "")]
     + [f for f in _TEST_XLA_FLAGS if f.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]
@@ -26,8 +30,10 @@ os.environ["XLA_FLAGS"] = " ".join(
 # The files that take longest (``--durations``: each pays whole-network compiles or runs
 # subprocesses) go first, so that the two xdist workers finish together; by default xdist
 # hands out files by their number of tests, which put these last. Stable: the other
-# files, and the tests inside each file, keep their order.
-_LONGEST_FIRST = ("test_study.py", "test_api.py", "test_checkpoint.py", "test_structured.py",
+# files, and the tests inside each file, keep their order. The study's file and the
+# checkpoint file (no compiles) start together: the API tests, next, load the study's
+# train step and evaluation from the persistent cache instead of compiling them too.
+_LONGEST_FIRST = ("test_study.py", "test_checkpoint.py", "test_api.py", "test_structured.py",
                   "test_notebook.py", "test_conv_impl.py", "test_interp_path.py",
                   "test_writers.py", "test_profile_blocks.py", "test_evaluation_modes.py",
                   "test_gpu_check.py", "test_compression_search.py", "test_train_checkpoint.py",

@@ -239,15 +239,31 @@ def test_bad_selection():
 
 def test_the_quantizer_tree_traces_each_leaf_shape_once():
     """With traced widths (the train step, evaluation, compressed parameters), leaves of one
-    shape share one traced quantizer: 257 leaves of the network trace ~100 shapes."""
+    shape share one traced quantizer (257 leaves of the network trace ~100 shapes), and
+    the per-tensor scales come from one vector computation, not two scalar kernels a leaf."""
     from deepliflow_jax.compress.quantize import QuantConfig, quantize_tree
 
     params = {f"conv{i}": {"kernel": X * (i + 1), "bias": X[0, 0, 0] * (i + 1)}
               for i in range(4)}
-    bits = jax.tree.map(lambda _: jnp.int32(6), params)
-    jaxpr = jax.make_jaxpr(lambda p, b: quantize_tree(p, QuantConfig(bits=8), b))(params, bits)
-    calls = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("pjit", "jit")]
-    assert len(calls) == 8 and len({id(e.params["jaxpr"]) for e in calls}) == 2
-    got = jax.jit(lambda p, b: quantize_tree(p, QuantConfig(bits=8), b))(params, bits)
-    want = jax.tree.map(lambda x: fake_quant(x, 6), params)
+    widths = {"conv0": 6, "conv1": 0, "conv2": 8, "conv3": 2}  # 0: the leaf stays float
+    bits = {k: {"kernel": jnp.int32(b), "bias": jnp.int32(b)} for k, b in widths.items()}
+
+    def fn(p, b):
+        return quantize_tree(p, QuantConfig(bits=8), b)
+
+    jaxpr = jax.make_jaxpr(fn)(params, bits)
+    calls = [e for e in jaxpr.jaxpr.eqns if e.primitive.name in ("pjit", "jit")
+             and e.params["name"] != "_where"]
+    # per leaf: its max |w| and its grid, each traced once per shape (2 shapes)
+    assert len(calls) == 16 and len({id(e.params["jaxpr"]) for e in calls}) == 4
+    # 1 / qmax and 1 / scale once each, on vectors of all 8 leaves
+    divs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "div"]
+    assert [v.aval.shape for e in divs for v in e.outvars] == [(8,), (8,)]
+    got = jax.jit(fn)(params, bits)
+    want = {k: jax.tree.map(lambda x, b=b: fake_quant(x, b) if b else x, v)
+            for k, v in params.items() for b in [widths[k]]}
     jax.tree.map(np.testing.assert_array_equal, got, want)
+    # the straight-through gradient: the identity for every leaf, quantized or not
+    grads = jax.grad(lambda p: sum(jnp.sum(x * x0) for x, x0 in zip(
+        jax.tree.leaves(fn(p, bits)), jax.tree.leaves(params), strict=True)))(params)
+    jax.tree.map(np.testing.assert_array_equal, grads, params)
