@@ -58,18 +58,26 @@ def _patched(fail_at: tuple[int, int] | None):
             setattr(mod, name, original)
 
 
-def interruption_points(write) -> list[tuple[int, int]]:
-    """``(group, position)`` of the first and second call of each run of same-function calls.
+def filesystem_steps(write) -> list[str]:
+    """The functions of the runs of same-function calls ``write()`` makes, in order."""
+    with _patched(None) as counter:
+        write()
+    return [name for name, _ in counter.groups]
+
+
+def interruption_points(write, per_run: int = 2) -> list[tuple[int, int]]:
+    """``(group, position)`` of the first ``per_run`` calls of each run of same-function calls.
 
     Runs of one function (the ``unlink``s inside an ``rmtree``, the ``fsync``s of a
-    folder's files) are interrupted at their start and after their first call only.
+    folder's files) are interrupted at their start and, by default, after their first
+    call only.
     """
     with _patched(None) as counter:
         write()
-    return [(g, i) for g, (_, n) in enumerate(counter.groups) for i in range(min(n, 2))]
+    return [(g, i) for g, (_, n) in enumerate(counter.groups) for i in range(min(n, per_run))]
 
 
-def each_interruption(write, reset, check, min_calls: int = 2) -> int:
+def each_interruption(write, reset, check, min_calls: int = 2, per_run: int = 2) -> int:
     """Interrupts ``write()`` at each filesystem step in turn; returns the number of steps.
 
     Args:
@@ -77,9 +85,11 @@ def each_interruption(write, reset, check, min_calls: int = 2) -> int:
       reset: restores the state before the save (called before each run).
       check: ``check(point)`` after the save was interrupted at ``point``.
       min_calls: fewer steps than this means the harness saw no real writing.
+      per_run: calls interrupted at the start of each run of same-function calls
+        (``interruption_points``).
     """
     reset()
-    points = interruption_points(write)
+    points = interruption_points(write, per_run)
     assert len(points) >= min_calls, f"only {len(points)} filesystem steps seen"
     for point in points:
         reset()

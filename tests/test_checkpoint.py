@@ -86,10 +86,11 @@ def test_overwrite_refuses_a_folder_that_is_not_a_checkpoint(variables, tmp_path
     assert sorted(os.listdir(tmp_path)) == ["bare", "ck", "notes.txt"]
 
 
-@pytest.mark.slow  # ~25 interrupted saves and loads of the full model
-def test_interrupted_overwrite_leaves_the_old_or_the_new_checkpoint(variables, tmp_path):
+@pytest.mark.slow  # ~25 interrupted saves and loads (of the whole tree, 8 channels a layer)
+def test_interrupted_overwrite_leaves_the_old_or_the_new_checkpoint(small_variables, tmp_path):
     from tests.interrupts import each_interruption
 
+    variables = small_variables
     new = jax.tree.map(lambda x: x + 1, variables)
     pristine = tmp_path / "pristine"
     save_checkpoint(pristine, variables)
@@ -113,14 +114,16 @@ def test_interrupted_overwrite_leaves_the_old_or_the_new_checkpoint(variables, t
     assert _equal(variables, load_checkpoint(out)) and _leftovers(out.parent) == []
 
 
-@pytest.mark.slow  # ~20 interrupted saves and loads of a small model per kind
+@pytest.mark.slow  # ~16 interrupted saves and loads of a small model per kind
 @pytest.mark.parametrize("kind", ["packed", "int8"])
 def test_interrupted_overwrite_of_a_compressed_kind(small_variables, tmp_path, kind):
-    """The packed and int8 kinds go through the same atomic folder writer as float ones."""
+    """The packed and int8 kinds go through the same atomic folder writer as float ones:
+    the same filesystem steps as a float overwrite (which the test above interrupts at
+    each call), and the old or the new model when interrupted at the start of each."""
     from deepliflow_jax.compress import int8
     from deepliflow_jax.compress.prune import prune
     from deepliflow_jax.compress.quantize import QuantConfig
-    from tests.interrupts import each_interruption
+    from tests.interrupts import each_interruption, filesystem_steps
 
     pruned, masks = prune(small_variables, 50)
     ranges = {p: 1.0 for p in int8._conv_layers(int8.Int8Config())}
@@ -148,7 +151,11 @@ def test_interrupted_overwrite_of_a_compressed_kind(small_variables, tmp_path, k
         seen.add("new" if _equal(versions[1], loaded) else "old")
         assert _leftovers(out.parent) == [], f"call {k}"
 
-    n = each_interruption(lambda: save(out, 1, overwrite=True), reset, check)
+    float_ck = save_checkpoint(tmp_path / "float", small_variables)
+    reset()
+    assert filesystem_steps(lambda: save(out, 1, overwrite=True)) == filesystem_steps(
+        lambda: save_checkpoint(float_ck, small_variables, overwrite=True))
+    n = each_interruption(lambda: save(out, 1, overwrite=True), reset, check, per_run=1)
     assert n > 8 and seen == {"old", "new"}
 
 
