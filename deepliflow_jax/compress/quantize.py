@@ -137,10 +137,14 @@ def compute_scale(
     return scale, zero_point
 
 
-def encode(x, scale, zero_point, qmin, qmax) -> jnp.ndarray:
-    """Integer codes ``clip(round(x / scale) + zero_point, qmin, qmax)`` (int32)."""
+def encode(x, scale, zero_point, qmin, qmax, inv_scale=None) -> jnp.ndarray:
+    """Integer codes ``clip(round(x / scale) + zero_point, qmin, qmax)`` (int32).
+
+    ``inv_scale``: ``1 / scale`` where the caller computed it already (the same bits).
+    """
     x = jnp.asarray(x, jnp.float32)
-    codes = jnp.round(x * (1.0 / scale)) + zero_point.astype(jnp.float32)
+    inv = 1.0 / scale if inv_scale is None else inv_scale
+    codes = jnp.round(x * inv) + zero_point.astype(jnp.float32)
     return jnp.clip(codes, qmin, qmax).astype(jnp.int32)
 
 
@@ -367,7 +371,7 @@ def _per_tensor_traced(xs: Sequence[Any], bits: Sequence[Any]) -> list[jnp.ndarr
     b = jnp.stack([jnp.asarray(v, jnp.int32) for v in bits])
     _, qmax = qrange(jnp.maximum(b, 2))
     scale = jnp.where(amax > 0, amax * _reciprocal(qmax), 1.0)
-    inv = 1.0 / scale
+    inv = 1.0 / scale  # here, not per leaf: a leaf's scalar division is a kernel of its own
     return [_on_grid_or_float(x, b[i], scale[i], inv[i], qmax[i]) for i, x in enumerate(xs)]
 
 
@@ -378,11 +382,11 @@ def _max_abs(x: jnp.ndarray) -> jnp.ndarray:
 
 @jax.jit
 def _on_grid_or_float(x: jnp.ndarray, bits: Any, scale: Any, inv: Any, qmax: Any) -> jnp.ndarray:
-    # fake_quant's encode/decode with its per-tensor symmetric scale (zero point 0)
+    # fake_quant's grid with its per-tensor symmetric scale (zero point 0)
     x32 = jnp.asarray(x, jnp.float32)
-    codes = jnp.clip(jnp.round(x32 * inv) + np.float32(0), -qmax, qmax).astype(jnp.int32)
-    q = straight_through(x32, codes.astype(jnp.float32) * scale).astype(jnp.asarray(x).dtype)
-    return straight_through(x, jnp.where(bits > 0, q, x))
+    zero = jnp.zeros((), jnp.int32)
+    q = decode(encode(x32, scale, zero, -qmax, qmax, inv_scale=inv), scale, zero)
+    return straight_through(x, jnp.where(bits > 0, straight_through(x32, q).astype(x.dtype), x))
 
 
 @functools.partial(jax.jit, static_argnames=("axis", "symmetric"))
