@@ -240,22 +240,23 @@ class Study:
             out[str(n)] = self._evaluate(state, self.val_batches(n))
         return out
 
-    def _timing(self, state) -> dict:
+    def _timing(self, params) -> dict:
+        """Run time of the forward pass with ``params`` (the compressed parameters, host)."""
         if not self.cfg.runtime_repeats:
             return {}
         if self._timing_frames is None:
             self._timing_frames = jax.device_put(self.val_batches()[0]["frames"][:1])
-        params = jax.device_put(self.trainer.compressed_params(state))
         # one executable serves every configuration: masked or fake-quantized weights
         # are still dense float tensors, so they run the same convolutions
-        return time_calls(self.trainer.forward, params, self._timing_frames,
+        return time_calls(self.trainer.forward, jax.device_put(params), self._timing_frames,
                           repeats=self.cfg.runtime_repeats)
 
     def _finish(self, key: str, kind: str, state, extra: dict) -> dict:
         metrics = self._evaluate(state, self.val_batches())
+        compressed = self.trainer.compressed_params(state)
         record = {"key": key, "kind": kind, **extra, "metrics": metrics,
-                  "zero_percent": zero_fraction(self.trainer.compressed_params(state)),
-                  "lidar": self._evaluate_all_lidar(state), "time": self._timing(state)}
+                  "zero_percent": zero_fraction(compressed),
+                  "lidar": self._evaluate_all_lidar(state), "time": self._timing(compressed)}
         return self.records.put(key, record)
 
     def post(self, key: str, params: Any, percent: float = 0.0, bits: int = 0) -> dict:
