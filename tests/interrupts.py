@@ -58,11 +58,16 @@ def _patched(fail_at: tuple[int, int] | None):
             setattr(mod, name, original)
 
 
-def filesystem_steps(write) -> list[str]:
-    """The functions of the runs of same-function calls ``write()`` makes, in order."""
+def _runs(write) -> list[tuple[str, int]]:
+    """``(function, calls)`` of each run of same-function calls ``write()`` makes."""
     with _patched(None) as counter:
         write()
-    return [name for name, _ in counter.groups]
+    return counter.groups
+
+
+def filesystem_steps(write) -> list[str]:
+    """The functions of the runs of same-function calls ``write()`` makes, in order."""
+    return [name for name, _ in _runs(write)]
 
 
 def interruption_points(write, per_run: int = 2) -> list[tuple[int, int]]:
@@ -72,9 +77,7 @@ def interruption_points(write, per_run: int = 2) -> list[tuple[int, int]]:
     folder's files) are interrupted at their start and, by default, after their first
     call only.
     """
-    with _patched(None) as counter:
-        write()
-    return [(g, i) for g, (_, n) in enumerate(counter.groups) for i in range(min(n, per_run))]
+    return [(g, i) for g, (_, n) in enumerate(_runs(write)) for i in range(min(n, per_run))]
 
 
 def each_interruption(write, reset, check, min_calls: int = 2, per_run: int = 2) -> int:

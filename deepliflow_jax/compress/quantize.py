@@ -103,6 +103,11 @@ def _reciprocal(q: Any) -> Any:
     return 1.0 / jnp.asarray(q, jnp.float32)
 
 
+def _symmetric_scale(amax: Any, qmax: Any) -> jnp.ndarray:
+    # An all-zero tensor gets scale 1 so nothing divides by zero.
+    return jnp.where(amax > 0, amax * _reciprocal(qmax), 1.0)
+
+
 def compute_scale(
     x: jnp.ndarray, bits: Any, *, axis: int | None = None, symmetric: bool = True
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -126,9 +131,7 @@ def compute_scale(
     keep = red is not None
     qmin, qmax = qrange(bits, symmetric)
     if symmetric:
-        amax = jnp.max(jnp.abs(x), axis=red, keepdims=keep)
-        # An all-zero tensor gets scale 1 so nothing divides by zero.
-        scale = jnp.where(amax > 0, amax * _reciprocal(qmax), 1.0)
+        scale = _symmetric_scale(jnp.max(jnp.abs(x), axis=red, keepdims=keep), qmax)
         return scale, jnp.zeros(scale.shape, jnp.int32)
     lo = jnp.minimum(jnp.min(x, axis=red, keepdims=keep), 0.0)
     hi = jnp.maximum(jnp.max(x, axis=red, keepdims=keep), 0.0)
@@ -370,7 +373,7 @@ def _per_tensor_traced(xs: Sequence[Any], bits: Sequence[Any]) -> list[jnp.ndarr
     amax = jnp.stack([_max_abs(x) for x in xs])
     b = jnp.stack([jnp.asarray(v, jnp.int32) for v in bits])
     _, qmax = qrange(jnp.maximum(b, 2))
-    scale = jnp.where(amax > 0, amax * _reciprocal(qmax), 1.0)
+    scale = _symmetric_scale(amax, qmax)
     inv = 1.0 / scale  # here, not per leaf: a leaf's scalar division is a kernel of its own
     return [_on_grid_or_float(x, b[i], scale[i], inv[i], qmax[i]) for i, x in enumerate(xs)]
 
@@ -392,10 +395,10 @@ def _on_grid_or_float(x: jnp.ndarray, bits: Any, scale: Any, inv: Any, qmax: Any
 @functools.partial(jax.jit, static_argnames=("axis", "symmetric"))
 def _fake_quant_or_float(x: jnp.ndarray, bits: Any, axis: int | None,
                          symmetric: bool) -> jnp.ndarray:
-    # A (traced) width of 0 keeps the leaf in float, so one compiled step serves float
-    # and quantized runs alike; either way the gradient is 1. Jitted: a step, an
-    # evaluation and the compressed parameters each trace the ~100 leaf shapes once
-    # instead of all 257 leaves (1.5 s -> 0.5 s per trace with the gradient).
+    # Per-channel or affine leaves (per-tensor symmetric ones: _per_tensor_traced). A
+    # (traced) width of 0 keeps the leaf in float, so one compiled step serves float
+    # and quantized runs alike; either way the gradient is 1. Jitted: each leaf shape
+    # is traced once, not each leaf.
     return straight_through(x, jnp.where(bits > 0, fake_quant(x, jnp.maximum(bits, 2),
                                                               axis=axis, symmetric=symmetric),
                                          x))
