@@ -1,5 +1,6 @@
 """The study end to end on the tiny preset, resumability, and fail-fast input checks."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -34,6 +35,9 @@ def test_bad_input_fails_fast(tmp_path):
         make_config("tiny", experiments=("post_prune", "ablation"))
     with pytest.raises(ValueError, match="hybrid needs"):
         make_config("tiny", quant_bits=())
+    for bad in (0, -8, 2.5, True, "8"):
+        with pytest.raises(ValueError, match="group_width must be None"):
+            make_config("tiny", group_width=bad)
     # the command line refuses before any work and says why
     proc = subprocess.run([sys.executable, "-m", "experiments.run_study", "--preset=paper",
                            f"--data_dir={tmp_path}", f"--checkpoint={tmp_path / 'none'}"],
@@ -186,6 +190,12 @@ def test_tiny_study_end_to_end_and_resume(tiny_study):
     again_dyn = json.loads((tmp_path / "records" / "dynamic_prune.json").read_text())
     assert {k: v for k, v in again_dyn.items() if k != "time"} == {
         k: v for k, v in dyn.items() if k != "time"}
+    # the tiny preset studies the structured network of 8 channels per group
+    from deepliflow_jax.checkpoint import load_checkpoint
+    from deepliflow_jax.model.channels import architecture_widths
+
+    baseline = load_checkpoint(tmp_path / "baseline_checkpoint")["params"]
+    assert set(architecture_widths(baseline).values()) == {cfg.group_width} == {8}
     # one part, one more level: only that configuration is added
     run_study(make_config("tiny", experiments=("post_prune",), prune_percents=(10.0, 20.0)),
               tmp_path)
@@ -281,6 +291,20 @@ def test_two_workers_from_a_checkpoint_match_one_process_and_take_over_a_killed_
     for name in set(got) - {"baseline", "zero_flow"}:
         assert _without_time(got[name]) == _without_time(ref[name]), name
     assert "| aware | 10% | 32 bits |" in (two / "tables.md").read_text()
+
+
+def test_a_checkpoint_of_another_network_is_refused(tiny_study, tmp_path):
+    """The original network's study refuses the tiny study's structured checkpoint."""
+    from deepliflow_jax.study.runner import Study
+
+    folder, _, _ = tiny_study
+    cfg = dataclasses.replace(make_config("tiny", checkpoint=str(folder / "baseline_checkpoint")),
+                              group_width=None)  # (make_config keeps a preset's for None)
+    study = Study(cfg, tmp_path / "r")
+    study.prepare()
+    with pytest.raises(ValueError, match=r"baseline_checkpoint holds a structured network "
+                       r"\(channel widths \[8\]\), but this study's group_width is None"):
+        study._baseline_params()
 
 
 def test_a_batch_that_does_not_split_over_the_devices_is_refused(tmp_path):

@@ -524,21 +524,22 @@ def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, star
 
 def get_trainer(interp_size: tuple[int, int] | None = None, seed: int = 0,
                 devices: int | Sequence[jax.Device] | None = None,
-                optimizer: str = "adam") -> Trainer:
-    """A shared :class:`Trainer` of the original network, so that the study, the API and
-    a resumed study in the same process do not compile again.
+                optimizer: str = "adam", widths: Mapping[str, int] | None = None) -> Trainer:
+    """A shared :class:`Trainer`, so that the study, the API and a resumed study in the
+    same process do not compile again.
 
-    ``devices`` and ``optimizer`` as :class:`Trainer`'s (None: one device).
+    ``devices``, ``optimizer`` and ``widths`` as :class:`Trainer`'s (None: one device,
+    the original network).
     """
     mesh = make_mesh(1 if devices is None else devices)
     # one cache key however the arguments are spelled
     return _shared_trainer(None if interp_size is None else tuple(interp_size), int(seed),
-                           tuple(mesh.devices.flat), optimizer)
+                           tuple(mesh.devices.flat), optimizer, freeze_widths(widths))
 
 
 @functools.lru_cache(maxsize=4)
-def _shared_trainer(interp_size, seed, devices, optimizer) -> Trainer:
-    return Trainer(interp_size, seed, devices=list(devices), optimizer=optimizer)
+def _shared_trainer(interp_size, seed, devices, optimizer, widths) -> Trainer:
+    return Trainer(interp_size, seed, widths=widths, devices=list(devices), optimizer=optimizer)
 
 
 def enable_compilation_cache(path: str | None = None) -> None:
