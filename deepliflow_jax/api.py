@@ -36,6 +36,7 @@ import numpy as np
 
 from deepliflow_jax.compress.prune import post_training_masks, zero_fraction
 from deepliflow_jax.data.kitti import check_validity
+from deepliflow_jax.model.channels import architecture_widths
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.study.data import StudyData
 from deepliflow_jax.train.trainer import Phase, Trainer, check_training, get_trainer
@@ -479,11 +480,11 @@ def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.nd
 # ----------------------------------------------------------------------------- train / eval
 
 
-def _trainer(data: Dataset, interp_size: tuple[int, int] | None = None) -> Trainer:
+def _trainer(data: Dataset, params: Any, interp_size: tuple[int, int] | None = None) -> Trainer:
     size = data.interp_size if interp_size is None else tuple(interp_size)
     # seed 0 always: the trainer's seed is unused by the step, and another value
-    # would compile another step
-    return get_trainer(size, 0)
+    # would compile another step; a structured model trains and runs as itself
+    return get_trainer(size, 0, widths=architecture_widths(params))
 
 
 def _state(trainer: Trainer, params: Any, percent: float, bits: int, lr: float = 1e-4):
@@ -503,7 +504,9 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
     ``percent`` / ``bits`` / ``lr`` reuses it.
 
     Args:
-      variables: ``{'params': ...}`` to start from (not modified).
+      variables: ``{'params': ...}`` to start from (not modified): the original network
+        or a structured one (``load_checkpoint`` of a pruned model; widths read from the
+        shapes, as ``predict_sceneflow`` does).
       data: a :class:`Dataset` or its folder (the training split is used).
       steps: number of steps (>= 0).
       percent: pruning percentage in [0, 100), or None.
@@ -545,7 +548,7 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
     if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     percent, bits = _percent(percent), _bits(bits)
-    trainer = _trainer(data, interp_size)
+    trainer = _trainer(data, params, interp_size)
     state = _state(trainer, params, percent, bits, lr)
     history = []
     start = int(start)
@@ -576,7 +579,7 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
     many there were; the EPE is then NaN or inf).
 
     Args:
-      variables: ``{'params': ...}``.
+      variables: ``{'params': ...}`` of the original or a structured network.
       data: a :class:`Dataset` or its folder.
       percent: post-training pruning percentage, or None.
       bits: post-training weight bit width, or None / 0 for float.
@@ -610,7 +613,7 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
         raise ValueError(f"data was loaded with validity={data.validity!r}, its ground truth "
                          f"does not support validity={validity!r}: load it with "
                          f"load_dataset(root, validity={validity!r})")
-    trainer = _trainer(data, interp_size)
+    trainer = _trainer(data, params, interp_size)
     metrics = trainer.evaluate(_state(trainer, params, percent, bits),
                               data.val_batches(data.num_samples), validity=validity)
     return {**metrics, "frames": len(data.val)}
@@ -702,7 +705,7 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
     """Post-training compression of one model, one row per ``(percent, bits)``.
 
     Args:
-      variables: ``{'params': ...}``.
+      variables: ``{'params': ...}`` of the original or a structured network.
       data: a :class:`Dataset` or its folder (validation split).
       configs: ``(pruning percent, bits)`` pairs; 0 = no pruning / float.
       repeats: timed forward passes per configuration (0: no timing).
@@ -731,7 +734,7 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
         if not isinstance(config, Sequence) or len(config) != 2:
             raise ValueError(f"each config must be a (percent, bits) pair, got {config!r}")
         checked.append((_percent(config[0]), _bits(config[1])))
-    trainer = _trainer(data)
+    trainer = _trainer(data, params)
     batches = data.val_batches(data.num_samples)
     h, w = data.val[0].image0.shape[:2]
     rows = []
