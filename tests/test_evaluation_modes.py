@@ -135,7 +135,7 @@ def test_evaluate_devkit_counts_what_numpy_counts(variables, tiny_world, tiny_da
     dev = dl.load_dataset(tiny_world, validity="devkit")
     assert (dev.validity, tiny_data.validity) == ("devkit", "original")
     batches = dev.val_batches(dev.num_samples)
-    trainer = _trainer(dev)
+    trainer = _trainer(dev, variables["params"])
     got, outputs = trainer.evaluate(_state(trainer, variables["params"], 0.0, 0), batches,
                                     keep_outputs=True, validity="devkit")
     ref = metrics.evaluate_np([(o, g, v) for b, out in zip(batches, outputs, strict=True)

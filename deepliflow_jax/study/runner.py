@@ -40,7 +40,6 @@ import numpy as np
 
 from deepliflow_jax.compress.prune import post_training_masks, zero_fraction
 from deepliflow_jax.fileio import claim_dir, create_exclusive, write_json_atomic
-from deepliflow_jax.model.channels import architecture_widths
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.study import dynamic, report
 from deepliflow_jax.study.claims import CLAIMS_DIR, DEFAULT_TIMEOUT_S, ClaimBoard, run_claimed
@@ -190,19 +189,19 @@ class Study:
         return self._val[n]
 
     def _baseline_params(self) -> Any:
-        from deepliflow_jax.checkpoint import checkpoint_exists, save_checkpoint
+        from deepliflow_jax.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
         cfg = self.cfg
         if cfg.checkpoint:
             _say(f"baseline: loading {cfg.checkpoint}")
-            params = self._architecture_checked(cfg.checkpoint)
+            params = load_checkpoint(cfg.checkpoint, widths=model_widths(cfg))["params"]
             if cfg.restore_optimizer:  # fails now, not after the post-training sweeps
                 self._adam_start(params)
             return params
         ckpt = self.dir / "baseline_checkpoint"
         if checkpoint_exists(ckpt):  # also settles a save that an interruption cut short
             _say(f"baseline: resuming from {ckpt}")
-            return self._architecture_checked(ckpt)
+            return load_checkpoint(ckpt, widths=model_widths(cfg))["params"]
         from deepliflow_jax.model.api import init_params
 
         # He-scaled kernels: with Xavier (the original's) a few hundred steps from
@@ -231,20 +230,6 @@ class Study:
         save_checkpoint(ckpt, {"params": params},
                         {"source": "study pre-training", "preset": cfg.preset,
                          "pretrain_steps": cfg.pretrain_steps})
-        return params
-
-    def _architecture_checked(self, path) -> Any:
-        """The checkpoint's parameters; refused unless they are the configured network."""
-        from deepliflow_jax.checkpoint import load_checkpoint
-
-        params = load_checkpoint(path)["params"]
-        found, want = architecture_widths(params), model_widths(self.cfg)
-        if found != want:
-            held = ("the original network" if found is None else
-                    f"a structured network (channel widths {sorted(set(found.values()))})")
-            raise ValueError(f"checkpoint {path} holds {held}, but this study's group_width is "
-                             f"{self.cfg.group_width} (None: the original network); use a "
-                             "checkpoint of the configured network or another group_width")
         return params
 
     # -- configurations ----------------------------------------------------------
