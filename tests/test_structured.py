@@ -163,26 +163,34 @@ def test_checkpoint_round_trip_and_wrong_architecture(variables, tmp_path):
 
 
 @pytest.mark.slow
-def test_pruning_a_pruned_model_and_fine_tuning_it(variables):
-    """Second-stage pruning accumulates conf_mass; the smaller model trains with make_train_step."""
+def test_pruning_a_pruned_model_and_fine_tuning_it():
+    """Second-stage pruning accumulates conf_mass; the smaller model trains with make_train_step.
+
+    24 channels a group, pruned to 16, then to 8: the tiny study's architecture, so the
+    fine-tuning step is the executable the study compiled (same shapes and batch)."""
+    from deepliflow_jax.model.api import init_params
     from deepliflow_jax.profile.inputs import make_ground_truth
     from deepliflow_jax.study.tradeoff import fine_tune
     from deepliflow_jax.train.trainer import Trainer
 
-    first = st.structured_prune(variables, 0.25)
-    keep = st.plan_pruning(first.variables, 0.25, multiple=1)
+    start = init_params(0, widths={k: 24 for k in default_widths()}, bias_std=0.1)
+    first = st.structured_prune(start, 0.25)
+    keep = st.plan_pruning(first.variables, 0.5, multiple=1)
     small, widths = st.shrink(first.variables, keep)
+    assert set(widths_of(first.variables).values()) == {16} and set(dict(widths).values()) == {8}
     frames = jnp.asarray(make_frames(1, 64, 64, seed=4))
     sf = jax.jit(DeepLiDARFlow(widths=widths).apply)(small, frames)[0]
     ref = jax.jit(lambda v, f: st.channel_masked_apply(v, f, keep))(first.variables, frames)[0]
     np.testing.assert_allclose(np.asarray(sf), np.asarray(ref),
                                atol=2e-5 * float(jnp.max(jnp.abs(ref))))
-    gt = jnp.asarray(make_ground_truth(1, 64, 64))
-    run = fine_tune(Trainer(widths=widths), small["params"],
-                    lambda pos: {"frames": frames, "gt": gt}, 3, 3e-4, log=lambda msg: None)
+    batch = {"frames": jnp.asarray(make_frames(1, 64, 192, seed=4)),
+             "gt": jnp.asarray(make_ground_truth(1, 64, 192)), "reg_scale": np.float32(1)}
+    run = fine_tune(Trainer(widths=widths), small["params"], lambda pos: batch, 3, 3e-4,
+                    log=lambda msg: None)
     params, losses = run.params, run.losses
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     before, after = _flat(small["params"]), _flat(params)
+    assert any(before[k].any() for k in before if k.endswith("conf_mass"))  # accumulated
     assert all(np.array_equal(before[k], np.asarray(after[k])) for k in before
                if k.endswith("conf_mass"))  # a constant of the smaller model
     assert not np.array_equal(before["context_network/conv1/kernel"],
