@@ -7,6 +7,7 @@
   python -m experiments.run_study --validity=devkit    # KITTI devkit's validity rule
   python -m experiments.run_study --experiments=dynamic_prune --dynamic_tolerance=0.1
   python -m experiments.run_study --devices=2          # data parallel over 2 local devices
+  python -m experiments.run_study --group_width=16     # a structured network, 16 channels a group
   # one worker per GPU, all in one results folder (they split the configurations):
   for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i python -m experiments.run_study \
       --preset=paper ... --results_dir=results/paper & done; wait
@@ -21,6 +22,7 @@ over (at once on the same machine, after --claim_timeout elsewhere).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from absl import app, flags, logging
@@ -74,6 +76,9 @@ flags.DEFINE_enum("validity", None, ["original", "devkit"],
 flags.DEFINE_bool("restore_optimizer", None, "Start aware training from the checkpoint's Adam "
                   "state (paper preset: yes, as the original; needs a checkpoint converted with "
                   "--with_optimizer_state). --norestore_optimizer starts a fresh TF1 Adam.")
+flags.DEFINE_string("group_width", None, "Channels in every channel group: study a structured "
+                    "DeepLiDARFlow of that width (the tiny preset: 8), or 'original' for the "
+                    "original network (the other presets).")
 
 
 DYNAMIC_FLAGS = ("dynamic_tolerance", "dynamic_start", "dynamic_increment",
@@ -101,6 +106,19 @@ def _ints(values, name):
     return tuple(int(v) for v in numbers)
 
 
+def _group_width(value: str | None):
+    """The config's ``group_width`` (None: the original network); ``...`` keeps the preset's."""
+    if value is None:
+        return ...
+    if value.strip().lower() == "original":
+        return None
+    try:
+        return int(value)
+    except ValueError as err:
+        raise app.UsageError(f"--group_width must be 'original' or a whole number, got "
+                             f"{value!r}") from err
+
+
 def _devices(value: str):
     """``all`` (None: every local device) or a positive whole number."""
     if value.strip().lower() == "all":
@@ -124,6 +142,7 @@ def main(argv):
     # devices, sharing the results folder with the others
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from deepliflow_jax.study import make_config
+    from deepliflow_jax.study.config import validate
 
     bits = _ints(FLAGS.quant_bits, "quant_bits")
     lidar = _ints(FLAGS.lidar_sweep, "lidar_sweep")
@@ -140,6 +159,10 @@ def main(argv):
             **{name: getattr(FLAGS, name) for name in DYNAMIC_FLAGS},
             restore_optimizer=FLAGS.restore_optimizer,
         )
+        width = _group_width(FLAGS.group_width)
+        if width is not ...:  # (make_config keeps a preset's value for None)
+            cfg = dataclasses.replace(cfg, group_width=width)
+            validate(cfg)
     except ValueError as err:
         raise app.UsageError(str(err)) from err
     from pathlib import Path

@@ -258,6 +258,8 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
          "--dynamic_steps=3", "--dynamic_refine_steps=0"],
         ["--preset=paper", f"--data_dir={kitti}", f"--checkpoint={ckpt}",
          "--norestore_optimizer"],
+        ["--preset=tiny", "--group_width=original"],
+        ["--preset=demo", "--group_width=16"],
     ]
     bad = [
         (["--preset=tiny", "--prune_percents=5,abc"], "--prune_percents: could not convert"),
@@ -289,6 +291,9 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
          f"--checkpoint {tmp_path / 'none'} does not exist"),
         (["--preset=paper", f"--data_dir={tmp_path}", f"--checkpoint={ckpt}"],
          f"--data_dir {tmp_path} has no training/ folder"),
+        (["--preset=tiny", "--group_width=0"], "group_width must be None .* got 0"),
+        (["--preset=tiny", "--group_width=wide"],
+         "--group_width must be 'original' or a whole number, got 'wide'"),
     ]
     got = _run_flags(ok + [argv for argv, _ in bad])
     default = {k: repr(v) for k, v in make_config("tiny").to_dict().items()}
@@ -311,6 +316,10 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
         "'kitti'", "(384, 1216)", repr(str(ckpt)))
     assert (paper["restore_optimizer"], got[4]["fields"]["restore_optimizer"]) == (
         "True", "False")
+    # the tiny preset's structured network, the original's on request; a width for demo
+    assert (default["group_width"], got[5]["fields"]["group_width"]) == ("8", "None")
+    demo = {k: repr(v) for k, v in make_config("demo").to_dict().items()}
+    assert {k: v for k, v in got[6]["fields"].items() if v != demo[k]} == {"group_width": "16"}
     for (argv, message), result in zip(bad, got[len(ok):], strict=True):
         assert "error" in result, (argv, result)
         assert re.search(message, result["error"]), (argv, result["error"])
