@@ -22,7 +22,6 @@ over (at once on the same machine, after --claim_timeout elsewhere).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from absl import app, flags, logging
@@ -106,10 +105,8 @@ def _ints(values, name):
     return tuple(int(v) for v in numbers)
 
 
-def _group_width(value: str | None):
-    """The config's ``group_width`` (None: the original network); ``...`` keeps the preset's."""
-    if value is None:
-        return ...
+def _group_width(value: str) -> int | None:
+    """``original`` (None: the original network) or a whole number."""
     if value.strip().lower() == "original":
         return None
     try:
@@ -142,7 +139,7 @@ def main(argv):
     # devices, sharing the results folder with the others
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from deepliflow_jax.study import make_config
-    from deepliflow_jax.study.config import validate
+    from deepliflow_jax.study.config import replace_config
 
     bits = _ints(FLAGS.quant_bits, "quant_bits")
     lidar = _ints(FLAGS.lidar_sweep, "lidar_sweep")
@@ -159,10 +156,8 @@ def main(argv):
             **{name: getattr(FLAGS, name) for name in DYNAMIC_FLAGS},
             restore_optimizer=FLAGS.restore_optimizer,
         )
-        width = _group_width(FLAGS.group_width)
-        if width is not ...:  # (make_config keeps a preset's value for None)
-            cfg = dataclasses.replace(cfg, group_width=width)
-            validate(cfg)
+        if FLAGS.group_width is not None:  # its None (the original network) is a value
+            cfg = replace_config(cfg, group_width=_group_width(FLAGS.group_width))
     except ValueError as err:
         raise app.UsageError(str(err)) from err
     from pathlib import Path

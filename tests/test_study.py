@@ -1,6 +1,5 @@
 """The study end to end on the tiny preset, resumability, and fail-fast input checks."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ import pytest
 
 from deepliflow_jax.profile.environment import cpu_info
 from deepliflow_jax.study import make_config, report
-from deepliflow_jax.study.config import effective_samples
+from deepliflow_jax.study.config import effective_samples, replace_config
 from deepliflow_jax.study.data import load_study_data
 
 
@@ -298,8 +297,8 @@ def test_a_checkpoint_of_another_network_is_refused(tiny_study, tmp_path):
     from deepliflow_jax.study.runner import Study
 
     folder, _, _ = tiny_study
-    cfg = dataclasses.replace(make_config("tiny", checkpoint=str(folder / "baseline_checkpoint")),
-                              group_width=None)  # (make_config keeps a preset's for None)
+    cfg = replace_config(make_config("tiny", checkpoint=str(folder / "baseline_checkpoint")),
+                         group_width=None)
     study = Study(cfg, tmp_path / "r")
     study.prepare()
     with pytest.raises(ValueError, match=r"(?s)baseline_checkpoint is a structured "

@@ -219,8 +219,19 @@ def make_config(preset: str, **overrides: Any) -> StudyConfig:
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = dataclasses.replace(PRESETS[preset],
-                              **{k: v for k, v in overrides.items() if v is not None})
+    return replace_config(PRESETS[preset],
+                          **{k: v for k, v in overrides.items() if v is not None})
+
+
+def replace_config(cfg: StudyConfig, **fields: Any) -> StudyConfig:
+    """``cfg`` with ``fields`` set, None values included (``group_width=None``: the
+    original network, which ``make_config`` cannot express), validated.
+
+    Raises:
+      ValueError: an invalid value (see ``validate``).
+      TypeError: a name that is not a ``StudyConfig`` field.
+    """
+    cfg = dataclasses.replace(cfg, **fields)
     validate(cfg)
     return cfg
 
