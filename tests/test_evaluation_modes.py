@@ -127,11 +127,12 @@ def test_devkit_and_original_give_the_hand_computed_numbers(two_frames):
 
 
 @pytest.mark.slow
-def test_evaluate_devkit_counts_what_numpy_counts(variables, tiny_world, tiny_data):
+def test_evaluate_devkit_counts_what_numpy_counts(small_variables, tiny_world, tiny_data):
     """The compiled devkit evaluation == the NumPy devkit rule on the same predictions."""
     import deepliflow_jax as dl
     from deepliflow_jax.api import _state, _trainer
 
+    variables = small_variables  # any network: the rule is what is compared
     dev = dl.load_dataset(tiny_world, validity="devkit")
     assert (dev.validity, tiny_data.validity) == ("devkit", "original")
     batches = dev.val_batches(dev.num_samples)
@@ -198,13 +199,14 @@ def test_check_training_names_step_and_learning_rate():
 
 
 @pytest.mark.slow
-def test_finetune_that_diverges_raises_naming_step_and_lr(variables, tiny_data):
+def test_finetune_that_diverges_raises_naming_step_and_lr(small_variables, tiny_data):
     import deepliflow_jax as dl
     from deepliflow_jax.train.trainer import DivergenceError
 
+    # the 8-wide network trains with the tiny study's step (in this worker, its trainer)
     with pytest.raises(DivergenceError, match=r"diverged at step 1 \(learning rate 1e\+06\): "
                                               r"the loss is nan") as info:
-        dl.finetune(variables, tiny_data, steps=2, lr=1e6)
+        dl.finetune(small_variables, tiny_data, steps=2, lr=1e6)
     assert (info.value.step, info.value.lr) == (1, 1e6)
 
 

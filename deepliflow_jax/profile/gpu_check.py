@@ -53,10 +53,10 @@ FULL = {
     "dtypes": ("float32", "bfloat16", "float16"),
 }
 SMOKE = {
-    "height": 64, "width": 128, "repeats": 2, "warmup": 1, "budget_s": 600.0,
+    "height": 64, "width": 192, "repeats": 2, "warmup": 1, "budget_s": 600.0,
     "parity_select": "test_resizes_match_tf", "parity_timeout_s": 300,
     "runtime": (("dense,conv_subpixel,torch_eager", (1,), "default"),),
-    "world": {"num_scenes": 10, "height": 64, "width": 128},
+    "world": {"num_scenes": 10, "height": 64, "width": 192},
     "dtypes": ("float32", "bfloat16"),
 }
 
