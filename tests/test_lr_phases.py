@@ -98,11 +98,13 @@ def test_aware_training_runs_lr1_then_lr2_and_keeps_the_best(tmp_path, sf_by_ste
     assert rec["metrics"]["sf"] == min(h["sf"] for h in rec["history"])
 
 
-def test_finetune_trains_at_its_lr(variables, tiny_data, first_adam_step):
-    """``finetune(lr=...)`` through the one compiled step (shared with test_model)."""
+def test_finetune_trains_at_its_lr(small_variables, tiny_data):
+    """``finetune(lr=...)`` through the one compiled step (the tiny study's, 8 channels a
+    group: the rate is the point, not the network)."""
     from deepliflow_jax.api import finetune
 
-    at_1e4, _ = first_adam_step
+    variables = small_variables
+    at_1e4, _ = finetune(variables, tiny_data, steps=1, l2=False, lr=1e-4)
     at_1e5, history = finetune(variables, tiny_data, steps=1, l2=False, lr=1e-5)
     assert np.isfinite(history[0]["loss"])
     before = jax.tree.leaves(variables["params"])

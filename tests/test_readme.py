@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -253,6 +254,13 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
 
     matplotlib.use("Agg")  # a block may plot; never open a window
     monkeypatch.chdir(tmp_path)
+    # ``dl.init_params`` builds the tiny study's 8-wide network here: the API runs it as
+    # itself, with the study's executables; the notebook runs the original network
+    import deepliflow_jax as dl
+    from deepliflow_jax.model.widths import default_widths
+
+    monkeypatch.setattr(dl, "init_params", functools.partial(
+        dl.init_params, widths={k: 8 for k in default_widths()}))
     namespace: dict = {"__name__": "__readme__"}
     for block in PYTHON_BLOCKS:
         if block.skip is not None:
