@@ -62,6 +62,9 @@ EXAMPLES = os.environ.get("DEEPLIFLOW_EXAMPLES", "")
 # a converted checkpoint directory (see "A model" below); optional, else random weights
 CHECKPOINT = os.environ.get("DEEPLIFLOW_CHECKPOINT", "")
 WORKDIR = Path(os.environ.get("DEEPLIFLOW_WORKDIR") or tempfile.mkdtemp(prefix="deepliflow_"))
+# channels in every group of a structured DeepLiDARFlow for the random weights (e.g. 8, the
+# tiny study's network); empty: the original network
+GROUP_WIDTH = int(os.environ.get("DEEPLIFLOW_GROUP_WIDTH") or 0) or None
 
 HEIGHT, WIDTH = (64, 192) if SMALL else (256, 832)  # synthetic frames (multiples of 64)
 NUM_SCENES = 10 if SMALL else 50  # 9:1 train/validation split
@@ -145,7 +148,10 @@ if CHECKPOINT:
     variables = dl.load_checkpoint(CHECKPOINT)
     print("loaded", CHECKPOINT)
 else:
-    variables = dl.init_params(seed=0, kernel_gain=2 ** 0.5)
+    from deepliflow_jax.model.widths import default_widths
+
+    widths = None if GROUP_WIDTH is None else {k: GROUP_WIDTH for k in default_widths()}
+    variables = dl.init_params(seed=0, kernel_gain=2 ** 0.5, widths=widths)
     print("random, untrained weights: the predictions below mean nothing yet")
 print(f"{sum(x.size for x in jax.tree.leaves(variables)):,} parameters")"""),
     ("markdown", """\

@@ -6,7 +6,6 @@ process) and, through the persistent XLA cache, with the notebook and README tes
 """
 
 import doctest
-import functools
 import subprocess
 import sys
 
@@ -17,7 +16,6 @@ import pytest
 
 import deepliflow_jax as dl
 from deepliflow_jax import api
-from deepliflow_jax.model.widths import default_widths
 from deepliflow_jax.study.config import effective_samples
 
 H, W = 64, 192
@@ -354,11 +352,9 @@ def test_docstring_examples_run(data, world, shared_data):
     import matplotlib
 
     matplotlib.use("Agg")
-    # the examples' ``init_params(0)`` builds the tiny study's 8-wide network: each
-    # function runs it as itself, with the study's executables; the notebook runs the
-    # same functions on the original network
-    narrow = functools.partial(dl.init_params, widths={k: 8 for k in default_widths()})
-    extra = {"init_params": narrow, "data": data, "root": world,
+    # the examples run the original network (the notebook and the README's blocks run the
+    # same functions on the tiny study's 8-wide one)
+    extra = {"init_params": dl.init_params, "data": data, "root": world,
              "examples_dir": shared_data / "deeplidarflow_examples"}
     result = doctest.testmod(api, extraglobs=extra, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 20 and result.failed == 0

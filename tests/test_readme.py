@@ -255,7 +255,7 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
     matplotlib.use("Agg")  # a block may plot; never open a window
     monkeypatch.chdir(tmp_path)
     # ``dl.init_params`` builds the tiny study's 8-wide network here: the API runs it as
-    # itself, with the study's executables; the notebook runs the original network
+    # itself, with the study's executables; the API's doctests run the original network
     import deepliflow_jax as dl
     from deepliflow_jax.model.widths import default_widths
 
