@@ -27,7 +27,8 @@ Run it top to bottom. On a CPU it takes a few minutes (most of it compiling the 
 once); on a Colab GPU runtime set `SMALL = False` for the full-size KITTI example.
 
 **Sizes.** The network is run on 64x192 frames of the built-in synthetic street world
-(exact ground truth, KITTI layout) - the shapes of the study's `tiny` preset, so the
+(exact ground truth, KITTI layout) - the shapes of the study's `tiny` preset; with
+`GROUP_WIDTH = 8` the network is that preset's too (8 channels in every group), so the
 compiled train step and evaluation are shared with it. The released KITTI example
 (375x1242) is only *shown* at that size: the network runs on it (at 384x1216, as the
 original) only with `SMALL = False`. We neither crop nor downscale it: a crop is another
