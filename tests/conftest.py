@@ -45,6 +45,27 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+# Files that train the original network with the API's one step (the doctests, the
+# ``first_adam_step`` fixture) run in one worker, one after the other: the step is traced
+# and loaded there once (~25 s a process, even from the persistent cache), not in both.
+_ONE_WORKER = {name: "original-network-step"
+               for name in ("test_api.py", "test_model.py", "test_torch_train.py")}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class _Scheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid):
+            scope = super()._split_scope(nodeid)
+            return _ONE_WORKER.get(Path(scope).name, scope)
+
+    return _Scheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def variables():
     from deepliflow_jax.model.api import init_params
