@@ -203,7 +203,7 @@ def test_finetune_that_diverges_raises_naming_step_and_lr(small_variables, tiny_
     import deepliflow_jax as dl
     from deepliflow_jax.train.trainer import DivergenceError
 
-    # the 8-wide network trains with the tiny study's step (in this worker, its trainer)
+    # the 8-wide network trains with the tiny study's step (its executable, or its trainer)
     with pytest.raises(DivergenceError, match=r"diverged at step 1 \(learning rate 1e\+06\): "
                                               r"the loss is nan") as info:
         dl.finetune(small_variables, tiny_data, steps=2, lr=1e6)
