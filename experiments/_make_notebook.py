@@ -149,9 +149,9 @@ if CHECKPOINT:
     variables = dl.load_checkpoint(CHECKPOINT)
     print("loaded", CHECKPOINT)
 else:
-    from deepliflow_jax.model.widths import default_widths
+    from deepliflow_jax.model.widths import uniform_widths
 
-    widths = None if GROUP_WIDTH is None else {k: GROUP_WIDTH for k in default_widths()}
+    widths = None if GROUP_WIDTH is None else uniform_widths(GROUP_WIDTH)
     variables = dl.init_params(seed=0, kernel_gain=2 ** 0.5, widths=widths)
     print("random, untrained weights: the predictions below mean nothing yet")
 print(f"{sum(x.size for x in jax.tree.leaves(variables)):,} parameters")"""),

@@ -105,34 +105,25 @@ def _ints(values, name):
     return tuple(int(v) for v in numbers)
 
 
-def _group_width(value: str) -> int | None:
-    """``original`` (None: the original network) or a whole number."""
-    if value.strip().lower() == "original":
-        return None
-    try:
-        return int(value)
-    except ValueError as err:
-        raise app.UsageError(f"--group_width must be 'original' or a whole number, got "
-                             f"{value!r}") from err
-
-
-def _devices(value: str):
-    """``all`` (None: every local device) or a positive whole number."""
-    if value.strip().lower() == "all":
+def _word_or_int(value: str, word: str, flag: str, minimum: int | None = None) -> int | None:
+    """``word`` (None) or a whole number (at least ``minimum``), else a usage error naming
+    ``--flag``."""
+    if value.strip().lower() == word:
         return None
     try:
         n = int(value)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise app.UsageError(f"--devices must be 'all' or a positive whole number, got {value!r}")
+        n = None
+    if n is None or (minimum is not None and n < minimum):
+        kind = "a whole number" if minimum is None else f"a whole number >= {minimum}"
+        raise app.UsageError(f"--{flag} must be '{word}' or {kind}, got {value!r}")
     return n
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    devices = _devices(FLAGS.devices)
+    devices = _word_or_int(FLAGS.devices, "all", "devices", minimum=1)
     from deepliflow_jax.train.sharding import initialize_distributed
 
     # before any other JAX call; each process then runs whole configurations on its own
@@ -157,7 +148,8 @@ def main(argv):
             restore_optimizer=FLAGS.restore_optimizer,
         )
         if FLAGS.group_width is not None:  # its None (the original network) is a value
-            cfg = replace_config(cfg, group_width=_group_width(FLAGS.group_width))
+            width = _word_or_int(FLAGS.group_width, "original", "group_width")
+            cfg = replace_config(cfg, group_width=width)
     except ValueError as err:
         raise app.UsageError(str(err)) from err
     from pathlib import Path

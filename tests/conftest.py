@@ -77,9 +77,9 @@ def variables():
 def small_variables():
     """A structured DeepLiDARFlow with 8 channels per group: the whole tree, quickly saved."""
     from deepliflow_jax.model.api import init_params
-    from deepliflow_jax.model.widths import default_widths
+    from deepliflow_jax.model.widths import uniform_widths
 
-    return init_params(0, widths={k: 8 for k in default_widths()}, bias_std=0.1)
+    return init_params(0, widths=uniform_widths(8), bias_std=0.1)
 
 
 @pytest.fixture(scope="session")

@@ -257,10 +257,10 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
     # ``dl.init_params`` builds the tiny study's 8-wide network here: the API runs it as
     # itself, with the study's executables; the API's doctests run the original network
     import deepliflow_jax as dl
-    from deepliflow_jax.model.widths import default_widths
+    from deepliflow_jax.model.widths import uniform_widths
 
-    monkeypatch.setattr(dl, "init_params", functools.partial(
-        dl.init_params, widths={k: 8 for k in default_widths()}))
+    monkeypatch.setattr(dl, "init_params", functools.partial(dl.init_params,
+                                                             widths=uniform_widths(8)))
     namespace: dict = {"__name__": "__readme__"}
     for block in PYTHON_BLOCKS:
         if block.skip is not None:

@@ -11,7 +11,7 @@ from deepliflow_jax.compress import structured as st
 from deepliflow_jax.model.api import param_shapes
 from deepliflow_jax.model.channels import dependency_graph, widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
-from deepliflow_jax.model.widths import default_widths, freeze_widths
+from deepliflow_jax.model.widths import default_widths, freeze_widths, uniform_widths
 from deepliflow_jax.profile.inputs import make_frames
 
 FUSED0 = "guidance_network/fusion/convconcat_refine_d0"
@@ -173,7 +173,7 @@ def test_pruning_a_pruned_model_and_fine_tuning_it():
     from deepliflow_jax.study.tradeoff import fine_tune
     from deepliflow_jax.train.trainer import Trainer
 
-    start = init_params(0, widths={k: 24 for k in default_widths()}, bias_std=0.1)
+    start = init_params(0, widths=uniform_widths(24), bias_std=0.1)
     first = st.structured_prune(start, 0.25)
     keep = st.plan_pruning(first.variables, 0.5, multiple=1)
     small, widths = st.shrink(first.variables, keep)

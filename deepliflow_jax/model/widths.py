@@ -73,6 +73,13 @@ def default_widths() -> dict[str, int]:
     return out
 
 
+def uniform_widths(width: int) -> dict[str, int]:
+    """Every configurable layer of :func:`default_widths` at ``width`` channels: the
+    structured DeepLiDARFlow with ``width`` channels in every channel group (the study's
+    ``group_width``; its tiny preset's 8)."""
+    return {layer: width for layer in default_widths()}
+
+
 def freeze_widths(widths: Mapping[str, int] | Widths) -> Widths:
     """Validated, hashable form of a widths mapping (None stays None).
 

@@ -20,7 +20,7 @@ import numpy as np
 from deepliflow_jax.data.kitti import VALIDITY_MODES
 from deepliflow_jax.data.lidar import LIDAR_SWEEP, TRAIN_SAMPLES
 from deepliflow_jax.data.preprocess import KITTI_BATCH_CROP
-from deepliflow_jax.model.widths import default_widths
+from deepliflow_jax.model.widths import uniform_widths
 
 KITTI_FULL_SIZE = (375, 1242)
 # the original's KITTI fine-tuning (run_finetune.sh, README): batch 2 over the 180
@@ -182,9 +182,7 @@ PRESETS: dict[str, StudyConfig] = {
 
 def model_widths(cfg: StudyConfig) -> dict[str, int] | None:
     """The ``widths`` of the network the study runs (None: the original's)."""
-    if cfg.group_width is None:
-        return None
-    return {group: cfg.group_width for group in default_widths()}
+    return None if cfg.group_width is None else uniform_widths(cfg.group_width)
 
 
 def effective_samples(num_samples: int, height: int, width: int) -> int:
