@@ -75,7 +75,8 @@ def variables():
 
 @pytest.fixture(scope="session")
 def small_variables():
-    """A structured DeepLiDARFlow with 8 channels per group: the whole tree, quickly saved."""
+    """The tiny study's network (8 channels in every group): the whole tree, quickly saved;
+    training and evaluating it load the study's executables and run ~10x faster."""
     from deepliflow_jax.model.api import init_params
     from deepliflow_jax.model.widths import uniform_widths
 

@@ -216,13 +216,6 @@ def model():
     return dl.init_params(seed=0, bias_std=0.1)
 
 
-@pytest.fixture(scope="module")
-def narrow(small_variables):
-    """A structured model of the study's tiny preset (``group_width=8``): training and
-    evaluating it load the tiny study's executables and run ~10x faster."""
-    return small_variables
-
-
 def test_predict_sceneflow(model, data):
     from deepliflow_jax.predict import predict
 
@@ -241,32 +234,32 @@ def test_predict_sceneflow(model, data):
 
 
 @pytest.mark.slow
-def test_evaluate_post_training_equals_host_compression(narrow, data):
-    dense = dl.evaluate(narrow, data)
+def test_evaluate_post_training_equals_host_compression(small_variables, data):
+    dense = dl.evaluate(small_variables, data)
     assert set(dense) == {"epe", "d0", "d1", "fl", "sf", "nonfinite", "frames"}
     assert dense["frames"] == 1 and dense["nonfinite"] == 0
     assert dense["epe"] > 0 and 0 <= dense["sf"] <= 100
     # prune then quantize on the host == the engine's masked, fake-quantized forward
-    pruned, _ = dl.prune(narrow, 10.0)
+    pruned, _ = dl.prune(small_variables, 10.0)
     host = dl.evaluate(dl.quantize(pruned, 8), data)
-    engine = dl.evaluate(narrow, data, percent=10, bits=8)
+    engine = dl.evaluate(small_variables, data, percent=10, bits=8)
     assert host == engine and engine != dense
     for kwargs, match in ((dict(percent=100), "percent"), (dict(bits=1), "bits"),
                           (dict(bits=17), "bits")):
         with pytest.raises(ValueError, match=match):
-            dl.evaluate(narrow, data, **kwargs)
+            dl.evaluate(small_variables, data, **kwargs)
 
 
 @pytest.mark.slow
-def test_finetune_keeps_the_mask_and_the_grid_and_leaves_its_input_alone(narrow, data):
-    before = jax.tree.map(np.array, narrow)
-    tuned, history = dl.finetune(narrow, data, 2, percent=10, bits=8, lr=1e-4)
-    jax.tree.map(np.testing.assert_array_equal, narrow, before)  # not donated
+def test_finetune_keeps_the_mask_and_the_grid_and_leaves_its_input_alone(small_variables, data):
+    before = jax.tree.map(np.array, small_variables)
+    tuned, history = dl.finetune(small_variables, data, 2, percent=10, bits=8, lr=1e-4)
+    jax.tree.map(np.testing.assert_array_equal, small_variables, before)  # not donated
     # a structured model trains as itself
-    assert jax.tree.map(np.shape, tuned) == jax.tree.map(np.shape, narrow)
+    assert jax.tree.map(np.shape, tuned) == jax.tree.map(np.shape, small_variables)
     assert [h["step"] for h in history] == [0, 1]
     assert all(np.isfinite(h["loss"]) and h["loss"] > 0 for h in history)
-    pruned, masks = dl.prune(narrow, 10.0)  # floor(10 % of the entries): just under 10 %
+    pruned, masks = dl.prune(small_variables, 10.0)  # floor(10 % of the entries): just under 10 %
     assert dl.zero_fraction(tuned) >= dl.zero_fraction(pruned) > 9.99
     for p, m in zip(jax.tree.leaves(tuned), jax.tree.leaves(masks), strict=True):
         p = np.asarray(p)
@@ -276,7 +269,7 @@ def test_finetune_keeps_the_mask_and_the_grid_and_leaves_its_input_alone(narrow,
                zip(jax.tree.leaves(tuned), jax.tree.leaves(dl.quantize(pruned, 8)))]
     assert any(changed)  # it trained
     # the same call again is the same run; `start` continues the data order
-    again, history2 = dl.finetune(narrow, data, 2, percent=10, bits=8)
+    again, history2 = dl.finetune(small_variables, data, 2, percent=10, bits=8)
     assert history2 == history
     jax.tree.map(np.testing.assert_array_equal, again, tuned)
     _, cont = dl.finetune(tuned, data, 1, start=2, l2=False)
@@ -305,18 +298,18 @@ def test_time_model(model):
 
 
 @pytest.mark.slow
-def test_compression_table(narrow, data):
-    rows = dl.compression_table(narrow, data, [(0, 0), (10, 0), (10, 8)], repeats=1)
+def test_compression_table(small_variables, data):
+    rows = dl.compression_table(small_variables, data, [(0, 0), (10, 0), (10, 8)], repeats=1)
     assert [(r["percent"], r["bits"]) for r in rows] == [(0, 0), (10, 0), (10, 8)]
     assert rows[0]["zero_percent"] < 1.0 and rows[1]["zero_percent"] > 9.99
     assert rows[2]["zero_percent"] >= rows[1]["zero_percent"]
-    assert rows[0]["epe"] == dl.evaluate(narrow, data)["epe"]
+    assert rows[0]["epe"] == dl.evaluate(small_variables, data)["epe"]
     assert all(r["median_ms"] > 0 for r in rows)
     assert dl.format_table(rows).count("\n") == 4
     with pytest.raises(ValueError, match=r"\(percent, bits\) pair"):
-        dl.compression_table(narrow, data, [(10,)])
+        dl.compression_table(small_variables, data, [(10,)])
     with pytest.raises(ValueError, match="at least one"):
-        dl.compression_table(narrow, data, [])
+        dl.compression_table(small_variables, data, [])
 
 
 # ----------------------------------------------------------------------------- docstrings
