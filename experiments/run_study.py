@@ -105,17 +105,17 @@ def _ints(values, name):
     return tuple(int(v) for v in numbers)
 
 
-def _word_or_int(value: str, word: str, flag: str, minimum: int | None = None) -> int | None:
-    """``word`` (None) or a whole number (at least ``minimum``), else a usage error naming
-    ``--flag``."""
+def _word_or_int(value: str, word: str, flag: str, positive: bool = False) -> int | None:
+    """``word`` (None) or a whole number (``positive``: at least 1), else a usage error
+    naming ``--flag``."""
     if value.strip().lower() == word:
         return None
     try:
         n = int(value)
     except ValueError:
         n = None
-    if n is None or (minimum is not None and n < minimum):
-        kind = "a whole number" if minimum is None else f"a whole number >= {minimum}"
+    if n is None or (positive and n < 1):
+        kind = "a positive whole number" if positive else "a whole number"
         raise app.UsageError(f"--{flag} must be '{word}' or {kind}, got {value!r}")
     return n
 
@@ -123,7 +123,7 @@ def _word_or_int(value: str, word: str, flag: str, minimum: int | None = None) -
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    devices = _word_or_int(FLAGS.devices, "all", "devices", minimum=1)
+    devices = _word_or_int(FLAGS.devices, "all", "devices", positive=True)
     from deepliflow_jax.train.sharding import initialize_distributed
 
     # before any other JAX call; each process then runs whole configurations on its own

@@ -295,9 +295,9 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
         (["--preset=tiny", "--group_width=wide"],
          "--group_width must be 'original' or a whole number, got 'wide'"),
         (["--preset=tiny", "--devices=0"],
-         "--devices must be 'all' or a whole number >= 1, got '0'"),
+         "--devices must be 'all' or a positive whole number, got '0'"),
         (["--preset=tiny", "--devices=two"],
-         "--devices must be 'all' or a whole number >= 1, got 'two'"),
+         "--devices must be 'all' or a positive whole number, got 'two'"),
     ]
     got = _run_flags(ok + [argv for argv, _ in bad])
     default = {k: repr(v) for k, v in make_config("tiny").to_dict().items()}
