@@ -35,9 +35,9 @@ class GuidanceNetwork(nn.Module):
         w, dt, impl = self.widths, self.dtype, self.conv_impl
         rgb_enc = RGBEncoder(widths=scoped(w, "rgb_encoder"), dtype=dt, conv_impl=impl,
                              name="rgb_encoder")(rgb)
-        depth_enc = DepthEncoder(widths=scoped(w, "depth_encoder"), dtype=dt,
+        depth_enc = DepthEncoder(widths=scoped(w, "depth_encoder"), dtype=dt, conv_impl=impl,
                                  name="depth_encoder")(depth, conf)
-        depth_dec = DepthDecoder(widths=scoped(w, "depth_decoder"), dtype=dt,
+        depth_dec = DepthDecoder(widths=scoped(w, "depth_decoder"), dtype=dt, conv_impl=impl,
                                  name="depth_decoder")(depth_enc)
         confidences = [c for _, c in depth_dec]
         rgb_dec = RGBDecoder(widths=scoped(w, "rgb_decoder"), dtype=dt, conv_impl=impl,

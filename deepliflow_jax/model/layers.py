@@ -14,19 +14,34 @@ Initialisers follow TF1's ``xavier_initializer(uniform=False)``: a truncated
 normal with fan-average variance scaling; biases start at zero.
 
 Implementations (``conv_impl``): the same function and the same parameters,
-computed another way. ``"xla"`` (default) is the plain ``lax`` call above;
-otherwise a ``+``-joined set of
+computed another way. ``"xla"`` is the plain ``lax`` call above (the reference);
+``"auto"`` (the default) is resolved when the model is traced, to the form that
+measured fastest on the backend (:func:`resolve_conv_impl`); otherwise a
+``+``-joined set of
 
 * ``subpixel``: a 4x4 stride-2 transposed conv as one stride-1 2x2 conv with
   4x the output channels (one 2x2 phase kernel per output-pixel parity) and a
   depth-to-space. ``lax`` computes the transposed conv on the input dilated
   with zeros, multiplying the zeros: 4x the multiply-adds of this form. Other
   kernel sizes and strides keep the ``lax`` call.
+* ``phase``: the same transposed conv as four stride-1 2x2 convs, one per
+  output-pixel parity, each with its own padding so that its output is exactly
+  the input's size (``subpixel``'s one conv has an ``(H + 1) x (W + 1)`` output,
+  which XLA:CPU's library path refuses), interleaved into the ``2H x 2W`` output.
 * ``s2b``: a stride-1 dilated conv with an odd kernel as an undilated conv on
   the ``d * d`` sub-grids of pixels ``d`` apart (space-to-batch, the image
   zero-padded to a multiple of ``d``, then batch-to-space).
 * ``pad8``: input and output channel counts zero-padded to multiples of 8
   (XLA pads them for float16 convs on GPU only; meant for bfloat16 compute).
+* ``widen``: a conv (or transposed conv) with at most :data:`YNN_MIN_CHANNELS`
+  output channels gets zero output channels up to ``YNN_MIN_CHANNELS + 1``,
+  sliced off again. XLA:CPU (jaxlib 0.10) runs a conv in YNNPACK only when one
+  side has more than 16 channels, and a weight gradient only when the conv has
+  more than 16 output channels; the rest run on Eigen's spatial convolution.
+* ``s2grad``: a strided conv whose input gradient is computed as one stride-1
+  conv per input-pixel phase (a ``custom_vjp``): ``lax`` writes it as a conv of
+  the output gradient dilated with zeros, which XLA:CPU's library path refuses.
+  The forward and the weight gradient are the ``lax`` ones.
 * ``banded``: not a conv layer but the correlation of the cost volume, as tiled
   row matmuls (``deepliflow_jax.model.cost_volume.cost_volume_banded``; on a
   2-core CPU 1.5x to 1.9x faster whole forwards at batch 1).
@@ -37,6 +52,7 @@ Each is exact up to float summation order (float32 relative error ~1e-7, see
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -48,10 +64,18 @@ from deepliflow_jax.model.config import LEAKY_SLOPE
 
 XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "truncated_normal")
 #: the reference implementation and the tokens an alternative is built from
-CONV_IMPL_DEFAULT = "xla"
-CONV_IMPL_TOKENS = ("subpixel", "s2b", "pad8", "banded")
+CONV_IMPL_REFERENCE = "xla"
+#: resolved per backend when the model is traced (:func:`resolve_conv_impl`)
+CONV_IMPL_AUTO = "auto"
+CONV_IMPL_DEFAULT = CONV_IMPL_AUTO
+CONV_IMPL_TOKENS = ("subpixel", "phase", "s2b", "pad8", "widen", "s2grad", "banded")
+#: what ``"auto"`` runs on each backend; a backend not listed runs the reference.
+#: CPU: see resolve_conv_impl's docstring for the measurements behind it.
+CONV_IMPL_BY_BACKEND = {"cpu": "phase+widen+s2grad+banded"}
 #: the implementations tests and the block profile compare with the reference
 CONV_IMPLS = ("xla", "subpixel", "subpixel+s2b", "subpixel+s2b+pad8")
+#: XLA:CPU's YNNPACK path takes convs with more channels than this on one side
+YNN_MIN_CHANNELS = 16
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -59,36 +83,64 @@ def check_conv_impl(conv_impl: str) -> str:
     """Validates a ``conv_impl`` and returns its canonical spelling (tokens in order).
 
     Args:
-      conv_impl: ``"xla"`` or a ``+``-joined set of :data:`CONV_IMPL_TOKENS`,
-        e.g. ``"subpixel+s2b"``.
+      conv_impl: ``"auto"``, ``"xla"`` or a ``+``-joined set of
+        :data:`CONV_IMPL_TOKENS`, e.g. ``"subpixel+s2b"``.
 
     Returns:
-      ``"xla"`` or the tokens in the order of :data:`CONV_IMPL_TOKENS`.
+      ``"auto"``, ``"xla"`` or the tokens in the order of :data:`CONV_IMPL_TOKENS`.
 
     Raises:
       ValueError: not a string, empty, an unknown or repeated token, or
-        ``"xla"`` combined with tokens.
+        ``"xla"``/``"auto"`` combined with tokens.
     """
+    expected = (f"expected 'auto', 'xla' or a '+'-joined set of {CONV_IMPL_TOKENS}")
     if not isinstance(conv_impl, str) or not conv_impl:
-        raise ValueError(f"conv_impl={conv_impl!r}: expected 'xla' or a '+'-joined set of "
-                         f"{CONV_IMPL_TOKENS}")
-    if conv_impl == CONV_IMPL_DEFAULT:
+        raise ValueError(f"conv_impl={conv_impl!r}: {expected}")
+    if conv_impl in (CONV_IMPL_REFERENCE, CONV_IMPL_AUTO):
         return conv_impl
     tokens = conv_impl.split("+")
     unknown = [t for t in tokens if t not in CONV_IMPL_TOKENS]
     if unknown or len(set(tokens)) != len(tokens):
-        raise ValueError(f"conv_impl={conv_impl!r}: expected 'xla' or a '+'-joined set of "
-                         f"{CONV_IMPL_TOKENS} without repeats ('xla' stands alone)")
+        raise ValueError(f"conv_impl={conv_impl!r}: {expected} without repeats "
+                         "('xla' and 'auto' stand alone)")
     return "+".join(t for t in CONV_IMPL_TOKENS if t in tokens)
 
 
-def _tokens(conv_impl: str) -> frozenset[str]:
+def resolve_conv_impl(conv_impl: str = CONV_IMPL_AUTO, backend: str | None = None) -> str:
+    """The concrete implementation ``conv_impl`` stands for on ``backend``.
+
+    ``"auto"`` becomes :data:`CONV_IMPL_BY_BACKEND`'s entry for the backend
+    (``jax.default_backend()`` unless given): on CPU the combination of exact forms
+    that measured fastest on a 2-core AVX-512 Xeon (``experiments.runtime``, whole
+    forwards and train steps, README's run-time section); on GPU and TPU the plain
+    ``"xla"`` reference, until ``experiments.gpu_check`` has measured the
+    alternatives there. Any other value is returned canonical and unchanged: an
+    explicit choice always wins.
+
+    Args:
+      conv_impl: as :func:`check_conv_impl`.
+      backend: ``"cpu"``, ``"gpu"``, ``"tpu"``...; default the JAX default backend.
+
+    Returns:
+      ``"xla"`` or a canonical ``+``-joined set of tokens (never ``"auto"``).
+
+    Raises:
+      ValueError: an invalid ``conv_impl``.
+    """
     canonical = check_conv_impl(conv_impl)
-    return frozenset() if canonical == CONV_IMPL_DEFAULT else frozenset(canonical.split("+"))
+    if canonical != CONV_IMPL_AUTO:
+        return canonical
+    backend = jax.default_backend() if backend is None else backend
+    return CONV_IMPL_BY_BACKEND.get(backend, CONV_IMPL_REFERENCE)
+
+
+def _tokens(conv_impl: str) -> frozenset[str]:
+    resolved = resolve_conv_impl(conv_impl)
+    return frozenset() if resolved == CONV_IMPL_REFERENCE else frozenset(resolved.split("+"))
 
 
 def uses_impl(conv_impl: str, token: str) -> bool:
-    """Whether ``conv_impl`` (validated) includes ``token`` (one of :data:`CONV_IMPL_TOKENS`)."""
+    """Whether ``conv_impl`` (validated; ``"auto"`` resolved) includes ``token``."""
     return token in _tokens(conv_impl)
 
 
@@ -114,6 +166,24 @@ def _pad_channels(x: jnp.ndarray, kernel: jnp.ndarray, in_axis: int, out_axis: i
     extra_in = _pad_to(x.shape[-1])
     kernel = _pad_axis(kernel, in_axis, extra_in)
     return _pad_axis(x, -1, extra_in), _pad_axis(kernel, out_axis, _pad_to(kernel.shape[out_axis]))
+
+
+def _widen(kernel: jnp.ndarray, out_axis: int) -> jnp.ndarray:
+    """Zero output channels up to ``YNN_MIN_CHANNELS + 1`` (``widen``); no-op above."""
+    return _pad_axis(kernel, out_axis, max(YNN_MIN_CHANNELS + 1 - kernel.shape[out_axis], 0))
+
+
+def _same_padding(size: int, ksize: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """``lax``/TF 'SAME' padding of one spatial axis (the odd extra goes last)."""
+    extent = dilation * (ksize - 1) + 1
+    total = max((-(-size // stride) - 1) * stride + extent - size, 0)
+    return total // 2, total - total // 2
+
+
+def _lax_conv(x, kernel, stride=1, padding="SAME", dilation=1):
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(stride, stride), padding=padding,
+        rhs_dilation=(dilation, dilation), dimension_numbers=_DN)
 
 
 def dilated_conv_space_to_batch(x: jnp.ndarray, kernel: jnp.ndarray, dilation: int) -> jnp.ndarray:
@@ -143,10 +213,19 @@ def dilated_conv_space_to_batch(x: jnp.ndarray, kernel: jnp.ndarray, dilation: i
     q, p = -(-h // d), -(-w // d)
     x = jnp.pad(x, ((0, 0), (0, q * d - h), (0, p * d - w), (0, 0)))
     x = x.reshape(b, q, d, p, d, c).transpose(0, 2, 4, 1, 3, 5).reshape(b * d * d, q, p, c)
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN)
+    y = _lax_conv(x, kernel)
     o = y.shape[-1]
     y = y.reshape(b, d, d, q, p, o).transpose(0, 3, 1, 4, 2, 5).reshape(b, q * d, p * d, o)
     return y[:, :h, :w]
+
+
+def _interleave(phases: list[list[jnp.ndarray]]) -> jnp.ndarray:
+    """``phases[py][px]`` ``[B, M, N, C]`` -> ``[B, s M, s N, C]`` with pixel
+    ``(s q + py, s p + px)`` taken from ``phases[py][px][:, q, p]``."""
+    s = len(phases)
+    b, m, n, c = phases[0][0].shape
+    rows = [jnp.stack(row, axis=3) for row in phases]  # [B, M, N, px, C]
+    return jnp.stack(rows, axis=2).reshape(b, s * m, s * n, c)  # [B, M, py, N, px, C]
 
 
 # Sub-pixel taps: output row 2 q + py of the 4x4 stride-2 'SAME' transposed conv is
@@ -174,17 +253,196 @@ def transposed_conv_subpixel(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray
     t = _SUBPIXEL_TAPS
     taps = kernel[t[:, None, :, None], t[None, :, None, :]]  # [ty, tx, py, px, O, C]
     taps = taps.transpose(0, 1, 5, 2, 3, 4).reshape(2, 2, c, 4 * o)
-    z = jax.lax.conv_general_dilated(x, taps, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DN)
+    z = _lax_conv(x, taps, padding=((1, 1), (1, 1)))
     z = z.reshape(b, h + 1, w + 1, 2, 2, o)
-    rows = [jnp.stack([z[:, py:py + h, px:px + w, py, px] for px in range(2)], axis=3)
-            for py in range(2)]
-    return jnp.stack(rows, axis=2).reshape(b, 2 * h, 2 * w, o)  # [B, H, py, W, px, O]
+    return _interleave([[z[:, py:py + h, px:px + w, py, px] for px in range(2)]
+                        for py in range(2)])
+
+
+def transposed_conv_phases(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
+    """4x4 stride-2 'SAME' transposed conv (TF layout) as four HxW stride-1 2x2 convs.
+
+    Output pixel ``(2 q + py, 2 p + px)`` sums kernel taps ``(3 - py - 2 ty,
+    3 - px - 2 tx)`` over input pixels ``(q + py + ty - 1, p + px + tx - 1)``: for
+    each parity ``(py, px)`` a 2x2 conv padded ``(1 - py, py)`` by ``(1 - px, px)``,
+    whose output is exactly ``H x W``. The phase kernels are static slices of the
+    kernel (no gather), so the weight gradient is four slices' transposes.
+
+    Args:
+      x: ``[B, H, W, C]``.
+      kernel: ``[4, 4, O, C]``, TF's ``conv2d_transpose`` layout.
+
+    Returns:
+      ``[B, 2H, 2W, O]``, equal to ``lax.conv_transpose(x, kernel, (2, 2), 'SAME',
+      transpose_kernel=True)``.
+    """
+    def phase(py, px):
+        taps = jnp.stack([jnp.stack([kernel[3 - py - 2 * ty, 3 - px - 2 * tx]
+                                     for tx in range(2)]) for ty in range(2)])
+        return _lax_conv(x, jnp.swapaxes(taps, 2, 3),  # [ty, tx, C, O]
+                         padding=((1 - py, py), (1 - px, px)))
+
+    return _interleave([[phase(py, px) for px in range(2)] for py in range(2)])
+
+
+def _phase_taps(size: int, ksize: int, stride: int, low: int, phase: int):
+    """One axis of a strided conv's input gradient, for input positions ``s m + phase``.
+
+    Returns ``(taps, pad_low, pad_high, m)``: the kernel taps in the order the
+    correlation over the output gradient reads them, its padding, and the number
+    of positions ``m`` (``ceil(size / stride)``, the last ones cropped later).
+    """
+    first = (phase + low) % stride
+    taps = list(range(first, ksize, stride))[::-1]
+    m = -(-size // stride)
+    if not taps:
+        return taps, 0, 0, m
+    offset = (phase + low - first) // stride  # output position of the last tap
+    out_size = -(-size // stride) if size else 0
+    pad_low = len(taps) - 1 - offset
+    pad_high = m - 1 + offset - (out_size - 1)
+    return taps, pad_low, pad_high, m
+
+
+def strided_conv_input_grad(dy: jnp.ndarray, kernel: jnp.ndarray, x_shape, stride: int
+                            ) -> jnp.ndarray:
+    """The input gradient of a stride-``s`` 'SAME' conv as ``s * s`` stride-1 convs.
+
+    Input pixel ``(s m + ry, s n + rx)`` receives ``dy`` through the kernel taps
+    ``k`` with ``k = ry + pad_low (mod s)``: for each phase ``(ry, rx)`` a stride-1
+    correlation of ``dy`` with those taps (reversed, in/out channels swapped;
+    built from static slices), then the phases interleaved and cropped to ``x``.
+
+    Args:
+      dy: ``[B, ceil(H / s), ceil(W / s), O]``, the output's cotangent.
+      kernel: ``[kh, kw, C, O]``.
+      x_shape: ``(B, H, W, C)``.
+      stride: ``s >= 1``.
+
+    Returns:
+      ``[B, H, W, C]``, equal to the input gradient of
+      ``lax.conv_general_dilated(x, kernel, (s, s), 'SAME')``.
+    """
+    b, h, w, c = x_shape
+    kh, kw = kernel.shape[:2]
+    low_h, _ = _same_padding(h, kh, stride)
+    low_w, _ = _same_padding(w, kw, stride)
+    phases = []
+    for ry in range(stride):
+        ty, lo_y, hi_y, m = _phase_taps(h, kh, stride, low_h, ry)
+        row = []
+        for rx in range(stride):
+            tx, lo_x, hi_x, n = _phase_taps(w, kw, stride, low_w, rx)
+            if not ty or not tx:
+                row.append(jnp.zeros((b, m, n, c), dy.dtype))
+                continue
+            taps = jnp.stack([jnp.stack([kernel[i, j] for j in tx]) for i in ty])
+            pads = ((lo_y, hi_y), (lo_x, hi_x))
+            # negative padding crops: lax.pad, then a VALID conv
+            src = jax.lax.pad(dy, jnp.zeros((), dy.dtype),
+                              ((0, 0, 0), (min(lo_y, 0), min(hi_y, 0), 0),
+                               (min(lo_x, 0), min(hi_x, 0), 0), (0, 0, 0)))
+            row.append(_lax_conv(src, jnp.swapaxes(taps, 2, 3),  # [ty, tx, O, C]
+                                 padding=tuple((max(a, 0), max(z, 0)) for a, z in pads)))
+        phases.append(row)
+    return _interleave(phases)[:, :h, :w]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def strided_conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: int) -> jnp.ndarray:
+    """``lax`` stride-``s`` 'SAME' conv whose input gradient is
+    :func:`strided_conv_input_grad` (``s2grad``); the weight gradient is ``lax``'s."""
+    return _lax_conv(x, kernel, stride)
+
+
+def _strided_conv_fwd(x, kernel, stride):
+    return _lax_conv(x, kernel, stride), (x, kernel)
+
+
+def _strided_conv_bwd(stride, residuals, dy):
+    x, kernel = residuals
+    _, kernel_vjp = jax.vjp(lambda k: _lax_conv(x, k, stride), kernel)
+    return strided_conv_input_grad(dy, kernel, x.shape, stride), kernel_vjp(dy)[0]
+
+
+strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
+def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, dilation: int = 1,
+           conv_impl: str = CONV_IMPL_DEFAULT) -> jnp.ndarray:
+    """'SAME' conv (no bias, no activation) computed as ``conv_impl`` says.
+
+    Args:
+      x: ``[B, H, W, C]``.
+      kernel: ``[k, k, C, O]`` (HWIO), already in the compute dtype.
+      stride: window stride.
+      dilation: kernel dilation.
+      conv_impl: see the module docstring (``s2b``, ``pad8``, ``widen``, ``s2grad``
+        apply here).
+
+    Returns:
+      ``[B, ceil(H / stride), ceil(W / stride), O]``, equal to
+      ``lax.conv_general_dilated(x, kernel, (stride,) * 2, 'SAME',
+      rhs_dilation=(dilation,) * 2)`` up to float summation order.
+
+    Raises:
+      ValueError: an invalid ``conv_impl``.
+    """
+    impl = _tokens(conv_impl)
+    features = kernel.shape[3]
+    if "pad8" in impl:
+        x, kernel = _pad_channels(x, kernel, in_axis=2, out_axis=3)
+    if "widen" in impl:
+        kernel = _widen(kernel, out_axis=3)
+    odd = kernel.shape[0] % 2 == 1 and kernel.shape[1] % 2 == 1
+    if "s2b" in impl and dilation > 1 and stride == 1 and odd:
+        y = dilated_conv_space_to_batch(x, kernel, dilation)
+    elif "s2grad" in impl and stride > 1 and dilation == 1:
+        y = strided_conv(x, kernel, stride)
+    else:
+        y = _lax_conv(x, kernel, stride, dilation=dilation)
+    return y if y.shape[-1] == features else y[..., :features]
+
+
+def conv_transpose2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 2,
+                     conv_impl: str = CONV_IMPL_DEFAULT) -> jnp.ndarray:
+    """'SAME' transposed conv (no bias, no activation), TF layout, as ``conv_impl`` says.
+
+    Args:
+      x: ``[B, H, W, C]``.
+      kernel: ``[k, k, O, C]`` (TF's ``conv2d_transpose`` layout), in the compute dtype.
+      stride: the upsampling factor.
+      conv_impl: see the module docstring (``subpixel``, ``phase``, ``pad8``,
+        ``widen`` apply here; ``subpixel`` and ``phase`` to 4x4 stride 2 only).
+
+    Returns:
+      ``[B, stride H, stride W, O]``, equal to ``lax.conv_transpose(x, kernel,
+      (stride,) * 2, 'SAME', transpose_kernel=True)`` up to float summation order.
+
+    Raises:
+      ValueError: an invalid ``conv_impl``.
+    """
+    impl = _tokens(conv_impl)
+    features = kernel.shape[2]
+    if "pad8" in impl:
+        x, kernel = _pad_channels(x, kernel, in_axis=3, out_axis=2)
+    if "widen" in impl:
+        kernel = _widen(kernel, out_axis=2)
+    four_by_two = kernel.shape[:2] == (4, 4) and stride == 2
+    if "phase" in impl and four_by_two:
+        y = transposed_conv_phases(x, kernel)
+    elif "subpixel" in impl and four_by_two:
+        y = transposed_conv_subpixel(x, kernel)
+    else:
+        y = jax.lax.conv_transpose(x, kernel, strides=(stride, stride), padding="SAME",
+                                   dimension_numbers=_DN, transpose_kernel=True)
+    return y if y.shape[-1] == features else y[..., :features]
 
 
 class Conv(nn.Module):
     """3x3 (or ``ksize``) conv, TF 'SAME', bias, leaky ReLU 0.1 (``activation``).
 
-    ``conv_impl``: see the module docstring (``s2b``, ``pad8`` apply here).
+    ``conv_impl``: see the module docstring and :func:`conv2d`.
     """
 
     features: int
@@ -201,23 +459,8 @@ class Conv(nn.Module):
             "kernel", XAVIER_NORMAL, (self.ksize, self.ksize, x.shape[-1], self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        impl = _tokens(self.conv_impl)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if "pad8" in impl:
-            x, kernel = _pad_channels(x, kernel, in_axis=2, out_axis=3)
-        if "s2b" in impl and self.dilation > 1 and self.stride == 1 and self.ksize % 2:
-            y = dilated_conv_space_to_batch(x, kernel, self.dilation)
-        else:
-            y = jax.lax.conv_general_dilated(
-                x,
-                kernel,
-                window_strides=(self.stride, self.stride),
-                padding="SAME",
-                rhs_dilation=(self.dilation, self.dilation),
-                dimension_numbers=_DN,
-            )
-        if y.shape[-1] != self.features:  # pad8
-            y = y[..., : self.features]
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.dilation,
+                   self.conv_impl)
         y = y + bias.astype(self.dtype)
         return leaky_relu(y) if self.activation else y
 
@@ -225,7 +468,7 @@ class Conv(nn.Module):
 class ConvTranspose(nn.Module):
     """4x4 stride-2 'SAME' transposed conv with TF's kernel layout ``[kh, kw, out, in]``.
 
-    ``conv_impl``: see the module docstring (``subpixel``, ``pad8`` apply here).
+    ``conv_impl``: see the module docstring and :func:`conv_transpose2d`.
     """
 
     features: int
@@ -241,22 +484,7 @@ class ConvTranspose(nn.Module):
             "kernel", XAVIER_NORMAL, (self.ksize, self.ksize, self.features, x.shape[-1])
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        impl = _tokens(self.conv_impl)
-        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-        if "pad8" in impl:
-            x, kernel = _pad_channels(x, kernel, in_axis=3, out_axis=2)
-        if "subpixel" in impl and (self.ksize, self.stride) == (4, 2):
-            y = transposed_conv_subpixel(x, kernel)
-        else:
-            y = jax.lax.conv_transpose(
-                x,
-                kernel,
-                strides=(self.stride, self.stride),
-                padding="SAME",
-                dimension_numbers=_DN,
-                transpose_kernel=True,
-            )
-        if y.shape[-1] != self.features:  # pad8
-            y = y[..., : self.features]
+        y = conv_transpose2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
+                             self.conv_impl)
         y = y + bias.astype(self.dtype)
         return leaky_relu(y) if self.activation else y

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from deepliflow_jax.model.config import NCONV_EPS, NCONV_SLOPE, NUM_FRAMES
-from deepliflow_jax.model.layers import leaky_relu
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, conv2d, leaky_relu
 
 
 def confidence_max_pool(data: jnp.ndarray, conf: jnp.ndarray):
@@ -89,12 +89,14 @@ class NormalizedConv(nn.Module):
       conf_mass: hold the ``conf_mass`` parameter of structured models (see module
         docstring); False (the original) has no such parameter.
       dtype: compute dtype.
+      conv_impl: how the conv is computed (:func:`deepliflow_jax.model.layers.conv2d`).
     """
 
     features: int
     ksize: int = 3
     conf_mass: bool = False
     dtype: Any = jnp.float32
+    conv_impl: str = CONV_IMPL_DEFAULT
 
     @nn.compact
     def __call__(self, data: jnp.ndarray, conf: jnp.ndarray):
@@ -110,13 +112,7 @@ class NormalizedConv(nn.Module):
         n = data.shape[0]
         # numerator and denominator share the kernel: one conv over a 2x batch
         both = jnp.concatenate([data * conf, conf], axis=0).astype(self.dtype)
-        out = jax.lax.conv_general_dilated(
-            both,
-            w.astype(self.dtype),
-            window_strides=(1, 1),
-            padding="SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        out = conv2d(both, w.astype(self.dtype), conv_impl=self.conv_impl)
         numerator, denominator = out[:n], out[n:]
         nconv = numerator / (denominator + NCONV_EPS)
         nconv = _per_frame_bias(nconv, jnp.stack([biases, biases_1]).astype(self.dtype))

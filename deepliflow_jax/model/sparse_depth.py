@@ -13,6 +13,7 @@ counts; any widths mapping (not None) also gives every normalized conv its
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from deepliflow_jax.model.feature_pyramid import PYRAMID_FILTERS
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT
 from deepliflow_jax.model.normalized_conv import NormalizedConv, confidence_max_pool
 from deepliflow_jax.model.resize import upsample_nearest2x
 from deepliflow_jax.model.widths import Widths, lookup
@@ -31,16 +33,18 @@ class DepthEncoder(nn.Module):
     filters: Sequence[int] = PYRAMID_FILTERS
     widths: Widths = None
     dtype: Any = jnp.float32
+    conv_impl: str = CONV_IMPL_DEFAULT
 
     @nn.compact
     def __call__(self, depth: jnp.ndarray, conf: jnp.ndarray):
         levels, data = [], depth
         mass = self.widths is not None
+        nconv = functools.partial(NormalizedConv, conf_mass=mass, dtype=self.dtype,
+                                  conv_impl=self.conv_impl)
         for i, f in enumerate(self.filters):
             data, conf = confidence_max_pool(data, conf)
             f = lookup(self.widths, f"nconv{i}b", f)
-            data, conf = NormalizedConv(f, conf_mass=mass, dtype=self.dtype,
-                                        name=f"nconv{i}b")(data, conf)
+            data, conf = nconv(f, name=f"nconv{i}b")(data, conf)
             levels.append((data, conf))
         return levels
 
@@ -54,26 +58,21 @@ class DepthDecoder(nn.Module):
 
     widths: Widths = None
     dtype: Any = jnp.float32
+    conv_impl: str = CONV_IMPL_DEFAULT
 
     @nn.compact
     def __call__(self, encoder):
         top_data, top_conf = encoder[-1]
         mass = self.widths is not None
         top_ch = lookup(self.widths, "nconv_pyr_top", top_data.shape[-1])
-        decoder = [
-            NormalizedConv(top_ch, conf_mass=mass, dtype=self.dtype, name="nconv_pyr_top")(
-                top_data, top_conf
-            )
-        ]
+        nconv = functools.partial(NormalizedConv, conf_mass=mass, dtype=self.dtype,
+                                  conv_impl=self.conv_impl)
+        decoder = [nconv(top_ch, name="nconv_pyr_top")(top_data, top_conf)]
         for i in range(4, 0, -1):
             data, conf = encoder[i]
             ch = data.shape[-1]
-            up_d, up_c = NormalizedConv(ch, conf_mass=mass, dtype=self.dtype,
-                                        name=f"upsampling{i + 1}to{i}")(*decoder[-1])
+            up_d, up_c = nconv(ch, name=f"upsampling{i + 1}to{i}")(*decoder[-1])
             up_d, up_c = upsample_nearest2x(up_d), upsample_nearest2x(up_c)
             out_ch = lookup(self.widths, f"refine{i}", ch)
-            decoder.append(
-                NormalizedConv(out_ch, conf_mass=mass, dtype=self.dtype, name=f"refine{i}")(
-                    up_d + data, up_c + conf)
-            )
+            decoder.append(nconv(out_ch, name=f"refine{i}")(up_d + data, up_c + conf))
         return decoder

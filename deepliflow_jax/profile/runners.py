@@ -83,6 +83,7 @@ def _jax_forward_runner(key, config, batch, spec, variables, cache) -> _Runner:
     import jax.numpy as jnp
 
     from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
+    from deepliflow_jax.model.layers import resolve_conv_impl
 
     h, w = spec["height"], spec["width"]
     runner = _Runner(key, config, batch)
@@ -94,6 +95,7 @@ def _jax_forward_runner(key, config, batch, spec, variables, cache) -> _Runner:
             cache[("transformed", config.name)] = config.transform(variables)
         params, info = cache[("transformed", config.name)]
         runner.info = dict(info)
+    runner.info["conv_impl"] = resolve_conv_impl(config.conv_impl)
     params = jax.device_put(params)
     frames = jax.device_put(make_frames(batch, h, w, spec["seed"]))
     exe_key = (config.executable_key, batch)
@@ -145,7 +147,7 @@ def _jax_builder_runner(runner: _Runner, spec: dict, variables: dict) -> _Runner
 
 
 def jax_train_step_call(variables: dict, batch: int, height: int, width: int, seed: int = 0,
-                        dtype: Any = "float32", conv_impl: str = "xla",
+                        dtype: Any = "float32", conv_impl: str = "auto",
                         interp_size: tuple[int, int] | None = None
                         ) -> tuple[Callable[[], Any], dict]:
     """The JAX fine-tuning step every timing job runs, compiled and bound to its batch.
@@ -160,7 +162,7 @@ def jax_train_step_call(variables: dict, batch: int, height: int, width: int, se
       batch, height, width: the batch ``[B, 2, H, W, 4]``.
       seed: seed of the frames.
       dtype: compute dtype.
-      conv_impl: the network's conv implementation.
+      conv_impl: the network's conv implementation (default ``"auto"``).
       interp_size: the network's input size (None: the frames').
 
     Returns:
@@ -188,10 +190,14 @@ def jax_train_step_call(variables: dict, batch: int, height: int, width: int, se
 
 
 def _jax_train_runner(key, config, batch, spec, variables, cache) -> _Runner:
+    from deepliflow_jax.model.layers import resolve_conv_impl
+
     runner = _Runner(key, config, batch)
     call, runner.compile = jax_train_step_call(variables, batch, spec["height"],
-                                               spec["width"], spec["seed"], config.dtype)
-    runner.info = {"optimizer": f"Adam({TRAIN_LR:g}) through the compression transform "
+                                               spec["width"], spec["seed"], config.dtype,
+                                               config.conv_impl)
+    runner.info = {"conv_impl": resolve_conv_impl(config.conv_impl),
+                   "optimizer": f"Adam({TRAIN_LR:g}) through the compression transform "
                    "(dense, float)",
                    "loss": "deepliflow_jax.losses.kitti_loss + the original's L2 term "
                    "(synthetic sparse ground truth)",

@@ -49,8 +49,9 @@ class RuntimeConfig:
       transform: ``variables -> (variables, info)`` applied to the f32 params
         before timing (None: unchanged); ``info`` lands in the results.
       torch_mode: ``"eager"`` or ``"compile"`` for torch configs.
-      conv_impl: the model's ``conv_impl`` (JAX forwards; see
-        ``deepliflow_jax.model.layers.CONV_IMPLS``).
+      conv_impl: the model's ``conv_impl`` (JAX forwards and train steps; see
+        :mod:`deepliflow_jax.model.layers`); ``"auto"``, the library's default, is
+        resolved per backend when the model is traced, and the results record the form.
       unavailable: None, or why this configuration cannot run yet.
       builder: for a JAX forward that is not the plain model on (transformed)
         params (structured pruning, integer kernels):
@@ -67,7 +68,7 @@ class RuntimeConfig:
     torch_mode: str | None = None
     unavailable: str | None = None
     builder: Builder | None = None
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     def __post_init__(self):
         if self.framework not in FRAMEWORKS:
@@ -84,7 +85,7 @@ class RuntimeConfig:
             return (self.framework, self.kind, f"{self.dtype}/{self.name}")
         if self.torch_mode is not None:
             return (self.framework, self.kind, f"{self.dtype}/{self.torch_mode}")
-        return (self.framework, self.kind, self.dtype if self.conv_impl == "xla"
+        return (self.framework, self.kind, self.dtype if self.conv_impl == "auto"
                 else f"{self.dtype}/{self.conv_impl}")
 
 
@@ -295,6 +296,15 @@ def _conv_impl(match: re.Match) -> RuntimeConfig:
         description=f"float32, conv_impl={impl!r} (an exact alternative form of the convs)")
 
 
+def _train_conv_impl(match: re.Match) -> RuntimeConfig:
+    from deepliflow_jax.model.layers import check_conv_impl
+
+    impl = check_conv_impl(match.group(1))
+    return RuntimeConfig(
+        name=match.group(0), framework="jax", kind="train_step", conv_impl=impl,
+        description=f"one fine-tuning step, float32, conv_impl={impl!r}")
+
+
 def _pruned(match: re.Match) -> RuntimeConfig:
     percent = float(match.group(1))
     if not 0 <= percent < 100:
@@ -317,7 +327,8 @@ def _fake_quant(match: re.Match) -> RuntimeConfig:
         transform=quant_transform(bits))
 
 
-register(RuntimeConfig("dense", "jax", "float32 params and compute (the baseline)"))
+register(RuntimeConfig("dense", "jax", "float32 params and compute (the baseline), the "
+                       "default conv_impl ('auto': the fastest exact form on the backend)"))
 register(RuntimeConfig("bf16", "jax", "bfloat16 compute, float32 params (cast in the graph)",
                        dtype="bfloat16"))
 register(RuntimeConfig("pruned", "jax", f"alias of pruned{DEFAULT_PRUNE_PERCENT:g}",
@@ -327,6 +338,7 @@ register_family(r"fq(\d+)", _fake_quant)
 register(RuntimeConfig("fp16", "jax", "float16 compute, float32 params (cast in the graph)",
                        dtype="float16"))
 register_family(r"conv_([a-z0-9+]+)", _conv_impl)
+register_family(r"train_conv_([a-z0-9+]+)", _train_conv_impl)
 register(RuntimeConfig("torch_eager", "torch", "PyTorch reference, eager, float32",
                        torch_mode="eager"))
 register(RuntimeConfig("torch_compile", "torch", "PyTorch reference, torch.compile, float32",
