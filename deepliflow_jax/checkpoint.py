@@ -369,7 +369,9 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
       overwrite: replace an existing ``directory`` (only a checkpoint or an empty
         folder; see ``check_output``).
       quant: a ``compress.quantize.QuantConfig``: store the selected leaves as
-        codes of ``quant.bits`` bits (packed kind).
+        codes of ``quant.bits`` bits (packed kind), with ``per_channel`` one scale per
+        output channel (``compress.quantize.channel_axis``: -2 for the transposed
+        convs' ``[kh, kw, out, in]`` kernels, -1 for the others).
       masks: boolean pruning masks (the tree of ``variables``), applied first.
       bits: per-leaf bit widths overriding ``quant.bits`` (e.g.
         ``compress.transforms.get_bits(opt_state)``; 0 keeps a leaf float).

@@ -1,16 +1,22 @@
 """Uniform quantization: grid, zero fraction, STE, per channel, activations."""
 
 import math
+import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+import deepliflow_jax as dl
+from deepliflow_jax.checkpoint import load_checkpoint, load_metadata, save_checkpoint
+from deepliflow_jax.compress import int8
 from deepliflow_jax.compress.quantize import (
     QuantConfig,
     activation_quantization,
+    channel_axis,
     compute_scale,
     encode,
     expected_zero_fraction,
@@ -20,6 +26,8 @@ from deepliflow_jax.compress.quantize import (
     quantize,
     zero_report,
 )
+from deepliflow_jax.compress.select import flatten, unflatten
+from deepliflow_jax.compress.transforms import compress
 
 RNG = np.random.RandomState(0)
 X = jnp.asarray(RNG.randn(4, 3, 3, 8), jnp.float32)
@@ -267,3 +275,144 @@ def test_the_quantizer_tree_traces_each_leaf_shape_once():
     grads = jax.grad(lambda p: sum(jnp.sum(x * x0) for x, x0 in zip(
         jax.tree.leaves(fn(p, bits)), jax.tree.leaves(params), strict=True)))(params)
     jax.tree.map(np.testing.assert_array_equal, grads, params)
+
+
+# ----------------------------------------------------------------------------- per-channel axis
+# DeepLiDARFlow's layouts, written here independently of the library: its 12 transposed convs
+# (``deconv_*``) keep TF's ``[kh, kw, out, in]``, every other kernel (conv ``kernel``,
+# normalized-conv ``kernels``) is HWIO.
+TINY = 1e-3
+
+
+def _out_axis(path):
+    return -2 if re.search(r"/deconv_[^/]+/kernel$", path) else -1
+
+
+def _channel0(x, axis):
+    """Output channel 0 of a kernel (the rest of its axes, in order)."""
+    return np.take(np.asarray(x), 0, axis=axis)
+
+
+def _one_channel_scaled(variables):
+    """``variables`` with output channel 0 of every kernel times 1e-3, and ``{path: out axis}``."""
+    flat = flatten(variables)
+    axes = {}
+    for path, x in flat.items():
+        if re.search(r"/kernels?$", path):
+            x = np.array(x, np.float32)
+            axes[path] = _out_axis(path)
+            index = [slice(None)] * x.ndim
+            index[axes[path]] = 0
+            x[tuple(index)] *= np.float32(TINY)
+            flat[path] = x
+    assert sum(a == -2 for a in axes.values()) == 12  # the 12 transposed convs
+    return unflatten(flat), axes
+
+
+def _assert_per_output_channel(quantized, scaled, axes, minimum=0.5, keep=None):
+    """Each kernel's scaled channel survives and every output channel keeps its own max|w|."""
+    q, w = flatten(quantized), flatten(scaled)
+    for path, axis in axes.items():
+        kept = np.ones(np.shape(w[path]), bool) if keep is None else np.asarray(keep[path])
+        survived = _channel0(q[path] != 0, axis)[_channel0(kept, axis)]
+        assert survived.mean() > minimum, (path, survived.mean())
+        other = tuple(a for a in range(np.ndim(w[path])) if a != axis % np.ndim(w[path]))
+        np.testing.assert_allclose(np.abs(np.where(kept, q[path], 0)).max(axis=other),
+                                   np.abs(np.where(kept, w[path], 0)).max(axis=other),
+                                   rtol=1e-6, err_msg=path)
+
+
+def test_per_channel_quantizes_a_transposed_conv_per_output_channel(variables):
+    """The issue's example: one output channel of ``deconv_upsample2to1`` ([4, 4, 32, 64],
+    TF layout) scaled by 1e-3 survives 4-bit per-channel quantization (per input channel
+    it became all zero), with and without the ``params/`` prefix."""
+    kernel = np.array(variables["params"]["guidance_network"]["rgb_decoder"]
+                      ["deconv_upsample2to1"]["kernel"])
+    assert kernel.shape == (4, 4, 32, 64)
+    kernel[:, :, 0, :] *= np.float32(TINY)
+    bare = {"guidance_network": {"rgb_decoder": {"deconv_upsample2to1": {"kernel": kernel}}}}
+    for tree in (bare, {"params": bare}):
+        q = np.asarray(flatten(dl.quantize(tree, 4, per_channel=True))[
+            next(iter(flatten(tree)))])
+        assert np.mean(q[:, :, 0, :] != 0) > 0.85  # 89 %, as with the axes given by hand
+        np.testing.assert_allclose(np.abs(q).max(axis=(0, 1, 3)),
+                                   np.abs(kernel).max(axis=(0, 1, 3)), rtol=1e-6)
+
+
+def test_per_channel_axis_of_every_kernel_and_declared_layouts(small_variables):
+    scaled, axes = _one_channel_scaled(small_variables)
+    _assert_per_output_channel(dl.quantize(scaled, 4, per_channel=True), scaled, axes)
+    cfg = QuantConfig(bits=4, per_channel=True)
+    for path, axis in axes.items():
+        assert cfg.axis_for(path, 4) == channel_axis(path, 4) == axis, path
+        assert channel_axis(path.removeprefix("params/"), 4) == axis, path
+    assert cfg.axis_for("params/context_network/conv1/bias", 1) is None  # biases: per tensor
+    assert QuantConfig(bits=4).axis_for("params/context_network/conv1/kernel", 4) is None
+    # a user tree: flax layouts (outputs last) need nothing, even under a deconv_ name; a
+    # TF-layout leaf is declared, and the declaration comes first
+    assert cfg.axis_for("params/deconv_a/kernel", 4) == -1
+    user = QuantConfig(bits=4, per_channel=True, channel_axes=((r"up/kernel$", -2),))
+    assert user.axis_for("params/up/kernel", 4) == -2
+    assert user.axis_for("params/dense/kernel", 2) == -1
+    assert QuantConfig.from_dict(user.to_dict()) == user
+    w = RNG.randn(4, 4, 3, 5).astype(np.float32)
+    w[:, :, 0, :] *= np.float32(TINY)
+    q = np.asarray(quantize({"up": {"kernel": w}}, 4, per_channel=True,
+                            channel_axes=user.channel_axes)["up"]["kernel"])
+    assert np.mean(q[:, :, 0, :] != 0) > 0.5
+    with pytest.raises(ValueError, match=r"\('up/kernel\$', -3\) matches params/up/kernel, "
+                                         r"which has 2 dimensions"):
+        QuantConfig(bits=4, per_channel=True, channel_axes=((r"up/kernel$", -3),)).axis_for(
+            "params/up/kernel", 2)
+
+
+def test_packed_checkpoint_quantizes_per_output_channel(small_variables, tmp_path):
+    """save_checkpoint's packing (QuantConfig per channel) and its load: the scaled channel
+    survives, pruned entries stay exactly zero, the round trip is bit-identical."""
+    scaled, axes = _one_channel_scaled(small_variables)
+    rng = np.random.default_rng(0)
+    masks = jax.tree.map(lambda x: rng.random(np.shape(x)) > 0.2, scaled)
+    quant = QuantConfig(bits=4, per_channel=True)
+    path = save_checkpoint(tmp_path / "ck", scaled, quant=quant, masks=masks)
+    loaded = load_checkpoint(path, kind="packed")
+    masked = jax.tree.map(lambda x, m: np.where(m, x, np.float32(0)), scaled, masks)
+    want = dl.quantize(masked, 4, per_channel=True)
+    for a, b, m in zip(jax.tree.leaves(loaded), jax.tree.leaves(want), jax.tree.leaves(masks),
+                       strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert np.all(np.asarray(a)[~m] == 0)
+    _assert_per_output_channel(loaded, masked, axes, keep=flatten(masks))
+    layout = load_metadata(path)["packing"]["leaves"]
+    deconv = "params/guidance_network/rgb_decoder/deconv_upsample2to1/kernel"
+    assert layout[deconv]["scale_shape"] == [1, 1, layout[deconv]["shape"][2], 1]
+
+
+def test_training_fake_quantizer_quantizes_per_output_channel(small_variables):
+    """Quantization-aware training's forward pass (bit widths traced in the optimizer
+    state), over every kernel: per output channel, equal to dl.quantize bit for bit."""
+    scaled, axes = _one_channel_scaled(small_variables)
+    kernels = unflatten({p: x for p, x in flatten(scaled).items() if p in axes})
+    tx = compress(optax.sgd(0.0), quant=QuantConfig(bits=4, per_channel=True))
+    fwd = jax.jit(tx.forward)(kernels, tx.init(kernels))
+    _assert_per_output_channel(fwd, kernels, axes)
+    for a, b in zip(jax.tree.leaves(fwd), jax.tree.leaves(dl.quantize(kernels, 4,
+                                                                        per_channel=True)),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_int8_kernels_are_the_per_channel_quantizer_s(small_variables):
+    """The int8 model's kernels (conv, transposed conv, normalized conv) are the 8-bit
+    per-channel quantizer's values bit for bit: one output-channel axis everywhere."""
+    scaled, axes = _one_channel_scaled(small_variables)
+    qmodel = int8.quantize_int8(scaled, {p: 1.0 for p in int8._conv_layers(int8.Int8Config())})
+    got = {f"params/{p}/kernel": q["w"].astype(np.float32) * q["w_scale"]
+           for p, q in qmodel["convs"].items()}
+    got |= {f"params/{p}/kernels": q["codes"].astype(np.float32) * q["scale"]
+            for p, q in qmodel["nconv"].items()}
+    assert set(got) == set(axes)
+    want = flatten(dl.quantize(scaled, 8, per_channel=True))
+    for path, w in got.items():
+        np.testing.assert_array_equal(w, np.asarray(want[path]), err_msg=path)
+    _assert_per_output_channel(unflatten(got), unflatten({p: flatten(scaled)[p] for p in got}),
+                               axes, minimum=0.9)

@@ -102,7 +102,8 @@ def pack_params(
     Args:
       params: float parameter pytree of nested dicts (the master weights), e.g.
         ``{'params': ...}``.
-      quant: quantizer config, or None to store floats (sparse where pruned).
+      quant: quantizer config, or None to store floats (sparse where pruned); per
+        channel, the scales run over each leaf's ``quant.axis_for`` (its output channels).
       masks: boolean pruning masks (same tree), applied first (prune, then quantize).
       bits: optional per-leaf bit widths (e.g. ``get_bits(opt_state)``)
         overriding ``quant.bits`` on the selected leaves; 0 stores a leaf as

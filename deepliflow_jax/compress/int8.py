@@ -42,7 +42,12 @@ import numpy as np
 
 from deepliflow_jax.compress.export import _encode_leaf  # numpy twin of quantize.encode
 from deepliflow_jax.compress.quantize import encode, fake_quant
-from deepliflow_jax.model.channels import architecture_widths, dependency_graph, widths_of
+from deepliflow_jax.model.channels import (
+    architecture_widths,
+    dependency_graph,
+    out_axis,
+    widths_of,
+)
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import Conv, ConvTranspose, leaky_relu
 from deepliflow_jax.model.widths import freeze_widths
@@ -103,8 +108,9 @@ def _model(widths: Any) -> DeepLiDARFlow:
     return DeepLiDARFlow(widths=freeze_widths(widths))
 
 
-def _channel_axis(kind: str) -> int:
-    return -2 if kind == "deconv" else -1  # TF transposed-conv layout [kh, kw, out, in]
+def _kind(module: nn.Module) -> str:
+    """The layer kind (``model.channels``) of a ``Conv``/``ConvTranspose``: its kernel layout."""
+    return "deconv" if isinstance(module, ConvTranspose) else "conv"
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -240,8 +246,7 @@ def fake_quant_conv(module: nn.Module, x: jnp.ndarray, kernel: jnp.ndarray, bias
     # straight-through: the value of the quantized input, the gradient of x inside range
     inside = jnp.abs(x) <= jnp.asarray(amax, jnp.float32)
     xq = codes * s + jnp.where(inside, x - jax.lax.stop_gradient(x), 0.0)
-    axis = _channel_axis("deconv" if isinstance(module, ConvTranspose) else "conv")
-    w = fake_quant(kernel, BITS, axis=axis)
+    w = fake_quant(kernel, BITS, axis=out_axis(_kind(module)))
     return _finish(module, _conv(module, xq, w), bias)
 
 
@@ -302,7 +307,8 @@ def _fake_quant_nconv(params: Mapping[str, Any]) -> dict:
     flat = flax.traverse_util.flatten_dict(dict(params), sep="/")
     for path, lay in layers.items():
         if lay.kind == "nconv":
-            flat[f"{path}/kernels"] = fake_quant(flat[f"{path}/kernels"], BITS, axis=-1)
+            flat[f"{path}/kernels"] = fake_quant(flat[f"{path}/kernels"], BITS,
+                                                 axis=out_axis(lay.kind))
     return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
@@ -342,7 +348,8 @@ def quantize_int8(variables: Mapping[str, Any], act_ranges: Mapping[str, float],
         layers, _ = dependency_graph()
         for path, lay in layers.items():
             if lay.kind == "nconv":
-                codes, scale, _, _ = _encode_leaf(flat.pop(f"{path}/kernels"), BITS, -1, True)
+                codes, scale, _, _ = _encode_leaf(flat.pop(f"{path}/kernels"), BITS,
+                                                  out_axis(lay.kind), True)
                 nconv[path] = {"codes": codes.astype(np.int8), "scale": scale}
     return {"convs": convs, "nconv": nconv, "float": flat}
 
@@ -361,8 +368,8 @@ def quantize_layer(kernel: Any, bias: Any, amax: float, kind: str = "conv") -> d
       ``w * w_scale`` equals :func:`.quantize.fake_quant` of the kernel bit for bit
       (host-side numpy with the same float32 operations, as the compact export).
     """
-    codes, scale, _, _ = _encode_leaf(np.asarray(kernel, np.float32), BITS,
-                                      _channel_axis(kind), True)
+    codes, scale, _, _ = _encode_leaf(np.asarray(kernel, np.float32), BITS, out_axis(kind),
+                                      True)
     return {"w": codes.astype(np.int8), "w_scale": scale,
             "bias": np.asarray(bias, np.float32),
             "x_scale": np.asarray(act_scale(amax), np.float32)}

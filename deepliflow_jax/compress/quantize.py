@@ -50,12 +50,52 @@ import numpy as np
 
 from deepliflow_jax.compress.checks import check_number
 from deepliflow_jax.compress.select import Pattern, flatten, map_with_path, matches, select
+from deepliflow_jax.model.channels import kernel_out_axes
 
 MIN_BITS, MAX_BITS = 2, 16
 
-# DeepLiDARFlow's transposed convs (``deconv_*``) keep TF's ``[kh, kw, out, in]``
-# kernel layout: per-channel scales must run over axis -2 there.
-DEEPLIDARFLOW_CHANNEL_AXES = ((r"/deconv_[^/]+/kernel$", -2),)
+# DeepLiDARFlow's kernels whose output channels are not last: the 12 transposed convs,
+# TF's ``[kh, kw, out, in]`` layout (model.channels.out_axis). Matches the path with or
+# without the ``params/`` prefix. Every other kernel is HWIO (outputs on axis -1).
+DEEPLIDARFLOW_CHANNEL_AXES = tuple(
+    (rf"(^|/){re.escape(path)}$", axis) for path, axis in kernel_out_axes().items() if axis != -1
+)
+
+
+def channel_axis(path: str, ndim: int, channel_axes: Sequence[tuple[str, int]] = ()
+                 ) -> int | None:
+    """Output-channel axis of the leaf at ``path``: the axis per-channel scales run over.
+
+    The one rule of every per-channel quantizer (:class:`QuantConfig`, :func:`quantize`,
+    quantization-aware training, packed checkpoints, the compression search): the first
+    of the declared ``channel_axes`` whose regex matches ``path`` (a user tree's layout),
+    else DeepLiDARFlow's own layout (:data:`DEEPLIDARFLOW_CHANNEL_AXES`: -2 for its
+    transposed-conv kernels ``[kh, kw, out, in]``), else -1 (HWIO conv and flax
+    ``Dense``/``ConvTranspose`` kernels). The int8 model uses the same layouts
+    (``model.channels.out_axis``).
+
+    Args:
+      path: the leaf's '/'-joined parameter path (see :mod:`.select`).
+      ndim: the leaf's number of dimensions.
+      channel_axes: declared ``((regex, axis), ...)`` (``re.search`` on ``path``).
+
+    Returns:
+      The axis (negative or as declared), or None for a leaf of fewer than 2
+      dimensions (a bias: one scale per tensor).
+
+    Raises:
+      ValueError: a declared axis outside ``[-ndim, ndim)`` for the leaf it matches.
+    """
+    if ndim < 2:
+        return None
+    for regex, axis in (*channel_axes, *DEEPLIDARFLOW_CHANNEL_AXES):
+        if re.search(regex, path):
+            if not -ndim <= axis < ndim:
+                raise ValueError(f"channel_axes entry ({regex!r}, {axis}) matches {path}, "
+                                 f"which has {ndim} dimensions: the axis must be in "
+                                 f"[{-ndim}, {ndim})")
+            return axis
+    return -1
 
 
 def check_bits(bits: Any, name: str = "bits") -> int:
@@ -255,11 +295,14 @@ class QuantConfig:
 
     Attributes:
       bits: weight bit width in [2, 16].
-      per_channel: per-output-channel scales (else per tensor, as the paper).
+      per_channel: one scale per *output* channel (else per tensor, as the paper),
+        on the axis :func:`channel_axis` gives: -2 for DeepLiDARFlow's transposed-conv
+        kernels (TF layout ``[kh, kw, out, in]``), -1 for every other kernel (HWIO).
         Tensors with fewer than 2 dims (biases) always use one scale.
-      channel_axes: ``((regex, axis), ...)``, first match wins, default axis -1
-        (flax HWIO conv / dense kernels). A TF-layout transposed-conv kernel
-        ``[kh, kw, out, in]`` needs axis -2.
+      channel_axes: a user tree's declared layout, ``((regex, axis), ...)`` over
+        parameter paths, first match wins, checked before DeepLiDARFlow's own layout;
+        e.g. ``((r"upconv/kernel$", -2),)`` for a TF-layout transposed conv. Only
+        leaves whose output channels are not last need declaring.
       symmetric: symmetric mid-tread levels (default) or affine min/max.
       include, exclude: regexes over parameter paths of the leaves to quantize.
       act_bits: activation bit width, or None for float activations.
@@ -292,13 +335,13 @@ class QuantConfig:
         )
 
     def axis_for(self, path: str, ndim: int) -> int | None:
-        """Channel axis used for the leaf at ``path`` (None = per tensor)."""
-        if not self.per_channel or ndim < 2:
+        """Channel axis used for the leaf at ``path`` (None = per tensor).
+
+        :func:`channel_axis` with the declared ``channel_axes`` when ``per_channel``.
+        """
+        if not self.per_channel:
             return None
-        for regex, axis in self.channel_axes:
-            if re.search(regex, path):
-                return axis
-        return -1
+        return channel_axis(path, ndim, self.channel_axes)
 
     def selected(self, path: str) -> bool:
         return matches(path, self.include, self.exclude)

@@ -43,6 +43,7 @@ from deepliflow_jax.model.channels import (
     dependency_graph,
     kernel_of,
     layer_params,
+    out_axis,
     out_dim,
     unwrap_params,
     widths_of,
@@ -86,9 +87,8 @@ SCORERS: dict[str, Scorer] = {"l1": l1_scores, "l2": l2_scores}
 def _filters(layer: Layer, p: Mapping[str, Any]) -> np.ndarray:
     """``[out, fan_in]`` view of a layer's kernel (raw parameters)."""
     k = kernel_of(layer, p)
-    if layer.kind == "deconv":  # [kh, kw, out, in]
-        return np.moveaxis(k, -2, 0).reshape(k.shape[-2], -1)
-    return np.moveaxis(k, -1, 0).reshape(k.shape[-1], -1)
+    axis = out_axis(layer.kind)
+    return np.moveaxis(k, axis, 0).reshape(k.shape[axis], -1)
 
 
 def channel_scores(variables: Mapping[str, Any], scorer: str | Scorer = "l1"

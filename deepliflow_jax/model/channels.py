@@ -224,22 +224,78 @@ def unwrap_params(variables: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool
 
 
 def kernel_of(layer: Layer, p: Mapping[str, Any]) -> np.ndarray:
-    return np.asarray(p["kernels" if layer.kind == "nconv" else "kernel"], np.float32)
+    return np.asarray(p[kernel_name(layer.kind)], np.float32)
 
 
 def kernel_shape(layer: Layer, p: Mapping[str, Any]) -> tuple[int, ...]:
     """Shape only: works on numpy, jax and traced arrays and on ShapeDtypeStructs."""
-    return tuple(np.shape(p["kernels" if layer.kind == "nconv" else "kernel"]))
+    return tuple(np.shape(p[kernel_name(layer.kind)]))
+
+
+# Kernel layouts per layer kind: (output-channel axis, input-channel axis). Convs and the
+# normalized convs' ``kernels`` are HWIO (flax's layout, outputs last); the transposed
+# convs keep TF's ``conv2d_transpose`` filter layout ``[kh, kw, out, in]`` (the original
+# model's ``deconv`` in DeepLiDARFlow's ``layers.py``), outputs on axis -2.
+KERNEL_AXES = {"conv": (-1, -2), "nconv": (-1, -2), "deconv": (-2, -1)}
+
+
+def _kernel_axes(kind: str) -> tuple[int, int]:
+    try:
+        return KERNEL_AXES[kind]
+    except KeyError:
+        raise ValueError(f"unknown layer kind {kind!r} (known: {', '.join(KERNEL_AXES)})"
+                         ) from None
+
+
+def out_axis(kind: str) -> int:
+    """Output-channel axis of a kernel of this layer kind (negative, from the end).
+
+    The one definition of the layouts: per-channel quantization
+    (``compress.quantize.channel_axis``), int8, structured pruning and the widths read
+    from shapes all use it.
+
+    Args:
+      kind: ``"conv"`` (HWIO kernel), ``"nconv"`` (HWIO ``kernels``) or ``"deconv"``
+        (TF ``[kh, kw, out, in]``).
+
+    Returns:
+      -1 for ``"conv"``/``"nconv"``, -2 for ``"deconv"``.
+
+    Raises:
+      ValueError: an unknown kind.
+    """
+    return _kernel_axes(kind)[0]
+
+
+def in_axis(kind: str) -> int:
+    """Input-channel axis of a kernel of this layer kind: -2, or -1 for ``"deconv"``."""
+    return _kernel_axes(kind)[1]
+
+
+def kernel_name(kind: str) -> str:
+    """The kernel parameter's name in a layer of this kind (``kernels`` for normalized convs)."""
+    return "kernels" if kind == "nconv" else "kernel"
+
+
+def kernel_out_axes() -> dict[str, int]:
+    """``{kernel path: output-channel axis}`` of every DeepLiDARFlow kernel.
+
+    Paths have no ``params/`` prefix (e.g.
+    ``guidance_network/rgb_decoder/deconv_upsample2to1/kernel``); they are the same in a
+    full and a structured model.
+    """
+    layers, _ = _graph()
+    return {f"{path}/{kernel_name(lay.kind)}": out_axis(lay.kind) for path, lay in layers.items()}
 
 
 def out_dim(layer: Layer, kernel: Any) -> int:
     shape = np.shape(kernel) if not isinstance(kernel, tuple) else kernel
-    return shape[-2] if layer.kind == "deconv" else shape[-1]
+    return shape[out_axis(layer.kind)]
 
 
 def in_dim(layer: Layer, kernel: Any) -> int:
     shape = np.shape(kernel) if not isinstance(kernel, tuple) else kernel
-    return shape[-1] if layer.kind == "deconv" else shape[-2]
+    return shape[in_axis(layer.kind)]
 
 
 def widths_of(variables: Mapping[str, Any]) -> dict[str, int]:

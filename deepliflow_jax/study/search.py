@@ -284,14 +284,18 @@ def sparsify(params: Any, plan: Mapping[str, Choice], groups: Sequence[tuple[str
 def fake_quantize(params: Any, regex: str, bits: int) -> Any:
     """The parameters matching ``regex`` fake-quantized to ``bits`` (per tensor, symmetric).
 
-    The trainer's quantizer (``quantize_tree`` with ``Trainer.quant``), computed with its
-    numpy twin in ``compress.export`` (bit for bit the same values, no compiles).
+    The trainer's quantizer (``quantize_tree`` with ``Trainer.quant``, whose axes
+    ``QuantConfig.axis_for`` decides), computed with its numpy twin in
+    ``compress.export`` (bit for bit the same values, no compiles).
     """
+    quant = QuantConfig(bits=int(bits), include=regex)
     flat = flax.traverse_util.flatten_dict(dict(params), sep="/")
     out = {}
     for path, x in flat.items():
-        if re.search(regex, path):
-            codes, scale, zp, _ = _encode_leaf(np.asarray(x, np.float32), bits, None, True)
+        if quant.selected(path):
+            x = np.asarray(x, np.float32)
+            codes, scale, zp, _ = _encode_leaf(x, quant.bits, quant.axis_for(path, x.ndim),
+                                               quant.symmetric)
             out[path] = _decode(codes, scale, zp)
         else:
             out[path] = x
