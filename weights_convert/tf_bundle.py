@@ -701,19 +701,16 @@ def read_tensors(bundle: Bundle, names=None, verify_crc: bool = True) -> dict[st
 
 
 def _read_one(bundle: Bundle, e: BundleEntry, files: dict, verify_crc: bool) -> np.ndarray:
+    name = e.name
+    if e.dtype not in DTYPES:
+        raise ValueError(f"{bundle.prefix}: tensor {name!r} has unsupported dtype {e.dtype_name}")
     if e.slices:  # a partitioned variable: read_index checked that its slices tile it
-        if e.dtype not in DTYPES:
-            raise ValueError(f"{bundle.prefix}: tensor {e.name!r} has unsupported dtype "
-                             f"{e.dtype_name}")
         out = np.empty(e.shape, DTYPES[e.dtype].newbyteorder("="))
         for spec in e.slices:
             index = tuple(slice(None) if length == FULL_EXTENT else slice(start, start + length)
                           for start, length in spec)
-            out[index] = _read_one(bundle, bundle.slice_data[e.name][spec], files, verify_crc)
+            out[index] = _read_one(bundle, bundle.slice_data[name][spec], files, verify_crc)
         return out
-    name = e.name
-    if e.dtype not in DTYPES:
-        raise ValueError(f"{bundle.prefix}: tensor {name!r} has unsupported dtype {e.dtype_name}")
     dtype = DTYPES[e.dtype]
     if bundle.big_endian:
         dtype = dtype.newbyteorder(">")
