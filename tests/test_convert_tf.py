@@ -12,6 +12,11 @@
   writer from ``init_params`` weights; the CLI converts it, reports the slots as
   skipped and the report keeps them. Other slot kinds, outer scopes and the
   refusals are checked in memory (no network is compiled).
+* Partitioned variables: the writer stores them as TF's ``BundleWriter::AddSlice``
+  (slice keys in TF's OrderedCode, checked against ``ordered_code.cc``'s own
+  examples); the release checkpoint with kernels, biases and their Adam slots
+  partitioned converts like the unpartitioned one; slices that overlap, leave a
+  gap or exceed the shape, and undecodable keys, are ``ConversionError``s.
 """
 
 import json
@@ -591,3 +596,164 @@ def test_optimizer_state_refusals(release_model, small_variables, tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no optimizer state: convert the TF "
                                                 "training checkpoint with .*--with_optimizer"):
         load_optimizer_state(tmp_path / "plain")
+
+
+# ----------------------------------------------------------------------------- partitioned
+
+def test_slice_keys_are_tfs_ordered_code():
+    # ordered_code.cc's own examples of WriteSignedNumIncreasing
+    assert tf_bundle._oc_signed(0x424242) == bytes.fromhex("f0424242")
+    assert tf_bundle._oc_signed(-0x800) == bytes.fromhex("3800")
+    for value in (0, 1, -1, 63, 64, -64, -65, 8191, 8192, -8193, 2 ** 62, 2 ** 63 - 1, -2 ** 63):
+        code = tf_bundle._oc_signed(value)
+        assert tf_bundle._oc_read_signed(code + b"\x80", 0) == (value, len(code)), value
+    # EncodeTensorNameSlice("a", "-:2,3"): NumIncreasing 0, "a" + separator, rank 2, then
+    # start/length per dimension (0, -1 for a whole one)
+    assert tf_bundle.encode_slice_key("a", ((0, -1), (2, 3))) == \
+        b"\x00" + b"a\x00\x01" + b"\x01\x02" + b"\x80\x7f" + b"\x82\x83"
+    key = tf_bundle.encode_slice_key("x/\x00\xff", ((100, 2 ** 40), (0, -1)))
+    assert key.startswith(b"\x00x/\x00\xff\xc3\xbf\x00\x01\x01\x02\xc0\x64\xfd\x00\x00")
+    assert tf_bundle.decode_slice_key(key) == ("x/\x00\xff", ((100, 2 ** 40), (0, -1)))
+    for bad, why in ((key[:-1], "ends at byte 20 where a signed number"),
+                     (key[:16], "bad signed number at byte 13"), (key + b"\x80", "1 bytes after"),
+                     (b"\x00abc", "no terminator"), (b"\x00a\x00\x02", r"bad escape .* at byte 2"),
+                     (b"\x00a\x00\x01\x00", "rank 0"), (b"\x01\x05a\x00\x01", "leading number"),
+                     (b"\x00a\x00\x01\x01\x01\x80\x7e", "start 0, length -2")):
+        with pytest.raises(ValueError, match=why):
+            tf_bundle.decode_slice_key(bad)
+
+
+def test_partitioned_tensors_read_back_whole(tmp_path):
+    rng = np.random.default_rng(3)
+    kernel = rng.standard_normal((3, 3, 5, 7)).astype(np.float32)
+    counts = np.arange(10, dtype=np.int32).reshape(2, 5)
+    # TF's other spelling: whole dimensions as empty extents (0, -1)
+    whole = tf_bundle.PartitionedTensor((2, 5), tuple(
+        (((0, -1), (a, n)), counts[:, a:a + n]) for a, n in ((0, 2), (2, 3))))
+    prefix = tf_bundle.write_bundle(tmp_path / "ck", {
+        "k0": tf_bundle.partition(kernel, 0, 2), "k3": tf_bundle.partition(kernel, 3, 3),
+        "counts": whole, "plain": kernel})
+    bundle = tf_bundle.read_index(prefix)
+    assert sorted(bundle.entries) == ["counts", "k0", "k3", "plain"]
+    assert bundle.entries["k3"].slices == (((0, 3), (0, 3), (0, 5), (0, 3)),
+                                           ((0, 3), (0, 3), (0, 5), (3, 2)),
+                                           ((0, 3), (0, 3), (0, 5), (5, 2)))
+    assert bundle.entries["counts"].slices == (((0, -1), (0, 2)), ((0, -1), (2, 3)))
+    got = tf_bundle.read_tensors(bundle)
+    for name, want in (("k0", kernel), ("k3", kernel), ("plain", kernel), ("counts", counts)):
+        assert got[name].dtype == want.dtype, name
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    # each slice's checksum is verified, and a mismatch names the slice
+    part = bundle.slice_data["k3"][bundle.entries["k3"].slices[1]]
+    data = tf_bundle.data_path(prefix, 0, 1)
+    raw = bytearray(data.read_bytes())
+    raw[part.offset + 1] ^= 0x04
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"checksum mismatch for tensor "
+                                         r"'k3\[0:3, 0:3, 0:5, 3:5\]'"):
+        tf_bundle.read_bundle(prefix, ["k3"])
+
+
+PARTITIONED = {  # TF variable -> (axis, slices); each with its two Adam slots
+    "model/context_network/conv1/kernel": (0, 3),  # [3, 3, 36, 128]
+    "model/guidance_network/final_scene_flow_tensors/deconv_upsample2to1/kernel": (3, 2),
+    "model/context_network/conv2/bias": (0, 3),  # [128]
+    "model/guidance_network/rgb_guidance_connections/biases0b": (3, 2),  # [1, 1, 1, 16]
+}
+
+
+def test_partitioned_variables_convert_like_unpartitioned(release_model, release_converted,
+                                                         tmp_path):
+    """The release checkpoint with kernels and biases (and their Adam slots) saved as
+    partitioned variables converts to the same weights, Adam state and report."""
+    from deepliflow_jax.checkpoint import load_optimizer_state
+    from weights_convert.convert import convert_checkpoint
+
+    tensors = release_checkpoint_tensors(release_model, global_step=41)
+    for var, (axis, num) in PARTITIONED.items():
+        for name in (var, f"train/{var}/Adam_optimizer", f"train/{var}/Adam_optimizer_1"):
+            tensors[name] = tf_bundle.partition(tensors[name], axis, num)
+    prefix = tf_bundle.write_bundle(tmp_path / "partitioned", tensors)
+    bundle = tf_bundle.read_index(prefix)
+    assert len(bundle.slice_data) == 3 * len(PARTITIONED)
+    assert {len(parts) for parts in bundle.slice_data.values()} == {2, 3}
+
+    out = tmp_path / "converted"
+    report = convert_checkpoint("tf", prefix, out, with_optimizer_state=True)
+    want_dir, _ = release_converted
+    assert _same_tree(load_checkpoint(out), load_checkpoint(want_dir))
+    got_state, want_state = load_optimizer_state(out), load_optimizer_state(want_dir)
+    for moment in ("mu", "nu"):
+        assert _same_tree(got_state[moment], want_state[moment]), moment
+    assert report.skipped == load_metadata(want_dir)["skipped"]
+    assert load_metadata(out)["optimizer"]["adam_steps"] == 300
+
+
+def _bad_partition(shape, specs):
+    return tf_bundle.PartitionedTensor(shape, tuple(
+        (spec, np.ones([n for _, n in spec], np.float32)) for spec in specs))
+
+
+BAD_PARTITIONS = {  # [4, 3] tensor 'w': slices -> the problem named
+    "overlap": ([((0, 3), (0, 3)), ((2, 2), (0, 3))],
+                "w: slice [2:4, 0:3] overlaps slice [0:3, 0:3]"),
+    "overlap along axis 1": ([((0, 4), (0, 2)), ((0, 4), (1, 2))],
+                             "w: slice [0:4, 1:3] overlaps slice [0:4, 0:2]"),
+    "gap": ([((0, 1), (0, 3)), ((2, 2), (0, 3))],
+            "w: its 2 slices cover 9 of the 12 elements of [4, 3]: a gap"),
+    "gap along axis 1": ([((0, 4), (0, 1)), ((0, 4), (1, 1))],
+                         "w: its 2 slices cover 8 of the 12 elements of [4, 3]: a gap"),
+    "exceeds the shape": ([((0, 2), (0, 3)), ((2, 3), (0, 3))],
+                          "w: slice [2:5, 0:3] exceeds the shape [4, 3] (dimension 0)"),
+    "another rank": ([((0, 2), (0, 3), (0, 1)), ((2, 2), (0, 3), (0, 1))],
+                     "w: slice [0:2, 0:3, 0:1] has rank 3, the tensor [4, 3] has rank 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PARTITIONS))
+def test_partitions_that_do_not_tile_are_refused(case, tmp_path):
+    from weights_convert.convert import convert_checkpoint
+
+    specs, problem = BAD_PARTITIONS[case]
+    prefix = tf_bundle.write_bundle(tmp_path / "bad", {"w": _bad_partition((4, 3), specs),
+                                                      "global_step": np.int64(1)})
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError) as info:
+        convert_checkpoint("tf", prefix, out)
+    assert info.value.source == str(prefix) and str(prefix) in str(info.value)
+    assert problem in info.value.problems, info.value.problems
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("corrupt, problem", [
+    (lambda key: key[:-1], "where a signed number was expected"),
+    (lambda key: key[:-2] + b"\xc0\x00" + key[-1:], "bad signed number at byte 8"),  # 0, 2 bytes
+    (lambda key: key + b"\x00", "1 bytes after the slice of 'w'"),
+    (lambda key: key[:3], "the tensor name has no terminator"),
+    (lambda key: b"\x00w\x00\x07" + key[4:], "bad escape b'\\x00\\x07' in the name"),
+    (lambda key: b"w\x80" + key[-1:], "is neither UTF-8 text"),
+])
+def test_undecodable_keys_are_refused_naming_checkpoint_and_key(corrupt, problem, tmp_path,
+                                                                monkeypatch, capsys):
+    """A corrupt slice key (or a key that is no text) is a ConversionError naming the
+    checkpoint, the key's bytes and what in it is unexpected, never a UnicodeDecodeError."""
+    encode = tf_bundle.encode_slice_key
+    monkeypatch.setattr(tf_bundle, "encode_slice_key",
+                        lambda name, spec: corrupt(encode(name, spec)) if spec[0][0] else
+                        encode(name, spec))  # the second slice's key only
+    prefix = tf_bundle.write_bundle(tmp_path / "bad", {"w": tf_bundle.partition(
+        np.zeros((4, 3), np.float32), 0, 2)})
+    monkeypatch.undo()
+    bad_key = corrupt(encode("w", ((2, 2), (0, 3))))
+    with pytest.raises(ConversionError) as info:
+        tf_to_flax(prefix)
+    assert info.value.source == str(prefix)
+    text = [p for p in info.value.problems if problem in p]
+    assert text and repr(bad_key) in text[0], info.value.problems
+    # the slice whose key is unreadable counts as missing
+    assert "w: slice [2:4, 0:3] is listed, but its data entry (key " in str(info.value)
+    out = tmp_path / "out"
+    assert cli(["--format=tf", f"--input={prefix}", f"--output={out}"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot convert {prefix}" in err and problem in err, err
+    assert not out.exists()

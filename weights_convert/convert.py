@@ -432,7 +432,9 @@ def tf_to_flax(prefix: PathLike, verify_crc: bool = True):
     are skipped, reported and kept in the report (``slots``, ``global_step``).
     The original release names its Adam slots
     ``train/<var>/Adam_optimizer{,_1}`` and its counters ``train/global_step``,
-    ``train/beta{1,2}_power`` (``train.py``).
+    ``train/beta{1,2}_power`` (``train.py``). Partitioned variables and their slots,
+    saved by ``tf.train.Saver`` as slices along any axis, are reassembled once the
+    reader has checked that their slices tile the full shape exactly.
 
     Args:
       prefix: checkpoint prefix (``PREFIX.index`` + ``PREFIX.data-*``), its
@@ -446,12 +448,18 @@ def tf_to_flax(prefix: PathLike, verify_crc: bool = True):
       FileNotFoundError: index or data file missing.
       ValueError: unreadable/corrupted files (``ConversionError`` for a checkpoint
         that does not fit the model, e.g. an entry tied to no model variable or a
-        slot whose shape is not its variable's).
+        slot whose shape is not its variable's, and for index entries the reader
+        cannot decode: a key neither UTF-8 nor TF's slice encoding, or partitioned
+        variable slices that overlap, leave a gap or exceed the shape; each problem
+        names its entry).
     """
     path = Path(prefix)
     if path.is_file() and path.suffix in TORCH_SUFFIXES + (SAFETENSORS_SUFFIX,):
         raise ValueError(f"{path} looks like a PyTorch file; use --format=torch")
-    bundle = tf_bundle.read_index(prefix)
+    try:
+        bundle = tf_bundle.read_index(prefix)
+    except tf_bundle.BundleError as err:  # entries the reader cannot decode or reassemble
+        raise ConversionError(str(err.checkpoint), err.problems) from err
     source = str(bundle.prefix)
     found = {}
     for name, e in bundle.entries.items():

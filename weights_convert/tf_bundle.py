@@ -16,6 +16,16 @@ TensorFlow is needed here:
   offset (4), size (5), masked crc32c (6, fixed32), slices (7). Protobufs are
   decoded by hand from the wire format (varints, length-delimited, fixed32).
 * ``.data-*`` files hold the raw little-endian tensor bytes at those offsets.
+* Partitioned variables (``tf.train.Saver`` of a variable made with a partitioner,
+  and its optimizer slots): ``BundleWriter::AddSlice`` stores a full-tensor entry
+  with dtype, shape and one ``TensorSliceProto`` per slice (field 7: repeated
+  ``Extent {start (1), length (2)}``; an empty extent is the whole dimension) and no
+  data, plus one ordinary entry per slice under the key
+  ``EncodeTensorNameSlice(name, slice)`` (``saved_tensor_slice_util.cc``):
+  OrderedCode ``NumIncreasing(0)``, ``String(name)``, ``NumIncreasing(rank)``, then
+  ``SignedNumIncreasing(start)``, ``SignedNumIncreasing(length)`` per dimension
+  (``0, -1`` for a whole dimension). The reader decodes these keys and reassembles
+  the full tensor, after checking that the slices tile its shape exactly.
 
 The writer produces the same bytes as TF's ``BundleWriter`` for a single shard
 (same block size, restart interval, separator keys, field order and alignment),
@@ -58,6 +68,8 @@ DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6
 _DTYPE_ENUM = {v.newbyteorder("<") if v.itemsize > 1 else v: k for k, v in DTYPES.items()}
 
 PathLike = str | os.PathLike
+Slice = tuple[tuple[int, int], ...]  # (start, length) per dimension
+FULL_EXTENT = -1  # TF's TensorSlice::kFullExtent: the whole dimension
 
 
 class BundleEntry(NamedTuple):
@@ -70,7 +82,9 @@ class BundleEntry(NamedTuple):
     offset: int
     size: int
     crc32c: int | None  # masked, as stored; None if absent
-    sliced: bool
+    # a partitioned variable's slices, as ``(start, length)`` per dimension with
+    # length ``FULL_EXTENT`` for a whole dimension; () for an ordinary tensor
+    slices: tuple[Slice, ...]
 
     @property
     def dtype_name(self) -> str:
@@ -78,12 +92,46 @@ class BundleEntry(NamedTuple):
 
 
 class Bundle(NamedTuple):
-    """The parsed ``.index``: header fields and the entries by name."""
+    """The parsed ``.index``: header fields and the entries by name.
+
+    ``entries`` holds one entry per tensor (for a partitioned variable, its
+    full-tensor entry); ``slice_data`` the data entries of each partitioned
+    variable's slices, ``{name: {slice: entry}}``.
+    """
 
     prefix: Path
     num_shards: int
     big_endian: bool
     entries: dict[str, BundleEntry]
+    slice_data: dict[str, dict[Slice, BundleEntry]]
+
+
+class BundleError(ValueError):
+    """Entries of a checkpoint index that cannot be decoded or do not fit together.
+
+    Attributes:
+      checkpoint: the checkpoint prefix.
+      problems: one line per problem, each naming its entry (or the key's bytes).
+    """
+
+    def __init__(self, checkpoint: Path, problems: list[str]):
+        self.checkpoint = checkpoint
+        self.problems = list(problems)
+        super().__init__(f"{checkpoint}: {len(self.problems)} undecodable or inconsistent "
+                         "entries in the checkpoint index:\n  " + "\n  ".join(self.problems))
+
+
+class PartitionedTensor(NamedTuple):
+    """A partitioned variable as ``tf.train.Saver`` stores it, for ``write_bundle``.
+
+    Attributes:
+      shape: the full tensor's shape.
+      parts: ``((slice, array), ...)`` in the order saved; ``slice`` gives
+        ``(start, length)`` per dimension (``(0, FULL_EXTENT)``: the whole dimension).
+    """
+
+    shape: tuple[int, ...]
+    parts: tuple[tuple[Slice, np.ndarray], ...]
 
 
 # ----------------------------------------------------------------------------- CRC-32C
@@ -244,13 +292,14 @@ def _parse_shape(buf: bytes, where: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def _parse_entry(name: str, buf: bytes, where: str) -> BundleEntry:
-    dtype, shape, shard, offset, size, crc, sliced = 0, (), 0, 0, 0, None, False
-    for field, wire, value in _proto_fields(buf, f"{where}, entry {name!r}"):
+def _parse_entry(name: str, buf: bytes) -> BundleEntry:
+    dtype, shape, shard, offset, size, crc, slices = 0, (), 0, 0, 0, None, []
+    where = f"entry {name!r}"
+    for field, wire, value in _proto_fields(buf, where):
         if field == 1 and wire == 0:
             dtype = value
         elif field == 2 and wire == 2:
-            shape = _parse_shape(value, f"{where}, shape of {name!r}")
+            shape = _parse_shape(value, f"shape of {where}")
         elif field == 3 and wire == 0:
             shard = value
         elif field == 4 and wire == 0:
@@ -259,9 +308,203 @@ def _parse_entry(name: str, buf: bytes, where: str) -> BundleEntry:
             size = _signed64(value)
         elif field == 6 and wire == 5:
             crc = value
+        elif field == 7 and wire == 2:
+            slices.append(_parse_slice(value, f"slice of {where}"))
         elif field == 7:
-            sliced = True
-    return BundleEntry(name, dtype, shape, shard, offset, size, crc, sliced)
+            raise ValueError(f"{where}: field 7 (slices) has wire type {wire}, expected 2")
+    return BundleEntry(name, dtype, shape, shard, offset, size, crc, tuple(slices))
+
+
+# ----------------------------------------------------------------------------- slice keys
+
+# OrderedCode (tensorflow/core/lib/strings/ordered_code.cc), the three forms slice keys use.
+
+def _oc_num(value: int) -> bytes:
+    """``WriteNumIncreasing``: a length byte, then the value big-endian without leading 0s."""
+    body = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return bytes([len(body)]) + body
+
+
+def _oc_string(text: bytes) -> bytes:
+    """``WriteString``: 0x00 -> 00 ff, 0xff -> ff 00, then the separator 00 01."""
+    escapes = {0x00: b"\x00\xff", 0xFF: b"\xff\x00"}
+    return b"".join(escapes.get(byte, bytes([byte])) for byte in text) + b"\x00\x01"
+
+
+def _oc_signed(value: int) -> bytes:
+    """``WriteSignedNumIncreasing``: n bytes hold [-2^(7n-1), 2^(7n-1)), two's complement,
+    the first n bits flipped (the sign bit, n - 1 length bits, a delimiter)."""
+    magnitude = ~value if value < 0 else value
+    n = 1
+    while magnitude >= 1 << (7 * n - 1):
+        n += 1
+    header = ((1 << n) - 1) << (7 * n)
+    return ((value % (1 << 8 * n)) ^ header).to_bytes(n, "big")
+
+
+def _oc_read_num(key: bytes, pos: int) -> tuple[int, int]:
+    if pos >= len(key):
+        raise ValueError(f"ends at byte {pos} where a number was expected")
+    n = key[pos]
+    if n > 8 or pos + 1 + n > len(key):
+        raise ValueError(f"bad unsigned number at byte {pos} (length byte {n})")
+    return int.from_bytes(key[pos + 1:pos + 1 + n], "big"), pos + 1 + n
+
+
+def _oc_read_string(key: bytes, pos: int) -> tuple[bytes, int]:
+    out = bytearray()
+    while pos + 1 < len(key):
+        byte, nxt = key[pos], key[pos + 1]
+        if byte == 0x00 and nxt == 0x01:
+            return bytes(out), pos + 2
+        if byte in (0x00, 0xFF):
+            if (byte, nxt) not in ((0x00, 0xFF), (0xFF, 0x00)):
+                raise ValueError(f"bad escape {bytes([byte, nxt])!r} in the name at byte {pos}")
+            out.append(byte)
+            pos += 2
+        else:
+            out.append(byte)
+            pos += 1
+    raise ValueError("the tensor name has no terminator (00 01)")
+
+
+def _oc_read_signed(key: bytes, pos: int) -> tuple[int, int]:
+    if pos >= len(key):
+        raise ValueError(f"ends at byte {pos} where a signed number was expected")
+    flip = 0 if key[pos] & 0x80 else 0xFF  # negative numbers: header bits are zeros
+    n = 0
+    while n < 11 and pos + n // 8 < len(key) and (key[pos + n // 8] ^ flip) << (n % 8) & 0x80:
+        n += 1  # the sign bit and the length bits: n ones
+    body = key[pos:pos + n]
+    if not 1 <= n <= 10 or len(body) < n:
+        raise ValueError(f"bad signed number at byte {pos}")
+    raw = int.from_bytes(body, "big") ^ (((1 << n) - 1) << (7 * n))
+    value = raw - (1 << 8 * n) if flip else raw
+    if not -(1 << 63) <= value < 1 << 63 or _oc_signed(value) != body:
+        raise ValueError(f"bad signed number at byte {pos}")  # not TF's (minimal) encoding
+    return value, pos + n
+
+
+def encode_slice_key(name: str, spec: Slice) -> bytes:
+    """TF's ``checkpoint::EncodeTensorNameSlice``: the bundle key of one slice's data.
+
+    Args:
+      name: the full tensor's name.
+      spec: ``(start, length)`` per dimension; ``(0, FULL_EXTENT)`` for a whole one.
+
+    Returns:
+      The key: OrderedCode ``0``, ``name``, rank, then start and length of each dimension.
+    """
+    out = _oc_num(0) + _oc_string(name.encode("utf-8")) + _oc_num(len(spec))
+    return out + b"".join(_oc_signed(start) + _oc_signed(length) for start, length in spec)
+
+
+def decode_slice_key(key: bytes) -> tuple[str, Slice]:
+    """TF's ``checkpoint::DecodeTensorNameSlice``, strict: the inverse of ``encode_slice_key``.
+
+    Args:
+      key: a bundle key starting with byte 0.
+
+    Returns:
+      ``(name, slice)``; a whole dimension is ``(0, FULL_EXTENT)``.
+
+    Raises:
+      ValueError: what in the key is not TF's encoding (and at which byte).
+    """
+    lead, pos = _oc_read_num(key, 0)
+    if lead != 0:
+        raise ValueError(f"leading number {lead}, expected 0")
+    raw_name, pos = _oc_read_string(key, pos)
+    try:
+        name = raw_name.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"the tensor name {raw_name!r} is not UTF-8 text") from err
+    rank, pos = _oc_read_num(key, pos)
+    if rank == 0:
+        raise ValueError(f"slice of {name!r} has rank 0")
+    spec = []
+    for d in range(rank):
+        start, pos = _oc_read_signed(key, pos)
+        length, pos = _oc_read_signed(key, pos)
+        if length < 0 and (start, length) != (0, FULL_EXTENT):
+            raise ValueError(f"slice of {name!r}: dimension {d} has start {start}, length "
+                             f"{length}")
+        spec.append((start, length))
+    if pos != len(key):
+        raise ValueError(f"{len(key) - pos} bytes after the slice of {name!r}")
+    return name, tuple(spec)
+
+
+def _show_key(key: bytes) -> str:
+    return repr(key if len(key) <= 96 else key[:96] + b"...")
+
+
+def slice_text(spec: Slice) -> str:
+    """``[0:2, :]``: a slice in numpy's notation, for messages."""
+    return "[" + ", ".join(":" if length == FULL_EXTENT else f"{start}:{start + length}"
+                           for start, length in spec) + "]"
+
+
+def _parse_slice(buf: bytes, where: str) -> Slice:
+    spec = []
+    for field, wire, value in _proto_fields(buf, where):
+        if field != 1 or wire != 2:
+            continue
+        start, length = 0, None
+        for f, w, v in _proto_fields(value, where):
+            if f == 1 and w == 0:
+                start = _signed64(v)
+            elif f == 2 and w == 0:
+                length = _signed64(v)
+        spec.append((start, FULL_EXTENT if length is None else length))
+    return tuple(spec)
+
+
+def _check_partitioned(e: BundleEntry, data: dict[Slice, BundleEntry]) -> list[str]:
+    """Problems of one partitioned variable: each slice inside the shape, with a data
+    entry of its dtype and shape, and the slices tiling the shape exactly (TF's
+    ``TensorSliceSet`` refuses overlaps; its ``QueryMeta`` refuses gaps)."""
+    name, shape = e.name, e.shape
+    problems, boxes = [], []
+    for spec in e.slices:
+        where = f"{name}: slice {slice_text(spec)}"
+        if len(spec) != len(shape):
+            problems.append(f"{where} has rank {len(spec)}, the tensor {list(shape)} has rank "
+                            f"{len(shape)}")
+            continue
+        bad = [d for d, ((start, length), size) in enumerate(zip(spec, shape))
+               if (start, length) != (0, FULL_EXTENT)
+               and not (start >= 0 and length > 0 and start + length <= size)]
+        if bad:
+            problems.append(f"{where} exceeds the shape {list(shape)} (dimension {bad[0]})")
+            continue
+        box = tuple((0, size) if length == FULL_EXTENT else (start, start + length)
+                    for (start, length), size in zip(spec, shape))
+        part = data.get(spec)
+        want = tuple(hi - lo for lo, hi in box)
+        if part is None:
+            problems.append(f"{where} is listed, but its data entry (key "
+                            f"{_show_key(encode_slice_key(name, spec))}) is missing")
+        elif part.dtype != e.dtype or part.shape != want or part.slices:
+            problems.append(f"{where} is stored as {part.dtype_name}{list(part.shape)}"
+                            f"{' with slices' if part.slices else ''}, expected "
+                            f"{e.dtype_name}{list(want)}")
+        for other_spec, other in boxes:
+            if all(max(lo, o_lo) < min(hi, o_hi) for (lo, hi), (o_lo, o_hi) in zip(box, other)):
+                problems.append(f"{where} overlaps slice {slice_text(other_spec)}")
+        boxes.append((spec, box))
+    for spec in data:
+        if spec not in e.slices:
+            problems.append(f"{name}: slice {slice_text(spec)} has a data entry, but the "
+                            "tensor's entry does not list it")
+    if not problems:
+        covered = sum(int(np.prod([hi - lo for lo, hi in box], dtype=np.int64))
+                      for _, box in boxes)
+        total = int(np.prod(shape, dtype=np.int64))
+        if covered != total:  # in bounds and disjoint, so fewer: a gap
+            problems.append(f"{name}: its {len(boxes)} slices cover {covered} of the {total} "
+                            f"elements of {list(shape)}: a gap")
+    return problems
 
 
 # ----------------------------------------------------------------------------- SSTable
@@ -346,10 +589,15 @@ def read_index(prefix: PathLike) -> Bundle:
       prefix: checkpoint prefix (or its ``.index`` file, or a folder with one).
 
     Returns:
-      The ``Bundle`` (entries keyed by tensor name, in file order = sorted).
+      The ``Bundle`` (entries keyed by tensor name, in file order = sorted; a
+      partitioned variable's slices in ``slice_data``).
 
     Raises:
       FileNotFoundError: missing index.
+      BundleError: entries that cannot be decoded (a key neither UTF-8 nor TF's slice
+        encoding, a malformed entry) or a partitioned variable whose slices do not tile
+        its shape exactly (overlapping, leaving a gap, outside the shape, of another
+        rank, a missing or mis-shaped slice entry); every problem is listed.
       ValueError: not a tensor-bundle index, truncated, corrupted or unsupported.
     """
     prefix = resolve_prefix(prefix)
@@ -369,23 +617,49 @@ def read_index(prefix: PathLike) -> Bundle:
     index_block = _read_block(data, index_offset, index_size, where)
     header = None
     entries: dict[str, BundleEntry] = {}
+    slice_data: dict[str, dict[Slice, BundleEntry]] = {}
+    problems = []
     for _, handle in _block_entries(index_block, where):
         offset, size, _ = _parse_handle(handle, 0, where)
         for key, value in _block_entries(_read_block(data, offset, size, where), where):
             if key == b"":
                 header = value
                 continue
-            name = key.decode("utf-8")
-            entries[name] = _parse_entry(name, value, where)
+            try:
+                if key[0] == 0:  # TF's slice keys start with OrderedCode 0; names cannot
+                    try:
+                        name, spec = decode_slice_key(key)
+                    except ValueError as err:
+                        raise ValueError(f"slice key {_show_key(key)}: {err}") from None
+                    slice_data.setdefault(name, {})[spec] = _parse_entry(
+                        f"{name}{slice_text(spec)}", value)
+                    continue
+                try:
+                    name = key.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise ValueError(f"entry key {_show_key(key)} is neither UTF-8 text ({err}) "
+                                     "nor a TF slice key (those start with byte 0)") from None
+                entries[name] = _parse_entry(name, value)
+            except ValueError as err:  # collect all, name each entry
+                problems.append(str(err))
     if header is None:
         raise ValueError(f"{where}: no bundle header entry: not a TF V2 checkpoint index")
+    for name, e in entries.items():
+        if e.slices:
+            problems += _check_partitioned(e, slice_data.get(name, {}))
+    for name in sorted(set(slice_data) - {n for n, e in entries.items() if e.slices}):
+        problems.append(f"{name}: slice entries {[slice_text(s) for s in slice_data[name]]} of "
+                        "a tensor whose entry is " + ("not partitioned" if name in entries
+                                                      else "missing"))
+    if problems:
+        raise BundleError(prefix, problems)
     num_shards, big_endian = 1, False
     for field, wire, value in _proto_fields(header, f"{where}, header"):
         if field == 1 and wire == 0:
             num_shards = value
         elif field == 2 and wire == 0:
             big_endian = value == 1
-    return Bundle(prefix, num_shards, big_endian, entries)
+    return Bundle(prefix, num_shards, big_endian, entries, slice_data)
 
 
 def data_path(prefix: PathLike, shard: int, num_shards: int) -> Path:
@@ -403,12 +677,13 @@ def read_tensors(bundle: Bundle, names=None, verify_crc: bool = True) -> dict[st
       verify_crc: check each tensor's CRC-32C.
 
     Returns:
-      ``{name: array}`` (native byte order).
+      ``{name: array}`` (native byte order); partitioned variables reassembled.
 
     Raises:
       FileNotFoundError: a data shard is missing.
-      ValueError: unknown name, unsupported dtype or slicing, a size that does not
-        match dtype and shape, data past the end of the shard, or a CRC mismatch.
+      ValueError: unknown name, unsupported dtype, a size that does not match dtype
+        and shape, data past the end of the shard, or a CRC mismatch (of a partitioned
+        variable's slice: named ``name[start:stop, ...]``).
     """
     names = list(bundle.entries) if names is None else list(names)
     unknown = [n for n in names if n not in bundle.entries]
@@ -427,11 +702,15 @@ def read_tensors(bundle: Bundle, names=None, verify_crc: bool = True) -> dict[st
 
 def _read_one(bundle: Bundle, e: BundleEntry, files: dict, verify_crc: bool) -> np.ndarray:
     name = e.name
-    if e.sliced:
-        raise ValueError(f"{bundle.prefix}: tensor {name!r} is saved as slices "
-                         "(partitioned variable), which is not supported")
     if e.dtype not in DTYPES:
         raise ValueError(f"{bundle.prefix}: tensor {name!r} has unsupported dtype {e.dtype_name}")
+    if e.slices:  # a partitioned variable: read_index checked that its slices tile it
+        out = np.empty(e.shape, DTYPES[e.dtype].newbyteorder("="))
+        for spec in e.slices:
+            index = tuple(slice(None) if length == FULL_EXTENT else slice(start, start + length)
+                          for start, length in spec)
+            out[index] = _read_one(bundle, bundle.slice_data[name][spec], files, verify_crc)
+        return out
     dtype = DTYPES[e.dtype]
     if bundle.big_endian:
         dtype = dtype.newbyteorder(">")
@@ -563,8 +842,7 @@ def _field_bytes(field: int, value: bytes) -> bytes:
 
 
 def _entry_proto(dtype: int, shape, offset: int, size: int, crc: int) -> bytes:
-    dims = b"".join(_field_bytes(2, _field_varint(1, d) if d else b"") for d in shape)
-    msg = _field_varint(1, dtype) + _field_bytes(2, dims)
+    msg = _field_varint(1, dtype) + _field_bytes(2, _shape_proto(shape))
     if offset:
         msg += _field_varint(4, offset)
     if size:
@@ -572,22 +850,78 @@ def _entry_proto(dtype: int, shape, offset: int, size: int, crc: int) -> bytes:
     return msg + _put_varint(6 << 3 | 5) + struct.pack("<I", crc)
 
 
-def write_bundle(prefix: PathLike, tensors: Mapping[str, np.ndarray]) -> Path:
+def _shape_proto(shape) -> bytes:
+    return b"".join(_field_bytes(2, _field_varint(1, d) if d else b"") for d in shape)
+
+
+def _sliced_entry_proto(dtype: int, shape, slices) -> bytes:
+    """BundleWriter::AddSlice's full-tensor entry: dtype, shape, slices, no data."""
+    msg = _field_varint(1, dtype) + _field_bytes(2, _shape_proto(shape))
+    for spec in slices:
+        # TensorSlice::AsProto: an empty Extent for a whole dimension; proto3 drops start 0,
+        # keeps length (a oneof member)
+        extents = b"".join(
+            _field_bytes(1, b"" if (start, length) == (0, FULL_EXTENT) else
+                         (_field_varint(1, start) if start else b"") + _field_varint(2, length))
+            for start, length in spec)
+        msg += _field_bytes(7, extents)
+    return msg
+
+
+def partition(value: np.ndarray, axis: int, num_slices: int) -> PartitionedTensor:
+    """Splits ``value`` as ``tf.fixed_size_partitioner(num_slices, axis)`` and saves it.
+
+    TF's partitioned variables (``variable_scope._get_partitioned_variable``) give the
+    first ``size % num_slices`` slices one more row along ``axis``; ``Saver`` writes each
+    slice's spec with explicit ``offset,length`` on every dimension
+    (``Variable.SaveSliceInfo.spec``).
+
+    Args:
+      value: the full tensor (rank >= 1).
+      axis: the partitioned dimension.
+      num_slices: the number of slices, 1 <= num_slices <= value.shape[axis].
+
+    Returns:
+      The ``PartitionedTensor`` for ``write_bundle``.
+
+    Raises:
+      ValueError: a scalar, or ``num_slices`` out of range.
+    """
+    value = np.asarray(value)
+    if value.ndim == 0 or not 1 <= num_slices <= value.shape[axis]:
+        raise ValueError(f"cannot split a tensor of shape {list(value.shape)} into "
+                         f"{num_slices} slices along axis {axis}")
+    size = value.shape[axis]
+    parts, start = [], 0
+    for i in range(num_slices):
+        length = size // num_slices + (i < size % num_slices)
+        spec = tuple((start, length) if d == axis % value.ndim else (0, n)
+                     for d, n in enumerate(value.shape))
+        parts.append((spec, value[tuple(slice(a, a + n) for a, n in spec)]))
+        start += length
+    return PartitionedTensor(value.shape, tuple(parts))
+
+
+def write_bundle(prefix: PathLike, tensors: Mapping[str, np.ndarray | PartitionedTensor]) -> Path:
     """Writes ``PREFIX.index`` and ``PREFIX.data-00000-of-00001`` (one shard, no ``.meta``).
 
     Byte-compatible with TF's ``BundleWriter``: tensors stored in sorted-name order,
-    no alignment padding, masked CRC-32C per tensor.
+    no alignment padding, masked CRC-32C per tensor. A ``PartitionedTensor`` is written
+    as ``BundleWriter::AddSlice`` does (see the module docstring): its slices' data in
+    the order given, a full-tensor entry listing them. Its slices are written as given,
+    not checked (fixtures of broken checkpoints need that); ``read_index`` checks them.
 
     Args:
       prefix: checkpoint prefix; its folder must exist.
-      tensors: ``{name: array}`` with dtypes float32/float64/float16/int8..int64/uint8/
-        uint16/bool (names non-empty).
+      tensors: ``{name: array or PartitionedTensor}`` with dtypes float32/float64/
+        float16/int8..int64/uint8/uint16/bool (names non-empty).
 
     Returns:
       The prefix as a Path.
 
     Raises:
-      ValueError: empty name or unsupported dtype.
+      ValueError: empty name, unsupported dtype, or a partitioned tensor whose slices
+        differ in dtype.
       FileExistsError: ``PREFIX.index`` exists.
     """
     prefix = Path(prefix)
@@ -597,19 +931,36 @@ def write_bundle(prefix: PathLike, tensors: Mapping[str, np.ndarray]) -> Path:
                               "write_bundle never overwrites one: remove it or choose another "
                               "prefix")
     items, chunks, offset = [], [], 0
+
+    def add(key: bytes, where: str, arr) -> int:
+        nonlocal offset
+        arr = np.asarray(arr)
+        dtype = arr.dtype.newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
+        if dtype not in _DTYPE_ENUM:
+            raise ValueError(f"tensor {where}: unsupported dtype {arr.dtype}")
+        raw = np.ascontiguousarray(arr, dtype).tobytes()
+        items.append((key, _entry_proto(_DTYPE_ENUM[dtype], arr.shape, offset, len(raw),
+                                        mask_crc(crc32c(raw)))))
+        chunks.append(raw)
+        offset += len(raw)
+        return _DTYPE_ENUM[dtype]
+
     for name in sorted(tensors):
         if not name:
             raise ValueError("tensor names must be non-empty (the empty key is the header)")
-        arr = np.asarray(tensors[name])
-        dtype = arr.dtype.newbyteorder("<") if arr.dtype.itemsize > 1 else arr.dtype
-        if dtype not in _DTYPE_ENUM:
-            raise ValueError(f"tensor {name!r}: unsupported dtype {arr.dtype}")
-        raw = np.ascontiguousarray(arr, dtype).tobytes()
-        entry = _entry_proto(_DTYPE_ENUM[dtype], arr.shape, offset, len(raw),
-                             mask_crc(crc32c(raw)))
-        items.append((name.encode("utf-8"), entry))
-        chunks.append(raw)
-        offset += len(raw)
+        value = tensors[name]
+        if not isinstance(value, PartitionedTensor):
+            add(name.encode("utf-8"), repr(name), value)
+            continue
+        dtypes = {add(encode_slice_key(name, spec), f"{name!r} slice {slice_text(spec)}", part)
+                  for spec, part in value.parts}
+        if len(dtypes) != 1:
+            raise ValueError(f"tensor {name!r}: its slices have different dtypes "
+                             f"{sorted(DTYPE_NAMES[d] for d in dtypes)}")
+        items.append((name.encode("utf-8"),
+                      _sliced_entry_proto(dtypes.pop(), value.shape,
+                                          [spec for spec, _ in value.parts])))
+    items.sort(key=lambda item: item[0])  # the table's key order (slice keys first)
     # BundleHeaderProto: num_shards = 1, endianness LITTLE (default), version {producer: 1}
     header = _field_varint(1, 1) + _field_bytes(3, _field_varint(1, 1))
     table = _write_table([(b"", header)] + items)
