@@ -5,7 +5,7 @@ and the whole train step (forward + backward + Adam) as the reference row.
 
   python -m experiments.profile_blocks [--height=384 --width=1216 --batch=1]
       [--interp_size=384,1216 (with the raw --height/--width, e.g. 375x1242)]
-      [--conv_impls=xla,subpixel] [--repeats=10 --warmup=2] [--dtype=float32|bfloat16]
+      [--conv_impls=xla,auto] [--repeats=10 --warmup=2] [--dtype=float32|bfloat16]
       [--train]
       [--checkpoint=DIR] [--output_json=FILE] [--output_md=FILE]
 """
@@ -27,7 +27,8 @@ _DEFINE = (
     (flags.DEFINE_integer, "width", 1216, "Input width (a multiple of 64 unless --interp_size)."),
     (flags.DEFINE_integer, "batch", 1, "Batch size."),
     (flags.DEFINE_list, "interp_size", None, "h,w the network resizes the input to (KITTI path)."),
-    (flags.DEFINE_list, "conv_impls", ["xla", "subpixel"], "Conv implementations to compare."),
+    (flags.DEFINE_list, "conv_impls", ["xla", "auto"],
+     "Conv implementations to compare ('auto': the default, resolved per backend)."),
     (flags.DEFINE_integer, "repeats", 10, "Timed rounds (every block once per round)."),
     (flags.DEFINE_integer, "warmup", 2, "Untimed calls of every block after compiling."),
     (flags.DEFINE_string, "checkpoint", None, "Converted checkpoint dir; default: random init."),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from deepliflow_jax.model.api import init_params
+from deepliflow_jax.model.layers import resolve_conv_impl
 from deepliflow_jax.profile.blocks import block_calls, block_names, profile_blocks
 
 
@@ -44,14 +45,16 @@ def test_profile_command_prints_every_block_per_impl(tmp_path, capsys):
 
     out = tmp_path / "blocks.json"
     assert cmd.main(["--height=64", "--width=128", "--repeats=1", "--warmup=1",
-                     "--conv_impls=xla,subpixel", f"--output_json={out}"]) == 0
+                     "--conv_impls=xla,auto", f"--output_json={out}"]) == 0
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
-    assert data["conv_impls"] == ["xla", "subpixel"]
+    # "auto" is timed and named as the form it resolves to here
+    auto = resolve_conv_impl("auto")
+    assert data["conv_impls"] == ["xla", auto] and auto != "auto"
     # the machine's load is recorded and printed beside the times
     assert set(data["load"]) == {"before", "after"} and data["load"]["after"]["cpu_count"] >= 1
     assert "machine load average" in printed
-    for impl in ("xla", "subpixel"):
+    for impl in ("xla", auto):
         section = printed.split(f"conv_impl = {impl}")[1].split("conv_impl = ")[0]
         table = data["tables"][impl]
         assert [r["block"] for r in table["blocks"]] == block_names()
@@ -62,8 +65,8 @@ def test_profile_command_prints_every_block_per_impl(tmp_path, capsys):
         assert table["whole"]["median_ms"] > 0 and "whole forward (one jit)" in section
     # blocks without convs are timed once and shared by the tables
     rows = {impl: {r["block"]: r for r in data["tables"][impl]["blocks"]}
-            for impl in ("xla", "subpixel")}
-    assert rows["xla"]["warp L2"]["median_ms"] == rows["subpixel"]["warp L2"]["median_ms"]
+            for impl in ("xla", auto)}
+    assert rows["xla"]["warp L2"]["median_ms"] == rows[auto]["warp L2"]["median_ms"]
 
 
 def test_train_blocks_run_the_steps_forward_and_backward():

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepliflow_jax.model.layers import resolve_conv_impl
 from deepliflow_jax.profile.environment import cpu_info
 from deepliflow_jax.study import make_config, report
 from deepliflow_jax.study.config import effective_samples, replace_config
@@ -114,6 +115,9 @@ def test_tiny_study_end_to_end_and_resume(tiny_study):
     assert {k: saved["machine"][k] for k in ("cpu", "instruction_set", "cpu_count")} == {
         k: machine[k] for k in ("cpu", "instruction_set", "cpu_count")}
     assert f"({cpu_info()['instruction_set']})" in (tmp_path / "tables.md").read_text()
+    # the form the study's model ran ("auto" as resolved on this backend)
+    assert saved["conv_impl"] == resolve_conv_impl("auto") != "auto"
+    assert f"conv_impl {saved['conv_impl']!r}" in (tmp_path / "tables.md").read_text()
     # the hybrid's pruning level: the sweep's 10 %, or the dynamic threshold's final level
     # when its EPE is lower
     dyn = results["dynamic_prune"]

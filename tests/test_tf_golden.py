@@ -29,8 +29,9 @@ from weights_convert.tf_names import tf_name_table
 
 FIX = Path(__file__).parent / "fixtures"
 
-# the reference path and every alternative at once (tests/test_conv_impl.py checks each alone)
-GOLDEN_IMPLS = ("xla", "subpixel+s2b+pad8+banded")
+# the reference path, the other alternatives at once, and the default ("auto": on CPU the
+# library-path forms); tests/test_conv_impl.py checks each alone
+GOLDEN_IMPLS = ("xla", "subpixel+s2b+pad8+banded", "auto")
 
 
 @pytest.fixture(scope="module")

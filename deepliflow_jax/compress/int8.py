@@ -439,6 +439,18 @@ def int8_widths(qmodel: Mapping[str, Any]) -> dict[str, int] | None:
 
 _DEF = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\(?([a-z]+[0-9]*)\[")
 _CONV = re.compile(r"\b(convolution|custom-call)\(([^)]*)\)")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+)\s*\(.*\{\s*$")
+#: fusion kinds of XLA:CPU that hand their computation to a library (YNNPACK, oneDNN)
+_LIBRARY_FUSIONS = ("__ynn_fusion", "__onednn_fusion")
+
+
+def _library_computations(hlo_text: str) -> set[str]:
+    """Names of the computations that a library fusion calls."""
+    called = set()
+    for line in hlo_text.splitlines():
+        if any(kind in line for kind in _LIBRARY_FUSIONS):
+            called.update(re.findall(r"calls=%([\w.\-]+)", line))
+    return called
 
 
 def hlo_conv_report(hlo_text: str) -> dict[str, Any]:
@@ -448,7 +460,9 @@ def hlo_conv_report(hlo_text: str) -> dict[str, Any]:
     target names a convolution) is *int8* when its operands are s8, *int32*
     when they are other integers (XLA's CPU backend widens some s8 operands to
     s32 before the convolution: still exact integer arithmetic, but not 8-bit),
-    and *float* otherwise.
+    and *float* otherwise. A convolution runs in a *library* when XLA:CPU put it
+    in a library fusion (``__ynn_fusion``: YNNPACK); the others run on XLA's own
+    kernels (Eigen's spatial convolution on CPU, several times slower there).
 
     Args:
       hlo_text: ``compiled.as_text()``.
@@ -456,7 +470,9 @@ def hlo_conv_report(hlo_text: str) -> dict[str, Any]:
     Returns:
       ``{"int8_convolutions", "int32_convolutions", "float_convolutions",
       "integer_convolutions" (int8 + int32), "int8_examples" (first lines,
-      shortened), "operand_types": {"s8,s8->s32": n, ...}}``.
+      shortened), "operand_types": {"s8,s8->s32": n, ...},
+      "library_convolutions", "other_convolutions" (the rest), "other_examples"
+      (``"shape window={...}"`` of each of the rest)}``.
     """
     types: dict[str, str] = {}
     for line in hlo_text.splitlines():
@@ -466,7 +482,15 @@ def hlo_conv_report(hlo_text: str) -> dict[str, Any]:
     counts = {"int8": 0, "int32": 0, "float": 0}
     examples: list[str] = []
     kinds: dict[str, int] = {}
+    library = _library_computations(hlo_text)
+    placement = {"library": 0, "other": 0}
+    others: list[str] = []
+    computation = None
     for line in hlo_text.splitlines():
+        c = _COMPUTATION.match(line)
+        if c:
+            computation = c.group(1)
+            continue
         m = _CONV.search(line)
         d = _DEF.match(line)
         if not m or not d:
@@ -476,6 +500,14 @@ def hlo_conv_report(hlo_text: str) -> dict[str, Any]:
         operands = [types.get(name, "?") for name in re.findall(r"%([\w.\-]+)", m.group(2))][:2]
         key = f"{','.join(operands)}->{d.group(2)}"
         kinds[key] = kinds.get(key, 0) + 1
+        if computation in library:
+            placement["library"] += 1
+        else:
+            placement["other"] += 1
+            shape = re.search(r"=\s*(\S+)\s", line)
+            window = re.search(r"window=\{[^}]*\}", line)
+            others.append(f"{shape.group(1) if shape else '?'} "
+                          f"{window.group(0) if window else ''}".strip())
         if "s8" in operands:
             counts["int8"] += 1
             if len(examples) < 3:
@@ -487,7 +519,9 @@ def hlo_conv_report(hlo_text: str) -> dict[str, Any]:
     return {"int8_convolutions": counts["int8"], "int32_convolutions": counts["int32"],
             "float_convolutions": counts["float"],
             "integer_convolutions": counts["int8"] + counts["int32"],
-            "int8_examples": examples, "operand_types": kinds}
+            "int8_examples": examples, "operand_types": kinds,
+            "library_convolutions": placement["library"],
+            "other_convolutions": placement["other"], "other_examples": others}
 
 
 def compiled_int8_report(qmodel: Mapping[str, Any], frames: Any, widths: Any = None,

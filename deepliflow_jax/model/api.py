@@ -26,8 +26,9 @@ def create_model(dtype: Any = jnp.float32, widths: Any = None,
       dtype: compute dtype (params stay float32).
       widths: channel widths of a structured (pruned) model, None = original
         (see :mod:`deepliflow_jax.model.widths`).
-      conv_impl: how convs are computed (``"xla"``, ``"subpixel"``, ...; see
-        :mod:`deepliflow_jax.model.layers`); the same function and parameters.
+      conv_impl: how convs are computed (``"auto"``, the default: the fastest exact
+        form on the backend; ``"xla"``: the plain reference; ``"phase+widen"``, ...;
+        see :mod:`deepliflow_jax.model.layers`); the same function and parameters.
 
     Returns:
       A ``DeepLiDARFlow`` module; ``model.apply(variables, frames)`` with

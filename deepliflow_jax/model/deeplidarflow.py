@@ -60,9 +60,11 @@ class DeepLiDARFlow(nn.Module):
       ``levels`` (the same by name, plus ``flow_level2_unrefined``) and
       ``confidences`` (depth-decoder confidences of frame t, levels 6..2).
 
-    ``conv_impl`` (default ``"xla"``): how the conv layers are computed, e.g.
-    ``"subpixel"`` (see :mod:`deepliflow_jax.model.layers`); the same function
-    and parameter tree. An invalid value raises ValueError at construction.
+    ``conv_impl`` (default ``"auto"``: the fastest exact form on the backend the
+    model is traced for, :func:`~deepliflow_jax.model.layers.resolve_conv_impl`;
+    ``"xla"`` is the plain reference): how the conv layers are computed (see
+    :mod:`deepliflow_jax.model.layers`); the same function and parameter tree. An
+    invalid value raises ValueError at construction.
     """
 
     search_range: int = SEARCH_RANGE

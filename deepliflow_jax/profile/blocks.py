@@ -63,7 +63,7 @@ from deepliflow_jax.losses import kitti_loss
 from deepliflow_jax.model.config import FLOW_SCALE, LEVELS, SIZE_MULTIPLE
 from deepliflow_jax.model.cost_volume import cost_volume
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
-from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, leaky_relu
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, leaky_relu, resolve_conv_impl
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
 from deepliflow_jax.model.widths import freeze_widths
@@ -258,11 +258,11 @@ def _check_sizes(height, width, interp_size, repeats, conv_impls):
     if repeats < 1:
         raise ValueError(f"--repeats={repeats}: must be >= 1")
     if not conv_impls:
-        raise ValueError("--conv_impls is empty: name one or more, e.g. xla,subpixel")
+        raise ValueError("--conv_impls is empty: name one or more, e.g. xla,auto")
 
 
 def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: int = 1216,
-                   conv_impls: Sequence[str] = ("xla", "subpixel"), repeats: int = 10,
+                   conv_impls: Sequence[str] = ("xla", "auto"), repeats: int = 10,
                    warmup: int = 2, interp_size=None, dtype: Any = jnp.float32,
                    whole: bool = True, train: bool = False) -> dict:
     """Times every block (and the whole forward or train step) for each conv implementation.
@@ -270,7 +270,8 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
     Args:
       variables: ``{'params': ...}`` of the original network.
       batch, height, width: input frames ``[B, 2, H, W, 4]``.
-      conv_impls: implementations to compare (see :mod:`deepliflow_jax.model.layers`).
+      conv_impls: implementations to compare (see :mod:`deepliflow_jax.model.layers`;
+        ``"auto"`` is timed, and named, as the form it resolves to here).
       repeats: timed rounds.
       warmup: untimed calls of everything after compiling.
       interp_size: ``(h, w)`` of the KITTI-style resize inside the network, or None.
@@ -289,7 +290,8 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
         no or an invalid ``conv_impl``.
     """
     _check_sizes(height, width, interp_size, repeats, conv_impls)
-    impls = list(dict.fromkeys(check_conv_impl(c) for c in conv_impls))
+    # "auto" as the form it runs here, so each table names what was timed
+    impls = list(dict.fromkeys(resolve_conv_impl(c) for c in conv_impls))
     interp = tuple(interp_size) if interp_size is not None else None
     load_before = load_average()  # recorded beside the times: a loaded figure is labelled
     jobs, shared = {}, {}  # (impl, block name) -> (compiled, args); shared: name -> key

@@ -99,13 +99,18 @@ def environment(precision: str = "default") -> dict[str, Any]:
       precision: the ``--precision`` the run asked for.
 
     Returns:
-      Device kind/platform/count, versions (jax, jaxlib, CUDA where present),
+      The form the default ``conv_impl="auto"`` resolves to on this backend,
+      device kind/platform/count, versions (jax, jaxlib, CUDA where present),
       ``jax_default_matmul_precision`` and what it means for convolutions.
     """
     import jax
 
+    from deepliflow_jax.model.layers import resolve_conv_impl
+
     dev = jax.devices()[0]
     env = {
+        # what the default conv_impl ("auto") runs here
+        "conv_impl_auto": resolve_conv_impl("auto"),
         "device_kind": dev.device_kind,
         "platform": dev.platform,
         "device_count": jax.device_count(),

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deepliflow_jax.fileio import write_json_atomic, write_text_atomic
+from deepliflow_jax.model.layers import resolve_conv_impl
 from deepliflow_jax.profile.environment import cpu_info
 from deepliflow_jax.study.config import StudyConfig
 from deepliflow_jax.study.dynamic import trajectory_table
@@ -157,7 +158,10 @@ def write_all(out_dir: Path, records: dict[str, dict], cfg: StudyConfig,
     paths = {
         "json": write_json_atomic(out_dir / "results.json",
                                   {"config": cfg.to_dict(), "validity": cfg.validity,
-                                   "machine": machine, "records": records,
+                                   "machine": machine,
+                                   # the model's form ("auto" as resolved here)
+                                   "conv_impl": resolve_conv_impl("auto"),
+                                   "records": records,
                                    "wall_s": wall_s}),
         "csv": write_text_atomic(out_dir / "results.csv", csv_text(records)),
     }
@@ -166,7 +170,8 @@ def write_all(out_dir: Path, records: dict[str, dict], cfg: StudyConfig,
     note = ("Numbers from the synthetic KITTI-format world and a briefly pre-trained model, "
             "not from KITTI." if cfg.data == "synthetic" else "KITTI 2015, validation split.")
     md = [f"# Compression study ({cfg.preset})", "", note, "", validity_note(cfg), "",
-          f"Machine: {machine['cpu']} ({machine['instruction_set']}). Numbers after "
+          f"Machine: {machine['cpu']} ({machine['instruction_set']}); conv_impl "
+          f"{resolve_conv_impl('auto')!r}. Numbers after "
           "training differ between instruction sets (float summation order), so compare "
           "runs on one machine.", ""]
     if base and zero:
