@@ -22,6 +22,10 @@ Which pixels count (``validity``):
   ``[..., H, W, 3]`` (d0, d1, flow valid; ``SceneFlowSample.gt_valid``): D0 where d0 is
   valid, D1 where d1 is valid, Fl where the flow is valid, SF and EPE where all three are.
 
+Pixels that do not count are selected out (not multiplied by a zero mask): whatever their
+ground truth holds (NaN, inf, 1e30) reaches neither the metrics nor their gradients
+(``evaluated_gt``); the same holds for ``losses.kitti_loss``.
+
 Aggregation over a set: ``get_eval`` pools the pixels of one batch and ``evaluation.py``
 averages those batch values over the set (batch size 1 there, so a mean over frames:
 ``aggregate="frame"``); the devkit divides the total outlier count by the total number of
@@ -104,6 +108,31 @@ def validity_masks(gt, valid=None, mask=None, validity: str = "original") -> dic
     return out
 
 
+def evaluated_gt(gt, masks: dict):
+    """``gt`` with every channel zeroed where no evaluated quantity reads it (NumPy or jax).
+
+    The flow (u, v) is read on the Fl pixels, d0 on the D0 pixels, d1 on the D1 pixels
+    (SF / EPE pixels are in all three). Selecting (not multiplying by a mask) keeps NaN,
+    inf or huge values at the other pixels out of the metrics and their gradients.
+
+    Args:
+      gt: ``[..., H, W, 4]`` ground truth.
+      masks: ``validity_masks(...)`` of ``gt``.
+
+    Returns:
+      Array like ``gt``.
+    """
+    xp = np if isinstance(gt, np.ndarray) else jnp
+    read = xp.stack([masks["fl"], masks["fl"], masks["d0"], masks["d1"]], axis=-1)
+    return xp.where(read, gt, xp.zeros((), gt.dtype))
+
+
+def _safe_sqrt(x: jnp.ndarray) -> jnp.ndarray:
+    # sqrt with a zero (not NaN) gradient at 0; the value is sqrt's, NaN and inf included
+    zero = x == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, x)))
+
+
 def outlier_maps(pred: jnp.ndarray, gt: jnp.ndarray) -> dict[str, jnp.ndarray]:
     """Per-pixel errors and outlier flags (not yet masked), jittable.
 
@@ -148,15 +177,17 @@ def frame_counts(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None = 
     Raises:
       ValueError: see ``validity_masks``; shapes of ``pred`` and ``gt``.
     """
-    maps = outlier_maps(pred, gt)
     masks = validity_masks(gt, valid, mask, validity)
+    gt = evaluated_gt(jnp.asarray(gt), masks)
+    maps = outlier_maps(pred, gt)
     axes = (-2, -1)
 
     def total(flags):
         return jnp.sum(flags, axis=axes).astype(jnp.float32)
 
+    epe = _safe_sqrt(jnp.sum((pred - gt) ** 2, axis=-1))
     out = {"count": total(masks["sf"]),
-           "epe": jnp.sum(jnp.where(masks["sf"], maps["epe"], 0.0), axis=axes)}
+           "epe": jnp.sum(jnp.where(masks["sf"], epe, 0.0), axis=axes)}
     for name in _RATES:
         out[name] = total(maps[name] & masks[name])
     for name in ("d0", "d1", "fl"):
@@ -260,6 +291,7 @@ def batch_metrics_np(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
     gt = np.asarray(gt, np.float32)
     _check_pair(pred, gt)
     masks = validity_masks(gt, None if valid is None else np.asarray(valid), mask, validity)
+    gt = evaluated_gt(gt, masks)
     out = {}
     for name in _RATES:
         keep = masks[name]
