@@ -5,6 +5,9 @@ With ``e = |pred - gt|`` per channel (u, v, d0, d1):
 * EPE: mean of the 4D norm ``||e||`` (px).
 * D0 / D1 outlier: ``e_d > 3`` and ``e_d / gt_d > 0.05`` (disparity at t / t+1).
 * Fl outlier: ``||e_uv|| > 3`` and ``||e_uv|| / ||gt_uv|| > 0.05``.
+* The ratios are float32. At an exact tie (error exactly 5 % of the truth, > 3 px) the
+  modes differ as their references do: the original compares with float32 0.05 (not an
+  outlier), the devkit's float ratio with the double 0.05 (an outlier); ``outlier_maps``.
 * SF outlier: D0 or D1 or Fl. Rates are in percent.
 * A pixel whose prediction has a non-finite channel is an outlier in every rate (a
   comparison with NaN is False, which would count it as an inlier); ``nonfinite`` counts
@@ -48,6 +51,12 @@ from deepliflow_jax.data.kitti import VALIDITY_MODES, check_validity  # noqa: F4
 
 ABS_THRESH = 3.0
 REL_THRESH = 0.05
+# float32 ratios against 0.05: the original compares with float32(0.05); the devkit's float
+# ratio is promoted and compared with the double 0.05, i.e. ratio >= the smallest float32
+# above the double (float32(0.05) = 0.0500000007... is above it)
+_REL_F32 = np.float32(REL_THRESH)
+DEVKIT_REL_MIN = _REL_F32 if float(_REL_F32) > REL_THRESH else np.nextafter(
+    _REL_F32, np.float32(np.inf))
 METRIC_NAMES = ("epe", "d0", "d1", "fl", "sf")
 AGGREGATIONS = ("frame", "pixel")
 # per-frame sums besides the METRIC_NAMES numerators: SF/EPE, D0, D1, Fl denominators
@@ -133,26 +142,51 @@ def _safe_sqrt(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, x)))
 
 
-def outlier_maps(pred: jnp.ndarray, gt: jnp.ndarray) -> dict[str, jnp.ndarray]:
-    """Per-pixel errors and outlier flags (not yet masked), jittable.
+def outlier_maps(pred, gt, validity: str = "original") -> dict:
+    """Per-pixel errors and outlier flags (not yet masked), NumPy or jax (jittable).
+
+    The one computation behind the jitted and the NumPy paths, so they agree pixel for
+    pixel. Ratios are float32 divisions; the flow magnitude passes through an optimization
+    barrier so XLA cannot rewrite ``x / sqrt(y)`` into ``x * rsqrt(y)``, which is not
+    correctly rounded and moves pixels at the threshold.
 
     Args:
-      pred, gt: ``[..., H, W, 4]`` scene flow (u, v, d0, d1) in pixels.
+      pred, gt: ``[..., H, W, 4]`` scene flow (u, v, d0, d1) in pixels, float32; NumPy
+        arrays give NumPy results, anything else jax arrays.
+      validity: the relative test at an exact tie: ``"original"`` compares the float32
+        ratio with float32 0.05 (``get_eval``: ``tf.div(...) > 0.05``); ``"devkit"`` with
+        the double 0.05 (``evaluate_scene_flow.cpp``: ``fabs(d_gt - d_est) / fabs(d_gt) >
+        REL_THRESH`` in float), so an error of exactly 5 % (and > 3 px) is an outlier.
 
     Returns:
       dict: ``epe`` (4D error norm), ``d0``, ``d1``, ``fl``, ``sf`` (bool outliers; a
       non-finite prediction is an outlier in each), ``nonfinite`` (bool) and ``valid``
       (the original's rule), each ``[..., H, W]``.
+
+    Raises:
+      ValueError: shapes of ``pred`` and ``gt``; unknown ``validity``.
     """
     _check_pair(pred, gt)
-    err = jnp.abs(pred - gt)
-    epe = jnp.sqrt(jnp.sum(err**2, axis=-1))
-    flow_err = jnp.sqrt(jnp.sum(err[..., :2] ** 2, axis=-1))
-    flow_mag = jnp.sqrt(jnp.sum(gt[..., :2] ** 2, axis=-1))
-    bad = ~jnp.all(jnp.isfinite(pred), axis=-1)
-    d0 = ((err[..., 2] > ABS_THRESH) & (err[..., 2] / gt[..., 2] > REL_THRESH)) | bad
-    d1 = ((err[..., 3] > ABS_THRESH) & (err[..., 3] / gt[..., 3] > REL_THRESH)) | bad
-    fl = ((flow_err > ABS_THRESH) & (flow_err / flow_mag > REL_THRESH)) | bad
+    devkit = check_validity(validity) == "devkit"
+    xp = np if isinstance(pred, np.ndarray) and isinstance(gt, np.ndarray) else jnp
+    err = xp.abs(pred - gt)
+    epe = xp.sqrt(xp.sum(err * err, axis=-1))
+    flow_err = xp.sqrt(err[..., 0] * err[..., 0] + err[..., 1] * err[..., 1])
+    flow_mag = xp.sqrt(gt[..., 0] * gt[..., 0] + gt[..., 1] * gt[..., 1])
+    if xp is jnp:
+        flow_mag = jax.lax.optimization_barrier(flow_mag)
+    bad = ~xp.all(xp.isfinite(pred), axis=-1)
+
+    def outlier(error, magnitude):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = error / magnitude
+        relative = ratio >= DEVKIT_REL_MIN if devkit else ratio > _REL_F32
+        return ((error > ABS_THRESH) & relative) | bad
+
+    # the devkit divides a disparity error by fabs(d_gt); the original by d_gt itself
+    d0 = outlier(err[..., 2], xp.abs(gt[..., 2]) if devkit else gt[..., 2])
+    d1 = outlier(err[..., 3], xp.abs(gt[..., 3]) if devkit else gt[..., 3])
+    fl = outlier(flow_err, flow_mag)
     return {"epe": epe, "d0": d0, "d1": d1, "fl": fl, "sf": d0 | d1 | fl, "nonfinite": bad,
             "valid": valid_mask(gt)}
 
@@ -179,7 +213,7 @@ def frame_counts(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None = 
     """
     masks = validity_masks(gt, valid, mask, validity)
     gt = evaluated_gt(jnp.asarray(gt), masks)
-    maps = outlier_maps(pred, gt)
+    maps = outlier_maps(pred, gt, validity)
     axes = (-2, -1)
 
     def total(flags):
@@ -259,19 +293,6 @@ def batch_metrics(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None =
                                                          validity).items()}, "pixel")
 
 
-def _outliers_np(p: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-    """Outlier flags of masked ``[N, 4]`` rows (divisions as the original)."""
-    err = np.abs(p - g)
-    bad = ~np.isfinite(p).all(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        flow_err = np.linalg.norm(err[:, :2], axis=-1)
-        d0 = ((err[:, 2] > ABS_THRESH) & (err[:, 2] / g[:, 2] > REL_THRESH)) | bad
-        d1 = ((err[:, 3] > ABS_THRESH) & (err[:, 3] / g[:, 3] > REL_THRESH)) | bad
-        fl = ((flow_err > ABS_THRESH)
-              & (flow_err / np.linalg.norm(g[:, :2], axis=-1) > REL_THRESH)) | bad
-    return {"d0": d0, "d1": d1, "fl": fl, "sf": d0 | d1 | fl}
-
-
 def batch_metrics_np(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
                      valid: np.ndarray | None = None, validity: str = "original") -> dict:
     """NumPy ``get_eval``: boolean-mask the valid pixels of the batch, then reduce.
@@ -295,7 +316,7 @@ def batch_metrics_np(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
     out = {}
     for name in _RATES:
         keep = masks[name]
-        out[name] = _percent(_outliers_np(pred[keep], gt[keep])[name])
+        out[name] = _percent(outlier_maps(pred[keep], gt[keep], validity)[name])
     keep = masks["sf"]
     err = np.abs(pred[keep] - gt[keep])
     with np.errstate(invalid="ignore"):
