@@ -29,6 +29,13 @@ Pixels that do not count are selected out (not multiplied by a zero mask): whate
 ground truth holds (NaN, inf, 1e30) reaches neither the metrics nor their gradients
 (``evaluated_gt``); the same holds for ``losses.kitti_loss``.
 
+Scoring a submission (``as_submission=True`` of ``evaluate_np`` / ``batch_metrics_np``,
+``"devkit"`` only): the devkit scores the PNGs, not the float prediction. Each frame is
+scored as its submission files would be (``data.submission``): disparities rounded to
+1/256 px and flows to 1/64 px, and missing values (a disparity <= 0, non-finite or
+rounding to 0; a non-finite flow) filled by the devkit's ``interpolateBackground``. A
+non-finite prediction is then no longer an outlier by itself (the devkit never sees it).
+
 Aggregation over a set: ``get_eval`` pools the pixels of one batch and ``evaluation.py``
 averages those batch values over the set (batch size 1 there, so a mean over frames:
 ``aggregate="frame"``); the devkit divides the total outlier count by the total number of
@@ -48,6 +55,7 @@ import numpy as np
 
 # the modes live with the reader that builds each mode's ground truth
 from deepliflow_jax.data.kitti import VALIDITY_MODES, check_validity  # noqa: F401
+from deepliflow_jax.data.submission import devkit_estimate
 
 ABS_THRESH = 3.0
 REL_THRESH = 0.05
@@ -293,24 +301,54 @@ def batch_metrics(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None =
                                                          validity).items()}, "pixel")
 
 
+def check_as_submission(as_submission: bool, validity: str) -> bool:
+    """``as_submission`` is a devkit score: refuses it with ``validity="original"``.
+
+    Raises:
+      ValueError: ``as_submission`` with a validity other than ``"devkit"``.
+    """
+    if as_submission and check_validity(validity) != "devkit":
+        raise ValueError("as_submission=True scores a prediction as the KITTI devkit scores "
+                         f"its submission files: it needs validity='devkit', got {validity!r}")
+    return bool(as_submission)
+
+
+def as_submitted(pred) -> np.ndarray:
+    """``pred`` ``[..., H, W, 4]`` as the devkit sees it once submitted, frame by frame.
+
+    Each frame goes through the KITTI PNG encoding (1/256 px disparities, 1/64 px flow)
+    and the devkit's ``interpolateBackground`` of missing values
+    (``data.submission.devkit_estimate``).
+    """
+    pred = np.asarray(pred, np.float32)
+    frames = pred.reshape((-1,) + pred.shape[-3:])
+    return np.stack([devkit_estimate(f) for f in frames]).reshape(pred.shape)
+
+
 def batch_metrics_np(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
-                     valid: np.ndarray | None = None, validity: str = "original") -> dict:
+                     valid: np.ndarray | None = None, validity: str = "original",
+                     as_submission: bool = False) -> dict:
     """NumPy ``get_eval``: boolean-mask the valid pixels of the batch, then reduce.
 
     Args:
       pred, gt: ``[..., H, W, 4]``.
       mask, valid, validity: see ``validity_masks``.
+      as_submission: score ``pred`` as its submission files would be scored
+        (``as_submitted``; ``"devkit"`` only).
 
     Returns:
       dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf`` (floats; rates in percent) and
       ``nonfinite`` (pixel count).
 
     Raises:
-      ValueError: see ``validity_masks``; shapes of ``pred`` and ``gt``.
+      ValueError: see ``validity_masks``; shapes of ``pred`` and ``gt``;
+        ``as_submission`` without ``"devkit"``.
     """
     pred = np.asarray(pred, np.float32)
     gt = np.asarray(gt, np.float32)
     _check_pair(pred, gt)
+    if check_as_submission(as_submission, validity):
+        pred = as_submitted(pred)
     masks = validity_masks(gt, None if valid is None else np.asarray(valid), mask, validity)
     gt = evaluated_gt(gt, masks)
     out = {}
@@ -331,7 +369,7 @@ def _percent(flags: np.ndarray) -> float:
 
 
 def evaluate_np(pairs: Iterable[tuple], aggregate: str | None = None,
-                validity: str = "original") -> dict:
+                validity: str = "original", as_submission: bool = False) -> dict:
     """Set-level metrics over (pred, gt) or (pred, gt, valid) frames.
 
     Args:
@@ -341,21 +379,26 @@ def evaluate_np(pairs: Iterable[tuple], aggregate: str | None = None,
         evaluation) or ``"pixel"`` (devkit: all valid pixels of the set pooled); None =
         ``default_aggregate(validity)``.
       validity: ``"original"`` or ``"devkit"`` (module docstring).
+      as_submission: score each prediction as its submission files would be scored
+        (``as_submitted``; ``"devkit"`` only).
 
     Returns:
       dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf``, ``nonfinite`` and ``frames`` (their
       number).
 
     Raises:
-      ValueError: unknown ``aggregate`` or ``validity``; see ``validity_masks``.
+      ValueError: unknown ``aggregate`` or ``validity``; see ``validity_masks``;
+        ``as_submission`` without ``"devkit"``.
     """
+    submitted = check_as_submission(as_submission, validity)
     aggregate = default_aggregate(validity) if aggregate is None else aggregate
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     acc = MetricAccumulator()
     for item in pairs:
         pred, gt, valid = (*item, None) if len(item) == 2 else item
-        acc.add(np.asarray(pred)[None], np.asarray(gt)[None],
+        pred = as_submitted(pred) if submitted else np.asarray(pred)
+        acc.add(pred[None], np.asarray(gt)[None],
                 valid=None if valid is None else np.asarray(valid)[None], validity=validity)
     out = acc.result(aggregate)
     out["frames"] = acc.num_frames
