@@ -12,6 +12,7 @@ Frames and prediction: ``prepare_frames``, ``read_example``, ``input_images``,
 outputs).
 Compression: ``prune``, ``quantize``, ``zero_fraction``, ``finetune``, ``evaluate``,
 ``compression_table``, ``format_table``, ``time_model``, ``compression_search``.
+KITTI submissions: ``write_submission``.
 Data: ``make_synthetic_dataset``, ``load_dataset``, ``validation_pair``, ``Dataset``.
 Pictures: ``flow_image``, ``disparity_image``, ``plot_sceneflow``, ``save_png``.
 The study: ``run_study``, ``make_config``, ``enable_compilation_cache``.
@@ -40,6 +41,7 @@ _EXPORTS = {
     "zero_fraction": "deepliflow_jax.compress.prune",
     "finetune": "deepliflow_jax.api",
     "evaluate": "deepliflow_jax.api",
+    "write_submission": "deepliflow_jax.api",
     "compression_table": "deepliflow_jax.api",
     "format_table": "deepliflow_jax.api",
     "compression_search": "deepliflow_jax.api",

@@ -35,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.compress.prune import post_training_masks, zero_fraction
+from deepliflow_jax.data import submission
 from deepliflow_jax.data.kitti import check_validity
+from deepliflow_jax.metrics import check_as_submission, evaluate_np
 from deepliflow_jax.model.channels import architecture_widths
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.study.data import StudyData
@@ -570,7 +572,7 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
 
 def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | None = None,
              bits: int | None = None, interp_size: tuple[int, int] | None = None,
-             validity: str | None = None) -> dict[str, float]:
+             validity: str | None = None, as_submission: bool = False) -> dict[str, float]:
     """EPE and outlier rates on the validation split, as the study (and the original).
 
     ``percent`` / ``bits`` compress the model post-training first (prune, then quantize);
@@ -587,6 +589,9 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
       validity: ``"original"`` (frames averaged, as the paper) or ``"devkit"`` (the
         KITTI devkit's per-quantity validity, pixels pooled); None: the data set's (see
         :func:`load_dataset`, which reads a folder with this mode).
+      as_submission: score the predictions as their KITTI submission files would be
+        scored (``"devkit"`` only; see :func:`write_submission`): rounded to the PNG
+        encoding, missing values filled by the devkit's interpolation.
 
     Returns:
       ``{'epe': px, 'd0', 'd1', 'fl', 'sf': outlier %, 'nonfinite': pixels,
@@ -596,8 +601,8 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
       FileNotFoundError: ``data`` is a folder without a data set.
       ValueError: bad variables (not ``{'params': ...}`` of floats), data (no validation
         frames, a frame size that is not a multiple of 64 without ``interp_size``),
-        percent, bits, or a ``validity`` other than the one ``data`` was loaded with; all
-        checked before anything is compiled.
+        percent, bits, a ``validity`` other than the one ``data`` was loaded with, or
+        ``as_submission`` without ``"devkit"``; all checked before anything is compiled.
 
     Example:
       >>> evaluate(init_params(0), data, bits=8)["epe"] > 0
@@ -613,10 +618,70 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
         raise ValueError(f"data was loaded with validity={data.validity!r}, its ground truth "
                          f"does not support validity={validity!r}: load it with "
                          f"load_dataset(root, validity={validity!r})")
+    submitted = check_as_submission(as_submission, validity)
     trainer = _trainer(data, params, interp_size)
-    metrics = trainer.evaluate(_state(trainer, params, percent, bits),
-                              data.val_batches(data.num_samples), validity=validity)
-    return {**metrics, "frames": len(data.val)}
+    batches = data.val_batches(data.num_samples)
+    state = _state(trainer, params, percent, bits)
+    if not submitted:
+        return {**trainer.evaluate(state, batches, validity=validity), "frames": len(data.val)}
+    _, outputs = trainer.evaluate(state, batches, keep_outputs=True, validity=validity)
+    return evaluate_np([(o, g, v) for b, out in zip(batches, outputs, strict=True)
+                        for o, g, v in zip(out, b["gt"], b["valid"], strict=True)],
+                       validity=validity, as_submission=True)
+
+
+def write_submission(variables: Mapping, data: Dataset | PathLike, directory: PathLike, *,
+                     percent: float | None = None, bits: int | None = None,
+                     interp_size: tuple[int, int] | None = None,
+                     overwrite: bool = False) -> Path:
+    """Writes the validation frames' predictions as a KITTI scene flow submission folder.
+
+    ``directory/disp_0``, ``disp_1`` and ``flow`` hold ``NNNNNN_10.png`` per validation
+    frame (16-bit: disparity x 256, 0 = missing; flow u x 64 + 2**15, v x 64 + 2**15,
+    valid), named by the frame ids; see :mod:`deepliflow_jax.data.submission`. The
+    predictions are :func:`evaluate`'s (same LiDAR draw, same compression);
+    ``evaluate(..., validity="devkit", as_submission=True)`` gives what the devkit scores
+    for these files. The folder is checked before anything runs and written crash-safe.
+
+    Args:
+      variables: ``{'params': ...}`` of the original or a structured network.
+      data: a :class:`Dataset` or its folder.
+      directory: the submission folder.
+      percent, bits, interp_size: as :func:`evaluate`.
+      overwrite: replace a submission folder written by this function (an empty folder
+        is always filled; any other folder is never replaced).
+
+    Returns:
+      The folder, absolute.
+
+    Raises:
+      FileExistsError: ``directory`` is not empty and ``overwrite`` is False, or it is
+        not a submission folder.
+      FileNotFoundError, ValueError: as :func:`evaluate`.
+
+    Example:
+      >>> import tempfile
+      >>> folder = write_submission(init_params(0), data, tempfile.mkdtemp())
+      >>> sorted(p.name for p in folder.iterdir())
+      ['deepliflow_submission.json', 'disp_0', 'disp_1', 'flow']
+    """
+    data = _checked_data(data, interp_size, "write_submission", "val", "original")
+    params = _check_variables(variables)["params"]
+    percent, bits = _percent(percent), _bits(bits)
+    trainer = _trainer(data, params, interp_size)
+    state = _state(trainer, params, percent, bits)
+
+    def frames():
+        for index, sample in enumerate(data.val):
+            pair = validation_pair(data, index)
+            _, (sf,) = trainer.evaluate(state, [{"frames": pair["frames"][None],
+                                                 "gt": pair["gt"][None]}], keep_outputs=True)
+            yield sample.name, sf[0]
+
+    info = {"root": data.root, "frames": [s.name for s in data.val], "percent": percent,
+            "bits": bits, "num_samples": data.num_samples}
+    # the folder is checked before the generator runs the network
+    return submission.write_submission(directory, frames(), overwrite=overwrite, info=info)
 
 
 def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: int = 10, *,

@@ -53,7 +53,9 @@ def kitti_loss(flows: Sequence[jnp.ndarray], gt: jnp.ndarray,
 
     Args:
       flows: 5 predictions ``[B, h_l, w_l, 4]`` (levels 6..2), network units.
-      gt: ``[B, H, W, 4]`` ground truth in pixels (zero where invalid).
+      gt: ``[B, H, W, 4]`` ground truth in pixels; a pixel counts where ``gt[..., 2] > 0``,
+        and what the others hold (zeros, NaN, inf) reaches neither the loss nor its
+        gradient.
       weights: per-level weights.
 
     Returns:
@@ -61,15 +63,16 @@ def kitti_loss(flows: Sequence[jnp.ndarray], gt: jnp.ndarray,
       returns 0 for that level instead so a training step stays finite.
     """
     _check_inputs(flows, gt, weights)
-    mask = (gt[..., 2] > 0).astype(gt.dtype)
-    count = jnp.sum(mask)
-    target = gt / FLOW_SCALE
+    mask = gt[..., 2] > 0
+    count = jnp.sum(mask.astype(gt.dtype))
+    # select, not multiply: NaN / inf at a masked pixel would reach the loss and its gradient
+    target = jnp.where(mask[..., None], gt, 0.0) / FLOW_SCALE
     loss = jnp.zeros((), gt.dtype)
     for weight, flow in zip(weights, flows, strict=True):
         pred = resize_bilinear_legacy(flow, gt.shape[1:3])
         error = jnp.sum(jnp.abs(pred - target), axis=-1)
         robust = (error + ROBUST_EPS) ** ROBUST_POWER
-        loss = loss + weight * jnp.sum(robust * mask) / jnp.maximum(count, 1.0)
+        loss = loss + weight * jnp.sum(jnp.where(mask, robust, 0.0)) / jnp.maximum(count, 1.0)
     return loss
 
 

@@ -5,6 +5,9 @@ With ``e = |pred - gt|`` per channel (u, v, d0, d1):
 * EPE: mean of the 4D norm ``||e||`` (px).
 * D0 / D1 outlier: ``e_d > 3`` and ``e_d / gt_d > 0.05`` (disparity at t / t+1).
 * Fl outlier: ``||e_uv|| > 3`` and ``||e_uv|| / ||gt_uv|| > 0.05``.
+* The ratios are float32. At an exact tie (error exactly 5 % of the truth, > 3 px) the
+  modes differ as their references do: the original compares with float32 0.05 (not an
+  outlier), the devkit's float ratio with the double 0.05 (an outlier); ``outlier_maps``.
 * SF outlier: D0 or D1 or Fl. Rates are in percent.
 * A pixel whose prediction has a non-finite channel is an outlier in every rate (a
   comparison with NaN is False, which would count it as an inlier); ``nonfinite`` counts
@@ -21,6 +24,17 @@ Which pixels count (``validity``):
   on its own ground truth's valid pixels, given by the loader's ``valid`` masks
   ``[..., H, W, 3]`` (d0, d1, flow valid; ``SceneFlowSample.gt_valid``): D0 where d0 is
   valid, D1 where d1 is valid, Fl where the flow is valid, SF and EPE where all three are.
+
+Pixels that do not count are selected out (not multiplied by a zero mask): whatever their
+ground truth holds (NaN, inf, 1e30) reaches neither the metrics nor their gradients
+(``evaluated_gt``); the same holds for ``losses.kitti_loss``.
+
+Scoring a submission (``as_submission=True`` of ``evaluate_np`` / ``batch_metrics_np``,
+``"devkit"`` only): the devkit scores the PNGs, not the float prediction. Each frame is
+scored as its submission files would be (``data.submission``): disparities rounded to
+1/256 px and flows to 1/64 px, and missing values (a disparity <= 0, non-finite or
+rounding to 0; a non-finite flow) filled by the devkit's ``interpolateBackground``. A
+non-finite prediction is then no longer an outlier by itself (the devkit never sees it).
 
 Aggregation over a set: ``get_eval`` pools the pixels of one batch and ``evaluation.py``
 averages those batch values over the set (batch size 1 there, so a mean over frames:
@@ -41,9 +55,16 @@ import numpy as np
 
 # the modes live with the reader that builds each mode's ground truth
 from deepliflow_jax.data.kitti import VALIDITY_MODES, check_validity  # noqa: F401
+from deepliflow_jax.data.submission import devkit_estimate
 
 ABS_THRESH = 3.0
 REL_THRESH = 0.05
+# float32 ratios against 0.05: the original compares with float32(0.05); the devkit's float
+# ratio is promoted and compared with the double 0.05, i.e. ratio >= the smallest float32
+# above the double (float32(0.05) = 0.0500000007... is above it)
+_REL_F32 = np.float32(REL_THRESH)
+DEVKIT_REL_MIN = _REL_F32 if float(_REL_F32) > REL_THRESH else np.nextafter(
+    _REL_F32, np.float32(np.inf))
 METRIC_NAMES = ("epe", "d0", "d1", "fl", "sf")
 AGGREGATIONS = ("frame", "pixel")
 # per-frame sums besides the METRIC_NAMES numerators: SF/EPE, D0, D1, Fl denominators
@@ -104,26 +125,76 @@ def validity_masks(gt, valid=None, mask=None, validity: str = "original") -> dic
     return out
 
 
-def outlier_maps(pred: jnp.ndarray, gt: jnp.ndarray) -> dict[str, jnp.ndarray]:
-    """Per-pixel errors and outlier flags (not yet masked), jittable.
+def evaluated_gt(gt, masks: dict):
+    """``gt`` with every channel zeroed where no evaluated quantity reads it (NumPy or jax).
+
+    The flow (u, v) is read on the Fl pixels, d0 on the D0 pixels, d1 on the D1 pixels
+    (SF / EPE pixels are in all three). Selecting (not multiplying by a mask) keeps NaN,
+    inf or huge values at the other pixels out of the metrics and their gradients.
 
     Args:
-      pred, gt: ``[..., H, W, 4]`` scene flow (u, v, d0, d1) in pixels.
+      gt: ``[..., H, W, 4]`` ground truth.
+      masks: ``validity_masks(...)`` of ``gt``.
+
+    Returns:
+      Array like ``gt``.
+    """
+    xp = np if isinstance(gt, np.ndarray) else jnp
+    read = xp.stack([masks["fl"], masks["fl"], masks["d0"], masks["d1"]], axis=-1)
+    return xp.where(read, gt, xp.zeros((), gt.dtype))
+
+
+def _safe_sqrt(x: jnp.ndarray) -> jnp.ndarray:
+    # sqrt with a zero (not NaN) gradient at 0; the value is sqrt's, NaN and inf included
+    zero = x == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, x)))
+
+
+def outlier_maps(pred, gt, validity: str = "original") -> dict:
+    """Per-pixel errors and outlier flags (not yet masked), NumPy or jax (jittable).
+
+    The one computation behind the jitted and the NumPy paths, so they agree pixel for
+    pixel. Ratios are float32 divisions; the flow magnitude passes through an optimization
+    barrier so XLA cannot rewrite ``x / sqrt(y)`` into ``x * rsqrt(y)``, which is not
+    correctly rounded and moves pixels at the threshold.
+
+    Args:
+      pred, gt: ``[..., H, W, 4]`` scene flow (u, v, d0, d1) in pixels, float32; NumPy
+        arrays give NumPy results, anything else jax arrays.
+      validity: the relative test at an exact tie: ``"original"`` compares the float32
+        ratio with float32 0.05 (``get_eval``: ``tf.div(...) > 0.05``); ``"devkit"`` with
+        the double 0.05 (``evaluate_scene_flow.cpp``: ``fabs(d_gt - d_est) / fabs(d_gt) >
+        REL_THRESH`` in float), so an error of exactly 5 % (and > 3 px) is an outlier.
 
     Returns:
       dict: ``epe`` (4D error norm), ``d0``, ``d1``, ``fl``, ``sf`` (bool outliers; a
       non-finite prediction is an outlier in each), ``nonfinite`` (bool) and ``valid``
       (the original's rule), each ``[..., H, W]``.
+
+    Raises:
+      ValueError: shapes of ``pred`` and ``gt``; unknown ``validity``.
     """
     _check_pair(pred, gt)
-    err = jnp.abs(pred - gt)
-    epe = jnp.sqrt(jnp.sum(err**2, axis=-1))
-    flow_err = jnp.sqrt(jnp.sum(err[..., :2] ** 2, axis=-1))
-    flow_mag = jnp.sqrt(jnp.sum(gt[..., :2] ** 2, axis=-1))
-    bad = ~jnp.all(jnp.isfinite(pred), axis=-1)
-    d0 = ((err[..., 2] > ABS_THRESH) & (err[..., 2] / gt[..., 2] > REL_THRESH)) | bad
-    d1 = ((err[..., 3] > ABS_THRESH) & (err[..., 3] / gt[..., 3] > REL_THRESH)) | bad
-    fl = ((flow_err > ABS_THRESH) & (flow_err / flow_mag > REL_THRESH)) | bad
+    devkit = check_validity(validity) == "devkit"
+    xp = np if isinstance(pred, np.ndarray) and isinstance(gt, np.ndarray) else jnp
+    err = xp.abs(pred - gt)
+    epe = xp.sqrt(xp.sum(err * err, axis=-1))
+    flow_err = xp.sqrt(err[..., 0] * err[..., 0] + err[..., 1] * err[..., 1])
+    flow_mag = xp.sqrt(gt[..., 0] * gt[..., 0] + gt[..., 1] * gt[..., 1])
+    if xp is jnp:
+        flow_mag = jax.lax.optimization_barrier(flow_mag)
+    bad = ~xp.all(xp.isfinite(pred), axis=-1)
+
+    def outlier(error, magnitude):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = error / magnitude
+        relative = ratio >= DEVKIT_REL_MIN if devkit else ratio > _REL_F32
+        return ((error > ABS_THRESH) & relative) | bad
+
+    # the devkit divides a disparity error by fabs(d_gt); the original by d_gt itself
+    d0 = outlier(err[..., 2], xp.abs(gt[..., 2]) if devkit else gt[..., 2])
+    d1 = outlier(err[..., 3], xp.abs(gt[..., 3]) if devkit else gt[..., 3])
+    fl = outlier(flow_err, flow_mag)
     return {"epe": epe, "d0": d0, "d1": d1, "fl": fl, "sf": d0 | d1 | fl, "nonfinite": bad,
             "valid": valid_mask(gt)}
 
@@ -148,15 +219,17 @@ def frame_counts(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None = 
     Raises:
       ValueError: see ``validity_masks``; shapes of ``pred`` and ``gt``.
     """
-    maps = outlier_maps(pred, gt)
     masks = validity_masks(gt, valid, mask, validity)
+    gt = evaluated_gt(jnp.asarray(gt), masks)
+    maps = outlier_maps(pred, gt, validity)
     axes = (-2, -1)
 
     def total(flags):
         return jnp.sum(flags, axis=axes).astype(jnp.float32)
 
+    epe = _safe_sqrt(jnp.sum((pred - gt) ** 2, axis=-1))
     out = {"count": total(masks["sf"]),
-           "epe": jnp.sum(jnp.where(masks["sf"], maps["epe"], 0.0), axis=axes)}
+           "epe": jnp.sum(jnp.where(masks["sf"], epe, 0.0), axis=axes)}
     for name in _RATES:
         out[name] = total(maps[name] & masks[name])
     for name in ("d0", "d1", "fl"):
@@ -228,42 +301,60 @@ def batch_metrics(pred: jnp.ndarray, gt: jnp.ndarray, mask: jnp.ndarray | None =
                                                          validity).items()}, "pixel")
 
 
-def _outliers_np(p: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
-    """Outlier flags of masked ``[N, 4]`` rows (divisions as the original)."""
-    err = np.abs(p - g)
-    bad = ~np.isfinite(p).all(axis=-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        flow_err = np.linalg.norm(err[:, :2], axis=-1)
-        d0 = ((err[:, 2] > ABS_THRESH) & (err[:, 2] / g[:, 2] > REL_THRESH)) | bad
-        d1 = ((err[:, 3] > ABS_THRESH) & (err[:, 3] / g[:, 3] > REL_THRESH)) | bad
-        fl = ((flow_err > ABS_THRESH)
-              & (flow_err / np.linalg.norm(g[:, :2], axis=-1) > REL_THRESH)) | bad
-    return {"d0": d0, "d1": d1, "fl": fl, "sf": d0 | d1 | fl}
+def check_as_submission(as_submission: bool, validity: str) -> bool:
+    """``as_submission`` is a devkit score: refuses it with ``validity="original"``.
+
+    Raises:
+      ValueError: ``as_submission`` with a validity other than ``"devkit"``.
+    """
+    if as_submission and check_validity(validity) != "devkit":
+        raise ValueError("as_submission=True scores a prediction as the KITTI devkit scores "
+                         f"its submission files: it needs validity='devkit', got {validity!r}")
+    return bool(as_submission)
+
+
+def as_submitted(pred) -> np.ndarray:
+    """``pred`` ``[..., H, W, 4]`` as the devkit sees it once submitted, frame by frame.
+
+    Each frame goes through the KITTI PNG encoding (1/256 px disparities, 1/64 px flow)
+    and the devkit's ``interpolateBackground`` of missing values
+    (``data.submission.devkit_estimate``).
+    """
+    pred = np.asarray(pred, np.float32)
+    frames = pred.reshape((-1,) + pred.shape[-3:])
+    return np.stack([devkit_estimate(f) for f in frames]).reshape(pred.shape)
 
 
 def batch_metrics_np(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None,
-                     valid: np.ndarray | None = None, validity: str = "original") -> dict:
+                     valid: np.ndarray | None = None, validity: str = "original",
+                     as_submission: bool = False) -> dict:
     """NumPy ``get_eval``: boolean-mask the valid pixels of the batch, then reduce.
 
     Args:
       pred, gt: ``[..., H, W, 4]``.
       mask, valid, validity: see ``validity_masks``.
+      as_submission: score ``pred`` as its submission files would be scored
+        (``as_submitted``; ``"devkit"`` only).
 
     Returns:
       dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf`` (floats; rates in percent) and
       ``nonfinite`` (pixel count).
 
     Raises:
-      ValueError: see ``validity_masks``; shapes of ``pred`` and ``gt``.
+      ValueError: see ``validity_masks``; shapes of ``pred`` and ``gt``;
+        ``as_submission`` without ``"devkit"``.
     """
     pred = np.asarray(pred, np.float32)
     gt = np.asarray(gt, np.float32)
     _check_pair(pred, gt)
+    if check_as_submission(as_submission, validity):
+        pred = as_submitted(pred)
     masks = validity_masks(gt, None if valid is None else np.asarray(valid), mask, validity)
+    gt = evaluated_gt(gt, masks)
     out = {}
     for name in _RATES:
         keep = masks[name]
-        out[name] = _percent(_outliers_np(pred[keep], gt[keep])[name])
+        out[name] = _percent(outlier_maps(pred[keep], gt[keep], validity)[name])
     keep = masks["sf"]
     err = np.abs(pred[keep] - gt[keep])
     with np.errstate(invalid="ignore"):
@@ -278,7 +369,7 @@ def _percent(flags: np.ndarray) -> float:
 
 
 def evaluate_np(pairs: Iterable[tuple], aggregate: str | None = None,
-                validity: str = "original") -> dict:
+                validity: str = "original", as_submission: bool = False) -> dict:
     """Set-level metrics over (pred, gt) or (pred, gt, valid) frames.
 
     Args:
@@ -288,21 +379,26 @@ def evaluate_np(pairs: Iterable[tuple], aggregate: str | None = None,
         evaluation) or ``"pixel"`` (devkit: all valid pixels of the set pooled); None =
         ``default_aggregate(validity)``.
       validity: ``"original"`` or ``"devkit"`` (module docstring).
+      as_submission: score each prediction as its submission files would be scored
+        (``as_submitted``; ``"devkit"`` only).
 
     Returns:
       dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf``, ``nonfinite`` and ``frames`` (their
       number).
 
     Raises:
-      ValueError: unknown ``aggregate`` or ``validity``; see ``validity_masks``.
+      ValueError: unknown ``aggregate`` or ``validity``; see ``validity_masks``;
+        ``as_submission`` without ``"devkit"``.
     """
+    submitted = check_as_submission(as_submission, validity)
     aggregate = default_aggregate(validity) if aggregate is None else aggregate
     if aggregate not in AGGREGATIONS:
         raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
     acc = MetricAccumulator()
     for item in pairs:
         pred, gt, valid = (*item, None) if len(item) == 2 else item
-        acc.add(np.asarray(pred)[None], np.asarray(gt)[None],
+        pred = as_submitted(pred) if submitted else np.asarray(pred)
+        acc.add(pred[None], np.asarray(gt)[None],
                 valid=None if valid is None else np.asarray(valid)[None], validity=validity)
     out = acc.result(aggregate)
     out["frames"] = acc.num_frames

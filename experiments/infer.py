@@ -19,6 +19,17 @@ crop for FT3D), ``optical_flow.png``, ``disparity1.png``, ``disparity2.png``
 ``run_info.json``. ``--random_init`` runs untrained random weights instead of a
 checkpoint (the output then means nothing; it is said loudly).
 
+A KITTI submission for a data set folder instead of one pair:
+
+    python -m experiments.infer --checkpoint=DIR --data_root=ROOT --submission_dir=SUB
+        [--interp_size=H,W] [--overwrite]
+
+writes ``SUB/disp_0``, ``SUB/disp_1`` and ``SUB/flow`` with one ``NNNNNN_10.png`` per
+validation frame of ``ROOT`` (a KITTI-layout root as ``deepliflow_jax.load_dataset``
+reads it; the predictions ``deepliflow_jax.evaluate`` scores), in KITTI's 16-bit
+encoding (``deepliflow_jax.write_submission``). A folder that is not empty is refused
+unless ``--overwrite`` (and then only a submission folder this tool wrote).
+
 Flags are absl flags, kept in this script's own ``FlagValues`` (``FLAGS``) so that
 ``main(argv)`` can run in a process where other scripts defined flags of the same
 names (``--checkpoint``, ``--output_dir``); ``--help`` lists them. A usage error exits
@@ -182,18 +193,46 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint directory (deepliflow_jax.ch
 flags.DEFINE_bool("random_init", False, "Use random, untrained weights (pipeline check only).",
                   flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Seed of --random_init.", flag_values=FLAGS)
+PAIR_FLAGS = ("image1", "image2", "disp1", "disp2", "dataset", "output_dir")
+SUBMISSION_FLAGS = ("data_root", "submission_dir")
 for _name, _what in (("image1", "8-bit RGB(A) PNG of frame t."),
                      ("image2", "8-bit RGB(A) PNG of frame t+1."),
                      ("disp1", "16-bit sparse disparity PNG of frame t."),
                      ("disp2", "16-bit sparse disparity PNG of frame t+1.")):
-    flags.DEFINE_string(_name, None, _what, flag_values=FLAGS)
-    flags.mark_flag_as_required(_name, flag_values=FLAGS)
+    flags.DEFINE_string(_name, None, _what + " (one pair)", flag_values=FLAGS)
 flags.DEFINE_enum("dataset", None, sorted(DATASETS), "kitti: resized to 384x1216 inside the "
-                  "network (frames of about KITTI's 375x1242); ft3d: 512x960 crop.",
+                  "network (frames of about KITTI's 375x1242); ft3d: 512x960 crop (one pair).",
                   flag_values=FLAGS)
-flags.mark_flag_as_required("dataset", flag_values=FLAGS)
-flags.DEFINE_string("output_dir", None, "Folder for the outputs.", flag_values=FLAGS)
-flags.mark_flag_as_required("output_dir", flag_values=FLAGS)
+flags.DEFINE_string("output_dir", None, "Folder for the outputs (one pair).", flag_values=FLAGS)
+flags.DEFINE_string("data_root", None, "A KITTI-layout data set root: with --submission_dir, "
+                    "its validation frames are predicted.", flag_values=FLAGS)
+flags.DEFINE_string("submission_dir", None, "Write a KITTI scene flow submission (disp_0/, "
+                    "disp_1/, flow/ with NNNNNN_10.png) of --data_root here.",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "Replace an existing --submission_dir written by this "
+                  "tool.", flag_values=FLAGS)
+
+
+def _one_mode(values: dict) -> bool:
+    """Either one pair (every PAIR_FLAGS) or a submission (every SUBMISSION_FLAGS)."""
+    given = {k for k, v in values.items() if v is not None}
+    if given & set(SUBMISSION_FLAGS):
+        if given & set(PAIR_FLAGS):
+            raise flags.ValidationError(
+                "--data_root/--submission_dir write a submission for a data set; they do not "
+                "go with " + ", ".join(f"--{k}" for k in PAIR_FLAGS if k in given))
+        missing = [k for k in SUBMISSION_FLAGS if k not in given]
+    else:
+        missing = [k for k in PAIR_FLAGS if k not in given]
+    if missing:
+        raise flags.ValidationError("missing " + ", ".join(f"--{k}" for k in missing) + (
+            " (one pair: --image1 --image2 --disp1 --disp2 --dataset --output_dir; a "
+            "submission: --data_root --submission_dir)"))
+    return True
+
+
+flags.register_multi_flags_validator([*PAIR_FLAGS, *SUBMISSION_FLAGS], _one_mode,
+                                     flag_values=FLAGS)
 flags.DEFINE_string("interp_size", None, "Network input size H,W (multiples of 64) instead of "
                     "the dataset's.", flag_values=FLAGS)
 flags.register_validator("interp_size", _valid_size, flag_values=FLAGS)
@@ -214,6 +253,43 @@ def parse_flags(argv: list[str]) -> None:
     cli.parse_flags(FLAGS, argv, "python -m experiments.infer", __doc__)
 
 
+def _variables(args) -> tuple[dict, dict]:
+    """The weights (checkpoint or random) and what to record about their source."""
+    if args.random_init:
+        from deepliflow_jax.model.api import init_params
+
+        print(RANDOM_WARNING, file=sys.stderr)
+        return init_params(args.seed), {"random_init": True, "seed": args.seed}
+    from deepliflow_jax.checkpoint import load_checkpoint, load_metadata
+
+    variables = load_checkpoint(args.checkpoint)
+    meta = load_metadata(args.checkpoint)
+    return variables, {"checkpoint": str(Path(args.checkpoint).absolute()),
+                       "checkpoint_source": meta.get("source"), "random_init": False}
+
+
+def write_submission(args, interp_size: tuple[int, int] | None) -> int:
+    """``--submission_dir``: the data set's validation frames as a KITTI submission.
+
+    Returns:
+      The exit status (1 on an input error or a folder that may not be written).
+    """
+    from deepliflow_jax.api import write_submission as write
+
+    try:
+        variables, _ = _variables(args)
+        path = write(variables, args.data_root, args.submission_dir, interp_size=interp_size,
+                     overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote a KITTI submission: {path} (upload: cd {path} && zip -r submission.zip "
+          "disp_0 disp_1 flow)")
+    if args.random_init:
+        print(RANDOM_WARNING, file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command; returns the exit status (1 on an input error).
 
@@ -226,20 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parse_flags(sys.argv[1:] if argv is None else list(argv))
     args = FLAGS
     interp_size = parse_size(args.interp_size)
+    if args.submission_dir is not None:
+        return write_submission(args, interp_size)
     try:
-        if args.random_init:
-            from deepliflow_jax.model.api import init_params
-
-            print(RANDOM_WARNING, file=sys.stderr)
-            variables = init_params(args.seed)
-            source = {"random_init": True, "seed": args.seed}
-        else:
-            from deepliflow_jax.checkpoint import load_checkpoint, load_metadata
-
-            variables = load_checkpoint(args.checkpoint)
-            meta = load_metadata(args.checkpoint)
-            source = {"checkpoint": str(Path(args.checkpoint).absolute()),
-                      "checkpoint_source": meta.get("source"), "random_init": False}
+        variables, source = _variables(args)
         frames = load_inputs(args.image1, args.image2, args.disp1, args.disp2, args.dataset)
         start = time.perf_counter()
         sceneflow = run_model(variables, frames, args.dataset, interp_size, args.resize)

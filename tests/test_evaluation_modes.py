@@ -150,6 +150,46 @@ def test_evaluate_devkit_counts_what_numpy_counts(small_variables, tiny_world, t
         dl.evaluate(variables, tiny_data, validity="devkit")
 
 
+def test_devkit_pools_pixels_over_frames_in_the_trainer_and_the_study(small_variables,
+                                                                    tiny_world, tmp_path):
+    """Frames with very different valid-pixel counts: the trainer's and the study's devkit
+    numbers are the NumPy devkit path's totals over pixels, not a mean of frame rates."""
+    import deepliflow_jax as dl
+    from deepliflow_jax.api import _state, _trainer
+    from deepliflow_jax.study import make_config
+    from deepliflow_jax.study.runner import Study
+
+    dev = dl.load_dataset(tiny_world, validity="devkit")
+    (batch,) = dev.val_batches(dev.num_samples)  # one 64x192 frame
+    trainer = _trainer(dev, small_variables["params"])
+    state = _state(trainer, small_variables["params"], 0.0, 0)
+    _, (pred,) = trainer.evaluate(state, [batch], keep_outputs=True, validity="devkit")
+    # frame 2: 20 pixels predicted exactly (0 % outliers); frame 3: the last 16 rows only
+    all_valid = np.flatnonzero(batch["valid"][0].all(axis=-1))[:20]
+    few = np.zeros_like(batch["valid"])
+    few[0].reshape(-1, 3)[all_valid] = True
+    rows = batch["valid"].copy()
+    rows[:, :-16] = False
+    batches = [batch, dict(batch, gt=pred.copy(), valid=few), dict(batch, valid=rows)]
+    counts = [b["valid"].sum(axis=(0, 1, 2)) for b in batches]
+    assert all(c.min() > 0 for c in counts) and counts[1].max() == 20, counts
+    frames = [(pred[0], b["gt"][0], b["valid"][0]) for b in batches]
+    pooled = metrics.evaluate_np(frames, validity="devkit")
+    per_frame = metrics.evaluate_np(frames, aggregate="frame", validity="devkit")
+    assert pooled["sf"] > 5.0  # so that the two aggregations are far apart
+    for k in ("d0", "d1", "fl", "sf"):
+        assert abs(pooled[k] - per_frame[k]) > 1.0, k
+    got = trainer.evaluate(state, batches, validity="devkit")
+    for k in metrics.METRIC_NAMES:
+        assert got[k] == pytest.approx(pooled[k], rel=1e-5), k
+
+    study = Study(make_config("tiny", validity="devkit"), tmp_path / "study")
+    study.trainer = trainer
+    study.data = SimpleNamespace(samples_for=lambda cfg, n=None: dev.num_samples,
+                                 val_batches=lambda n: batches)
+    assert study._evaluate(state, study.val_batches()) == got
+
+
 # ----------------------------------------------------------------------------- non-finite
 
 

@@ -157,13 +157,18 @@ def read_flow(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
     return flow, raw[:, :, 2] > 0
 
 
-def encode_disparity(disp: np.ndarray) -> np.ndarray:
-    """Disparity in pixels (<= 0 or non-finite = invalid) -> KITTI uint16 values."""
+def encode_disparity(disp: np.ndarray, keep_tiny: bool = True) -> np.ndarray:
+    """Disparity in pixels (<= 0 or non-finite = invalid) -> KITTI uint16 values.
+
+    ``keep_tiny``: a positive disparity that rounds to 0 (at most 1/512 px) is written as
+    code 1 (ground truth: still valid); False writes the 0 it rounds to, i.e. missing
+    (what a submission PNG of that value holds; ``data.submission``).
+    """
     disp = np.asarray(disp, np.float32)
     valid = np.isfinite(disp) & (disp > 0)
     value = np.clip(np.round(np.where(valid, disp, 0.0) * np.float32(DISP_SCALE)), 0, 65535)
-    # A tiny positive disparity must not round to the "invalid" code 0.
-    value = np.where(valid, np.maximum(value, 1), 0)
+    if keep_tiny:
+        value = np.where(valid, np.maximum(value, 1), 0)
     return value.astype(np.uint16)
 
 
