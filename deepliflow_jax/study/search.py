@@ -101,6 +101,7 @@ from deepliflow_jax.profile.blocks import block_calls
 from deepliflow_jax.profile.environment import describe_load, environment, load_average
 from deepliflow_jax.profile.table1 import conv_eq3_flops
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
+from deepliflow_jax.scalars import check_number, check_numbers
 from deepliflow_jax.study.tradeoff import (
     TradeoffData,
     dir_size,
@@ -559,28 +560,25 @@ class SearchConfig:
 
     def __post_init__(self):
         Budget.parse(self.budget)
-        for r in (*self.ratios, *self.uniform):
-            if not 0.0 < r < 1.0:
-                raise ValueError(f"pruning ratio {r} outside (0, 1)")
-        for b in self.bits:
-            if int(b) != b or not 2 <= b <= 16:
-                raise ValueError(f"bit width {b} must be an integer in [2, 16]")
-        for p in self.percents:
-            if not 0.0 < p < 100.0:
-                raise ValueError(f"pruning percentile {p} outside (0, 100)")
-        for m in self.margins:
-            if not 0.0 <= m < 1.0:
-                raise ValueError(f"margin {m} outside [0, 1)")
+        ratio = "a pruning ratio in (0, 1)"
+        numbers = {
+            "ratios": check_numbers(self.ratios, "ratios", ratio, above=0, below=1),
+            "uniform": check_numbers(self.uniform, "uniform", ratio, above=0, below=1),
+            "bits": check_numbers(self.bits, "bits", integer=True, minimum=2, maximum=16),
+            "percents": check_numbers(self.percents, "percents", above=0, below=100),
+            "margins": check_numbers(self.margins, "margins", minimum=0, below=1),
+            "lr": check_number(self.lr, "lr", "a positive number", above=0),
+            "refine_fraction": check_number(self.refine_fraction, "refine_fraction", minimum=0,
+                                            below=1),
+            **{name: check_number(getattr(self, name), name, integer=True, minimum=1)
+               for name in ("candidates", "repeats", "block_repeats", "resolution", "multiple")},
+            **{name: check_number(getattr(self, name), name, integer=True, minimum=0)
+               for name in ("finetune_steps", "warmup", "seed")},
+        }
+        for name, value in numbers.items():  # Python numbers (a frozen dataclass)
+            object.__setattr__(self, name, value)
         if not self.margins:
             raise ValueError("margins must hold at least one value (0 = the budget itself)")
-        for name in ("candidates", "repeats", "block_repeats", "resolution"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("finetune_steps", "warmup"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.refine_fraction < 1.0:
-            raise ValueError(f"refine_fraction must be in [0, 1), got {self.refine_fraction}")
         names = [parse_plan(p)[0] for p in self.plans] + [f"uniform{round(r * 100)}"
                                                           for r in self.uniform]
         if len(set(names)) != len(names):
