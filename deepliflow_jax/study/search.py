@@ -405,11 +405,12 @@ def solve(options: Mapping[str, Sequence[tuple[Any, float, float]]], need: float
 
     A multiple-choice knapsack solved by dynamic programming over the savings in
     units of ``max(need, ...) / resolution``, each option's saving rounded *down* to
-    whole units: a selection the solver accepts truly saves ``need``; one that
-    saves ``need`` only within the rounding may be missed (at most ``groups``
-    units). Savings beyond ``need`` count as ``need`` (they buy nothing); negative
-    savings (an option that costs more) are allowed. Ties: the larger true saving,
-    then the earlier option of each group.
+    whole units: a selection the solver accepts truly saves ``need`` (exactly ``need``
+    included, e.g. a plan predicted at the budget itself); one that saves ``need`` only
+    within the rounding may still be missed when a cheaper selection that falls short
+    shares its units (at most ``groups`` units below ``need``). Savings beyond ``need``
+    count as ``need`` (they buy nothing); negative savings (an option that costs more)
+    are allowed. Ties: the larger true saving, then the earlier option of each group.
 
     Args:
       options: ``{group: [(choice, delta, saving), ...]}``; include each group's
@@ -449,7 +450,10 @@ def solve(options: Mapping[str, Sequence[tuple[Any, float, float]]], need: float
                 if u not in nxt or cand < nxt[u]:
                     nxt[u] = cand
         states = nxt
-    feasible = [v for u, v in states.items() if u >= cap]
+    # the units are rounded down: a selection whose true saving reaches ``need`` (a plan
+    # exactly at the budget) is feasible even when its units fall short of the cap
+    feasible = [v for u, v in states.items()
+                if u >= cap or -v[1] >= need - 1e-9 * abs(need)]
     if not feasible:
         raise InfeasibleBudgetError(f"no selection saves {need:g} after rounding savings "
                                     f"to units of {unit:g}")
@@ -985,7 +989,7 @@ def search_candidates(groups: Sequence[tuple[str, str]], sens: Mapping[str, Any]
                 plan = None
                 break
             cost = exact(plan)
-            if cost <= target + 1e-9 * abs(target):
+            if within_budget(cost, target):
                 break
             # the additive savings overrate this plan: ask for more than it offers
             need = max(need + cost - target, saving + 1e-6 * abs(total))
@@ -1002,6 +1006,13 @@ def search_candidates(groups: Sequence[tuple[str, str]], sens: Mapping[str, Any]
         if len(out) >= count:
             break
     return out
+
+
+def within_budget(cost: float, limit: float) -> bool:
+    """A cost meets a budget when it is at most the limit: equal counts (a budget "as fast
+    as g70" accepts g70 itself), with a relative 1e-9 for the rounding of a limit derived
+    from other numbers (``dense / 2``); candidate selection and the final check agree."""
+    return cost <= limit + 1e-9 * abs(limit)
 
 
 def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
@@ -1230,7 +1241,7 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
             "speedup": dense_ms / s["median_ms"],
             **{k: met[k] for k in ("epe", "d1", "fl", "sf")},
             "epe_change_vs_dense": met["epe"] / dense_epe - 1.0,
-            "meets_budget": bool(cost_value <= final_limit * (1 + 1e-12)),
+            "meets_budget": within_budget(cost_value, final_limit),
         })
     searched = [r for r in rows if r["kind"] == "searched"]
     ok = [r for r in searched if r["meets_budget"]]
