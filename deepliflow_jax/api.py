@@ -470,7 +470,7 @@ def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.nd
     from deepliflow_jax.data.pipeline import preprocess_sample
 
     data = _as_dataset(data, "val", "validation_pair")
-    index = check_number(index, "index", f"an integer in [0, {len(data.val)}) (validation "
+    index = check_number(index, "index", f"in [0, {len(data.val)}) (validation "
                          "frames)", integer=True, minimum=0, below=len(data.val))
     sample = data.val[index]
     # the draw of StudyData.val_batches for this frame
