@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ from deepliflow_jax.data.kitti import check_validity
 from deepliflow_jax.metrics import check_as_submission, evaluate_np
 from deepliflow_jax.model.channels import architecture_widths
 from deepliflow_jax.profile.timer import time_calls
+from deepliflow_jax.scalars import check_number
 from deepliflow_jax.study.data import StudyData
 from deepliflow_jax.train.trainer import Phase, Trainer, check_training, get_trainer
 
@@ -77,18 +77,17 @@ def _percent(percent: Any) -> float:
 
 
 def _bits(bits: Any) -> int:
-    from deepliflow_jax.compress.quantize import check_bits
+    from deepliflow_jax.compress.quantize import MAX_BITS, MIN_BITS, check_bits
 
-    if bits is None or (isinstance(bits, int | np.integer) and not isinstance(bits, bool)
-                        and bits == 0):
+    # 0 (float) is checked as a number first, so that jnp.int32(0) means float too
+    what = f"0 (float) or an integer in [{MIN_BITS}, {MAX_BITS}]"
+    if bits is None or check_number(bits, "bits", what, integer=True) == 0:
         return 0
     return check_bits(bits)
 
 
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+def _count(value: Any, name: str, minimum: int = 1) -> int:
+    return check_number(value, name, integer=True, minimum=minimum)
 
 
 # ----------------------------------------------------------------------------- frames
@@ -210,6 +209,8 @@ def read_example(directory: PathLike, example: int = 1) -> dict[str, Any]:
     """
     from deepliflow_jax.data.pipeline import read_inference_example
 
+    example = check_number(example, "example", "1 (KITTI) or 2 (FlyingThings3D)", integer=True,
+                           minimum=1, maximum=2)
     frames, dataset_type = read_inference_example(directory, example)
     dataset = dataset_type.lower()
     image0, image1 = input_images(frames, dataset)
@@ -314,7 +315,9 @@ def make_synthetic_dataset(directory: PathLike, num_scenes: int = 10, height: in
     """
     from deepliflow_jax.data.synthetic import generate_dataset
 
-    _positive_int(num_scenes, "num_scenes")
+    num_scenes = _count(num_scenes, "num_scenes")
+    height, width = _count(height, "height"), _count(width, "width")
+    seed = _count(seed, "seed", minimum=0)
     root = Path(directory).expanduser()
     generate_dataset(root, num_scenes, height, width, seed=seed, progress=progress)
     return root
@@ -367,7 +370,8 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
         raise FileNotFoundError(f"no data set at {root}: expected {root / 'training'} (see "
                                 "make_synthetic_dataset or a KITTI scene flow 2015 root)")
     if max_val_frames is not None:
-        _positive_int(max_val_frames, "max_val_frames")
+        max_val_frames = _count(max_val_frames, "max_val_frames")
+    seed = _count(seed, "seed", minimum=0)
     if interp_size is not None:
         interp_size = check_interp_size(interp_size)
     meta_path = root / "synthetic.json"
@@ -382,7 +386,7 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
                           interp_size=KITTI_INTERP_SIZE, max_val_frames=max_val_frames,
                           seed=seed, validity=check_validity(validity))
     data = load_study_data(cfg, root)
-    n = data.samples_for(cfg) if num_samples is None else _positive_int(num_samples,
+    n = data.samples_for(cfg) if num_samples is None else _count(num_samples,
                                                                           "num_samples")
     interp = cfg.interp_size if interp_size is None else interp_size
     if interp_size is None and interp is not None and all(
@@ -468,11 +472,9 @@ def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.nd
     from deepliflow_jax.data.pipeline import preprocess_sample
 
     data = _as_dataset(data, "val", "validation_pair")
-    if isinstance(index, bool) or not isinstance(index, int | np.integer) or \
-            not 0 <= index < len(data.val):
-        raise ValueError(f"index must be in [0, {len(data.val)}) (validation frames), "
-                         f"got {index!r}")
-    sample = data.val[int(index)]
+    index = check_number(index, "index", f"in [0, {len(data.val)}) (validation "
+                         "frames)", integer=True, minimum=0, below=len(data.val))
+    sample = data.val[index]
     # the draw of StudyData.val_batches for this frame
     frames, gt = preprocess_sample(sample, data.dataset_type, data.num_samples,
                                    frame_rng(data.seed, int(index), 0))
@@ -545,15 +547,15 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
     """
     data = _checked_data(data, interp_size, "finetune", "train")
     params = _check_variables(variables)["params"]
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 0:
-        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    steps = _count(steps, "steps", minimum=0)
+    # a Python float: a NumPy or JAX scalar rate must not key another trace of the step
+    lr = check_number(lr, "lr", "a positive number", above=0)
+    start = _count(start, "start", minimum=0)
+    log_every = _count(log_every, "log_every", minimum=0)
     percent, bits = _percent(percent), _bits(bits)
     trainer = _trainer(data, params, interp_size)
     state = _state(trainer, params, percent, bits, lr)
     history = []
-    start = int(start)
 
     def record(pos: int, metrics: dict) -> None:
         history.append({"step": pos, **{k: float(v) for k, v in
@@ -566,7 +568,7 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
 
     fit = trainer.fit(state, lambda pos: data.train_batch(pos, data.num_samples,
                                                           reg_scale=1.0 if l2 else 0.0),
-                      [Phase("finetune", lr, int(steps))], start=start, on_step=record)
+                      [Phase("finetune", lr, steps)], start=start, on_step=record)
     return {"params": trainer.compressed_params(fit.state)}, history
 
 
@@ -727,10 +729,10 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
     from deepliflow_jax.profile.inputs import make_frames
 
     _check_variables(variables)
-    repeats = _positive_int(repeats, "repeats")
-    batch = _positive_int(batch, "batch")
-    warmup = _positive_int(warmup, "warmup", minimum=0)
-    height, width = _positive_int(height, "height"), _positive_int(width, "width")
+    repeats = _count(repeats, "repeats")
+    batch = _count(batch, "batch")
+    warmup = _count(warmup, "warmup", minimum=0)
+    height, width = _count(height, "height"), _count(width, "width")
     dtype = check_compute_dtype(dtype)
     kind = None if dataset is None else _dataset_type(dataset)
     size = nearest_network_size(height, width)
@@ -791,7 +793,7 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
     """
     params = _check_variables(variables)["params"]
     data = _checked_data(data, None, "compression_table", "val")
-    repeats = _positive_int(repeats, "repeats", minimum=0)
+    repeats = _count(repeats, "repeats", minimum=0)
     if not configs:
         raise ValueError("configs must hold at least one (percent, bits) pair")
     checked = []
@@ -947,7 +949,7 @@ def flow_image(sceneflow: Any, max_flow: float = -1.0) -> np.ndarray:
     """
     from deepliflow_jax.vis import flow_to_color
 
-    return flow_to_color(_one_frame(sceneflow)[..., :2], max_flow)
+    return flow_to_color(_one_frame(sceneflow)[..., :2], check_number(max_flow, "max_flow"))
 
 
 def disparity_image(sceneflow: Any, frame: int = 0, max_disp: float = -1.0) -> np.ndarray:
@@ -971,8 +973,9 @@ def disparity_image(sceneflow: Any, frame: int = 0, max_disp: float = -1.0) -> n
     """
     from deepliflow_jax.vis import disparity_to_color
 
-    if frame not in (0, 1):
-        raise ValueError(f"frame must be 0 (disparity at t) or 1 (at t+1), got {frame!r}")
+    frame = check_number(frame, "frame", "0 (disparity at t) or 1 (at t+1)", integer=True,
+                         minimum=0, maximum=1)
+    max_disp = check_number(max_disp, "max_disp")
     return disparity_to_color(_one_frame(sceneflow)[..., 2 + frame], max_disp)
 
 

@@ -22,9 +22,9 @@ over (at once on the same machine, after --claim_timeout elsewhere).
 
 from __future__ import annotations
 
-import math
-
 from absl import app, flags, logging
+
+from deepliflow_jax.scalars import check_numbers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "demo", "demo (synthetic, CPU), paper (KITTI, GPU) or tiny.")
@@ -99,10 +99,10 @@ def _ints(values, name):
     numbers = _floats(values, name)
     if numbers is None:
         return None
-    for v in numbers:
-        if not math.isfinite(v) or v != int(v):
-            raise app.UsageError(f"--{name}: {v:g} is not a whole number")
-    return tuple(int(v) for v in numbers)
+    try:
+        return check_numbers(numbers, f"--{name}", "a whole number", integer=True)
+    except ValueError as err:
+        raise app.UsageError(str(err)) from err
 
 
 def _word_or_int(value: str, word: str, flag: str, positive: bool = False) -> int | None:

@@ -426,3 +426,27 @@ def test_the_machine_load_is_described_or_said_missing():
     assert describe_load({"before": idle, "after": idle}) == (
         "load average 0.40 before, 0.40 after on 2 cores; not loaded")
     assert "LOADED by other work" in describe_load({"before": idle, "after": busy})
+
+
+def test_the_pareto_front_drops_points_dominated_by_any_earlier_point():
+    # "late" is dominated by "first" (cheaper and better), not by its predecessor "mid"
+    pts = [("first", 10, 2.0), ("mid", 20, 3.0), ("late", 30, 2.5), ("best", 40, 1.0)]
+    assert S.pareto_front(pts) == ["first", "best"]
+    # two points with equal EPE: the cheaper one stays, once; equal cost and EPE: one
+    assert S.pareto_front([("x", 50, 2.0), ("y", 40, 2.0)]) == ["y"]
+    assert len(S.pareto_front([("x", 40, 2.0), ("y", 40, 2.0)])) == 1
+
+
+def test_a_budget_equal_to_the_cost_is_met():
+    """Exactly at the budget counts as meeting it: in candidate selection (the prediction)
+    and in the final check (the measurement, e.g. a reference's own time)."""
+    groups, sens, costs = _tables()
+    # a0.5 + b0.5 is predicted at exactly 70 ms, the best plan for 70 ms (delta 0.12)
+    found = S.search_candidates(groups, sens, 70.0, "latency", costs=costs, count=1)
+    assert found[0]["plan"] == {"a": S.Choice(0.5), "b": S.Choice(0.5)}
+    assert found[0]["predicted_ms"] == 70.0
+    # the final check: "as fast as g70" (g70's own median) accepts g70; a limit computed
+    # from other numbers (dense / speedup) is met by a cost equal up to its rounding
+    assert S.within_budget(83.25, 83.25)
+    assert S.within_budget(0.1 + 0.2, 0.3)
+    assert not S.within_budget(70.0 * (1 + 1e-6), 70.0)

@@ -318,8 +318,9 @@ def test_whole_network_equals_reference(net_outputs, path, impl):
 
 def test_whole_network_gradients_equal_reference(small_variables):
     """The KITTI loss's gradient through the whole (8-wide) network, ``auto`` vs the
-    reference: every one of the 272 leaves (257 and 15 ``conf_mass``), each within float32 noise of a deep
-    network's gradient (a broken form is off by O(1)), the whole tree to 1e-6."""
+    reference: every one of the 272 leaves (257 and 15 ``conf_mass``), each within
+    float32 noise of a deep network's gradient (a broken form is off by O(1)), the
+    whole tree to 1e-6."""
     from deepliflow_jax.losses import kitti_loss
     from deepliflow_jax.model.channels import widths_of
     from deepliflow_jax.profile.inputs import make_frames, make_ground_truth

@@ -86,3 +86,32 @@ def test_inference_inputs_from_the_shared_examples():
                                atol=1e-6)
     with pytest.raises(FileNotFoundError, match="ex_3_im_10.png"):
         pipeline.read_inference_example(examples, 3)
+
+
+def test_the_paper_crop_cuts_the_input_frames_at_the_centre():
+    """The paper protocol's crop (370x1220 of a 375x1242 KITTI frame: rows 2..371, columns
+    11..1230, ``(shape - crop) // 2`` as the original's ``get_cropped``) cuts the images
+    and the LiDAR channel, not only the ground truth: content that varies over the frame
+    tells any other window apart."""
+    h, w = 375, 1242
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32),
+                         indexing="ij")
+    image0 = np.stack([yy / h, xx / w, (yy + xx) / (h + w)], -1)
+    image1 = image0[::-1, ::-1].copy()
+    disp = (1.0 + yy / 10.0 + xx / 100.0).astype(np.float32)
+    gt = np.stack([yy, xx, yy * 2, xx * 2], -1).astype(np.float32)
+    sample = SceneFlowSample(image0=image0, image1=image1, disp0=disp, disp1=disp[::-1].copy(),
+                             valid0=np.ones((h, w), bool), valid1=np.ones((h, w), bool), gt=gt,
+                             flow_valid=np.ones((h, w), bool), name="ramp")
+    batch = pipeline.load_batch(ListDataset([sample]), [0], 4096, 0, 0, crop_shape=(370, 1220))
+    window = (slice(2, 372), slice(11, 1231))
+    frames = batch["frames"][0]
+    assert frames.shape == (2, 370, 1220, 4)
+    mean = preprocess.rgb_mean("KITTI")
+    np.testing.assert_allclose(frames[0, ..., :3] + mean, image0[window], atol=1e-6)
+    np.testing.assert_allclose(frames[1, ..., :3] + mean, image1[window], atol=1e-6)
+    # the LiDAR channel: the same draw on the whole frame, then the window
+    whole, _ = pipeline.preprocess_sample(sample, "KITTI", 4096, lidar.frame_rng(0, 0, 0))
+    assert np.count_nonzero(whole[..., 3][(slice(None), *window)]) > 1000
+    np.testing.assert_array_equal(frames, whole[(slice(None), *window)])
+    np.testing.assert_array_equal(batch["gt"][0], gt[window])

@@ -86,7 +86,8 @@ def test_protocol_settings_are_validated(tmp_path):
     with pytest.raises(ValueError, match="network input 60x192 is not a multiple of 64; set "
                                          "height/width \\(synthetic\\), crop or interp_size"):
         make_config("tiny", crop=(60, 192))
-    with pytest.raises(ValueError, match="LiDAR sample count 0 must be positive"):
+    with pytest.raises(ValueError,
+                       match=r"train_samples\[1\] must be a positive LiDAR sample count, got 0"):
         make_config("tiny", train_samples=(100, 0))
 
 

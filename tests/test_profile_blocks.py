@@ -140,7 +140,7 @@ def test_profile_command_train_mode(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("kwargs,match", [
     ({"height": 60, "width": 128}, "multiples of 64"),
     ({"height": 70, "width": 140, "interp_size": (64, 100)}, "--interp_size = 64x100"),
-    ({"repeats": 0}, "--repeats=0"),
+    ({"repeats": 0}, "--repeats must be an integer >= 1, got 0"),
     ({"conv_impls": []}, "--conv_impls is empty"),
     ({"conv_impls": ["xla", "fft"]}, "conv_impl='fft'"),
 ])

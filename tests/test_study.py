@@ -21,9 +21,9 @@ from deepliflow_jax.study.data import load_study_data
 def test_bad_input_fails_fast(tmp_path):
     with pytest.raises(ValueError, match="unknown preset"):
         make_config("huge")
-    with pytest.raises(ValueError, match="prune percent 100"):
+    with pytest.raises(ValueError, match=r"prune_percents\[1\] must be a number in \[0, 100\)"):
         make_config("tiny", prune_percents=(5.0, 100.0))
-    with pytest.raises(ValueError, match=r"bits 1 outside \[2, 16\]"):
+    with pytest.raises(ValueError, match=r"quant_bits\[1\] must be an integer in \[2, 16\]"):
         make_config("tiny", quant_bits=(8, 1))
     with pytest.raises(ValueError, match="--data_dir"):
         make_config("paper")

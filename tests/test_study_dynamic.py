@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from deepliflow_jax.study.config import StudyConfig
 from deepliflow_jax.study.dynamic import (
     DynamicSettings,
     _as_record,
@@ -179,3 +180,38 @@ def test_level_model_round_trip(tmp_path):
         load_level(save_level(tmp_path / "bad.npz", params, bad), PARAMS)
     with pytest.raises(FileNotFoundError, match="level_01.npz is missing"):
         load_level(tmp_path / "level_01.npz", PARAMS)
+
+
+def test_a_level_exactly_at_the_limit_is_accepted():
+    """"At most (1 + tolerance) x baseline": an EPE equal to the limit passes."""
+    limit = BASELINE * (1.0 + RULE.tolerance)  # the limit as the rule computes it
+    rule = DynamicSettings(start=5.0, increment=5.0, tolerance=RULE.tolerance, backoff=0.5,
+                           min_increment=1.0, max_percent=15.0)
+    state, _, _, _, _ = _run(rule, evaluate=lambda p, m: {"epe": limit})
+    assert [e["limit"] for e in state.log] == [limit] * 3
+    assert [(e["percent"], e["accepted"]) for e in state.log] == [
+        (5.0, True), (10.0, True), (15.0, True)]
+    assert stop_reason(state, rule) == "max_percent"
+
+
+def test_the_paper_style_defaults_run_as_a_state_machine():
+    """The study's defaults (start 5 %, +5 points, step halved after a rejection, a step of
+    exactly the minimum 2.5 still tried), with a fake evaluation and fine-tuning: a level
+    passes up to 13 % pruned."""
+    settings = DynamicSettings.from_config(StudyConfig())
+    assert settings == DynamicSettings(start=5.0, increment=5.0, tolerance=0.05, backoff=0.5,
+                                       min_increment=2.5, max_percent=50.0)
+
+    def up_to_13_percent(params, masks):
+        return {"epe": BASELINE * (1.0 if pruned_share(masks) <= 0.13 else 2.0)}
+
+    state, _, masks, _, finetune = _run(settings, evaluate=up_to_13_percent)
+    # 15 % fails: the step halves to 2.5 (= the minimum: tried), 12.5 % passes, 15 % fails
+    # again and the step (1.25) is below the minimum
+    assert [(e["percent"], e["accepted"], e["increment"]) for e in state.log] == [
+        (5.0, True, 5.0), (10.0, True, 5.0), (15.0, False, 2.5), (12.5, True, 2.5),
+        (15.0, False, 1.25)]
+    assert state.done and state.accepted == 12.5
+    assert stop_reason(state, settings) == "min_increment"
+    assert len(finetune.calls) == 5
+    assert N - sum(int(np.sum(m)) for m in _leaves(masks)) == math.floor(12.5 * N / 100)

@@ -117,9 +117,11 @@ def test_trainer_with_tf1_adam_continues_a_given_state():
     adam = jax.tree.leaves(pruned.opt_state, is_leaf=lambda n: isinstance(n, TF1AdamState))
     (adam,) = [n for n in adam if isinstance(n, TF1AdamState)]
     assert int(adam.count) == 40
-    for k, m, want in zip(jax.tree.leaves(masks), jax.tree.leaves(adam.mu), jax.tree.leaves(mu),
-                          strict=True):
-        np.testing.assert_array_equal(np.asarray(m), np.where(k, want, 0.0))
+    for moment, saved_moment in ((adam.mu, mu), (adam.nu, nu)):  # both moments
+        for k, m, want in zip(jax.tree.leaves(masks), jax.tree.leaves(moment),
+                              jax.tree.leaves(saved_moment), strict=True):
+            np.testing.assert_array_equal(np.asarray(m), np.where(k, want, 0.0))
+            assert np.all(np.asarray(want)[~np.asarray(k)] != 0)  # zeroed, not zero already
     with pytest.raises(ValueError, match="use Trainer\\(optimizer='tf1_adam'\\), not 'adam'"):
         Trainer().new_state(params, adam=state_from_checkpoint(params, saved))
     bad = dict(saved, nu={"params": {"conv": {"kernel": nu["conv"]["kernel"],
@@ -154,3 +156,36 @@ def test_the_trainers_tf1_adam_state_survives_a_donating_step():
     step(first, batch)
     _, metrics = step(second, batch)
     assert np.isfinite(float(metrics["loss"]))
+
+
+def _running_power(beta: float, factors: int) -> np.float32:
+    """TF's ``beta_power`` variable: float32 ``beta``, multiplied in float32 after each
+    update (``factors`` = updates + 1)."""
+    b, power = np.float32(beta), np.float32(beta)
+    for _ in range(factors - 1):
+        power = np.float32(power * b)
+    return power
+
+
+def test_restored_beta_powers_are_tfs_float32_running_products():
+    """A TF checkpoint after 300 updates holds the running products of 301 float32 factors,
+    which differ from ``float32(beta ** 301)``: restoring keeps them bit for bit, and each
+    step multiplies them by the float32 beta as TF does."""
+    p1, p2 = _running_power(0.9, 301), _running_power(0.999, 301)
+    assert p1 != np.float32(0.9 ** 301) and p2 != np.float32(0.999 ** 301)  # a real fixture
+    assert steps_from_powers(float(p1), float(p2)) == 300
+    engine = Trainer(optimizer="tf1_adam")
+    params = {"w": jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32)}
+    saved = {"mu": {"params": {"w": np.full(6, 1e-3, np.float32)}},
+             "nu": {"params": {"w": np.full(6, 1e-4, np.float32)}}, "count": 300,
+             "beta1_power": p1, "beta2_power": p2}
+    state = engine.new_state(params, lr=1e-4, adam=state_from_checkpoint(params, saved))
+    grads = {"w": jnp.ones(6, jnp.float32)}
+    for factors in (301, 302, 303):
+        (adam,) = [n for n in jax.tree.leaves(state.opt_state, is_leaf=lambda n: isinstance(
+            n, TF1AdamState)) if isinstance(n, TF1AdamState)]
+        assert np.asarray(adam.beta1_power).tobytes() == _running_power(0.9, factors).tobytes()
+        assert np.asarray(adam.beta2_power).tobytes() == \
+            _running_power(0.999, factors).tobytes()
+        _, opt_state = engine.tx.update(grads, state.opt_state, state.params)
+        state = state._replace(opt_state=opt_state)

@@ -378,3 +378,76 @@ def test_converter_refuses_a_folder_before_reading_its_input(tmp_path):
                               "checkpoint (holds important.txt); remove it or choose another "
                               "path")
     assert (out / "important.txt").read_text() == "keep"
+
+
+def _record_renames_and_fsyncs(monkeypatch):
+    """Records ``(op, path)`` of every rename/replace/link (its destination) and fsync
+    (the opened path, or None for a file's own descriptor) that fileio makes."""
+    events, opened = [], {}
+    real = {n: getattr(os, n) for n in ("open", "close", "fsync", "replace", "rename", "link")}
+
+    def open_(path, *args, **kwargs):
+        fd = real["open"](path, *args, **kwargs)
+        opened[fd] = Path(path).absolute()
+        return fd
+
+    def close(fd):
+        opened.pop(fd, None)
+        return real["close"](fd)
+
+    def fsync(fd):
+        events.append(("fsync", opened.get(fd)))
+        return real["fsync"](fd)
+
+    def move(name):
+        def call(src, dst, *args, **kwargs):
+            result = real[name](src, dst, *args, **kwargs)
+            events.append((name, Path(dst).absolute()))
+            return result
+        return call
+
+    for name, fn in [("open", open_), ("close", close), ("fsync", fsync),
+                     *((n, move(n)) for n in ("replace", "rename", "link"))]:
+        monkeypatch.setattr(os, name, fn)
+    return events
+
+
+def _assert_parent_synced_after_each_move_into(events, target: Path):
+    moves = [i for i, (op, path) in enumerate(events) if op != "fsync" and path == target]
+    assert moves, events
+    for i in moves:
+        # the next fsync after the rename is the parent folder's, before any other move
+        after = events[i + 1:]
+        nxt = next((e for e in after if e[0] == "fsync" or e[1] == target), None)
+        assert nxt == ("fsync", target.parent), (events[i], events)
+
+
+def test_the_folder_is_fsynced_after_every_rename_into_place(tmp_path, monkeypatch):
+    """Every branch that renames into place (file write over nothing or an old file,
+    folder replace of nothing or an old folder, recovery of a staged copy, exclusive
+    creation) syncs the parent folder, so the rename itself survives a power cut."""
+    events = _record_renames_and_fsyncs(monkeypatch)
+    target = (tmp_path / "file.json").absolute()
+    for content in ("old", "new"):  # a new file, then a replaced one
+        events.clear()
+        fileio.write_text_atomic(target, content)
+        _assert_parent_synced_after_each_move_into(events, target)
+    folder = (tmp_path / "folder").absolute()
+
+    def fill(d):
+        (d / "x").write_text("x")
+
+    for _ in range(2):  # a new folder, then a replaced one
+        events.clear()
+        fileio.replace_dir(folder, fill, marker="m.json", marker_text="{}", kind="test",
+                           overwrite=True)
+        _assert_parent_synced_after_each_move_into(events, folder)
+    # an interrupted replace: the folder gone, a complete staged copy of a dead process
+    staged = folder.with_name(f".{folder.name}.new-999999999-0badc0de")
+    os.rename(folder, staged)
+    events.clear()
+    assert fileio.recover_dir(folder, "m.json")
+    _assert_parent_synced_after_each_move_into(events, folder)
+    events.clear()
+    assert fileio.create_exclusive(tmp_path / "claim", "me")
+    _assert_parent_synced_after_each_move_into(events, (tmp_path / "claim").absolute())

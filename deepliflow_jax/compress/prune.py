@@ -22,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepliflow_jax.compress.checks import check_number
 from deepliflow_jax.compress.select import (
     Pattern,
     check_same_structure,
     flatten,
     select,
 )
+from deepliflow_jax.scalars import check_number
 
 SCOPES = ("global", "layer")
 
@@ -38,12 +38,10 @@ def check_percent(percent: Any) -> float:
 
     Raises:
       ValueError: if ``percent`` is not a finite number in ``[0, 100)`` (a bool or a
-        string is refused, as for every compression argument: ``check_number``).
+        string is refused, as for every numeric argument:
+        :func:`deepliflow_jax.scalars.check_number`).
     """
-    value = check_number(percent, "percent", "a number in [0, 100)")
-    if not 0.0 <= value < 100.0:
-        raise ValueError(f"percent must be in [0, 100), got {percent!r}")
-    return value
+    return check_number(percent, "percent", minimum=0, below=100)
 
 
 def num_to_prune(percent: Any, n: int) -> Any:

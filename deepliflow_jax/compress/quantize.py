@@ -48,9 +48,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepliflow_jax.compress.checks import check_number
 from deepliflow_jax.compress.select import Pattern, flatten, map_with_path, matches, select
 from deepliflow_jax.model.channels import kernel_out_axes
+from deepliflow_jax.scalars import check_number
 
 MIN_BITS, MAX_BITS = 2, 16
 
@@ -103,13 +103,9 @@ def check_bits(bits: Any, name: str = "bits") -> int:
 
     Raises:
       ValueError: if ``bits`` is not an integer in [2, 16] (a bool or a string is
-        refused, as for every compression argument: ``check_number``).
+        refused, as for every numeric argument: :func:`deepliflow_jax.scalars.check_number`).
     """
-    what = f"an integer in [{MIN_BITS}, {MAX_BITS}]"
-    value = check_number(bits, name, what, integer=True)
-    if not MIN_BITS <= value <= MAX_BITS:
-        raise ValueError(f"{name} must be {what}, got {bits!r}")
-    return value
+    return check_number(bits, name, integer=True, minimum=MIN_BITS, maximum=MAX_BITS)
 
 
 def qrange(bits: Any, symmetric: bool = True) -> tuple[Any, Any]:

@@ -71,6 +71,7 @@ from deepliflow_jax.profile.environment import describe_load, load_average
 from deepliflow_jax.profile.inputs import make_frames, make_ground_truth
 from deepliflow_jax.profile.runners import jax_train_step_call
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
+from deepliflow_jax.scalars import check_number
 
 #: the guidance network's submodules, timed one by one (scope name -> block name)
 GUIDANCE_BLOCKS = {"rgb_encoder": "rgb encoder", "depth_encoder": "depth encoder",
@@ -247,16 +248,15 @@ def block_calls(variables: dict, batch: int, height: int, width: int, interp_siz
 
 
 def _check_sizes(height, width, interp_size, repeats, conv_impls):
+    height = check_number(height, "--height", integer=True, minimum=1)
+    width = check_number(width, "--width", integer=True, minimum=1)
     net = tuple(interp_size) if interp_size is not None else (height, width)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"--height x --width = {height}x{width}: must be positive")
     if any(v <= 0 or v % SIZE_MULTIPLE for v in net):
         what = "--interp_size" if interp_size is not None else "--height x --width"
         raise ValueError(f"{what} = {net[0]}x{net[1]}: the network size must be positive "
                          f"multiples of {SIZE_MULTIPLE} (e.g. 384x1216; 64x128 for tests); "
                          "other input sizes need --interp_size")
-    if repeats < 1:
-        raise ValueError(f"--repeats={repeats}: must be >= 1")
+    check_number(repeats, "--repeats", integer=True, minimum=1)
     if not conv_impls:
         raise ValueError("--conv_impls is empty: name one or more, e.g. xla,auto")
 
@@ -290,6 +290,8 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
         no or an invalid ``conv_impl``.
     """
     _check_sizes(height, width, interp_size, repeats, conv_impls)
+    batch = check_number(batch, "--batch", integer=True, minimum=1)
+    warmup = check_number(warmup, "--warmup", integer=True, minimum=0)
     # "auto" as the form it runs here, so each table names what was timed
     impls = list(dict.fromkeys(resolve_conv_impl(c) for c in conv_impls))
     interp = tuple(interp_size) if interp_size is not None else None

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from deepliflow_jax.scalars import check_number, check_numbers
+
 SIZE_MULTIPLE = 64
 
 
@@ -21,13 +23,14 @@ def check_sizes(height: int, width: int, batch_sizes: Sequence[int] = (1,),
       ValueError: naming ``--height``/``--width``/``--batch_sizes``/``--train_batch``.
     """
     for flag, value in (("--height", height), ("--width", width)):
-        if value <= 0 or value % SIZE_MULTIPLE:
+        value = check_number(value, flag, f"a positive multiple of {SIZE_MULTIPLE}",
+                             integer=True, minimum=1)
+        if value % SIZE_MULTIPLE:
             raise ValueError(f"{flag}={value}: DeepLiDARFlow needs a positive multiple of "
                              f"{SIZE_MULTIPLE} (e.g. 384x1216 for KITTI; 64x128 for tests)")
-    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
-        raise ValueError(f"--batch_sizes={list(batch_sizes)}: need one or more sizes >= 1")
-    if train_batch < 1:
-        raise ValueError(f"--train_batch={train_batch}: must be >= 1")
+    if not check_numbers(batch_sizes, "--batch_sizes", integer=True, minimum=1):
+        raise ValueError("--batch_sizes=[]: need one or more sizes >= 1")
+    check_number(train_batch, "--train_batch", integer=True, minimum=1)
 
 
 def make_frames(batch: int, height: int, width: int, seed: int = 0,

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from deepliflow_jax.scalars import check_number
+
 
 def summarize(times_s: Sequence[float]) -> dict[str, Any]:
     """Order statistics of wall times.
@@ -103,8 +105,8 @@ def time_calls(fn: Callable, *args: Any, repeats: int = 10, warmup: int = 1) -> 
     Raises:
       ValueError: ``repeats < 1`` or ``warmup < 0``.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    repeats = check_number(repeats, "repeats", integer=True, minimum=1)
+    warmup = check_number(warmup, "warmup", integer=True, minimum=0)
     for _ in range(warmup):
         _block(fn(*args))
     times = []
@@ -138,9 +140,10 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], repeats: int = 10,
     Raises:
       ValueError: no contenders, ``repeats < 1`` or ``warmup < 0``.
     """
-    if not calls or repeats < 1 or warmup < 0:
-        raise ValueError(f"need contenders, repeats >= 1 and warmup >= 0, got {len(calls)}, "
-                         f"{repeats} and {warmup}")
+    if not calls:
+        raise ValueError("need one or more contenders, got none")
+    repeats = check_number(repeats, "repeats", integer=True, minimum=1)
+    warmup = check_number(warmup, "warmup", integer=True, minimum=0)
     names = list(calls)
     for name in names:
         for _ in range(warmup):

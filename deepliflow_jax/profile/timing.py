@@ -57,6 +57,7 @@ from deepliflow_jax.profile.inputs import check_sizes
 from deepliflow_jax.profile.report import derive
 from deepliflow_jax.profile.runners import run_worker, torch_reference_loader
 from deepliflow_jax.profile.timer import summarize
+from deepliflow_jax.scalars import check_number, check_numbers
 
 SCHEMA_VERSION = 1
 
@@ -205,16 +206,14 @@ def run_benchmark(configs: str | Sequence[str] = rc.DEFAULT_CONFIGS, height: int
         precision, repeats or process count.
     """
     parsed = rc.parse_configs(configs)
-    batch_sizes = [int(b) for b in batch_sizes]
+    batch_sizes = list(check_numbers(batch_sizes, "--batch_sizes", integer=True, minimum=1))
     check_sizes(height, width, batch_sizes, train_batch)
     if precision not in PRECISIONS:
         raise ValueError(f"--precision={precision!r}: must be one of {PRECISIONS}")
-    if repeats < 1:
-        raise ValueError(f"--repeats={repeats}: must be >= 1")
-    if warmup < 0:
-        raise ValueError(f"--warmup={warmup}: must be >= 0")
-    if processes < 0:
-        raise ValueError(f"--processes={processes}: must be >= 0 (0 = in this process)")
+    repeats = check_number(repeats, "--repeats", integer=True, minimum=1)
+    warmup = check_number(warmup, "--warmup", integer=True, minimum=0)
+    processes = check_number(processes, "--processes", "an integer >= 0 (0 = in this process)",
+                             integer=True, minimum=0)
     if any(c.framework == "torch" for c in parsed):
         torch_reference_loader(torch_reference)  # refuse a missing loader before any work
     jobs = []

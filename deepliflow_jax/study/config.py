@@ -15,12 +15,11 @@ import dataclasses
 import json
 from typing import Any
 
-import numpy as np
-
 from deepliflow_jax.data.kitti import VALIDITY_MODES
 from deepliflow_jax.data.lidar import LIDAR_SWEEP, TRAIN_SAMPLES
 from deepliflow_jax.data.preprocess import KITTI_BATCH_CROP
 from deepliflow_jax.model.widths import uniform_widths
+from deepliflow_jax.scalars import check_number, check_numbers
 
 KITTI_FULL_SIZE = (375, 1242)
 # the original's KITTI fine-tuning (run_finetune.sh, README): batch 2 over the 180
@@ -213,7 +212,7 @@ def make_config(preset: str, **overrides: Any) -> StudyConfig:
       >>> make_config("tiny", prune_percents=(100.0,))
       Traceback (most recent call last):
       ...
-      ValueError: prune percent 100.0 outside [0, 100)
+      ValueError: prune_percents[0] must be a number in [0, 100), got 100.0
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -229,9 +228,7 @@ def replace_config(cfg: StudyConfig, **fields: Any) -> StudyConfig:
       ValueError: an invalid value (see ``validate``).
       TypeError: a name that is not a ``StudyConfig`` field.
     """
-    cfg = dataclasses.replace(cfg, **fields)
-    validate(cfg)
-    return cfg
+    return validate(dataclasses.replace(cfg, **fields))
 
 
 def resume_conflicts(saved: dict[str, Any], cfg: StudyConfig) -> list[str]:
@@ -250,8 +247,63 @@ def resume_conflicts(saved: dict[str, Any], cfg: StudyConfig) -> list[str]:
                   if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
 
 
-def validate(cfg: StudyConfig) -> None:
-    """Fails fast, before any long work, on values the study cannot use."""
+# The numeric fields and their ranges (``deepliflow_jax.scalars.check_number``'s keywords).
+_COUNTS = {"height": 1, "width": 1, "num_scenes": 1, "num_samples": 1, "pretrain_steps": 0,
+           "finetune_steps": 0, "refine_steps": 0, "eval_every": 1, "dynamic_steps": 0,
+           "dynamic_refine_steps": 0, "runtime_repeats": 0, "seed": 0, "batch_size": 1}
+_RATES = ("pretrain_lr", "lr1", "lr2")
+_DYNAMIC = ("dynamic_start", "dynamic_increment", "dynamic_tolerance", "dynamic_backoff",
+            "dynamic_min_increment", "dynamic_max_percent")
+
+
+def _numbers(cfg: StudyConfig) -> dict[str, Any]:
+    """Every numeric field checked by the one validator, as Python numbers: a NumPy or
+    JAX scalar is accepted, and saved to ``config.json`` as the number it holds."""
+    out: dict[str, Any] = {name: check_number(getattr(cfg, name), name, integer=True,
+                                              minimum=low) for name, low in _COUNTS.items()}
+    out.update({name: check_number(getattr(cfg, name), name, "a positive number", above=0)
+                for name in _RATES})
+    out.update({name: check_number(getattr(cfg, name), name) for name in _DYNAMIC})
+    out["prune_percents"] = check_numbers(cfg.prune_percents, "prune_percents", minimum=0,
+                                          below=100)
+    out["quant_bits"] = check_numbers(cfg.quant_bits, "quant_bits", integer=True, minimum=2,
+                                      maximum=16)
+    out["lidar_sweep"] = check_numbers(cfg.lidar_sweep, "lidar_sweep",
+                                       "a positive LiDAR sample count", integer=True, minimum=1)
+    if cfg.train_samples is not None:
+        out["train_samples"] = check_numbers(cfg.train_samples, "train_samples",
+                                             "a positive LiDAR sample count", integer=True,
+                                             minimum=1)
+        if not out["train_samples"]:
+            raise ValueError("train_samples must be None or a non-empty list of LiDAR counts")
+    for name in ("interp_size", "crop"):
+        size = getattr(cfg, name)
+        if size is not None:
+            out[name] = check_numbers(size, name, "(height, width) > 0 or None", integer=True,
+                                      minimum=1)
+            if len(out[name]) != 2:
+                raise ValueError(f"{name} must be (height, width) > 0 or None, got {size}")
+    if cfg.max_val_frames is not None:
+        out["max_val_frames"] = check_number(cfg.max_val_frames, "max_val_frames",
+                                             integer=True, minimum=1)
+    if cfg.group_width is not None:
+        out["group_width"] = check_number(
+            cfg.group_width, "group_width", "None (the original network) or a whole number >= 1",
+            integer=True, minimum=1)
+    return out
+
+
+def validate(cfg: StudyConfig) -> StudyConfig:
+    """Fails fast, before any long work, on values the study cannot use.
+
+    Returns:
+      ``cfg`` with its numbers as Python ``int`` / ``float`` (a NumPy or JAX scalar is
+      accepted; see :func:`deepliflow_jax.scalars.check_number`).
+
+    Raises:
+      ValueError: a value the study cannot use; the message names the field.
+    """
+    cfg = dataclasses.replace(cfg, **_numbers(cfg))
     if cfg.data not in ("synthetic", "kitti"):
         raise ValueError(f"data must be 'synthetic' or 'kitti', got {cfg.data!r}")
     if cfg.data == "kitti" and not cfg.data_dir:
@@ -259,19 +311,6 @@ def validate(cfg: StudyConfig) -> None:
     if cfg.data == "kitti" and not cfg.checkpoint:
         raise ValueError("the KITTI study needs --checkpoint (a converted DeepLiDARFlow model; "
                          "see `python -m weights_convert`)")
-    for p in cfg.prune_percents:
-        if not 0 <= p < 100:
-            raise ValueError(f"prune percent {p} outside [0, 100)")
-    for b in cfg.quant_bits:
-        if int(b) != b or not 2 <= b <= 16:
-            raise ValueError(f"quantization bits {b} outside [2, 16]")
-    for n in (*cfg.lidar_sweep, cfg.num_samples, *(cfg.train_samples or ())):
-        if int(n) <= 0:
-            raise ValueError(f"LiDAR sample count {n} must be positive")
-    if cfg.train_samples is not None and not cfg.train_samples:
-        raise ValueError("train_samples must be None or a non-empty list of LiDAR counts")
-    if cfg.crop is not None and (len(cfg.crop) != 2 or min(cfg.crop) <= 0):
-        raise ValueError(f"crop must be (height, width) > 0 or None, got {cfg.crop}")
     if cfg.data == "synthetic" and cfg.crop is not None and (
             cfg.crop[0] > cfg.height or cfg.crop[1] > cfg.width):
         raise ValueError(f"crop {tuple(cfg.crop)} is larger than the frames "
@@ -280,8 +319,6 @@ def validate(cfg: StudyConfig) -> None:
     if net[0] % 64 or net[1] % 64:
         raise ValueError(f"network input {net[0]}x{net[1]} is not a multiple of 64; set "
                          "height/width (synthetic), crop or interp_size")
-    if int(cfg.batch_size) != cfg.batch_size or cfg.batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, got {cfg.batch_size}")
     if cfg.data == "kitti" and cfg.batch_size > 1 and cfg.crop is None:
         raise ValueError(f"batch_size {cfg.batch_size} on KITTI needs a crop (its frames differ "
                          f"in size; the original crops to {KITTI_BATCH_CROP})")
@@ -295,10 +332,6 @@ def validate(cfg: StudyConfig) -> None:
                          "--with_optimizer_state)")
     if cfg.data == "synthetic" and cfg.num_scenes < 10:
         raise ValueError(f"num_scenes must be >= 10 (9:1 split), got {cfg.num_scenes}")
-    for name in ("pretrain_steps", "finetune_steps", "refine_steps", "runtime_repeats",
-                 "dynamic_steps", "dynamic_refine_steps"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     unknown = sorted(set(cfg.experiments) - set(EXPERIMENTS))
     if unknown or not cfg.experiments:
         raise ValueError(f"experiments must be a non-empty subset of {list(EXPERIMENTS)}, got "
@@ -307,15 +340,9 @@ def validate(cfg: StudyConfig) -> None:
         raise ValueError("the hybrid needs at least one pruning level and one bit width")
     if cfg.validity not in VALIDITY_MODES:
         raise ValueError(f"validity must be one of {list(VALIDITY_MODES)}, got {cfg.validity!r}")
-    if cfg.eval_every <= 0:
-        raise ValueError(f"eval_every must be > 0, got {cfg.eval_every}")
-    if cfg.group_width is not None and (isinstance(cfg.group_width, bool)
-                                        or not isinstance(cfg.group_width, int | np.integer)
-                                        or cfg.group_width < 1):
-        raise ValueError(f"group_width must be None (the original network) or a whole number "
-                         f">= 1, got {cfg.group_width!r}")
     if "dynamic_prune" in cfg.experiments:
         _validate_dynamic(cfg)
+    return cfg
 
 
 def _validate_dynamic(cfg: StudyConfig) -> None:

@@ -101,6 +101,7 @@ from deepliflow_jax.profile.blocks import block_calls
 from deepliflow_jax.profile.environment import describe_load, environment, load_average
 from deepliflow_jax.profile.table1 import conv_eq3_flops
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
+from deepliflow_jax.scalars import check_number, check_numbers
 from deepliflow_jax.study.tradeoff import (
     TradeoffData,
     dir_size,
@@ -408,11 +409,12 @@ def solve(options: Mapping[str, Sequence[tuple[Any, float, float]]], need: float
 
     A multiple-choice knapsack solved by dynamic programming over the savings in
     units of ``max(need, ...) / resolution``, each option's saving rounded *down* to
-    whole units: a selection the solver accepts truly saves ``need``; one that
-    saves ``need`` only within the rounding may be missed (at most ``groups``
-    units). Savings beyond ``need`` count as ``need`` (they buy nothing); negative
-    savings (an option that costs more) are allowed. Ties: the larger true saving,
-    then the earlier option of each group.
+    whole units: a selection the solver accepts truly saves ``need`` (exactly ``need``
+    included, e.g. a plan predicted at the budget itself); one that saves ``need`` only
+    within the rounding may still be missed when a cheaper selection that falls short
+    shares its units (at most ``groups`` units below ``need``). Savings beyond ``need``
+    count as ``need`` (they buy nothing); negative savings (an option that costs more)
+    are allowed. Ties: the larger true saving, then the earlier option of each group.
 
     Args:
       options: ``{group: [(choice, delta, saving), ...]}``; include each group's
@@ -452,7 +454,10 @@ def solve(options: Mapping[str, Sequence[tuple[Any, float, float]]], need: float
                 if u not in nxt or cand < nxt[u]:
                     nxt[u] = cand
         states = nxt
-    feasible = [v for u, v in states.items() if u >= cap]
+    # the units are rounded down: a selection whose true saving reaches ``need`` (a plan
+    # exactly at the budget) is feasible even when its units fall short of the cap
+    feasible = [v for u, v in states.items()
+                if u >= cap or -v[1] >= need - 1e-9 * abs(need)]
     if not feasible:
         raise InfeasibleBudgetError(f"no selection saves {need:g} after rounding savings "
                                     f"to units of {unit:g}")
@@ -563,28 +568,25 @@ class SearchConfig:
 
     def __post_init__(self):
         Budget.parse(self.budget)
-        for r in (*self.ratios, *self.uniform):
-            if not 0.0 < r < 1.0:
-                raise ValueError(f"pruning ratio {r} outside (0, 1)")
-        for b in self.bits:
-            if int(b) != b or not 2 <= b <= 16:
-                raise ValueError(f"bit width {b} must be an integer in [2, 16]")
-        for p in self.percents:
-            if not 0.0 < p < 100.0:
-                raise ValueError(f"pruning percentile {p} outside (0, 100)")
-        for m in self.margins:
-            if not 0.0 <= m < 1.0:
-                raise ValueError(f"margin {m} outside [0, 1)")
+        ratio = "a pruning ratio in (0, 1)"
+        numbers = {
+            "ratios": check_numbers(self.ratios, "ratios", ratio, above=0, below=1),
+            "uniform": check_numbers(self.uniform, "uniform", ratio, above=0, below=1),
+            "bits": check_numbers(self.bits, "bits", integer=True, minimum=2, maximum=16),
+            "percents": check_numbers(self.percents, "percents", above=0, below=100),
+            "margins": check_numbers(self.margins, "margins", minimum=0, below=1),
+            "lr": check_number(self.lr, "lr", "a positive number", above=0),
+            "refine_fraction": check_number(self.refine_fraction, "refine_fraction", minimum=0,
+                                            below=1),
+            **{name: check_number(getattr(self, name), name, integer=True, minimum=1)
+               for name in ("candidates", "repeats", "block_repeats", "resolution", "multiple")},
+            **{name: check_number(getattr(self, name), name, integer=True, minimum=0)
+               for name in ("finetune_steps", "warmup", "seed")},
+        }
+        for name, value in numbers.items():  # Python numbers (a frozen dataclass)
+            object.__setattr__(self, name, value)
         if not self.margins:
             raise ValueError("margins must hold at least one value (0 = the budget itself)")
-        for name in ("candidates", "repeats", "block_repeats", "resolution"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("finetune_steps", "warmup"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.refine_fraction < 1.0:
-            raise ValueError(f"refine_fraction must be in [0, 1), got {self.refine_fraction}")
         names = [parse_plan(p)[0] for p in self.plans] + [f"uniform{round(r * 100)}"
                                                           for r in self.uniform]
         if len(set(names)) != len(names):
@@ -991,7 +993,7 @@ def search_candidates(groups: Sequence[tuple[str, str]], sens: Mapping[str, Any]
                 plan = None
                 break
             cost = exact(plan)
-            if cost <= target + 1e-9 * abs(target):
+            if within_budget(cost, target):
                 break
             # the additive savings overrate this plan: ask for more than it offers
             need = max(need + cost - target, saving + 1e-6 * abs(total))
@@ -1008,6 +1010,13 @@ def search_candidates(groups: Sequence[tuple[str, str]], sens: Mapping[str, Any]
         if len(out) >= count:
             break
     return out
+
+
+def within_budget(cost: float, limit: float) -> bool:
+    """A cost meets a budget when it is at most the limit: equal counts (a budget "as fast
+    as g70" accepts g70 itself), with a relative 1e-9 for the rounding of a limit derived
+    from other numbers (``dense / 2``); candidate selection and the final check agree."""
+    return cost <= limit + 1e-9 * abs(limit)
 
 
 def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
@@ -1236,7 +1245,7 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
             "speedup": dense_ms / s["median_ms"],
             **{k: met[k] for k in ("epe", "d1", "fl", "sf")},
             "epe_change_vs_dense": met["epe"] / dense_epe - 1.0,
-            "meets_budget": bool(cost_value <= final_limit * (1 + 1e-12)),
+            "meets_budget": within_budget(cost_value, final_limit),
         })
     searched = [r for r in rows if r["kind"] == "searched"]
     ok = [r for r in searched if r["meets_budget"]]

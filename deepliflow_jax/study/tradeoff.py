@@ -53,6 +53,7 @@ from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.profile.environment import environment
 from deepliflow_jax.profile.table1 import conv_eq3_flops
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
+from deepliflow_jax.scalars import check_number, check_numbers
 from deepliflow_jax.study.config import make_config
 from deepliflow_jax.study.data import load_study_data, make_synthetic
 from deepliflow_jax.train.trainer import Phase, Trainer
@@ -111,15 +112,21 @@ class TradeoffConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for r in self.ratios:
-            if not 0.0 < r < 1.0:
-                raise ValueError(f"pruning ratio {r} outside (0, 1)")
-        for name in ("finetune_steps", "eval_every", "calib_batches", "repeats", "warmup",
-                     "pretrain_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.refine_fraction < 1.0:
-            raise ValueError(f"refine_fraction must be in [0, 1), got {self.refine_fraction}")
+        numbers = {
+            "ratios": check_numbers(self.ratios, "ratios", "a pruning ratio in (0, 1)",
+                                    above=0, below=1),
+            "lr": check_number(self.lr, "lr", "a positive number", above=0),
+            "pretrain_lr": check_number(self.pretrain_lr, "pretrain_lr", "a positive number",
+                                        above=0),
+            "refine_fraction": check_number(self.refine_fraction, "refine_fraction", minimum=0,
+                                            below=1),
+            "multiple": check_number(self.multiple, "multiple", integer=True, minimum=1),
+            **{name: check_number(getattr(self, name), name, integer=True, minimum=0)
+               for name in ("finetune_steps", "eval_every", "calib_batches", "repeats",
+                            "warmup", "pretrain_steps", "seed")},
+        }
+        for name, value in numbers.items():  # Python numbers (a frozen dataclass)
+            object.__setattr__(self, name, value)
         if self.finetune_mode not in ("masked", "shrunk"):
             raise ValueError(f"finetune_mode must be 'masked' or 'shrunk', got "
                              f"{self.finetune_mode!r}")
