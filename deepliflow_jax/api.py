@@ -38,6 +38,7 @@ from deepliflow_jax.data import submission
 from deepliflow_jax.data.kitti import check_validity
 from deepliflow_jax.metrics import check_as_submission, evaluate_np
 from deepliflow_jax.model.channels import architecture_widths
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, resolve_conv_impl
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.scalars import check_number
 from deepliflow_jax.study.data import StudyData
@@ -219,7 +220,8 @@ def read_example(directory: PathLike, example: int = 1) -> dict[str, Any]:
 
 def predict_sceneflow(variables: Mapping, frames: Any, dataset: str | None = None, *,
                       interp_size: tuple[int, int] | None = None,
-                      dtype: Any = jnp.float32, resize: bool = False) -> jax.Array:
+                      dtype: Any = jnp.float32, resize: bool = False,
+                      conv_impl: str = CONV_IMPL_DEFAULT) -> jax.Array:
     """Scene flow (u, v, d0, d1 in pixels) at the frames' resolution.
 
     :func:`deepliflow_jax.predict.predict` without the per-level outputs: KITTI frames
@@ -240,6 +242,9 @@ def predict_sceneflow(variables: Mapping, frames: Any, dataset: str | None = Non
       interp_size: network input ``(h, w)`` (multiples of 64) overriding the dataset's.
       dtype: floating compute dtype (``jnp.float32`` or ``jnp.bfloat16``).
       resize: with ``dataset='kitti'``, resize frames of any size to 384x1216.
+      conv_impl: how the convs are computed: ``"auto"`` (default, the fastest exact
+        form on the backend), ``"xla"`` (the plain reference) or a form of
+        :mod:`deepliflow_jax.model.layers`; the same numbers to float rounding.
 
     Returns:
       ``[H, W, 4]`` for one pair, else ``[B, H, W, 4]`` (a jax array).
@@ -261,7 +266,7 @@ def predict_sceneflow(variables: Mapping, frames: Any, dataset: str | None = Non
     _check_variables(variables)
     single = np.ndim(frames) == 4
     sceneflow, _ = predict(variables, frames, dataset=dataset, interp_size=interp_size,
-                           dtype=dtype, resize=resize)
+                           dtype=dtype, resize=resize, conv_impl=conv_impl)
     return sceneflow[0] if single else sceneflow
 
 
@@ -484,11 +489,12 @@ def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.nd
 # ----------------------------------------------------------------------------- train / eval
 
 
-def _trainer(data: Dataset, params: Any, interp_size: tuple[int, int] | None = None) -> Trainer:
+def _trainer(data: Dataset, params: Any, interp_size: tuple[int, int] | None = None,
+             conv_impl: str = CONV_IMPL_DEFAULT) -> Trainer:
     size = data.interp_size if interp_size is None else tuple(interp_size)
     # seed 0 always: the trainer's seed is unused by the step, and another value
     # would compile another step; a structured model trains and runs as itself
-    return get_trainer(size, 0, widths=architecture_widths(params))
+    return get_trainer(size, 0, widths=architecture_widths(params), conv_impl=conv_impl)
 
 
 def _state(trainer: Trainer, params: Any, percent: float, bits: int, lr: float = 1e-4):
@@ -499,7 +505,8 @@ def _state(trainer: Trainer, params: Any, percent: float, bits: int, lr: float =
 def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
              percent: float | None = None, bits: int | None = None, lr: float = 1e-4,
              l2: bool = True, start: int = 0, interp_size: tuple[int, int] | None = None,
-             log_every: int = 0) -> tuple[dict, list[dict[str, float]]]:
+             log_every: int = 0, conv_impl: str = CONV_IMPL_DEFAULT
+             ) -> tuple[dict, list[dict[str, float]]]:
     """Compression-aware fine-tuning for ``steps`` steps (Adam, batch 1, as the paper).
 
     Pruning by ``percent`` (global magnitude, weights and biases) happens first and its
@@ -520,6 +527,9 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
       start: data position of the first step (continue a run with ``start=steps``).
       interp_size: network input size, overriding the data set's.
       log_every: print the loss every this many steps (0: silent).
+      conv_impl: how the convs are computed: ``"auto"`` (default, the fastest exact
+        form on the backend), ``"xla"`` (the plain reference) or a form of
+        :mod:`deepliflow_jax.model.layers`; the same numbers to float rounding.
 
     Returns:
       ``(variables, history)``: the parameters as the forward pass uses them (pruned
@@ -553,7 +563,7 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
     start = _count(start, "start", minimum=0)
     log_every = _count(log_every, "log_every", minimum=0)
     percent, bits = _percent(percent), _bits(bits)
-    trainer = _trainer(data, params, interp_size)
+    trainer = _trainer(data, params, interp_size, check_conv_impl(conv_impl))
     state = _state(trainer, params, percent, bits, lr)
     history = []
 
@@ -574,7 +584,8 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
 
 def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | None = None,
              bits: int | None = None, interp_size: tuple[int, int] | None = None,
-             validity: str | None = None, as_submission: bool = False) -> dict[str, float]:
+             validity: str | None = None, as_submission: bool = False,
+             conv_impl: str = CONV_IMPL_DEFAULT) -> dict[str, float]:
     """EPE and outlier rates on the validation split, as the study (and the original).
 
     ``percent`` / ``bits`` compress the model post-training first (prune, then quantize);
@@ -594,6 +605,9 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
       as_submission: score the predictions as their KITTI submission files would be
         scored (``"devkit"`` only; see :func:`write_submission`): rounded to the PNG
         encoding, missing values filled by the devkit's interpolation.
+      conv_impl: how the convs are computed: ``"auto"`` (default, the fastest exact
+        form on the backend), ``"xla"`` (the plain reference) or a form of
+        :mod:`deepliflow_jax.model.layers`; the same numbers to float rounding.
 
     Returns:
       ``{'epe': px, 'd0', 'd1', 'fl', 'sf': outlier %, 'nonfinite': pixels,
@@ -621,7 +635,7 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
                          f"does not support validity={validity!r}: load it with "
                          f"load_dataset(root, validity={validity!r})")
     submitted = check_as_submission(as_submission, validity)
-    trainer = _trainer(data, params, interp_size)
+    trainer = _trainer(data, params, interp_size, check_conv_impl(conv_impl))
     batches = data.val_batches(data.num_samples)
     state = _state(trainer, params, percent, bits)
     if not submitted:
@@ -689,7 +703,7 @@ def write_submission(variables: Mapping, data: Dataset | PathLike, directory: Pa
 def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: int = 10, *,
                batch: int = 1, warmup: int = 1, dataset: str | None = None,
                interp_size: tuple[int, int] | None = None,
-               dtype: Any = jnp.float32) -> dict[str, Any]:
+               dtype: Any = jnp.float32, conv_impl: str = CONV_IMPL_DEFAULT) -> dict[str, Any]:
     """Wall time of the jitted forward pass (the :func:`predict_sceneflow` executable).
 
     Pruned or fake-quantized weights are still dense float tensors, so every
@@ -706,10 +720,14 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
       dataset: as :func:`predict_sceneflow` (``'kitti'`` runs at 384x1216 inside).
       interp_size: network input ``(h, w)`` (multiples of 64) the frames are resized to.
       dtype: floating compute dtype.
+      conv_impl: how the convs are computed: ``"auto"`` (default, the fastest exact
+        form on the backend), ``"xla"`` (the plain reference) or a form of
+        :mod:`deepliflow_jax.model.layers`; the same numbers to float rounding.
 
     Returns:
       ``{'first_call_s' (compile + run), 'median_ms', 'p10_ms', 'p90_ms', 'repeats',
-      'batch', 'height', 'width', 'backend', 'device'}``.
+      'batch', 'height', 'width', 'backend', 'device', 'conv_impl'}`` (``conv_impl``:
+      the form that ran, ``"auto"`` resolved).
 
     Raises:
       ValueError: bad variables, counts, dataset or dtype, or a size the network cannot
@@ -734,6 +752,7 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
     warmup = _count(warmup, "warmup", minimum=0)
     height, width = _count(height, "height"), _count(width, "width")
     dtype = check_compute_dtype(dtype)
+    conv_impl = check_conv_impl(conv_impl)
     kind = None if dataset is None else _dataset_type(dataset)
     size = nearest_network_size(height, width)
     if interp_size is not None:
@@ -751,7 +770,7 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
 
     def call():
         return predict_sceneflow(variables, frames, dataset, interp_size=interp_size,
-                                 dtype=dtype)
+                                 dtype=dtype, conv_impl=conv_impl)
 
     t0 = time.perf_counter()
     jax.block_until_ready(call())  # compiles (or finds the executable)
@@ -760,7 +779,8 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
     return {"first_call_s": first, "median_ms": stats["median_ms"], "p10_ms": stats["p10_ms"],
             "p90_ms": stats["p90_ms"], "repeats": repeats, "batch": batch, "height": height,
             "width": width, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0].device_kind)}
+            "device": str(jax.devices()[0].device_kind),
+            "conv_impl": resolve_conv_impl(conv_impl)}
 
 
 DEFAULT_CONFIGS = ((0.0, 0), (10.0, 0), (0.0, 8), (10.0, 8))
@@ -768,7 +788,8 @@ DEFAULT_CONFIGS = ((0.0, 0), (10.0, 0), (0.0, 8), (10.0, 8))
 
 def compression_table(variables: Mapping, data: Dataset | PathLike,
                       configs: Sequence[tuple[float, int]] = DEFAULT_CONFIGS, *,
-                      repeats: int = 0) -> list[dict[str, Any]]:
+                      repeats: int = 0, conv_impl: str = CONV_IMPL_DEFAULT
+                      ) -> list[dict[str, Any]]:
     """Post-training compression of one model, one row per ``(percent, bits)``.
 
     Args:
@@ -776,6 +797,9 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
       data: a :class:`Dataset` or its folder (validation split).
       configs: ``(pruning percent, bits)`` pairs; 0 = no pruning / float.
       repeats: timed forward passes per configuration (0: no timing).
+      conv_impl: how the convs are computed: ``"auto"`` (default, the fastest exact
+        form on the backend), ``"xla"`` (the plain reference) or a form of
+        :mod:`deepliflow_jax.model.layers`; the same numbers to float rounding.
 
     Returns:
       Rows ``{'percent', 'bits', 'zero_percent', 'epe', 'd0', 'd1', 'fl', 'sf',
@@ -801,7 +825,8 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
         if not isinstance(config, Sequence) or len(config) != 2:
             raise ValueError(f"each config must be a (percent, bits) pair, got {config!r}")
         checked.append((_percent(config[0]), _bits(config[1])))
-    trainer = _trainer(data, params)
+    conv_impl = check_conv_impl(conv_impl)
+    trainer = _trainer(data, params, None, conv_impl)
     batches = data.val_batches(data.num_samples)
     h, w = data.val[0].image0.shape[:2]
     rows = []
@@ -815,7 +840,8 @@ def compression_table(variables: Mapping, data: Dataset | PathLike,
         if repeats:
             # the network size of the evaluation (KITTI: 384x1216, as dataset='kitti')
             row["median_ms"] = time_model({"params": compressed}, h, w, repeats,
-                                          interp_size=data.interp_size)["median_ms"]
+                                          interp_size=data.interp_size,
+                                          conv_impl=conv_impl)["median_ms"]
         rows.append(row)
     return rows
 

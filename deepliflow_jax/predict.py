@@ -20,6 +20,7 @@ import numpy as np
 from deepliflow_jax.model.api import forward
 from deepliflow_jax.model.channels import architecture_widths
 from deepliflow_jax.model.deeplidarflow import SIZE_MULTIPLE
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl
 
 KITTI_INTERP_SIZE = (384, 1216)
 FT3D_CROP_SIZE = (512, 960)
@@ -184,7 +185,7 @@ def validate_frames(frames: Any) -> np.ndarray:
 def predict(variables: dict, frames: Any, dataset: str | None = None,
             interp_size: tuple[int, int] | None = None,
             out_size: tuple[int, int] | None = None, dtype: Any = jnp.float32,
-            resize: bool = False):
+            resize: bool = False, conv_impl: str = CONV_IMPL_DEFAULT):
     """Scene flow for preprocessed frame pairs, at the frame resolution.
 
     Args:
@@ -202,6 +203,8 @@ def predict(variables: dict, frames: Any, dataset: str | None = None,
       dtype: floating compute dtype (``jnp.float32`` or ``jnp.bfloat16``).
       resize: with ``dataset='kitti'``, resize frames of any size to 384x1216
         (otherwise frames scaled by more than 1.25x are refused).
+      conv_impl: how the convs are computed (default ``"auto"``: the fastest exact
+        form on the backend; see :mod:`deepliflow_jax.model.layers`).
 
     Returns:
       ``(sceneflow, aux)``: ``[B, H, W, 4]`` (u, v, d0, d1) in pixels, and the
@@ -209,9 +212,10 @@ def predict(variables: dict, frames: Any, dataset: str | None = None,
 
     Raises:
       ValueError: for a wrong shape, non-finite or unpreprocessed values, an
-        unusable size, non-float variables or compute dtype; checked before
-        anything is compiled.
+        unusable size, non-float variables, compute dtype or ``conv_impl``; checked
+        before anything is compiled.
     """
+    conv_impl = check_conv_impl(conv_impl)
     check_variable_dtypes(variables)
     dtype = check_compute_dtype(dtype)
     arr = validate_frames(frames)
@@ -233,4 +237,4 @@ def predict(variables: dict, frames: Any, dataset: str | None = None,
     # a structured (channel-pruned) model runs with the widths its parameters hold
     return forward(variables, jax.device_put(arr), interp_size=interp_size,
                    out_size=out_size or (h, w), dtype=dtype,
-                   widths=architecture_widths(variables))
+                   widths=architecture_widths(variables), conv_impl=conv_impl)

@@ -355,3 +355,31 @@ def test_bfloat16_compute_matches_reference(module_cls, kwargs, x_shape, kernel_
         {"params": params}, x)
     assert got.dtype == jnp.bfloat16 and got.shape == ref.shape
     assert _rel(got, ref) < 1e-2  # bfloat16 rounding of different summation orders
+
+
+def test_public_entry_points_take_conv_impl(small_variables, tiny_data):
+    """``auto`` is the default of the API and the trainer; an explicit form wins, gives
+    the same numbers to float rounding, and a bad one is refused before compiling."""
+    import inspect
+
+    import deepliflow_jax as dl
+    from deepliflow_jax.train.trainer import Trainer, get_trainer
+
+    for fn in (dl.predict_sceneflow, dl.finetune, dl.evaluate, dl.time_model,
+               dl.compression_table, Trainer, get_trainer, create_model, forward):
+        assert inspect.signature(fn).parameters["conv_impl"].default == "auto", fn
+    # one shared trainer per form, however it is spelled
+    assert get_trainer(None, widths=None, conv_impl="widen+phase") is get_trainer(
+        None, conv_impl="phase+widen")
+    assert get_trainer(None, conv_impl="xla") is not get_trainer(None)
+    frames = np.random.default_rng(0).uniform(-0.4, 0.6, (2, 64, 128, 4)).astype(np.float32)
+    frames[..., 3] *= np.random.default_rng(1).uniform(size=(2, 64, 128)) < 0.1
+    ref = dl.predict_sceneflow(small_variables, frames, conv_impl="xla")
+    got = dl.predict_sceneflow(small_variables, frames)
+    assert got.shape == ref.shape == (64, 128, 4) and _rel(got, ref) < 2 * TOL
+    for call in (lambda: dl.predict_sceneflow(small_variables, frames, conv_impl="fast"),
+                 lambda: dl.finetune(small_variables, tiny_data, 0, conv_impl="fast"),
+                 lambda: dl.evaluate(small_variables, tiny_data, conv_impl="fast"),
+                 lambda: dl.time_model(small_variables, conv_impl="fast")):
+        with pytest.raises(ValueError, match="conv_impl='fast'"):
+            call()

@@ -61,7 +61,7 @@ from deepliflow_jax.metrics import (
     metrics_from_counts,
 )
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
-from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl
 from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.train.checkpoint import Checkpointer
 from deepliflow_jax.train.sharding import (
@@ -176,7 +176,8 @@ class Trainer:
       optimizer: ``"adam"`` (``optax.adam``) or ``"tf1_adam"`` (TF 1.x's ``ApplyAdam``,
         the original's; its state can continue a TF checkpoint's, see ``new_state``).
       conv_impl: the network's conv implementation (``deepliflow_jax.model.layers``;
-        exact alternatives, e.g. for the per-block profile of the train step).
+        default ``"auto"``, the fastest exact form on the backend, resolved when the
+        step is traced; ``"xla"``, the plain reference; any explicit form wins).
 
     Raises:
       ValueError: widths with ``channel_masked``, a device count this process does
@@ -524,22 +525,25 @@ def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, star
 
 def get_trainer(interp_size: tuple[int, int] | None = None, seed: int = 0,
                 devices: int | Sequence[jax.Device] | None = None,
-                optimizer: str = "adam", widths: Mapping[str, int] | None = None) -> Trainer:
+                optimizer: str = "adam", widths: Mapping[str, int] | None = None,
+                conv_impl: str = CONV_IMPL_DEFAULT) -> Trainer:
     """A shared :class:`Trainer`, so that the study, the API and a resumed study in the
     same process do not compile again.
 
-    ``devices``, ``optimizer`` and ``widths`` as :class:`Trainer`'s (None: one device,
-    the original network).
+    ``devices``, ``optimizer``, ``widths`` and ``conv_impl`` as :class:`Trainer`'s
+    (None: one device, the original network; ``"auto"``: the fastest exact form).
     """
     mesh = make_mesh(1 if devices is None else devices)
     # one cache key however the arguments are spelled
     return _shared_trainer(None if interp_size is None else tuple(interp_size), int(seed),
-                           tuple(mesh.devices.flat), optimizer, freeze_widths(widths))
+                           tuple(mesh.devices.flat), optimizer, freeze_widths(widths),
+                           check_conv_impl(conv_impl))
 
 
 @functools.lru_cache(maxsize=4)
-def _shared_trainer(interp_size, seed, devices, optimizer, widths) -> Trainer:
-    return Trainer(interp_size, seed, widths=widths, devices=list(devices), optimizer=optimizer)
+def _shared_trainer(interp_size, seed, devices, optimizer, widths, conv_impl) -> Trainer:
+    return Trainer(interp_size, seed, widths=widths, devices=list(devices), optimizer=optimizer,
+                   conv_impl=conv_impl)
 
 
 def enable_compilation_cache(path: str | None = None) -> None:
