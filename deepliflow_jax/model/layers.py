@@ -30,6 +30,10 @@ otherwise a ``+``-joined set of
 * ``banded``: not a conv layer but the correlation of the cost volume, as tiled
   row matmuls (``deepliflow_jax.model.cost_volume.cost_volume_banded``; on a
   2-core CPU 1.5x to 1.9x faster whole forwards at batch 1).
+* ``tiled``: the cost volume's correlation as one matmul per 8x8 pixel tile against
+  its 16x16 search window, the displacements cut out by pad/reshape/slice
+  (``deepliflow_jax.model.cost_volume.cost_volume_tiled``; no gather or scatter,
+  forward and backward). ``banded`` and ``tiled`` exclude each other.
 
 Each is exact up to float summation order (float32 relative error ~1e-7, see
 ``tests/test_conv_impl.py``), gradients included.
@@ -49,7 +53,7 @@ from deepliflow_jax.model.config import LEAKY_SLOPE
 XAVIER_NORMAL = nn.initializers.variance_scaling(1.0, "fan_avg", "truncated_normal")
 #: the reference implementation and the tokens an alternative is built from
 CONV_IMPL_DEFAULT = "xla"
-CONV_IMPL_TOKENS = ("subpixel", "s2b", "pad8", "banded")
+CONV_IMPL_TOKENS = ("subpixel", "s2b", "pad8", "banded", "tiled")
 #: the implementations tests and the block profile compare with the reference
 CONV_IMPLS = ("xla", "subpixel", "subpixel+s2b", "subpixel+s2b+pad8")
 _DN = ("NHWC", "HWIO", "NHWC")
