@@ -73,11 +73,14 @@ def normalized_conv(data, conf, kernels, bias, eps=1e-5):
     return out, den / w.sum(axis=(0, 1, 2))
 
 
-def confidence_max_pool(data, conf):
-    """max_pool_with_argmax 2x2/2 VALID (first strictly-greater wins) + gather."""
+def confidence_max_pool(data, conf, return_argmax=False):
+    """max_pool_with_argmax 2x2/2 VALID (first strictly-greater wins) + gather.
+
+    ``return_argmax=True`` also returns the winners' ``(row, col)`` ``[B, h, w, C, 2]``."""
     b, h, w, c = conf.shape
     pd = np.zeros((b, h // 2, w // 2, c), data.dtype)
     pc = np.zeros_like(pd)
+    argmax = np.zeros(pd.shape + (2,), np.int64)
     for n in range(b):
         for i in range(h // 2):
             for j in range(w // 2):
@@ -90,7 +93,8 @@ def confidence_max_pool(data, conf):
                                 best, arg = v, (2 * i + di, 2 * j + dj)
                     pc[n, i, j, ch] = best
                     pd[n, i, j, ch] = data[n, arg[0], arg[1], ch]
-    return pd, pc
+                    argmax[n, i, j, ch] = arg
+    return (pd, pc, argmax) if return_argmax else (pd, pc)
 
 
 def cost_volume_original(x, warped, r=4):

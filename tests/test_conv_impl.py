@@ -6,6 +6,7 @@ reaches every layer it applies to, and the parameter tree does not change.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,13 @@ import pytest
 
 from deepliflow_jax.compress.int8 import hlo_conv_report
 from deepliflow_jax.model.api import create_model, forward, init_params, param_shapes
-from deepliflow_jax.model.cost_volume import cost_volume, cost_volume_banded
+from deepliflow_jax.model.cost_volume import (
+    _skew_diagonals,
+    correlation_for,
+    cost_volume,
+    cost_volume_banded,
+    cost_volume_tiled,
+)
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import (
     CONV_IMPL_BY_BACKEND,
@@ -25,6 +32,7 @@ from deepliflow_jax.model.layers import (
     dilated_conv_space_to_batch,
     resolve_conv_impl,
 )
+from deepliflow_jax.model.widths import uniform_widths
 
 # the options that change each layer kind (the structural test checks the others do not)
 CONV_ALTERNATIVES = ("s2b", "pad8", "widen", "s2grad", "subpixel+s2b+pad8", "widen+s2grad",
@@ -189,16 +197,83 @@ def test_banded_cost_volume_equals_the_original_form(shape):
         cost_volume_banded(x, w, tile=0)
 
 
-def _convs(jaxpr):
-    """Every ``conv_general_dilated`` equation of a jaxpr, nested ones included."""
+def _eqns(jaxpr):
+    """Every equation of a jaxpr, those of nested jaxprs (jit, custom_vjp, ...) included."""
     for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "conv_general_dilated":
-            yield eqn
+        yield eqn
         for value in eqn.params.values():
             for sub in (value if isinstance(value, tuple | list) else [value]):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    yield from _convs(inner)
+                    yield from _eqns(inner)
+
+
+def _convs(jaxpr):
+    """Every ``conv_general_dilated`` equation of a jaxpr, nested ones included."""
+    return (e for e in _eqns(jaxpr) if e.primitive.name == "conv_general_dilated")
+
+
+@pytest.mark.parametrize("shape", [(2, 13, 19, 8), (1, 5, 3, 3), (2, 9, 24, 16)])
+def test_tiled_cost_volume_equals_the_original_form(shape):
+    """H, W off the tile and below one tile, batch 1 and 2, 3 to 16 channels; r = 4 with
+    the model's 8x8 tiles (window 16 = two tiles), r = 2 with 3x3 tiles (window 7 = three
+    tiles, cut), r = 1 with 1x1 tiles (window 3)."""
+    rng = np.random.default_rng(sum(shape))
+    x, w = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(2))
+    for r, tile in ((4, 8), (2, 3), (1, 1)):
+        cot = jnp.asarray(rng.standard_normal(shape[:3] + ((2 * r + 1) ** 2,)), jnp.float32)
+        want = _values_and_grads(cost_volume, x, w, cot, search_range=r)
+        got = _values_and_grads(cost_volume_tiled, x, w, cot, search_range=r, tile=tile)
+        for name, a, b in zip(("cv", "dx", "dwarped"), (got[0], *got[1]), (want[0], *want[1]),
+                              strict=True):
+            assert a.shape == b.shape, (name, r, tile)
+            assert _rel(a, b) <= TOL, (name, r, tile, _rel(a, b))
+            # per entry too: one misplaced displacement or border pixel is not averaged away
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOL * float(np.abs(b).max()),
+                                       err_msg=f"{name}, r={r}, tile={tile}")
+
+
+def test_tiled_cost_volume_refusals_and_selection():
+    x = jnp.zeros((1, 4, 4, 2))
+    with pytest.raises(ValueError, match="tile must be >= 1"):
+        cost_volume_tiled(x, x, tile=0)
+    with pytest.raises(ValueError, match="search_range must be >= 0"):
+        cost_volume_tiled(x, x, search_range=-1)
+    with pytest.raises(ValueError, match="wrap around"):
+        _skew_diagonals(jnp.zeros((4, 6)), 0, 1, 4)
+    assert correlation_for("xla") is cost_volume
+    assert correlation_for("subpixel+banded") is cost_volume_banded
+    assert correlation_for("s2b+tiled") is cost_volume_tiled
+    for bad in ("banded+tiled", "subpixel+tiled+banded"):
+        with pytest.raises(ValueError, match="'tiled' and 'banded'"):
+            DeepLiDARFlow(conv_impl=bad)
+
+
+def _gathers_and_scatters(fn, *args):
+    """Names of gather/scatter primitives in ``fn``'s jaxpr, and whether its compiled HLO
+    has any."""
+    names = {e.primitive.name for e in _eqns(jax.make_jaxpr(fn)(*args).jaxpr)}
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    # the op itself, not a name in the metadata
+    return ({n for n in names if "gather" in n or "scatter" in n},
+            re.search(r"\s(gather|scatter)\(", hlo) is not None)
+
+
+def test_tiled_cost_volume_gathers_and_scatters_nothing():
+    """Forward and backward; the probe itself sees the banded form's gather and scatter."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 13, 19, 8)), jnp.float32)
+
+    def value_and_grads(correlate):
+        return lambda a, b: jax.value_and_grad(
+            lambda p, q: jnp.sum(correlate(p, q) ** 2), argnums=(0, 1))(a, b)
+
+    names, in_hlo = _gathers_and_scatters(value_and_grads(cost_volume_tiled), x, x)
+    assert not names and not in_hlo, names
+    names, in_hlo = _gathers_and_scatters(value_and_grads(cost_volume_banded), x, x)
+    assert {"gather", "scatter-add"} <= names and in_hlo, names
+    dots = [e for e in _eqns(jax.make_jaxpr(cost_volume_tiled)(x, x).jaxpr)
+            if e.primitive.name == "dot_general"]
+    assert len(dots) == 1  # one batched matmul for all tiles
 
 
 @pytest.mark.parametrize("impl", ["xla", "auto", *CONV_IMPL_TOKENS])
@@ -227,9 +302,10 @@ def test_option_reaches_every_layer(impl):
     narrow = [e for e in convs if e.outvars[0].aval.shape[-1] <= 16]
     assert (not narrow) if "widen" in tokens else len(narrow) > 20
     odd = [e for e in convs if e.invars[1].aval.shape[2] % 8 or e.invars[1].aval.shape[3] % 8]
-    # the banded cost volume: 9 row matmuls at each of the 5 levels, else none
+    # the banded cost volume: 9 row matmuls at each of the 5 levels, the tiled one 1,
+    # else none
     dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
-    assert len(dots) == (45 if "banded" in tokens else 0)
+    assert len(dots) == (45 if "banded" in tokens else 5 if "tiled" in tokens else 0)
     if impl in ("xla", "pad8"):
         # pad8 reaches the normalized convs too (1 -> 16, 196 -> 196, ...)
         assert len(odd) == (0 if impl == "pad8" else 31), len(odd)
@@ -316,34 +392,6 @@ def test_whole_network_equals_reference(net_outputs, path, impl):
     assert max(diff for _, _, diff in report.values()) <= 2 * TOL
 
 
-def test_whole_network_gradients_equal_reference(small_variables):
-    """The KITTI loss's gradient through the whole (8-wide) network, ``auto`` vs the
-    reference: every one of the 272 leaves (257 and 15 ``conf_mass``), each within
-    float32 noise of a deep network's gradient (a broken form is off by O(1)), the
-    whole tree to 1e-6."""
-    from deepliflow_jax.losses import kitti_loss
-    from deepliflow_jax.model.channels import widths_of
-    from deepliflow_jax.profile.inputs import make_frames, make_ground_truth
-
-    widths = widths_of(small_variables)
-    frames = jnp.asarray(make_frames(1, 64, 128, seed=4))
-    gt = jnp.asarray(make_ground_truth(1, 64, 128, seed=5))
-
-    def grads(impl):
-        model = DeepLiDARFlow(conv_impl=impl, widths=widths)
-        return jax.jit(jax.grad(lambda v: kitti_loss(model.apply(v, frames)[1]["flows"], gt)))(
-            small_variables)
-
-    ref, got = grads("xla"), grads("auto")
-    leaves = jax.tree_util.tree_flatten_with_path(ref)[0]
-    assert len(leaves) == 272
-    errors = {jax.tree_util.keystr(p): _rel(g, r)
-              for (p, r), g in zip(leaves, jax.tree.leaves(got), strict=True)}
-    assert max(errors.values()) <= 2e-5, sorted(errors.items(), key=lambda e: -e[1])[:5]
-    flat = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (got, ref)]
-    assert _rel(*flat) <= TOL
-
-
 @pytest.mark.parametrize("module_cls,kwargs,x_shape,kernel_shape", [
     (Conv, {"features": 12, "dilation": 4}, (2, 9, 13, 20), (3, 3, 20, 12)),
     (ConvTranspose, {"features": 6}, (2, 7, 9, 13), (4, 4, 6, 13)),
@@ -355,6 +403,44 @@ def test_bfloat16_compute_matches_reference(module_cls, kwargs, x_shape, kernel_
         {"params": params}, x)
     assert got.dtype == jnp.bfloat16 and got.shape == ref.shape
     assert _rel(got, ref) < 1e-2  # bfloat16 rounding of different summation orders
+
+
+@pytest.mark.parametrize("impl", ["auto", "tiled"])
+def test_whole_network_forward_and_gradients_equal_xla(small_variables, impl):
+    """The 8-channel network at 64x64, batch 2 (cost volumes of 1x1 to 16x16 pixels),
+    ``auto`` (on CPU every library-path form and the tiled cost volume) and ``tiled``.
+
+    Forward outputs (the scene flow and every level's flow) to 1e-6; the parameter
+    gradients of a weighted sum of the scene flow to 1e-6 as a whole and 1e-5 per
+    leaf: float32 drift through the backward of the whole network (measured 1.3e-6
+    on the worst leaf for ``"tiled"``, 1.5e-6 for ``"banded"``, 6e-8 as a whole)."""
+    rng = np.random.default_rng(11)
+    frames = rng.uniform(-0.4, 0.6, (2, 2, 64, 64, 4)).astype(np.float32)
+    frames[..., 3] *= rng.uniform(size=(2, 2, 64, 64)) < 0.1
+    cot = jnp.asarray(rng.standard_normal((2, 64, 64, 4)), jnp.float32)
+
+    def run(conv_impl):
+        model = create_model(widths=uniform_widths(8), conv_impl=conv_impl)
+
+        def outputs(params):
+            sf, aux = model.apply({"params": params}, frames)
+            return sf, aux["flows"]
+
+        return jax.jit(lambda p: (outputs(p), jax.grad(
+            lambda q: jnp.sum(outputs(q)[0] * cot))(p)))(small_variables["params"])
+
+    if resolve_conv_impl(impl) == "xla":  # auto off the CPU: nothing to compare
+        return
+    (out_ref, grads_ref), (out, grads) = run("xla"), run(impl)
+    assert float(np.std(out_ref[0])) > 0
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(out_ref), strict=True):
+        assert _rel(a, b) <= TOL, _rel(a, b)
+    flat = jax.tree_util.tree_leaves_with_path(grads_ref)
+    leaf_errors = {jax.tree_util.keystr(path): _rel(a, b)
+                   for a, (path, b) in zip(jax.tree.leaves(grads), flat, strict=True)}
+    assert max(leaf_errors.values()) <= 10 * TOL, max(leaf_errors.items(), key=lambda kv: kv[1])
+    whole = [np.concatenate([np.ravel(a) for a in jax.tree.leaves(g)]) for g in (grads, grads_ref)]
+    assert _rel(*whole) <= TOL
 
 
 def test_public_entry_points_take_conv_impl(small_variables, tiny_data):

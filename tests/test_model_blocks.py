@@ -1,5 +1,7 @@
 """Each block of the Flax port against a literal numpy re-statement of the original."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +66,50 @@ def test_confidence_max_pool_ties_and_empty_windows():
     np.testing.assert_array_equal(got_d, want_d)
     # an all-zero window returns its top-left data value
     np.testing.assert_array_equal(got_d[0, 0, 0], data[0, 0, 0])
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 8, 4), (2, 7, 9, 3)])
+def test_confidence_max_pool_gradient_goes_to_the_first_maximum(shape):
+    """Both outputs' cotangents reach exactly the window position TF's argmax picks (the
+    first maximum, ties included), none other; odd sizes drop the last row/column."""
+    conf = (RNG.uniform(size=shape) < 0.4).astype(np.float32)
+    conf[0, :2, :2, :] = 0.0  # no point: all four positions tie
+    conf[1, 2:4, 2:4, 1] = 0.7  # equal non-binary maxima
+    conf[1, 0, 1, 2], conf[1, 1, 0, 2] = 0.9, 0.9  # tie of positions 1 and 2
+    data = _rand(*shape)
+    want_d, want_c, argmax = ref.confidence_max_pool(data, conf, return_argmax=True)
+    cot_d, cot_c = _rand(*want_d.shape), _rand(*want_c.shape)
+
+    def loss(d, c):
+        pooled_d, pooled_c = confidence_max_pool(d, c)
+        return jnp.sum(pooled_d * cot_d) + jnp.sum(pooled_c * cot_c)
+
+    got_dd, got_dc = jax.grad(loss, argnums=(0, 1))(jnp.asarray(data), jnp.asarray(conf))
+    want_dd, want_dc = np.zeros_like(data), np.zeros_like(conf)
+    b, i, j, ch = np.indices(want_d.shape)
+    want_dd[b, argmax[..., 0], argmax[..., 1], ch] = cot_d
+    want_dc[b, argmax[..., 0], argmax[..., 1], ch] = cot_c
+    np.testing.assert_array_equal(got_dd, want_dd)
+    np.testing.assert_array_equal(got_dc, want_dc)
+    pooled = confidence_max_pool(jnp.asarray(data), jnp.asarray(conf))
+    np.testing.assert_array_equal(pooled[0], want_d)
+    np.testing.assert_array_equal(pooled[1], want_c)
+
+
+def test_confidence_max_pool_nan_wins_and_no_gather():
+    """A NaN confidence is the maximum (``jnp.argmax``'s rule, which the gather form
+    used); neither direction gathers or scatters."""
+    conf = jnp.asarray([1.0, np.nan, 1.0, 0.0, 0.0, 2.0, 2.0, 1.0]).reshape(1, 2, 4, 1)
+    data = jnp.arange(8.0).reshape(1, 2, 4, 1)
+    pooled_d, pooled_c = confidence_max_pool(data, conf)
+    np.testing.assert_array_equal(pooled_d.ravel(), [1.0, 6.0])
+    np.testing.assert_array_equal(pooled_c.ravel(), [np.nan, 2.0])
+    fn = jax.value_and_grad(lambda d, c: sum(jnp.sum(o) for o in confidence_max_pool(d, c)),
+                            argnums=(0, 1))
+    names = {e.primitive.name for e in jax.make_jaxpr(fn)(data, conf).jaxpr.eqns}
+    assert not {n for n in names if "gather" in n or "scatter" in n}, names
+    hlo = jax.jit(fn).lower(data, conf).compile().as_text()
+    assert not re.search(r"\s(gather|scatter)\(", hlo)  # the ops, not metadata names
 
 
 def test_normalized_conv_per_frame_biases_and_confidence():

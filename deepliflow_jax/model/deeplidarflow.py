@@ -34,14 +34,13 @@ import jax.numpy as jnp
 
 from deepliflow_jax.model.config import FLOW_SCALE, LEVELS, SEARCH_RANGE, SIZE_MULTIPLE
 from deepliflow_jax.model.context import ContextNetwork
-from deepliflow_jax.model.cost_volume import cost_volume, cost_volume_banded
+from deepliflow_jax.model.cost_volume import correlation_for
 from deepliflow_jax.model.estimator import SceneFlowEstimator
 from deepliflow_jax.model.guidance import GuidanceNetwork
 from deepliflow_jax.model.layers import (
     CONV_IMPL_DEFAULT,
     check_conv_impl,
     leaky_relu,
-    uses_impl,
 )
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
 from deepliflow_jax.model.warping import bilinear_warp
@@ -76,6 +75,7 @@ class DeepLiDARFlow(nn.Module):
         # a dict is accepted and frozen (module attributes must be hashable)
         object.__setattr__(self, "widths", freeze_widths(self.widths))
         object.__setattr__(self, "conv_impl", check_conv_impl(self.conv_impl))
+        correlation_for(self.conv_impl)  # refuses two cost-volume forms at construction
         super().__post_init__()
 
     @nn.compact
@@ -103,8 +103,7 @@ class DeepLiDARFlow(nn.Module):
             else:
                 scale = FLOW_SCALE / 2**level
                 warped = bilinear_warp(f2, up_flow[..., :2].astype(jnp.float32) * scale)
-            correlate = (cost_volume_banded if uses_impl(self.conv_impl, "banded")
-                         else cost_volume)
+            correlate = correlation_for(self.conv_impl)
             cv = leaky_relu(correlate(f1, warped.astype(f1.dtype), self.search_range))
             parts = [cv, f1, warped.astype(f1.dtype)]
             if up_flow is not None:

@@ -45,6 +45,10 @@ measured fastest on the backend (:func:`resolve_conv_impl`); otherwise a
 * ``banded``: not a conv layer but the correlation of the cost volume, as tiled
   row matmuls (``deepliflow_jax.model.cost_volume.cost_volume_banded``; on a
   2-core CPU 1.5x to 1.9x faster whole forwards at batch 1).
+* ``tiled``: the cost volume's correlation as one matmul per 8x8 pixel tile against
+  its 16x16 search window, the displacements cut out by pad/reshape/slice
+  (``deepliflow_jax.model.cost_volume.cost_volume_tiled``; no gather or scatter,
+  forward and backward). ``banded`` and ``tiled`` exclude each other.
 
 Each is exact up to float summation order (float32 relative error ~1e-7, see
 ``tests/test_conv_impl.py``), gradients included.
@@ -68,10 +72,11 @@ CONV_IMPL_REFERENCE = "xla"
 #: resolved per backend when the model is traced (:func:`resolve_conv_impl`)
 CONV_IMPL_AUTO = "auto"
 CONV_IMPL_DEFAULT = CONV_IMPL_AUTO
-CONV_IMPL_TOKENS = ("subpixel", "phase", "s2b", "pad8", "widen", "s2grad", "banded")
+CONV_IMPL_TOKENS = ("subpixel", "phase", "s2b", "pad8", "widen", "s2grad", "banded",
+                    "tiled")
 #: what ``"auto"`` runs on each backend; a backend not listed runs the reference.
 #: CPU: see resolve_conv_impl's docstring for the measurements behind it.
-CONV_IMPL_BY_BACKEND = {"cpu": "phase+widen+s2grad+banded"}
+CONV_IMPL_BY_BACKEND = {"cpu": "phase+widen+s2grad+tiled"}
 #: the implementations tests and the block profile compare with the reference
 CONV_IMPLS = ("xla", "subpixel", "subpixel+s2b", "subpixel+s2b+pad8")
 #: XLA:CPU's YNNPACK path takes convs with more channels than this on one side

@@ -46,6 +46,13 @@ from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, conv2d, leaky_relu
 def confidence_max_pool(data: jnp.ndarray, conf: jnp.ndarray):
     """2x2/2 VALID max pool of ``conf``; ``data`` taken where ``conf`` is maximal.
 
+    Ties go to the first maximum in raster order (TF ``max_pool_with_argmax``'s
+    rule, also ``jnp.argmax``'s; a NaN counts as the maximum, as in ``jnp.argmax``),
+    and so does the gradient: both outputs are a ``where`` chain over the four
+    strided window positions, so the backward routes each cotangent to that one
+    position (a plain ``max`` would split it between tied maxima). No gather, so
+    no scatter in the backward. An odd last row or column is dropped.
+
     Args:
       data: ``[B, H, W, C]``.
       conf: ``[B, H, W, C]`` confidences (same shape as ``data``).
@@ -53,18 +60,19 @@ def confidence_max_pool(data: jnp.ndarray, conf: jnp.ndarray):
     Returns:
       ``(pooled_data, pooled_conf)``, each ``[B, H // 2, W // 2, C]``.
     """
-    b, h, w, c = conf.shape
-    h2, w2 = h // 2, w // 2
+    h2, w2 = conf.shape[1] // 2, conf.shape[2] // 2
 
-    def windows(x):
-        x = x[:, : 2 * h2, : 2 * w2].reshape(b, h2, 2, w2, 2, c)
-        # window positions in raster order: (0,0), (0,1), (1,0), (1,1)
-        return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h2, w2, 4, c)
+    def positions(x):
+        # the window positions in raster order: (0,0), (0,1), (1,0), (1,1)
+        return [x[:, i:2 * h2:2, j:2 * w2:2] for i in (0, 1) for j in (0, 1)]
 
-    cw, dw = windows(conf), windows(data)
-    best = jnp.argmax(cw, axis=3)[:, :, :, None]  # first maximum on ties
-    pooled_conf = jnp.take_along_axis(cw, best, axis=3)[:, :, :, 0]
-    pooled_data = jnp.take_along_axis(dw, best, axis=3)[:, :, :, 0]
+    cs, ds = positions(conf), positions(data)
+    top = jnp.maximum(jnp.maximum(cs[0], cs[1]), jnp.maximum(cs[2], cs[3]))
+    pooled_data, pooled_conf = ds[3], cs[3]
+    for c, d in zip(cs[2::-1], ds[2::-1], strict=True):  # the first winner is chosen last
+        wins = (c == top) | jnp.isnan(c)
+        pooled_data = jnp.where(wins, d, pooled_data)
+        pooled_conf = jnp.where(wins, c, pooled_conf)
     return pooled_data, pooled_conf
 
 

@@ -61,7 +61,7 @@ import numpy as np
 
 from deepliflow_jax.losses import kitti_loss
 from deepliflow_jax.model.config import FLOW_SCALE, LEVELS, SIZE_MULTIPLE
-from deepliflow_jax.model.cost_volume import cost_volume
+from deepliflow_jax.model.cost_volume import correlation_for
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, leaky_relu, resolve_conv_impl
 from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_legacy
@@ -215,8 +215,10 @@ def block_calls(variables: dict, batch: int, height: int, width: int, interp_siz
     fused = calls[("guidance_network", "fusion")][2]
     r = model.search_range
 
+    correlate = correlation_for(conv_impl)
+
     def cost(_, f1, warped):
-        return leaky_relu(cost_volume(f1, warped, r))
+        return leaky_relu(correlate(f1, warped, r))
 
     for i, level in enumerate(LEVELS):
         feat = jax.ShapeDtypeStruct((batch, *fused[i].shape[1:]), fused[i].dtype)
@@ -227,7 +229,7 @@ def block_calls(variables: dict, batch: int, height: int, width: int, interp_siz
             blocks.append(Block(f"warp L{level}", lambda _, f, fl: bilinear_warp(f, fl), None,
                                 args, False))
         blocks.append(Block(f"cost volume L{level}", cost, None, _random_like((feat, feat), rng),
-                            False))
+                            True))
         scope = f"scene_flow_estimator_{level}"
         module, args, _ = calls[(scope,)]
         blocks.append(_module_block(f"estimator L{level}", module, params[scope], args, rng))

@@ -14,6 +14,8 @@ All compute exactly what ``deepliflow_jax.model.cost_volume.cost_volume`` does
 * ``banded_matmul``: the model's ``cost_volume_banded`` (``conv_impl`` token
   ``"banded"``): W is cut into tiles of ``T`` pixels; per tile and ``dy`` one
   ``[T, C] x [C, T + 2r]`` matmul, of which the band of ``2r + 1`` diagonals is kept.
+* ``tiled_matmul``: the model's ``cost_volume_tiled`` (token ``"tiled"``): per 8x8
+  pixel tile one ``[64, C] x [C, 256]`` matmul against its 16x16 search window.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from deepliflow_jax.model.cost_volume import correlation_scale
 from deepliflow_jax.model.cost_volume import cost_volume as shifted
 from deepliflow_jax.model.cost_volume import cost_volume_banded as banded_matmul
+from deepliflow_jax.model.cost_volume import cost_volume_tiled as tiled_matmul
 from deepliflow_jax.profile.timer import time_calls
 
 # per-level feature sizes of the forward pass: (level, H / 2**level, W / 2**level), C = 64
@@ -75,6 +78,7 @@ VARIANTS: dict[str, Callable] = {
     "row_einsum": row_einsum,
     "patches": patches,
     "banded_matmul": banded_matmul,
+    "tiled_matmul": tiled_matmul,
 }
 
 
