@@ -109,3 +109,20 @@ def test_announce_results_names_absolute_paths(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out == (f"python -m experiments.runtime: results go to "
                    f"{tmp_path / 'results' / 'runtime' / 'runtime.json'}\n")
+
+
+def test_the_scripts_keep_xla_s_slow_compile_alarm_off_unless_asked():
+    # XLA logs "Very slow compile? ..." at ERROR from C++ after 2 minutes of compiling;
+    # TF_CPP_MIN_LOG_LEVEL=3 (read when JAX is imported) hides it: checked on jaxlib
+    # 0.10.2 with a 3-minute compile (the line at the default level 1, none at 3)
+    code = ("import experiments.run_study, os, jax; "
+            "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+
+    def level(environ):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              cwd=REPO, env={**environ, "JAX_PLATFORMS": "cpu"}, timeout=300,
+                              check=True).stdout.strip()
+
+    assert level(env) == "3"
+    assert level({**env, "TF_CPP_MIN_LOG_LEVEL": "0"}) == "0"  # the user's choice stands
