@@ -3,12 +3,15 @@
 Scripts that are called in-process as well (tests, notebooks) keep their flags
 in their own ``flags.FlagValues``, so that two scripts defining the same flag
 name do not clash in one process; :func:`parse_flags` parses into such a set.
+:func:`announce_results` names where a script writes, before it starts.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from absl import flags
 
@@ -41,3 +44,19 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], prog: str,
     if len(rest) > 1:
         print(f"{prog}: usage error: unexpected arguments {rest[1:]}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def announce_results(prog: str, *paths: str | os.PathLike) -> None:
+    """Prints, before any work, where ``prog`` writes its results (absolute paths).
+
+    The scripts' defaults are folders under ``results/`` in the current directory
+    (git-ignored); the committed ``experiments/results/`` is written only when a
+    flag names it.
+
+    Args:
+      prog: the command as a user types it, e.g. ``"python -m experiments.runtime"``.
+      *paths: the files or folders it will write (None entries are left out).
+    """
+    named = [str(Path(p).absolute()) for p in paths if p]
+    if named:
+        print(f"{prog}: results go to {', '.join(named)}", flush=True)

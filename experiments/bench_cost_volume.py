@@ -12,6 +12,7 @@ import json
 
 from absl import app, flags
 
+from deepliflow_jax import cli
 from deepliflow_jax.fileio import write_text_atomic
 
 FLAGS = flags.FLAGS
@@ -30,6 +31,8 @@ flags.DEFINE_string("output_md", None, "Write the Markdown table here.")
 
 def main(argv):
     del argv
+    cli.announce_results("python -m experiments.bench_cost_volume",
+                         FLAGS.output_json, FLAGS.output_md)
     from deepliflow_jax.profile import cost_volume_bench as cvb
     from deepliflow_jax.profile.inputs import check_sizes
 

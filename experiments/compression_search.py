@@ -7,7 +7,8 @@
 The defaults are the demo scale (the synthetic world at 64x192, every layer group,
 ratios 0.3/0.5/0.7, 3 candidates, 30 fine-tuning steps each); the dense baseline is
 ``--checkpoint`` (pre-trained there first if it does not exist). Writes
-<output_prefix>.{json,md,png} (default experiments/results/compression_search_cpu) and
+<output_prefix>.{json,md,png} (default results/compression_search/compression_search
+under the current directory; the committed experiments/results/ only when named) and
 the chosen model as a checkpoint (``--save_model``) that ``load_checkpoint`` and
 ``predict_sceneflow`` take. The sensitivities are cached per checkpoint
 (``--sensitivity_cache``): a second run with other budgets skips them.
@@ -18,6 +19,8 @@ Library: ``deepliflow_jax.study.search.run_search`` (``dl.compression_search``).
 from __future__ import annotations
 
 from absl import app, flags, logging
+
+from deepliflow_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("budget", "g70h10", "Latency '120ms', size on disk '8MB', speed-up '2.5x' "
@@ -50,7 +53,7 @@ flags.DEFINE_string("save_model", None, "Checkpoint of the chosen model (default
                     "<workdir>/searched_model).")
 flags.DEFINE_string("sensitivity_cache", None, "JSON cache of the sensitivities (default "
                     "<workdir>/sensitivity_cache.json).")
-flags.DEFINE_string("output_prefix", "experiments/results/compression_search_cpu",
+flags.DEFINE_string("output_prefix", "results/compression_search/compression_search",
                     "Writes PREFIX.json, PREFIX.md and PREFIX.png.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 
@@ -94,6 +97,8 @@ def main(argv):
             block_repeats=FLAGS.block_repeats, seed=FLAGS.seed)
     except ValueError as err:
         raise app.UsageError(str(err)) from err
+    cli.announce_results("python -m experiments.compression_search",
+                         f"{FLAGS.output_prefix}.{{json,md,png}}")
     enable_compilation_cache()
     work = Path(FLAGS.workdir)
     data = tr.data_beside(FLAGS.checkpoint, FLAGS.data_dir, work, FLAGS.seed)

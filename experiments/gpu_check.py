@@ -1,6 +1,6 @@
 """One-shot GPU check: parity, run time and precision vs EPE in one results folder.
 
-  python -m experiments.gpu_check [--output_dir=experiments/results/gpu_check]
+  python -m experiments.gpu_check [--output_dir=results/gpu_check]
       [--checkpoint=DIR] [--smoke]
 
 Made for a GPU lent for a few minutes (at most ~8 minutes on one H100/H200, compiles
@@ -14,10 +14,12 @@ import os
 
 from absl import app, flags
 
+from deepliflow_jax import cli
 from weights_convert import torch_bridge
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "experiments/results/gpu_check", "Results folder.")
+flags.DEFINE_string("output_dir", "results/gpu_check", "Results folder (under the current "
+                    "directory unless absolute).")
 flags.DEFINE_string("checkpoint", None, "Weights for the precision check (default: random "
                     "init, where only the differences between the dtypes mean something).")
 flags.DEFINE_bool("smoke", False, "Toy sizes and one parity test: checks the plumbing.")
@@ -28,6 +30,7 @@ def main(argv):
     del argv
     # the workers own the GPU: this process must not preallocate most of its memory
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    cli.announce_results("python -m experiments.gpu_check", FLAGS.output_dir)
     import deepliflow_jax as dl
     from deepliflow_jax.profile import gpu_check
 

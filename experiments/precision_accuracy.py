@@ -17,6 +17,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from deepliflow_jax import cli
 from deepliflow_jax.fileio import write_text_atomic
 
 FLAGS = flags.FLAGS
@@ -63,6 +64,8 @@ def run(variables, data_dir, dtypes=("float32", "bfloat16"), max_val_frames=None
 
 def main(argv):
     del argv
+    cli.announce_results("python -m experiments.precision_accuracy",
+                         FLAGS.output_json, FLAGS.output_md)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     from deepliflow_jax.profile.precision import markdown
 

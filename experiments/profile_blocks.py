@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     cli.parse_flags(FLAGS, sys.argv[1:] if argv is None else list(argv), PROG, __doc__)
     try:
+        cli.announce_results(PROG, FLAGS.output_json, FLAGS.output_md)
         _profile()
     except app.UsageError as err:
         print(f"{PROG}: usage error: {err}", file=sys.stderr)

@@ -10,6 +10,7 @@ import json
 
 from absl import app, flags
 
+from deepliflow_jax import cli
 from deepliflow_jax.fileio import write_text_atomic
 
 FLAGS = flags.FLAGS
@@ -52,6 +53,7 @@ def _json_ready(result: dict) -> dict:
 
 def main(argv):
     del argv
+    cli.announce_results("python -m experiments.profile_model", FLAGS.output_json, FLAGS.output_md)
     from deepliflow_jax.profile import format_table
 
     result = run(FLAGS.height, FLAGS.width, FLAGS.batch, FLAGS.repeats, FLAGS.checkpoint,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from deepliflow_jax import cli
 from deepliflow_jax.scalars import check_numbers
 
 FLAGS = flags.FLAGS
@@ -78,6 +79,11 @@ flags.DEFINE_bool("restore_optimizer", None, "Start aware training from the chec
 flags.DEFINE_string("group_width", None, "Channels in every channel group: study a structured "
                     "DeepLiDARFlow of that width (the tiny preset: 8), or 'original' for the "
                     "original network (the other presets).")
+
+
+def default_results_dir(preset: str) -> str:
+    """``--results_dir``'s default: ``results/<preset>`` under the current directory."""
+    return f"results/{preset}"
 
 
 DYNAMIC_FLAGS = ("dynamic_tolerance", "dynamic_start", "dynamic_increment",
@@ -160,8 +166,10 @@ def main(argv):
         raise app.UsageError(f"--data_dir {cfg.data_dir} has no training/ folder")
     from deepliflow_jax.study.runner import Study
 
+    results_dir = FLAGS.results_dir or default_results_dir(cfg.preset)
+    cli.announce_results("python -m experiments.run_study", results_dir)
     try:
-        study = Study(cfg, FLAGS.results_dir or f"results/{cfg.preset}", devices=devices,
+        study = Study(cfg, results_dir, devices=devices,
                       claim_timeout_s=FLAGS.claim_timeout)
         study.prepare()
     except ValueError as err:

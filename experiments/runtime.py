@@ -7,6 +7,10 @@
       [--compilation_cache_dir=DIR]
       [--output_json=FILE --output_md=FILE] [--note=TEXT]
 
+Writes results/runtime/runtime.{json,md} under the current directory unless
+--output_json / --output_md name other files (the committed experiments/results/ only
+when named there).
+
 Prints one line per (config, batch) and the target check lines; see
 ``deepliflow_jax.profile.timing`` for the method.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from deepliflow_jax import cli
 from deepliflow_jax.profile import runtime_configs
 from weights_convert import torch_bridge
 
@@ -40,8 +45,8 @@ flags.DEFINE_bool("mix_frameworks", True,
                   "JAX and torch jobs in the same subprocess, interleaved in the same rounds "
                   "(--nomix_frameworks: one process group per framework).")
 flags.DEFINE_string("profile_dir", None, "Capture a jax.profiler trace of the JAX forwards here.")
-flags.DEFINE_string("output_json", "experiments/results/runtime.json", "JSON results file.")
-flags.DEFINE_string("output_md", "experiments/results/runtime.md", "Markdown report file.")
+flags.DEFINE_string("output_json", "results/runtime/runtime.json", "JSON results file.")
+flags.DEFINE_string("output_md", "results/runtime/runtime.md", "Markdown report file.")
 flags.DEFINE_string("note", "", "Free text stored with the results.")
 flags.DEFINE_string("compilation_cache_dir", None,
                     "JAX persistent compilation cache for the workers (process 1 compiles, the "
@@ -57,6 +62,7 @@ def main(argv):
         batch_sizes = [int(b) for b in FLAGS.batch_sizes]
     except ValueError as e:
         raise ValueError(f"--batch_sizes={FLAGS.batch_sizes}: need integers") from e
+    cli.announce_results("python -m experiments.runtime", FLAGS.output_json, FLAGS.output_md)
     result = timing.run_benchmark(
         FLAGS.configs, FLAGS.height, FLAGS.width, batch_sizes, FLAGS.train_batch,
         FLAGS.repeats, FLAGS.warmup, FLAGS.processes, FLAGS.precision, FLAGS.seed,

@@ -3,13 +3,15 @@
   python -m experiments.structured_tradeoff                       # CPU, synthetic world
   python -m experiments.structured_tradeoff --ratios=0.3,0.5,0.7 --finetune_steps=120
 
-Writes <output_prefix>.{json,md,png} (default experiments/results/structured_tradeoff_cpu).
+Writes <output_prefix>.{json,md,png} (default results/structured_tradeoff/structured_tradeoff
+under the current directory; the committed experiments/results/ only when named).
 """
 
 from __future__ import annotations
 
 from absl import app, flags, logging
 
+from deepliflow_jax import cli
 from deepliflow_jax.fileio import write_text_atomic
 
 FLAGS = flags.FLAGS
@@ -38,7 +40,7 @@ flags.DEFINE_integer("pretrain_steps", 300, "Pre-training steps when no checkpoi
 flags.DEFINE_string("data_dir", None, "Synthetic world (default: next to --checkpoint, else "
                     "/tmp/structured_tradeoff/synthetic_kitti).")
 flags.DEFINE_string("workdir", "/tmp/structured_tradeoff", "Scratch and pre-trained baseline.")
-flags.DEFINE_string("output_prefix", "experiments/results/structured_tradeoff_cpu",
+flags.DEFINE_string("output_prefix", "results/structured_tradeoff/structured_tradeoff",
                     "Writes PREFIX.json, PREFIX.md and PREFIX.png.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 
@@ -74,6 +76,8 @@ def main(argv):
             seed=FLAGS.seed)
     except ValueError as err:
         raise app.UsageError(str(err)) from err
+    cli.announce_results("python -m experiments.structured_tradeoff",
+                         f"{FLAGS.output_prefix}.{{json,md,png}}")
     enable_compilation_cache()
     work = Path(FLAGS.workdir)
     data = tr.data_beside(FLAGS.checkpoint, FLAGS.data_dir, work, FLAGS.seed)

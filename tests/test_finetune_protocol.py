@@ -204,6 +204,28 @@ def test_phase_two_keeps_the_phase_one_best_when_it_does_no_better():
     assert result.per_phase == {"lr1": {"sf": 1.0}, "lr2": {"sf": 1.0}}
 
 
+def test_the_first_step_is_timed_apart_and_the_progress_bar_starts_after_it():
+    calls, step, _ = _scripted({})
+    events = []
+
+    def bar(steps, total, name):  # created when the loop reaches it
+        events.append(("bar", name, total, len(calls)))
+        return steps
+
+    def first(seconds):
+        assert seconds > 0
+        events.append(("first step", len(calls)))
+
+    phases = [Phase("lr1", 1e-4, 3), Phase("lr2", 1e-5, 2)]
+    fit(step, _start(), lambda pos: {}, phases, progress=bar, on_first_step=first)
+    # the bar of the first phase counts the 2 steps after the compiling one
+    assert events == [("first step", 1), ("bar", "lr1", 2, 1), ("bar", "lr2", 2, 3)]
+    assert len(calls) == 5
+    events.clear()
+    fit(step, _start(), lambda pos: {}, phases, progress=bar)  # no timing: one bar a phase
+    assert events == [("bar", "lr1", 3, 5), ("bar", "lr2", 2, 8)]
+
+
 class _Engine(Trainer):
     """The study's trainer (TF1 Adam) with a scripted step and validation."""
 

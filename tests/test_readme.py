@@ -9,7 +9,10 @@
   (argparse ``build_parser()`` or absl flags, the module's own ``FLAGS`` ``FlagValues``
   if it has one, parsed in a fresh interpreter without
   running ``main``); ``pip install -e ".[x,y]"`` must name extras of ``pyproject.toml``;
-  paths into the repository must exist.
+  ``jupyter SUB`` must be installed (``jupyter-SUB`` beside this interpreter or on PATH:
+  the ``dev`` extra's packages provide it); paths into the repository must exist.
+* Every repository path the text names (in backticks or as a link target, starting with
+  one of the repository's folders) exists; ``{a,b}`` and ``*`` in it must match files.
 * A block preceded by ``<!-- readme-test: skip, covered by tests/test_x.py -->`` is not
   run; the named test file must exist.
 * Blocks in other languages (``text``, ``json``, unlabeled output samples) are not code.
@@ -21,11 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import io
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -173,6 +178,13 @@ def check_command(argv: list[str]) -> list[str]:
         if not (REPO / args[0]).is_file():
             problems.append(f"no such script: {args[0]}")
         return problems
+    if prog == "jupyter":  # each subcommand is its own program, from an installed package
+        program = f"jupyter-{args[0]}" if args else "jupyter"
+        where = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        if not shutil.which(program, path=where):
+            problems.append(f"`{' '.join(argv[:2])}` is not installed ({program} is not on "
+                            "PATH): add its package to the dev extra or use another command")
+        return problems
     if prog in ("pip", "pip3"):
         for tok in args:
             extras = re.search(r"\[([^\]]*)\]", tok)
@@ -190,6 +202,37 @@ def check_command(argv: list[str]) -> list[str]:
         return problems + [f"`python -m {prog}` fails to import: "
                            f"{proc.stderr.strip().splitlines()[-1:]}"]
     return problems + [f"python -m {prog}: {p}" for p in json.loads(proc.stdout)]
+
+
+def named_paths(text: str) -> list[str]:
+    """Repository paths a Markdown text names in backticks or as link targets: tokens
+    without spaces whose first part is one of the repository's folders (``<...>``
+    placeholders left out)."""
+    found = []
+    for code, link in re.findall(r"`([^`\s]+)`|\]\(([^)\s]+)\)", text):
+        path = code or link
+        if path.split("/")[0] in REPO_DIRS and "/" in path and "<" not in path:
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def _expand(path: str) -> list[str]:
+    """``a.{md,json}`` -> ``a.md``, ``a.json`` (one brace group per path is enough)."""
+    m = re.search(r"\{([^{}]*)\}", path)
+    if not m:
+        return [path]
+    return [path[:m.start()] + part + path[m.end():] for part in m.group(1).split(",")]
+
+
+def missing_paths(text: str) -> list[str]:
+    """The paths of :func:`named_paths` that name nothing in the repository."""
+    missing = []
+    for path in named_paths(text):
+        for one in _expand(path):
+            ok = (glob.glob(str(REPO / one)) if "*" in one else (REPO / one).exists())
+            if not ok:
+                missing.append(one)
+    return missing
 
 
 # ----------------------------------------------------------------------------- the checker
@@ -212,6 +255,11 @@ def test_the_checker_finds_bad_commands(tmp_path):
     assert "fails to import" in " ".join(check_command(["python", "-m", "experiments.nope"]))
     assert "not in pyproject" in " ".join(check_command(["pip", "install", "-e", ".[gpu]"]))
     assert "no such path" in " ".join(check_command(["ls", "experiments/nope.ipynb"]))
+    assert "not installed" in " ".join(check_command(["jupyter", "no-such-subcommand", "x"]))
+    assert missing_paths("see `tests/test_layers.py`, [f](experiments/nope.png) and "
+                         "`experiments/quickstart.{ipynb,txt}`, `results/<preset>/x`, "
+                         "`deepliflow_jax/*.py`, `tests/none_*.py`") == [
+        "experiments/nope.png", "experiments/quickstart.txt", "tests/none_*.py"]
     text = ("x\n<!-- readme-test: skip, covered by tests/test_api.py -->\n```python\n"
             "boom()\n```\n\n```bash\nls\n```\n")
     first, second = fenced_blocks(text)
@@ -235,6 +283,12 @@ def test_skipped_blocks_name_an_existing_test():
             assert named, f"{block}: a skipped block must name the test that covers it"
             for path in named:
                 assert (REPO / path).is_file(), f"{block}: {path} does not exist"
+
+
+def test_every_path_the_readme_names_exists():
+    assert named_paths(README.read_text())  # the scan finds the README's paths at all
+    missing = missing_paths(README.read_text())
+    assert not missing, f"{README.name} names paths that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=str)

@@ -1,7 +1,10 @@
 """The study end to end on the tiny preset, resumability, and fail-fast input checks."""
 
+import contextlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,28 +88,32 @@ def _interrupt_on_call(n, fn):
 def tiny_study(tmp_path_factory):
     """The tiny study, interrupted while saving the second dynamic-threshold level, resumed.
 
-    Returns ``(results folder, run_study's output, the records right after the resume)``;
-    the end-to-end test goes on in that folder, the workers test starts from its baseline.
+    Returns ``(results folder, run_study's output, the records right after the resume,
+    the console output (stdout) of the first run and of the resumed one)``; the end-to-end
+    test goes on in that folder, the workers test starts from its baseline.
     """
     from deepliflow_jax.study import dynamic, run_study
 
     folder = tmp_path_factory.mktemp("tiny_study")
     cfg = make_config("tiny")
-    with pytest.MonkeyPatch.context() as mp:
+    first, resumed = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(first):
         mp.setattr(dynamic, "save_level", _interrupt_on_call(2, dynamic.save_level))
         with pytest.raises(Interrupted):
             run_study(cfg, folder)
     assert (folder / "records" / "dynamic_prune_level_00.json").is_file()
     assert not (folder / "records" / "dynamic_prune_level_01.json").exists()
-    out = run_study(cfg, folder)
-    return folder, out, json.loads((folder / "results.json").read_text())["records"]
+    with contextlib.redirect_stdout(resumed):
+        out = run_study(cfg, folder)
+    return (folder, out, json.loads((folder / "results.json").read_text())["records"],
+            (first.getvalue(), resumed.getvalue()))
 
 
 @pytest.mark.slow
 def test_tiny_study_end_to_end_and_resume(tiny_study):
     from deepliflow_jax.study import run_study
 
-    tmp_path, out, _ = tiny_study
+    tmp_path, out, _, _ = tiny_study
     cfg = make_config("tiny")
     saved = json.loads((tmp_path / "results.json").read_text())
     results = saved["records"]
@@ -190,6 +197,12 @@ def test_tiny_study_end_to_end_and_resume(tiny_study):
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "records").iterdir()}
     changed = {k for k in after if before.get(k) != after[k]}
     assert changed == redo
+    # the re-run keeps the first run's wall time (the interrupted one wrote no report)
+    # and adds its own
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["runs"]) == 1 and saved["wall_s"] == saved["runs"][0]["wall_s"] > 0
+    assert again["runs"][:1] == saved["runs"] and len(again["runs"]) == 2
+    assert again["wall_s"] == pytest.approx(sum(r["wall_s"] for r in again["runs"]))
     again_dyn = json.loads((tmp_path / "records" / "dynamic_prune.json").read_text())
     assert {k: v for k, v in again_dyn.items() if k != "time"} == {
         k: v for k, v in dyn.items() if k != "time"}
@@ -206,6 +219,63 @@ def test_tiny_study_end_to_end_and_resume(tiny_study):
     assert added == {"post_prune_20.json"}
     # the paper preset's flow (every configuration from a loaded checkpoint) runs in the
     # workers test below, from this study's baseline checkpoint
+
+
+@pytest.mark.slow
+def test_tiny_study_console_says_what_happened(tiny_study):
+    folder, out, records, (first, resumed) = tiny_study
+    ckpt = folder / "baseline_checkpoint"
+    # a fresh run pre-trains the baseline and says so, the compile reported on its own
+    # line before the progress bar; the resumed run loads it and says that
+    assert "baseline: pre-training 3 steps" in first
+    assert re.search(r"baseline: first pre-training step [\d.]+ s \(compiling", first)
+    assert "baseline: pre-trained 3 steps in" in first and f"saved to {ckpt}" in first
+    assert "baseline: loading" not in first
+    assert f"baseline: loading {ckpt}" in resumed and "baseline: pre-train" not in resumed
+    # every file written is listed, Fig. 5 included
+    assert str(folder / "fig5_qualitative.png") in out["plots"]
+    assert all(Path(p).is_file() for p in out["plots"])
+    # the time column: each timing holds the load around it; a loaded machine is said so
+    timed = [r["time"] for r in records.values() if r.get("time")]
+    assert timed and all(set(t["load"]) == {"before", "after"} for t in timed)
+    note = report.time_load_note(records)
+    if note:
+        assert note in resumed and note in (folder / "tables.md").read_text()
+    else:
+        assert "loaded machine" not in resumed
+
+
+def test_time_load_note_warns_on_a_loaded_machine():
+    idle = {"load1": 0.5, "load5": 0.5, "load15": 0.5, "cpu_count": 4, "loaded": False}
+    busy = {**idle, "load1": 6.0, "loaded": True}
+
+    def rec(before, after):
+        return {"time": {"median_ms": 1.0, "load": {"before": before, "after": after}}}
+
+    assert report.time_load_note({"a": rec(idle, idle), "zero": {"metrics": {}}}) is None
+    note = report.time_load_note({"a": rec(idle, idle), "b": rec(idle, busy)})
+    assert note.startswith("WARNING") and "1 of 2 configurations" in note
+    assert "0.50 before, 6.00 after on 4 cores" in note
+    assert report.time_load_note({"old": {"time": {"median_ms": 1.0}}}) is None
+
+
+def test_results_json_keeps_every_run(tmp_path, monkeypatch):
+    from deepliflow_jax.study import plots
+
+    monkeypatch.setattr(plots, "write_plots", lambda out, records, cfg: [])
+    cfg = make_config("tiny")
+    recs = {"baseline": {"kind": "post", "metrics": {"epe": 1.0, "sf": 10.0}}}
+    # a results.json from before the runs list: its wall time is kept as the first run
+    (tmp_path / "results.json").write_text(json.dumps({"wall_s": 477.0}))
+    report.write_all(tmp_path, recs, cfg, run={"started": "a", "wall_s": 2.17})
+    fig5 = tmp_path / "fig5_qualitative.png"
+    out = report.write_all(tmp_path, recs, cfg, run={"started": "b", "wall_s": 3.0},
+                           extra_plots=[fig5])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"] == [{"wall_s": 477.0}, {"started": "a", "wall_s": 2.17},
+                             {"started": "b", "wall_s": 3.0}]
+    assert saved["wall_s"] == pytest.approx(482.17)
+    assert out["plots"] == [str(fig5)]
 
 
 # ----------------------------------------------------------------------------- workers
@@ -253,7 +323,7 @@ def _without_time(rec: dict) -> dict:
 @pytest.mark.slow
 def test_two_workers_from_a_checkpoint_match_one_process_and_take_over_a_killed_one(
         tiny_study, tmp_path):
-    folder, _, ref = tiny_study
+    folder, _, ref, _ = tiny_study
     two = tmp_path / "two"
     paths = [tmp_path / f"worker{i}.log" for i in range(2)]
     started = [_start(two, folder / "baseline_checkpoint", log) for log in paths]
@@ -300,7 +370,7 @@ def test_a_checkpoint_of_another_network_is_refused(tiny_study, tmp_path):
     """The original network's study refuses the tiny study's structured checkpoint."""
     from deepliflow_jax.study.runner import Study
 
-    folder, _, _ = tiny_study
+    folder, _, _, _ = tiny_study
     cfg = replace_config(make_config("tiny", checkpoint=str(folder / "baseline_checkpoint")),
                          group_width=None)
     study = Study(cfg, tmp_path / "r")

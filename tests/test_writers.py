@@ -207,7 +207,7 @@ def test_study_results_writer(tmp_path, monkeypatch):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # empty legends
-        check_file_writer(root, lambda v: report.write_all(root, records(v), cfg, wall_s=1.0),
+        check_file_writer(root, lambda v: report.write_all(root, records(v), cfg),
                           read, files=len(names))
 
 

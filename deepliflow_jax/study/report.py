@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from deepliflow_jax.fileio import write_json_atomic, write_text_atomic
 from deepliflow_jax.model.layers import resolve_conv_impl
-from deepliflow_jax.profile.environment import cpu_info
+from deepliflow_jax.profile.environment import cpu_info, describe_load
 from deepliflow_jax.study.config import StudyConfig
 from deepliflow_jax.study.dynamic import trajectory_table
 
@@ -150,11 +152,59 @@ def csv_text(records: dict[str, dict]) -> str:
     return buf.getvalue()
 
 
+def time_load_note(records: dict[str, dict]) -> str | None:
+    """A warning when the time column was measured while other work shared the cores.
+
+    Each record's ``time`` holds the machine's load before and after its timing
+    (``profile.environment.load_average``); a load above the core count marks it loaded.
+
+    Returns:
+      One line naming how many configurations were timed loaded and the worst load
+      (:func:`~deepliflow_jax.profile.environment.describe_load`), or None when none was
+      (or no load was recorded, e.g. records of an older run).
+    """
+    loads = [t["load"] for r in records.values() if (t := r.get("time") or {}).get("load")]
+    shared = [x for x in loads if x["before"].get("loaded") or x["after"].get("loaded")]
+    if not shared:
+        return None
+    worst = max(shared, key=lambda x: max(x["before"]["load1"], x["after"]["load1"]))
+    return (f"WARNING: the time column was measured on a loaded machine: {len(shared)} of "
+            f"{len(loads)} configurations timed while other work shared the cores (worst: "
+            f"{describe_load(worst)}); rerun on an idle machine for the model's speed.")
+
+
+def _runs(results_json: Path, run: dict | None) -> list[dict]:
+    """The runs recorded in an earlier ``results.json`` (its ``wall_s`` as one run when it
+    predates the list), then ``run``."""
+    try:
+        saved = json.loads(results_json.read_text())
+    except (FileNotFoundError, ValueError):
+        saved = {}
+    runs = list(saved.get("runs") or ([{"wall_s": saved["wall_s"]}] if saved.get("wall_s")
+                                      else []))
+    return runs + ([run] if run else [])
+
+
 def write_all(out_dir: Path, records: dict[str, dict], cfg: StudyConfig,
-              wall_s: float | None = None) -> dict[str, Any]:
-    """Writes results.json, results.csv, tables.md and the plots; returns the paths."""
+              run: dict | None = None, extra_plots: Sequence[Path] = ()) -> dict[str, Any]:
+    """Writes results.json, results.csv, tables.md and the plots; returns the paths.
+
+    Args:
+      out_dir: the results folder.
+      records: the configurations' records.
+      cfg: the study's configuration.
+      run: this run's ``{"started", "wall_s"}``, appended to the ``runs`` of the folder's
+        earlier ``results.json`` (a resumed or repeated run keeps the earlier ones);
+        ``results.json``'s ``wall_s`` is their sum (workers running at once each count).
+        None: the runs stay as they were.
+      extra_plots: figures written by the study itself (Fig. 5), listed with the plots.
+
+    Returns:
+      ``{"json", "csv", "tables": path, "plots": [paths]}`` (str).
+    """
     out_dir = Path(out_dir)
     machine = cpu_info()
+    runs = _runs(out_dir / "results.json", run)
     paths = {
         "json": write_json_atomic(out_dir / "results.json",
                                   {"config": cfg.to_dict(), "validity": cfg.validity,
@@ -162,7 +212,7 @@ def write_all(out_dir: Path, records: dict[str, dict], cfg: StudyConfig,
                                    # the model's form ("auto" as resolved here)
                                    "conv_impl": resolve_conv_impl("auto"),
                                    "records": records,
-                                   "wall_s": wall_s}),
+                                   "wall_s": sum(r["wall_s"] for r in runs), "runs": runs}),
         "csv": write_text_atomic(out_dir / "results.csv", csv_text(records)),
     }
     base = records.get("baseline", {}).get("metrics", {})
@@ -189,11 +239,14 @@ def write_all(out_dir: Path, records: dict[str, dict], cfg: StudyConfig,
     md += ["Time: median forward pass of the model with masked / fake-quantized weights "
            "(dense float convolutions: zeros and quantization levels do not change the "
            "work), see the run-time study for a proper benchmark.", ""]
+    loaded = time_load_note(records)
+    if loaded:
+        md += [loaded, ""]
     paths["tables"] = write_text_atomic(out_dir / "tables.md", "\n".join(md))
     try:
         from deepliflow_jax.study import plots
     except ImportError:  # matplotlib is the optional "viz" extra
-        paths["plots"] = []
+        paths["plots"] = list(extra_plots)
     else:
-        paths["plots"] = plots.write_plots(out_dir, records, cfg)
+        paths["plots"] = plots.write_plots(out_dir, records, cfg) + list(extra_plots)
     return {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in paths.items()}

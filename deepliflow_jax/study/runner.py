@@ -40,6 +40,7 @@ import numpy as np
 
 from deepliflow_jax.compress.prune import post_training_masks, zero_fraction
 from deepliflow_jax.fileio import claim_dir, create_exclusive, write_json_atomic
+from deepliflow_jax.profile.environment import load_average
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.study import dynamic, report
 from deepliflow_jax.study.claims import CLAIMS_DIR, DEFAULT_TIMEOUT_S, ClaimBoard, run_claimed
@@ -60,6 +61,13 @@ CONFIG_FILE = "config.json"  # written first: it marks a folder as a study's res
 
 def _say(msg: str) -> None:
     print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def first_step_message(seconds: float, steps: int) -> str:
+    """The line for the pre-training's first step, timed apart from the progress bar."""
+    return (f"baseline: first pre-training step {seconds:.1f} s (compiling the train step, or "
+            f"loading it from the compilation cache); the progress bar counts the other "
+            f"{steps - 1}")
 
 
 def _summary(rec: dict) -> str:
@@ -103,6 +111,7 @@ class Study:
         self._val: dict[int, list] = {}
         self._timing_frames = None
         self._optimizer_state = None  # the checkpoint's Adam state (restore_optimizer)
+        self._baseline = None  # the baseline's parameters, once trained or loaded
 
     # -- setup -------------------------------------------------------------------
     def _write_config(self) -> None:
@@ -189,6 +198,13 @@ class Study:
         return self._val[n]
 
     def _baseline_params(self) -> Any:
+        """The baseline's parameters: loaded, pre-trained here (and saved), or the ones this
+        run already has (then nothing is said or done again)."""
+        if self._baseline is None:
+            self._baseline = self._load_or_train_baseline()
+        return self._baseline
+
+    def _load_or_train_baseline(self) -> Any:
         from deepliflow_jax.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
         cfg = self.cfg
@@ -200,7 +216,7 @@ class Study:
             return params
         ckpt = self.dir / "baseline_checkpoint"
         if checkpoint_exists(ckpt):  # also settles a save that an interruption cut short
-            _say(f"baseline: resuming from {ckpt}")
+            _say(f"baseline: loading {ckpt} (pre-trained by an earlier run or another worker)")
             return load_checkpoint(ckpt, widths=model_widths(cfg))["params"]
         from deepliflow_jax.model.api import init_params
 
@@ -208,9 +224,10 @@ class Study:
         # scratch leave a model whose output hardly depends on its input or weights
         params = init_params(cfg.seed, kernel_gain=float(np.sqrt(2.0)),
                              widths=model_widths(cfg))["params"]
+        t_start = time.perf_counter()
         if cfg.pretrain_steps:
             _say(f"baseline: pre-training {cfg.pretrain_steps} steps at lr {cfg.pretrain_lr} "
-                 "on the synthetic world (first step compiles)")
+                 "on the synthetic world")
             state = self.trainer.new_state(params, lr=cfg.pretrain_lr)
             log = RunLog(self.dir / "logs", "pretrain")
             n = self.data.samples_for(cfg)
@@ -224,12 +241,16 @@ class Study:
             # a model unlike a released checkpoint (the paper's fine-tuning keeps it)
             fit = self.trainer.fit(state, lambda pos: self.data.train_batch(pos, n, reg_scale=0.0),
                                    [Phase("pre-train", cfg.pretrain_lr, cfg.pretrain_steps)],
-                                   on_step=log_step, progress=progress)
+                                   on_step=log_step, progress=progress,
+                                   on_first_step=lambda s: _say(first_step_message(
+                                       s, cfg.pretrain_steps)))
             log.close()
             params = fit.state.params
         save_checkpoint(ckpt, {"params": params},
                         {"source": "study pre-training", "preset": cfg.preset,
                          "pretrain_steps": cfg.pretrain_steps})
+        _say(f"baseline: pre-trained {cfg.pretrain_steps} steps in "
+             f"{time.perf_counter() - t_start:.0f} s, saved to {ckpt}")
         return params
 
     # -- configurations ----------------------------------------------------------
@@ -250,8 +271,10 @@ class Study:
             self._timing_frames = jax.device_put(self.val_batches()[0]["frames"][:1])
         # one executable serves every configuration: masked or fake-quantized weights
         # are still dense float tensors, so they run the same convolutions
-        return time_calls(self.trainer.forward, jax.device_put(params), self._timing_frames,
-                          repeats=self.cfg.runtime_repeats)
+        before = load_average()  # other work on the cores makes the time a shared one
+        timed = time_calls(self.trainer.forward, jax.device_put(params), self._timing_frames,
+                           repeats=self.cfg.runtime_repeats)
+        return {**timed, "load": {"before": before, "after": load_average()}}
 
     def _finish(self, key: str, kind: str, state, extra: dict) -> dict:
         metrics = self._evaluate(state, self.val_batches())
@@ -329,6 +352,7 @@ class Study:
 
     def run(self) -> dict:
         t_start = time.perf_counter()
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.prepare()
         cfg = self.cfg
         # one worker pre-trains (or loads) the baseline; the others load its checkpoint
@@ -373,10 +397,15 @@ class Study:
         outputs = {}
 
         def write_reports() -> None:  # every worker, one at a time: the last one's stays
-            outputs.update(report.write_all(self.dir, self.records.all(), cfg,
-                                            wall_s=time.perf_counter() - t_start))
+            outputs.update(report.write_all(
+                self.dir, self.records.all(), cfg,
+                run={"started": started, "wall_s": time.perf_counter() - t_start},
+                extra_plots=[fig5] if fig5.exists() else []))
 
         self._work([("reports", write_reports)], lambda _: bool(outputs))
+        loaded = report.time_load_note(self.records.all())
+        if loaded:
+            _say(loaded)
         _say(f"done in {time.perf_counter() - t_start:.0f} s; results in {self.dir}")
         return outputs
 

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -394,7 +395,8 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
         on_eval: Callable[[int, dict], None] | None = None,
         progress: Callable[[Iterable, int, str], Iterable] | None = None,
         checkpointer: Checkpointer | None = None,
-        restart_from_best: bool = False) -> FitResult:
+        restart_from_best: bool = False,
+        on_first_step: Callable[[float], None] | None = None) -> FitResult:
     """The fine-tuning loop: ``phases`` of optimizer steps, best state by validation.
 
     Each phase sets its learning rate in the state (:func:`set_learning_rate`) and
@@ -431,7 +433,9 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
         fetching them waits for the step).
       on_eval: called at every validation with ``(steps done, values)``: the step's
         metrics, ``val_*`` metrics and ``lr``.
-      progress: wraps each phase's ``range`` (e.g. a progress bar).
+      progress: wraps each phase's ``range`` of steps (e.g. a progress bar), given the
+        iterable, its length and the phase's name. With ``on_first_step`` the run's first
+        step is taken before the bar starts: the bar's rate counts steps, not the compile.
       checkpointer: a :class:`~deepliflow_jax.train.checkpoint.Checkpointer` whose
         ``best_metric`` is ``select`` (or None), to resume an interrupted run.
       restart_from_best: each phase after the first starts from the best state so far
@@ -441,6 +445,9 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
         ``utils/checkpointsaver.py``'s ``best_checkpoints``, whose bookkeeping the new
         ``BestCheckpointSaver`` keeps). Without a validation yet, the phase goes on from
         the last state.
+      on_first_step: called once with the wall time (s) of this invocation's first step,
+        waited for: compiling the train step (or loading it from the compilation cache)
+        plus one step, to be reported apart from the step rate.
 
     Returns:
       :class:`FitResult` (``history`` holds this invocation's validations).
@@ -453,14 +460,25 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
     history: list[dict] = []
     try:
         return _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start,
-                    on_step, on_eval, progress, checkpointer, history, restart_from_best)
+                    on_step, on_eval, progress, checkpointer, history, restart_from_best,
+                    on_first_step)
     except DivergenceError as err:
         err.history = history
         raise
 
 
+def _steps(steps: range, name: str, progress, first_apart: bool) -> Iterable[int]:
+    """``steps``, through ``progress``; with ``first_apart`` the first one before the bar
+    starts (it is created after that step ran, so it never counts the compile)."""
+    if first_apart:
+        yield from steps[:1]
+        steps = steps[1:]
+    yield from progress(steps, len(steps), name) if progress else steps
+
+
 def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start, on_step,
-         on_eval, progress, checkpointer, history, restart_from_best=False) -> FitResult:
+         on_eval, progress, checkpointer, history, restart_from_best=False,
+         on_first_step=None) -> FitResult:
     per_phase: dict[str, dict] = {}
     best_value, best_state, selected = math.inf, None, 0
     first_step = int(state.step)
@@ -488,12 +506,16 @@ def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, star
             state = state._replace(params=best_state.params, opt_state=best_state.opt_state)
         state = set_learning_rate(state, phase.lr)
         pending: list[tuple[int, Any]] = []  # losses still on the device
-        steps = range(skip, phase.steps)
-        for i in (progress(steps, phase.steps, phase.name) if progress else steps):
+        first_apart, t_first = on_first_step is not None, time.perf_counter()
+        for i in _steps(range(skip, phase.steps), phase.name, progress, first_apart):
             pos = int(start) + done
             state, metrics = train_step(state, batch_fn(pos))
             if on_step is not None:
                 on_step(pos, metrics)
+            if on_first_step is not None:
+                jax.block_until_ready(metrics["loss"])
+                on_first_step(time.perf_counter() - t_first)
+                on_first_step = None
             done += 1
             pending.append((done, metrics["loss"]))
             last = i + 1 == phase.steps
