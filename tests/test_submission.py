@@ -311,6 +311,12 @@ def test_api_and_infer_write_what_evaluate_as_submission_scores(small_variables,
 TEST_SIZES = {"000000": (56, 180), "000001": (64, 192), "000002": (60, 170)}
 
 
+# the inputs of a test frame, as README's "KITTI submissions" lists them
+TEST_LAYOUT = {"image0": "testing/image_2/{}_10.png", "image1": "testing/image_2/{}_11.png",
+               "disp0": "testing/disp_occ_0/{}_10.png",
+               "disp1_second_view": "testing/disp_occ_1_transformedOnSecFrame/{}_10.png"}
+
+
 def _testing_folder(world, root):
     """A ``root/testing/`` of inputs only (no ground-truth file), cut from the synthetic
     world's frames and written with the package's PNG writer; returns the arrays written."""
@@ -320,11 +326,10 @@ def _testing_folder(world, root):
     written = {}
     for name, (h, w) in TEST_SIZES.items():
         src = kitti.frame_paths(world, name)
-        dst = kitti.frame_paths(root, name, kitti.TEST_SPLIT)
         written[name] = {}
-        for key in kitti.INPUT_FILES:
+        for key, file in TEST_LAYOUT.items():
             array = read_png(src[key])[:h, :w]
-            write_png(dst[key], array)
+            write_png(root / file.format(name), array)
             written[name][key] = array
     return written
 
@@ -414,7 +419,7 @@ def test_testing_frames_without_ground_truth_api_and_cli(small_variables, tiny_w
         capsys.readouterr().err
 
     # a missing LiDAR file is refused, named, before anything is written
-    lidar_file = kitti.frame_paths(root, "000001", kitti.TEST_SPLIT)["disp1_second_view"]
+    lidar_file = root / TEST_LAYOUT["disp1_second_view"].format("000001")
     shutil.move(lidar_file, tmp_path / "moved.png")
     with pytest.raises(FileNotFoundError, match=r"disp_occ_1_transformedOnSecFrame/000001_10"
                                                 r"\.png \(LiDAR disparity at t\+1"):
