@@ -31,7 +31,8 @@ frame, in KITTI's 16-bit encoding (``deepliflow_jax.write_submission``). ``--spl
 ``testing/image_2/NNNNNN_10.png`` and ``NNNNNN_11.png`` (RGB at t, t+1),
 ``testing/disp_occ_0/NNNNNN_10.png`` (16-bit LiDAR disparity at t) and
 ``testing/disp_occ_1_transformedOnSecFrame/NNNNNN_10.png`` (at t+1); frames are resized
-to 384x1216 inside the network (``--interp_size`` for another size) and the output back.
+to 384x1216 inside the network (unless every frame is a multiple of 64; ``--interp_size``
+for another size) and the output back to each frame's size.
 ``--split=validation`` (the default otherwise): the validation frames of a training
 root as ``deepliflow_jax.load_dataset`` reads it (the predictions
 ``deepliflow_jax.evaluate`` scores). A folder that is not empty is refused unless
@@ -214,7 +215,7 @@ flags.DEFINE_enum("dataset", None, sorted(DATASETS), "kitti: resized to 384x1216
                   flag_values=FLAGS)
 flags.DEFINE_string("output_dir", None, "Folder for the outputs (one pair).", flag_values=FLAGS)
 flags.DEFINE_string("data_root", None, "A KITTI-layout data set root: with --submission_dir, "
-                    "its validation frames are predicted.", flag_values=FLAGS)
+                    "the frames of --split are predicted.", flag_values=FLAGS)
 flags.DEFINE_string("submission_dir", None, "Write a KITTI scene flow submission (disp_0/, "
                     "disp_1/, flow/ with NNNNNN_10.png) of --data_root here.",
                     flag_values=FLAGS)

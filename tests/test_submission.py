@@ -385,10 +385,11 @@ def test_testing_frames_without_ground_truth_api_and_cli(small_variables, tiny_w
         assert codes["disp_0"].shape == size and codes["flow"].shape == (*size, 3)
         expected = encode_submission(_expected_prediction(small_variables, arrays[name], index))
         for key in submission.SUBMISSION_DIRS:
-            # the files hold the prediction's codes; two compiled forwards of the same
-            # network may differ in the last float bit, i.e. by one code at a rounding tie
+            # the files hold the prediction's codes (equal here); two compiled forwards of
+            # one network may differ in the last float bit, i.e. by one code at a rounding
+            # tie, so a few such codes are let through (another LiDAR draw changes ~4 %)
             diff = np.abs(codes[key].astype(np.int64) - expected[key].astype(np.int64))
-            assert diff.max() <= 1 and np.mean(diff == 0) > 0.99, (name, key)
+            assert diff.max() <= 1 and np.mean(diff == 0) > 0.999, (name, key)
     # the network size is checked before anything runs: a Dataset lends its own (None
     # here: the 64x192 world), which these frames do not fit
     with pytest.raises(ValueError, match=r"testing is 56x180.*interp_size=\(64, 192\) to "
