@@ -646,23 +646,136 @@ def evaluate(variables: Mapping, data: Dataset | PathLike, *, percent: float | N
                        validity=validity, as_submission=True)
 
 
-def write_submission(variables: Mapping, data: Dataset | PathLike, directory: PathLike, *,
-                     percent: float | None = None, bits: int | None = None,
-                     interp_size: tuple[int, int] | None = None,
-                     overwrite: bool = False) -> Path:
-    """Writes the validation frames' predictions as a KITTI scene flow submission folder.
+SUBMISSION_SPLITS = ("testing", "validation")
 
-    ``directory/disp_0``, ``disp_1`` and ``flow`` hold ``NNNNNN_10.png`` per validation
-    frame (16-bit: disparity x 256, 0 = missing; flow u x 64 + 2**15, v x 64 + 2**15,
-    valid), named by the frame ids; see :mod:`deepliflow_jax.data.submission`. The
-    predictions are :func:`evaluate`'s (same LiDAR draw, same compression);
-    ``evaluate(..., validity="devkit", as_submission=True)`` gives what the devkit scores
-    for these files. The folder is checked before anything runs and written crash-safe.
+
+def _submission_split(data: Any, split: str | None) -> str:
+    """``split``, or None resolved: ``"testing"`` when the data's root has ``testing/``."""
+    from deepliflow_jax.data.kitti import TEST_SPLIT
+
+    if split is not None:
+        if split not in SUBMISSION_SPLITS:
+            raise ValueError(f"split must be one of {SUBMISSION_SPLITS} or None, got {split!r}")
+        return split
+    root = data.root if isinstance(data, Dataset) else data
+    if not isinstance(root, str | Path) or not str(root):
+        return "validation"
+    root = Path(root).expanduser()
+    if (root / TEST_SPLIT).is_dir():
+        return "testing"
+    if not isinstance(data, Dataset) and not (root / "training").is_dir():
+        raise FileNotFoundError(f"no data set at {root}: expected {root / TEST_SPLIT} (frames "
+                                f"to submit) or {root / 'training'} (validation frames)")
+    return "validation"
+
+
+@dataclasses.dataclass(frozen=True)
+class _TestFrames:
+    """The frames of a ``testing/`` folder and how they are run (no ground truth needed)."""
+
+    root: Path
+    names: list[str]
+    num_samples: int
+    seed: int
+    dataset_type: str
+    settings: Dataset  # no frames: the network size (and root) _trainer reads
+
+
+def _test_frames(data: Any, interp_size: Any) -> _TestFrames:
+    """``data``'s ``testing/`` frames, every input file and network size checked.
+
+    A :class:`Dataset` lends its LiDAR count, seed and network size; a folder gets
+    :func:`load_dataset`'s KITTI settings (4096 points, seed 0, 384x1216 unless every
+    frame is a multiple of 64).
+    """
+    from deepliflow_jax.data.io import png_size
+    from deepliflow_jax.data.kitti import IMAGE_DIR, TEST_SPLIT, list_input_frames
+    from deepliflow_jax.predict import check_interp_size, check_network_size, nearest_network_size
+    from deepliflow_jax.study.config import StudyConfig
+
+    if isinstance(data, Dataset):
+        if not data.root:
+            raise ValueError("split='testing' reads the testing/ folder of the data set's "
+                             "root, but this Dataset has none (data.root is empty): pass "
+                             "the folder")
+        root, num_samples, seed = Path(data.root), data.num_samples, data.seed
+        dataset_type, default_size = data.dataset_type, data.interp_size
+    elif isinstance(data, str | Path):
+        root, num_samples, seed = Path(data).expanduser(), StudyConfig().num_samples, 0
+        dataset_type, default_size = "KITTI", KITTI_INTERP_SIZE
+    else:
+        raise ValueError(f"data must be a data-set folder or a Dataset from load_dataset, "
+                         f"got {type(data).__name__}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"no data set at {root}")
+    names = list_input_frames(root, TEST_SPLIT)
+    sizes = sorted({png_size(root / TEST_SPLIT / IMAGE_DIR / f"{n}_10.png") for n in names})
+    multiples = all(h % 64 == 0 and w % 64 == 0 for h, w in sizes)
+    if interp_size is not None:
+        size = check_interp_size(interp_size)
+    elif isinstance(data, Dataset):
+        size = default_size
+    else:  # load_dataset's rule for a KITTI root
+        size = None if multiples else default_size
+    if size is None:
+        for h, w in sizes:
+            check_network_size(h, w, f"the frame size of {root / TEST_SPLIT}", (
+                f"pass interp_size={nearest_network_size(h, w)} to write_submission to "
+                "resize the frames inside the network (as the original does for KITTI)"))
+    settings = Dataset(train=[], val=[], dataset_type=dataset_type, seed=seed,
+                       num_samples=num_samples, interp_size=size, root=str(root))
+    return _TestFrames(root, names, num_samples, seed, dataset_type, settings)
+
+
+def _submission_prediction(trainer: Trainer, state: Any, frames: np.ndarray) -> np.ndarray:
+    """Scene flow ``[H, W, 4]`` of one frame pair ``[2, H, W, 4]``, by evaluate's compiled
+    forward (resized to the network size and back inside); the ground truth it is given
+    only sets the output size, and its metrics are dropped."""
+    placeholder = np.zeros((1, *frames.shape[1:3], 4), np.float32)
+    _, (sf,) = trainer.evaluate(state, [{"frames": frames[None], "gt": placeholder}],
+                                keep_outputs=True)
+    return sf[0]
+
+
+def write_submission(variables: Mapping, data: Dataset | PathLike, directory: PathLike, *,
+                     split: str | None = None, percent: float | None = None,
+                     bits: int | None = None, interp_size: tuple[int, int] | None = None,
+                     overwrite: bool = False) -> Path:
+    """Writes predictions as a KITTI scene flow submission folder.
+
+    ``directory/disp_0``, ``disp_1`` and ``flow`` hold ``NNNNNN_10.png`` per frame
+    (16-bit: disparity x 256, 0 = missing; flow u x 64 + 2**15, v x 64 + 2**15, valid),
+    named by the frame ids; see :mod:`deepliflow_jax.data.submission`.
+
+    ``split="testing"`` (the KITTI test set): every frame of ``ROOT/testing/``, which
+    holds only the network inputs, no ground truth (``data.kitti.INPUT_FILES``)::
+
+      testing/image_2/NNNNNN_10.png, NNNNNN_11.png     8-bit RGB at t and t+1
+      testing/disp_occ_0/NNNNNN_10.png                 16-bit LiDAR disparity at t
+      testing/disp_occ_1_transformedOnSecFrame/NNNNNN_10.png
+                                                       16-bit LiDAR disparity at t+1
+
+    (the files the training frames' inputs come from). Each frame runs as an evaluated
+    frame does: ``num_samples`` LiDAR points drawn from each map (seeded by the seed and
+    the frame's index in the sorted list), resized to the network size inside the
+    network and the output back to the frame's size. A :class:`Dataset` lends its
+    ``num_samples``, ``seed`` and ``interp_size``; a folder gets KITTI's (4096 points,
+    seed 0, 384x1216 unless every frame is a multiple of 64).
+
+    ``split="validation"``: the validation frames of :func:`load_dataset` (ground truth
+    needed), the predictions :func:`evaluate` scores (same LiDAR draw, same
+    compression); ``evaluate(..., validity="devkit", as_submission=True)`` gives what the
+    devkit scores for these files.
+
+    Every input file and the network size are checked before anything runs; the folder
+    is written crash-safe (nothing is left on an error).
 
     Args:
       variables: ``{'params': ...}`` of the original or a structured network.
-      data: a :class:`Dataset` or its folder.
+      data: a :class:`Dataset` or its folder (a folder may hold only ``testing/``).
       directory: the submission folder.
+      split: ``"testing"`` or ``"validation"``; None: ``"testing"`` when the root
+        (``data`` or ``data.root``) has a ``testing/`` folder, else ``"validation"``.
       percent, bits, interp_size: as :func:`evaluate`.
       overwrite: replace a submission folder written by this function (an empty folder
         is always filled; any other folder is never replaced).
@@ -673,7 +786,11 @@ def write_submission(variables: Mapping, data: Dataset | PathLike, directory: Pa
     Raises:
       FileExistsError: ``directory`` is not empty and ``overwrite`` is False, or it is
         not a submission folder.
-      FileNotFoundError, ValueError: as :func:`evaluate`.
+      FileNotFoundError: no data set, no ``testing/image_2`` folder, or a frame's input
+        file is missing (named).
+      ValueError: an unknown ``split``, an unreadable input file or one whose size
+        differs from its frame's (named), no frames, a frame size the network cannot run
+        without ``interp_size``; and as :func:`evaluate`.
 
     Example:
       >>> import tempfile
@@ -681,21 +798,35 @@ def write_submission(variables: Mapping, data: Dataset | PathLike, directory: Pa
       >>> sorted(p.name for p in folder.iterdir())
       ['deepliflow_submission.json', 'disp_0', 'disp_1', 'flow']
     """
-    data = _checked_data(data, interp_size, "write_submission", "val", "original")
+    from deepliflow_jax.data.kitti import TEST_SPLIT, load_inputs
+    from deepliflow_jax.data.lidar import frame_rng
+    from deepliflow_jax.data.pipeline import input_frames
+
+    split = _submission_split(data, split)
+    if split == "testing":
+        test = _test_frames(data, interp_size)
+        settings, names = test.settings, test.names
+    else:
+        settings = _checked_data(data, interp_size, "write_submission", "val", "original")
+        names = [s.name for s in settings.val]
     params = _check_variables(variables)["params"]
     percent, bits = _percent(percent), _bits(bits)
-    trainer = _trainer(data, params, interp_size)
+    trainer = _trainer(settings, params, None if split == "testing" else interp_size)
     state = _state(trainer, params, percent, bits)
 
     def frames():
-        for index, sample in enumerate(data.val):
-            pair = validation_pair(data, index)
-            _, (sf,) = trainer.evaluate(state, [{"frames": pair["frames"][None],
-                                                 "gt": pair["gt"][None]}], keep_outputs=True)
-            yield sample.name, sf[0]
+        for index, name in enumerate(names):
+            if split == "testing":
+                inputs = load_inputs(test.root, name, TEST_SPLIT)
+                pair = input_frames(inputs, test.dataset_type, test.num_samples,
+                                    frame_rng(test.seed, index, 0))
+            else:
+                pair = validation_pair(settings, index)["frames"]
+            yield name, _submission_prediction(trainer, state, pair)
 
-    info = {"root": data.root, "frames": [s.name for s in data.val], "percent": percent,
-            "bits": bits, "num_samples": data.num_samples}
+    info = {"root": settings.root, "split": split, "frames": names, "percent": percent,
+            "bits": bits, "num_samples": settings.num_samples,
+            "interp_size": None if trainer.interp_size is None else list(trainer.interp_size)}
     # the folder is checked before the generator runs the network
     return submission.write_submission(directory, frames(), overwrite=overwrite, info=info)
 

@@ -22,13 +22,21 @@ checkpoint (the output then means nothing; it is said loudly).
 A KITTI submission for a data set folder instead of one pair:
 
     python -m experiments.infer --checkpoint=DIR --data_root=ROOT --submission_dir=SUB
-        [--interp_size=H,W] [--overwrite]
+        [--split=testing|validation] [--interp_size=H,W] [--overwrite]
 
 writes ``SUB/disp_0``, ``SUB/disp_1`` and ``SUB/flow`` with one ``NNNNNN_10.png`` per
-validation frame of ``ROOT`` (a KITTI-layout root as ``deepliflow_jax.load_dataset``
-reads it; the predictions ``deepliflow_jax.evaluate`` scores), in KITTI's 16-bit
-encoding (``deepliflow_jax.write_submission``). A folder that is not empty is refused
-unless ``--overwrite`` (and then only a submission folder this tool wrote).
+frame, in KITTI's 16-bit encoding (``deepliflow_jax.write_submission``). ``--split=testing``
+(the default when ``ROOT/testing/`` exists; the KITTI test set): every frame of
+``ROOT/testing/``, which needs only the inputs, no ground truth:
+``testing/image_2/NNNNNN_10.png`` and ``NNNNNN_11.png`` (RGB at t, t+1),
+``testing/disp_occ_0/NNNNNN_10.png`` (16-bit LiDAR disparity at t) and
+``testing/disp_occ_1_transformedOnSecFrame/NNNNNN_10.png`` (at t+1); frames are resized
+to 384x1216 inside the network (unless every frame is a multiple of 64; ``--interp_size``
+for another size) and the output back to each frame's size.
+``--split=validation`` (the default otherwise): the validation frames of a training
+root as ``deepliflow_jax.load_dataset`` reads it (the predictions
+``deepliflow_jax.evaluate`` scores). A folder that is not empty is refused unless
+``--overwrite`` (and then only a submission folder this tool wrote).
 
 Flags are absl flags, kept in this script's own ``FlagValues`` (``FLAGS``) so that
 ``main(argv)`` can run in a process where other scripts defined flags of the same
@@ -48,6 +56,7 @@ import numpy as np
 from absl import flags
 
 from deepliflow_jax import cli
+from deepliflow_jax.data.submission import MARKER
 from deepliflow_jax.fileio import atomic_write, write_text_atomic
 
 DATASETS = {"kitti": "KITTI", "ft3d": "FT3D"}
@@ -195,6 +204,7 @@ flags.DEFINE_bool("random_init", False, "Use random, untrained weights (pipeline
 flags.DEFINE_integer("seed", 0, "Seed of --random_init.", flag_values=FLAGS)
 PAIR_FLAGS = ("image1", "image2", "disp1", "disp2", "dataset", "output_dir")
 SUBMISSION_FLAGS = ("data_root", "submission_dir")
+SUBMISSION_OPTIONS = ("split",)  # only with SUBMISSION_FLAGS
 for _name, _what in (("image1", "8-bit RGB(A) PNG of frame t."),
                      ("image2", "8-bit RGB(A) PNG of frame t+1."),
                      ("disp1", "16-bit sparse disparity PNG of frame t."),
@@ -205,17 +215,25 @@ flags.DEFINE_enum("dataset", None, sorted(DATASETS), "kitti: resized to 384x1216
                   flag_values=FLAGS)
 flags.DEFINE_string("output_dir", None, "Folder for the outputs (one pair).", flag_values=FLAGS)
 flags.DEFINE_string("data_root", None, "A KITTI-layout data set root: with --submission_dir, "
-                    "its validation frames are predicted.", flag_values=FLAGS)
+                    "the frames of --split are predicted.", flag_values=FLAGS)
 flags.DEFINE_string("submission_dir", None, "Write a KITTI scene flow submission (disp_0/, "
                     "disp_1/, flow/ with NNNNNN_10.png) of --data_root here.",
                     flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace an existing --submission_dir written by this "
                   "tool.", flag_values=FLAGS)
+flags.DEFINE_enum("split", None, ["testing", "validation"], "With --submission_dir: every "
+                  "frame of ROOT/testing/ (inputs only, no ground truth: the KITTI test set) "
+                  "or the validation frames of ROOT/training/; default: testing when "
+                  "ROOT/testing/ exists.", flag_values=FLAGS)
 
 
 def _one_mode(values: dict) -> bool:
     """Either one pair (every PAIR_FLAGS) or a submission (every SUBMISSION_FLAGS)."""
     given = {k for k, v in values.items() if v is not None}
+    if given & set(SUBMISSION_OPTIONS) and not given & set(SUBMISSION_FLAGS):
+        raise flags.ValidationError(
+            ", ".join(f"--{k}" for k in SUBMISSION_OPTIONS if k in given) + " goes with "
+            "--data_root --submission_dir (a submission)")
     if given & set(SUBMISSION_FLAGS):
         if given & set(PAIR_FLAGS):
             raise flags.ValidationError(
@@ -231,8 +249,8 @@ def _one_mode(values: dict) -> bool:
     return True
 
 
-flags.register_multi_flags_validator([*PAIR_FLAGS, *SUBMISSION_FLAGS], _one_mode,
-                                     flag_values=FLAGS)
+flags.register_multi_flags_validator([*PAIR_FLAGS, *SUBMISSION_FLAGS, *SUBMISSION_OPTIONS],
+                                     _one_mode, flag_values=FLAGS)
 flags.DEFINE_string("interp_size", None, "Network input size H,W (multiples of 64) instead of "
                     "the dataset's.", flag_values=FLAGS)
 flags.register_validator("interp_size", _valid_size, flag_values=FLAGS)
@@ -269,7 +287,7 @@ def _variables(args) -> tuple[dict, dict]:
 
 
 def write_submission(args, interp_size: tuple[int, int] | None) -> int:
-    """``--submission_dir``: the data set's validation frames as a KITTI submission.
+    """``--submission_dir``: the frames of ``--split`` as a KITTI submission.
 
     Returns:
       The exit status (1 on an input error or a folder that may not be written).
@@ -278,13 +296,14 @@ def write_submission(args, interp_size: tuple[int, int] | None) -> int:
 
     try:
         variables, _ = _variables(args)
-        path = write(variables, args.data_root, args.submission_dir, interp_size=interp_size,
-                     overwrite=args.overwrite)
+        path = write(variables, args.data_root, args.submission_dir, split=args.split,
+                     interp_size=interp_size, overwrite=args.overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote a KITTI submission: {path} (upload: cd {path} && zip -r submission.zip "
-          "disp_0 disp_1 flow)")
+    info = json.loads((path / MARKER).read_text())
+    print(f"wrote a KITTI submission of {len(info['frames'])} {info['split']} frames: {path} "
+          f"(upload: cd {path} && zip -r submission.zip disp_0 disp_1 flow)")
     if args.random_init:
         print(RANDOM_WARNING, file=sys.stderr)
     return 0

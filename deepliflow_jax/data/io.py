@@ -60,6 +60,23 @@ def read_png(path: PathLike) -> np.ndarray:
     return data.reshape(height, width, planes)
 
 
+def png_size(path: PathLike) -> tuple[int, int]:
+    """A PNG's ``(height, width)`` from its header, without decoding the image.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: the file is not a readable PNG (message names the file).
+    """
+    path = _check_file(path)
+    try:
+        with open(path, "rb") as file:
+            reader = png.Reader(file=file)
+            reader.preamble()
+            return int(reader.height), int(reader.width)
+    except (png.Error, zlib.error, OSError, ValueError) as err:
+        raise ValueError(f"Unreadable PNG file {path}: {err}") from err
+
+
 def write_png(path: PathLike, array: np.ndarray, compression: int = 6) -> None:
     """Writes a grey / grey+alpha / RGB / RGBA PNG at 8 or 16 bits per channel.
 

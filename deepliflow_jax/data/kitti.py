@@ -10,6 +10,14 @@ Layout under ``root`` (the ``data_scene_flow`` folder)::
                                                     d1 de-warped into the view at t+1: the
                                                     LiDAR source of the second frame
 
+A folder without ground truth (the KITTI test split, ``testing/``) holds only the network
+inputs, in the same layout (``load_inputs``, ``list_input_frames``)::
+
+  testing/image_2/NNNNNN_10.png, NNNNNN_11.png      8-bit RGB frames t and t+1
+  testing/disp_occ_0/NNNNNN_10.png                  16-bit LiDAR disparity at t
+  testing/disp_occ_1_transformedOnSecFrame/NNNNNN_10.png
+                                                    16-bit LiDAR disparity at t+1 (view t+1)
+
 Encodings: disparity = value / 256 with 0 = invalid; flow = (value - 2**15) / 64 for the
 first two channels and the third channel is 1 where the flow is valid (KITTI's devkit
 writes invalid pixels as (0, 0, 0), so an invalid flow decodes to (-512, -512)).
@@ -40,12 +48,17 @@ import numpy as np
 from deepliflow_jax.data.io import PathLike, read_png, write_png
 
 SPLIT = "training"
+TEST_SPLIT = "testing"
 IMAGE_DIR = "image_2"
 DISP0_DIR = "disp_occ_0"
 DISP1_DIR = "disp_occ_1"
 FLOW_DIR = "flow_occ"
 DISP1_SECOND_VIEW_DIR = "disp_occ_1_transformedOnSecFrame"
 REQUIRED_DIRS = (IMAGE_DIR, DISP0_DIR, DISP1_DIR, FLOW_DIR, DISP1_SECOND_VIEW_DIR)
+# the network's inputs among frame_paths' files (all a frame without ground truth has)
+INPUT_FILES = {"image0": "RGB frame t", "image1": "RGB frame t+1",
+               "disp0": "LiDAR disparity at t",
+               "disp1_second_view": "LiDAR disparity at t+1"}
 
 VALIDITY_MODES = ("original", "devkit")
 
@@ -53,6 +66,27 @@ FLOW_OFFSET = 2.0**15
 FLOW_SCALE = 64.0
 DISP_SCALE = 256.0
 SPLIT_FILE_NAME = "kitti_sceneflow_test_split.txt"
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameInputs:
+    """One frame pair's network inputs, without ground truth (e.g. a KITTI test frame).
+
+    Attributes:
+      image0, image1: float32 ``[H, W, 3]`` RGB in [0, 1] at t and t+1.
+      disp0, disp1: float32 ``[H, W]`` disparities the LiDAR is sampled from at t and
+        t+1 (KITTI: ``disp_occ_0`` and ``disp_occ_1_transformedOnSecFrame``), 0 = none.
+      valid0, valid1: bool ``[H, W]``, where ``disp0`` / ``disp1`` may be sampled.
+      name: frame identifier (KITTI ``NNNNNN``).
+    """
+
+    image0: np.ndarray
+    image1: np.ndarray
+    disp0: np.ndarray
+    disp1: np.ndarray
+    valid0: np.ndarray
+    valid1: np.ndarray
+    name: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,17 +230,19 @@ def write_flow(path: PathLike, flow: np.ndarray, valid: np.ndarray, compression:
     write_png(path, encode_flow(flow, valid), compression)
 
 
-def frame_paths(root: PathLike, name: str) -> dict[str, Path]:
+def frame_paths(root: PathLike, name: str, folder: str = SPLIT) -> dict[str, Path]:
     """Paths of one frame's files.
 
     Args:
       root: dataset root (containing ``training/``).
       name: frame id, e.g. ``"000007"``.
+      folder: the split's folder under ``root``: ``"training"`` or ``"testing"``
+        (``TEST_SPLIT``: only the ``INPUT_FILES`` are there).
 
     Returns:
       Dict with keys image0, image1, disp0, disp1, flow, disp1_second_view.
     """
-    base = Path(root) / SPLIT
+    base = Path(root) / folder
     return {
         "image0": base / IMAGE_DIR / f"{name}_10.png",
         "image1": base / IMAGE_DIR / f"{name}_11.png",
@@ -241,27 +277,83 @@ def load_frame(root: PathLike, name: str, validity: str = "original") -> SceneFl
         image t (named).
     """
     check_validity(validity)
+    inputs = load_inputs(root, name, SPLIT)
     paths = frame_paths(root, name)
+    hw = inputs.image0.shape[:2]
+    d0 = inputs.disp0  # the ground truth d0 is the LiDAR source at t
+    d1, d1_valid = read_disparity(paths["disp1"])
+    _check_shape(d1.shape, hw, paths["disp1"])
+    flow, flow_valid = read_flow(paths["flow"])
+    _check_shape(flow.shape, hw, paths["flow"])
+    gt = np.concatenate([flow, d0[..., None], d1[..., None]], axis=-1)
+    if validity == "original":
+        gt[d0 <= 0] = 0.0
+    else:  # d0 and d1 are already 0 where invalid; the flow decodes to -512 there
+        gt[~flow_valid, :2] = 0.0
+    return SceneFlowSample(image0=inputs.image0, image1=inputs.image1, disp0=d0,
+                           disp1=inputs.disp1, valid0=inputs.valid0, valid1=inputs.valid1,
+                           gt=gt, flow_valid=flow_valid, name=name, d1_valid=d1_valid)
+
+
+def load_inputs(root: PathLike, name: str, folder: str = TEST_SPLIT) -> FrameInputs:
+    """Loads one frame pair's network inputs (``INPUT_FILES``), no ground truth needed.
+
+    Args:
+      root: dataset root (containing ``folder``).
+      name: frame id, e.g. ``"000007"``.
+      folder: ``"testing"`` (the KITTI test split, default) or ``"training"``.
+
+    Returns:
+      A ``FrameInputs``.
+
+    Raises:
+      FileNotFoundError: a file is missing (named).
+      ValueError: a file is unreadable or its size differs from image t (named).
+    """
+    paths = frame_paths(root, name, folder)
     image0 = read_rgb(paths["image0"])
     hw = image0.shape[:2]
     image1 = read_rgb(paths["image1"])
     _check_shape(image1.shape, hw, paths["image1"])
     d0, valid0 = read_disparity(paths["disp0"])
     _check_shape(d0.shape, hw, paths["disp0"])
-    d1, d1_valid = read_disparity(paths["disp1"])
-    _check_shape(d1.shape, hw, paths["disp1"])
-    flow, flow_valid = read_flow(paths["flow"])
-    _check_shape(flow.shape, hw, paths["flow"])
-    disp1_t1, valid1 = read_disparity(paths["disp1_second_view"])
-    _check_shape(disp1_t1.shape, hw, paths["disp1_second_view"])
-    gt = np.concatenate([flow, d0[..., None], d1[..., None]], axis=-1)
-    if validity == "original":
-        gt[d0 <= 0] = 0.0
-    else:  # d0 and d1 are already 0 where invalid; the flow decodes to -512 there
-        gt[~flow_valid, :2] = 0.0
-    return SceneFlowSample(image0=image0, image1=image1, disp0=d0, disp1=disp1_t1,
-                           valid0=valid0, valid1=valid1, gt=gt, flow_valid=flow_valid,
-                           name=name, d1_valid=d1_valid)
+    d1, valid1 = read_disparity(paths["disp1_second_view"])
+    _check_shape(d1.shape, hw, paths["disp1_second_view"])
+    return FrameInputs(image0=image0, image1=image1, disp0=d0, disp1=d1, valid0=valid0,
+                       valid1=valid1, name=name)
+
+
+def list_input_frames(root: PathLike, folder: str = TEST_SPLIT) -> list[str]:
+    """Every frame of a folder of network inputs (``INPUT_FILES``; no ground truth needed).
+
+    The frames are the ``image_2/NNNNNN_10.png`` files, sorted; every input file of every
+    frame is checked to exist, so a run stops before it starts rather than at frame 150.
+
+    Args:
+      root: dataset root (containing ``folder``).
+      folder: ``"testing"`` (the KITTI test split, default) or ``"training"``.
+
+    Returns:
+      Sorted frame ids.
+
+    Raises:
+      FileNotFoundError: no ``root/folder/image_2`` folder, or a frame's input file is
+        missing (the file and what it is are named).
+      ValueError: no ``*_10.png`` frames.
+    """
+    images = Path(root).expanduser() / folder / IMAGE_DIR
+    if not images.is_dir():
+        raise FileNotFoundError(f"Missing folder {images} (the frames' RGB images)")
+    names = sorted(p.name[:-len("_10.png")] for p in images.glob("*_10.png"))
+    if not names:
+        raise ValueError(f"No *_10.png files in {images}")
+    for name in names:
+        paths = frame_paths(Path(root).expanduser(), name, folder)
+        for key, what in INPUT_FILES.items():
+            if not paths[key].is_file():
+                raise FileNotFoundError(f"Missing input file {paths[key]} ({what} of frame "
+                                        f"{name})")
+    return names
 
 
 def read_split_file(path: PathLike | None = None) -> list[bool]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from deepliflow_jax.data import lidar, preprocess
-from deepliflow_jax.data.kitti import SceneFlowSample
+from deepliflow_jax.data.kitti import FrameInputs, SceneFlowSample
 
 
 def preprocess_sample(sample: SceneFlowSample, dataset_type: str, num_samples: int,
@@ -36,15 +36,33 @@ def preprocess_sample(sample: SceneFlowSample, dataset_type: str, num_samples: i
     Returns:
       ``(frames, gt)``: float32 ``[2, h, w, 4]`` and ``[h, w, 4]``.
     """
-    mask0 = lidar.sample_lidar_mask(sample.valid0, num_samples, rng, lidar_method)
-    mask1 = lidar.sample_lidar_mask(sample.valid1, num_samples, rng, lidar_method)
-    frames = preprocess.make_frames(sample.image0, sample.image1, sample.disp0, sample.disp1,
-                                    mask0, mask1, dataset_type)
+    frames = input_frames(sample, dataset_type, num_samples, rng, lidar_method)
     gt = np.asarray(sample.gt, np.float32)
     if crop_shape is not None:
         frames = preprocess.center_crop(frames, crop_shape, axes=(1, 2))
         gt = preprocess.center_crop(gt, crop_shape)
     return frames, gt
+
+
+def input_frames(sample: SceneFlowSample | FrameInputs, dataset_type: str, num_samples: int,
+                 rng: np.random.Generator, lidar_method: str = "bernoulli") -> np.ndarray:
+    """Network input of one frame pair, with or without ground truth (no crop).
+
+    The LiDAR draw and preprocessing of ``preprocess_sample``: ``num_samples`` points
+    from ``sample.valid0``, then from ``sample.valid1`` (in that order, from ``rng``),
+    and the original's normalisation (``preprocess.make_frames``).
+
+    Args:
+      sample: a ``SceneFlowSample`` or a ``FrameInputs`` (e.g. a KITTI test frame).
+      dataset_type, num_samples, rng, lidar_method: as ``preprocess_sample``.
+
+    Returns:
+      float32 ``[2, H, W, 4]``.
+    """
+    mask0 = lidar.sample_lidar_mask(sample.valid0, num_samples, rng, lidar_method)
+    mask1 = lidar.sample_lidar_mask(sample.valid1, num_samples, rng, lidar_method)
+    return preprocess.make_frames(sample.image0, sample.image1, sample.disp0, sample.disp1,
+                                  mask0, mask1, dataset_type)
 
 
 def gt_valid_map(sample: SceneFlowSample, crop_shape: tuple[int, int] | None = None
