@@ -740,7 +740,7 @@ def _submission_prediction(trainer: Trainer, state: Any, frames: np.ndarray) -> 
 def write_submission(variables: Mapping, data: Dataset | PathLike, directory: PathLike, *,
                      split: str | None = None, percent: float | None = None,
                      bits: int | None = None, interp_size: tuple[int, int] | None = None,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, conv_impl: str = CONV_IMPL_DEFAULT) -> Path:
     """Writes predictions as a KITTI scene flow submission folder.
 
     ``directory/disp_0``, ``disp_1`` and ``flow`` hold ``NNNNNN_10.png`` per frame
@@ -776,7 +776,7 @@ def write_submission(variables: Mapping, data: Dataset | PathLike, directory: Pa
       directory: the submission folder.
       split: ``"testing"`` or ``"validation"``; None: ``"testing"`` when the root
         (``data`` or ``data.root``) has a ``testing/`` folder, else ``"validation"``.
-      percent, bits, interp_size: as :func:`evaluate`.
+      percent, bits, interp_size, conv_impl: as :func:`evaluate`.
       overwrite: replace a submission folder written by this function (an empty folder
         is always filled; any other folder is never replaced).
 
@@ -811,7 +811,8 @@ def write_submission(variables: Mapping, data: Dataset | PathLike, directory: Pa
         names = [s.name for s in settings.val]
     params = _check_variables(variables)["params"]
     percent, bits = _percent(percent), _bits(bits)
-    trainer = _trainer(settings, params, None if split == "testing" else interp_size)
+    trainer = _trainer(settings, params, None if split == "testing" else interp_size,
+                       check_conv_impl(conv_impl))
     state = _state(trainer, params, percent, bits)
 
     def frames():

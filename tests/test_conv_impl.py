@@ -452,7 +452,8 @@ def test_public_entry_points_take_conv_impl(small_variables, tiny_data):
     from deepliflow_jax.train.trainer import Trainer, get_trainer
 
     for fn in (dl.predict_sceneflow, dl.finetune, dl.evaluate, dl.time_model,
-               dl.compression_table, Trainer, get_trainer, create_model, forward):
+               dl.compression_table, dl.write_submission, Trainer, get_trainer, create_model,
+               forward):
         assert inspect.signature(fn).parameters["conv_impl"].default == "auto", fn
     # one shared trainer per form, however it is spelled
     assert get_trainer(None, widths=None, conv_impl="widen+phase") is get_trainer(
