@@ -45,8 +45,11 @@ FULL = {
     "parity_select": None, "parity_timeout_s": 150,
     "runtime": (  # (configs, batch sizes, precision)
         ("dense,bf16,fp16,torch_eager,torch_compile", (1, 8), "default"),
-        ("conv_subpixel,conv_subpixel+s2b,conv_subpixel+s2b+pad8,structured50,int8,"
-         "train_step,dense", (1,), "default"),
+        # the alternatives "auto" may pick on this backend (it runs "xla" off the CPU
+        # until these have been measured here): the CPU's forms, each cost volume
+        ("conv_subpixel,conv_subpixel+s2b,conv_subpixel+s2b+pad8,conv_phase+widen+s2grad+tiled,"
+         "conv_tiled,conv_banded,structured50,int8,train_step,train_conv_phase+widen+s2grad+tiled,"
+         "dense", (1,), "default"),
         ("dense,torch_eager", (1,), "highest"),
     ),
     "world": {"num_scenes": 10, "height": 128, "width": 384},
