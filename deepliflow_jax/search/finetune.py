@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax.compress.structured import channel_masks, shrink
 from deepliflow_jax.model.api import init_params
 from deepliflow_jax.model.channels import (
     widths_of,
@@ -126,3 +127,33 @@ def pretrain(data, steps: int, lr: float, seed: int, log=print) -> Any:
     n = data.samples
     return fine_tune(Trainer(seed=seed), params, lambda p: data.train_batch(p, n), steps, lr,
                      log=log).params
+
+
+def fine_tune_pruned(trainer: Trainer, params: Any, keep: Mapping[str, np.ndarray],
+                     batch_fn: Callable[[int], dict], steps: int, lr: float,
+                     refine_after: int | None = None, *, masks: Any = None, bits: Any = 0,
+                     evaluate: Callable[[Any], dict] | None = None, eval_every: int = 0,
+                     log: Callable[[str], None] = print) -> tuple[FineTuned, dict]:
+    """A channel-pruned model fine-tuned as the full model under its channel masks, shrunk.
+
+    The one fine-tuning of every pruned model of the search and the trade-off: one
+    compiled step (``trainer`` is ``channel_masked``) for every plan; see
+    :func:`fine_tune` for the arguments.
+
+    Args:
+      params: the dense model's bare parameter tree (with any unstructured pruning
+        already applied: ``masks`` then holds it during the steps).
+      keep: ``{channel group: kept channel indices}`` (``structured.plan_pruning``).
+
+    Returns:
+      ``(run, {'params': shrunk parameters})``.
+
+    Raises:
+      ValueError: ``trainer`` is not channel-masked.
+    """
+    if not trainer.channel_masked:
+        raise ValueError("fine_tune_pruned needs a Trainer(channel_masked=True)")
+    run = fine_tune(trainer, params, batch_fn, steps, lr, refine_after, log=log,
+                    channel_masks=channel_masks(widths_of(params), keep), masks=masks,
+                    bits=bits, evaluate=evaluate, eval_every=eval_every)
+    return run, shrink({"params": run.params}, keep)[0]

@@ -57,8 +57,13 @@ def _conv_gflops(fn, *args) -> float:
 
 def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
                    workdir: Path, *, quant: bool = False, calib: Sequence[np.ndarray] = (),
-                   log=print) -> Candidate:
+                   disk: int | None = None, log=print) -> Candidate:
     """Compiles the forward of one model on the validation batch and evaluates it.
+
+    The one measurement of a whole model, for the search and the trade-off alike: the
+    AOT-compiled forward (``profile.timer.aot_compile``: its XLA FLOPs) evaluates the
+    validation batch and is what :func:`time_candidates` times; eq. (3) conv FLOPs
+    beside.
 
     Args:
       name: label.
@@ -69,6 +74,8 @@ def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
       workdir: scratch folder for size measurements.
       quant: measure the int8 model instead (post-training, calibrated on ``calib``).
       calib: training frame batches for the activation ranges.
+      disk: bytes of the model's saved checkpoint when the caller saved it; None: the
+        model is saved in ``workdir`` to measure it (:func:`.size.disk_bytes`).
 
     Returns:
       A :class:`Candidate` with metrics in ``extra``.
@@ -80,7 +87,7 @@ def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
     if quant:
         ranges = int8_lib.calibrate({"params": params}, calib, widths=widths)
         qmodel = int8_lib.quantize_int8({"params": params}, ranges)
-        disk = disk_bytes(qmodel, workdir)
+        disk = disk_bytes(qmodel, workdir) if disk is None else disk
         qmodel = jax.device_put(qmodel)
 
         def fn(q, f):
@@ -95,7 +102,7 @@ def make_candidate(name: str, ratio: float, params: Any, widths: Any, val: dict,
             return model.apply({"params": p}, f, None, out_size)[0]
 
         args = (jax.device_put(params), frames)
-        disk = disk_bytes({"params": params}, workdir)
+        disk = disk_bytes({"params": params}, workdir) if disk is None else disk
         n_params = count_params(params)
     t0 = time.perf_counter()
     compiled, info = aot_compile(fn, *args)

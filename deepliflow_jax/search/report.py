@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,15 @@ from deepliflow_jax.search.tradeoff import (
     TARGET_EPE_INCREASE,
     TARGET_SPEEDUP,
 )
+
+
+def _measured_on(env: Mapping[str, Any], repeats: int, shape: Sequence[int]) -> str:
+    """Where and how every model of both reports was measured (:mod:`.measure`)."""
+    return (f"Device: {env.get('platform', '?')} ({env.get('cpu', '?')}, {env.get('cpu_count')} "
+            f"cores visible), jax {env.get('versions', {}).get('jax', '?')}. Latency: median "
+            f"(p10-p90) of {repeats} interleaved rounds of each model's AOT-compiled forward "
+            f"(the one that evaluated it) on the validation batch {list(shape)} (B x frames x H "
+            "x W x C); on a shared machine compare rows with each other, not with other runs.")
 
 
 def _pct(x: float | None) -> str:
@@ -37,12 +46,8 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         "",
         f"Machine load: {describe_load(result.get('load'))}.",
         "",
-        f"Budget: {b['describe']} = {limit} (measured in the final rounds). Device: "
-        f"{env.get('platform', '?')} ({env.get('cpu', '?')}, {env.get('cpu_count')} cores "
-        f"visible), jax {env.get('versions', {}).get('jax', '?')}. Latency: median (p10-p90) "
-        f"of {cfg['repeats']} interleaved rounds of the forward `predict_sceneflow` runs, on "
-        f"the validation batch {result['timed_input']} (B x frames x H x W x C); on a shared "
-        "machine compare rows with each other, not with other runs.",
+        f"Budget: {b['describe']} = {limit} (measured in the final rounds). "
+        + _measured_on(env, cfg["repeats"], result["timed_input"]),
         f"Data: {result['data']}.",
         f"Fine-tuning: {cfg['finetune_steps']} Adam steps at lr {cfg['lr']} (the last "
         f"{cfg['refine_fraction']:.0%} at lr / 10) for every searched and reference model, "
@@ -204,12 +209,7 @@ def tradeoff_markdown(result: dict[str, Any]) -> str:
         "# Structured pruning + int8: measured trade-offs "
         f"({env.get('platform', '?').upper()}; GPU pending)",
         "",
-        f"Device: {env.get('platform', '?')} ({env.get('cpu', '?')}, {env.get('cpu_count')} "
-        f"cores visible), jax {env.get('versions', {}).get('jax', '?')}. "
-        f"Latency: median (p10-p90) of "
-        f"{result['config']['repeats']} interleaved rounds of one AOT-compiled forward on the "
-        f"validation batch {shape} (B x frames x H x W x C); shared 2-core machine, other jobs "
-        "running: compare rows with each other, not with other runs.",
+        _measured_on(env, result["config"]["repeats"], shape),
         f"Data: {result['data']}.",
         f"Fine-tuning ({result['config']['finetune_mode']}): "
         f"{result['config']['finetune_steps']} Adam steps at lr {result['config']['lr']}, the "

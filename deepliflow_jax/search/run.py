@@ -9,33 +9,26 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.checkpoint import load_checkpoint, save_checkpoint
 from deepliflow_jax.compress.structured import (
-    channel_masks,
     count_params,
     plan_pruning,
     shrink,
 )
-from deepliflow_jax.model.api import forward
 from deepliflow_jax.model.channels import (
     architecture_widths,
     unwrap_params,
     widths_of,
 )
 from deepliflow_jax.profile.environment import environment, load_average
-from deepliflow_jax.profile.table1 import conv_eq3_flops
-from deepliflow_jax.profile.timer import time_interleaved
 from deepliflow_jax.search.budget import Budget
 from deepliflow_jax.search.config import SearchConfig
-from deepliflow_jax.search.costs import measure_costs, predicted_latency, whole_forward
+from deepliflow_jax.search.costs import measure_costs, predicted_latency
 from deepliflow_jax.search.data import TradeoffData
-from deepliflow_jax.search.finetune import fine_tune
-from deepliflow_jax.search.measure import (
-    evaluate_outputs,
-)
+from deepliflow_jax.search.finetune import fine_tune_pruned
+from deepliflow_jax.search.measure import make_candidate, time_candidates
 from deepliflow_jax.search.plans import (
     Choice,
     check_groups,
@@ -140,7 +133,7 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
     stage["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stats = _measure_models(loaded, models, data.val, cfg.repeats, cfg.warmup, log)
+    stats = _measure_models(loaded, models, data.val, cfg.repeats, cfg.warmup, work, log)
     stage["measure_s"] = time.perf_counter() - t
     final_limit = budget.limit(stats["dense"]["median_ms"], _medians(stats))
     dense_epe = models["dense"].info["metrics"]["epe"]
@@ -244,7 +237,6 @@ def _fine_tune_and_save(cfg: SearchConfig, data: TradeoffData, params: Any,
     shrunk, saved with ``save_checkpoint`` and loaded back: ``{name: variables}``."""
     refine = int(round(cfg.finetune_steps * (1 - cfg.refine_fraction)))
     n = data.samples
-    widths = widths_of(params)
     loaded: dict[str, dict] = {}
     for m in progress(list(models.values()), len(models), "fine-tune + save"):
         plan = m.plan or {}
@@ -256,11 +248,9 @@ def _fine_tune_and_save(cfg: SearchConfig, data: TradeoffData, params: Any,
             log(f"{m.name}: {plan_label(plan, cfg.groups) if m.plan is not None else m.spec}")
             start_params, masks = sparsify(params, plan, cfg.groups)
             bits = plan_bits(params, plan, cfg.groups) if packed else 0
-            run = fine_tune(trainer, start_params, lambda p: data.train_batch(p, n),
-                            cfg.finetune_steps, cfg.lr, refine, log=log,
-                            channel_masks=channel_masks(widths, m.keep), masks=masks,
-                            bits=bits)
-            small = shrink({"params": run.params}, m.keep)[0]
+            _, small = fine_tune_pruned(trainer, start_params, m.keep,
+                                        lambda p: data.train_batch(p, n), cfg.finetune_steps,
+                                        cfg.lr, refine, masks=masks, bits=bits, log=log)
             tuned_steps = cfg.finetune_steps
         meta = {"source": "compression_search", "model": m.name, "kind_of_plan": m.kind,
                 "plan": jsonable_plan(m.plan), "finetune_steps": tuned_steps}
@@ -277,29 +267,22 @@ def _fine_tune_and_save(cfg: SearchConfig, data: TradeoffData, params: Any,
 
 
 def _measure_models(loaded: Mapping[str, dict], models: Mapping[str, _Model],
-                    val: Mapping[str, np.ndarray], repeats: int, warmup: int,
+                    val: Mapping[str, np.ndarray], repeats: int, warmup: int, workdir: Path,
                     log: Callable[[str], None]) -> dict[str, dict]:
-    """EPE and FLOPs of every saved model (into its ``info``), and its latency timed in
-    interleaved rounds: ``{name: timer statistics}``."""
-    frames = jax.device_put(jnp.asarray(val["frames"]))
-    calls = {}
+    """EPE and FLOPs of every saved model as loaded back (into its ``info``), and its
+    latency timed in interleaved rounds (the trade-off's measurement,
+    :func:`.measure.make_candidate`): ``{name: timer statistics}``."""
+    cands = []
     for name, v in loaded.items():
-        call = whole_forward(v, frames)
-        sf = np.asarray(jax.block_until_ready(call()))
-        models[name].info["metrics"] = evaluate_outputs(sf, val["gt"])
-        widths_v = architecture_widths(v)
-
-        def fn(p, f, w=widths_v):
-            return forward(p, f, out_size=tuple(val["gt"].shape[1:3]), widths=w)[0]
-
-        lowered = jax.jit(fn).lower(v, frames)
-        cost = lowered.cost_analysis() or {}
-        cost = (cost[0] if cost else {}) if isinstance(cost, list) else cost
-        models[name].info["gflops_xla"] = float(cost.get("flops", float("nan"))) / 1e9
-        models[name].info["conv_gflops_eq3"] = conv_eq3_flops(fn, v, frames)[0] / 1e9
-        calls[name] = call
-    log(f"timing {len(calls)} models x {repeats} interleaved rounds")
-    return time_interleaved(calls, repeats, warmup)
+        m = models[name]
+        c = make_candidate(name, 0.0, v["params"], architecture_widths(v), val, workdir,
+                           disk=m.info["disk_bytes"], log=log)
+        m.info.update(metrics=c.extra["metrics"], conv_gflops_eq3=c.info["conv_gflops_eq3"],
+                      gflops_xla=(c.info["flops"] or float("nan")) / 1e9)
+        cands.append(c)
+    log(f"timing {len(cands)} models x {repeats} interleaved rounds")
+    time_candidates(cands, repeats, warmup, log)
+    return {c.name: c.stats for c in cands}
 
 
 def _row(m: _Model, dense_epe: float, stats: Mapping[str, dict], costs: Mapping[str, Any],

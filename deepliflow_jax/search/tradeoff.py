@@ -36,7 +36,6 @@ import numpy as np
 from deepliflow_jax.compress.structured import (
     channel_masks,
     mask_outputs,
-    shrink,
     structured_prune,
 )
 from deepliflow_jax.model.channels import (
@@ -47,7 +46,7 @@ from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.profile.environment import environment
 from deepliflow_jax.scalars import check_number, check_numbers
 from deepliflow_jax.search.data import TradeoffData
-from deepliflow_jax.search.finetune import fine_tune
+from deepliflow_jax.search.finetune import fine_tune, fine_tune_pruned
 from deepliflow_jax.search.measure import (
     Candidate,
     evaluate_outputs,
@@ -255,10 +254,11 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
                                multiple=cfg.multiple, scorer=cfg.scorer, exclude=cfg.exclude)
         if masked:
             masks = channel_masks(widths_of(baseline), res.keep)
-            run = fine_tune(shared, baseline, batches, cfg.finetune_steps, cfg.lr, refine,
-                            log=log, channel_masks=masks, evaluate=validator(masks),
-                            eval_every=cfg.eval_every)
-            params = shrink({"params": run.params}, res.keep)[0]["params"]
+            run, small = fine_tune_pruned(shared, baseline, res.keep, batches,
+                                          cfg.finetune_steps, cfg.lr, refine,
+                                          evaluate=validator(masks), eval_every=cfg.eval_every,
+                                          log=log)
+            params = small["params"]
         else:
             run = fine_tune(Trainer(seed=cfg.seed, widths=res.widths), res.variables["params"],
                             batches, cfg.finetune_steps, cfg.lr, refine, log=log,
