@@ -987,7 +987,7 @@ def compression_search(variables: Mapping, data: Dataset | PathLike, budget: str
     Per layer group a channel-pruning ratio (and, for size budgets, weight bits and
     unstructured sparsity) chosen from measured sensitivities and measured costs, the
     best few plans fine-tuned with the one trainer and measured for real; see
-    :mod:`deepliflow_jax.study.search` (``python -m experiments.compression_search``).
+    :mod:`deepliflow_jax.search` (``python -m experiments.compression_search``).
 
     Args:
       variables: ``{'params': ...}`` of the trained original (dense) network.
@@ -998,13 +998,13 @@ def compression_search(variables: Mapping, data: Dataset | PathLike, budget: str
       save_to: checkpoint of the chosen model (default ``workdir/searched_model``).
       sensitivity_cache: JSON cache (default ``workdir/sensitivity_cache.json``).
       log: progress printer.
-      **settings: fields of :class:`~deepliflow_jax.study.search.SearchConfig` (e.g.
+      **settings: fields of :class:`~deepliflow_jax.search.config.SearchConfig` (e.g.
         ``ratios``, ``finetune_steps``, ``candidates``, ``groups``).
 
     Returns:
       The result: ``rows`` (every measured model), ``chosen``, ``chosen_checkpoint``,
       ``frontier``, ``additivity``, ``sensitivity``, ``costs``;
-      ``study.search.to_markdown`` / ``plot`` show it.
+      ``search.report.to_markdown`` / ``plot`` show it.
 
     Raises:
       ValueError: bad variables, data or settings (before anything is compiled);
@@ -1019,8 +1019,9 @@ def compression_search(variables: Mapping, data: Dataset | PathLike, budget: str
       ...
       ValueError: budget 'g99' names no reference plan; the references are ['g70h10', ...
     """
-    from deepliflow_jax.study.search import SearchConfig, run_search
-    from deepliflow_jax.study.tradeoff import TradeoffData
+    from deepliflow_jax.search.config import SearchConfig
+    from deepliflow_jax.search.data import TradeoffData
+    from deepliflow_jax.search.run import run_search
 
     params = _check_variables(variables)["params"]
     data = _checked_data(data, None, "compression_search", "val")
@@ -1034,7 +1035,7 @@ def compression_search(variables: Mapping, data: Dataset | PathLike, budget: str
         cfg = SearchConfig(budget=budget, **settings)
     except TypeError as err:
         raise ValueError(f"compression_search: {err}; the settings are the fields of "
-                         "deepliflow_jax.study.search.SearchConfig") from err
+                         "deepliflow_jax.search.config.SearchConfig") from err
     batches = data.val_batches(data.num_samples)
     if len(batches) != 1:
         raise ValueError(f"compression_search needs validation frames of one size, got "

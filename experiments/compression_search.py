@@ -13,7 +13,7 @@ the chosen model as a checkpoint (``--save_model``) that ``load_checkpoint`` and
 ``predict_sceneflow`` take. The sensitivities are cached per checkpoint
 (``--sensitivity_cache``): a second run with other budgets skips them.
 
-Library: ``deepliflow_jax.study.search.run_search`` (``dl.compression_search``).
+Library: ``deepliflow_jax.search.run_search`` (``dl.compression_search``).
 """
 
 from __future__ import annotations
@@ -74,9 +74,8 @@ def main(argv):
     import json
     from pathlib import Path
 
+    from deepliflow_jax import search as se
     from deepliflow_jax.fileio import write_text_atomic
-    from deepliflow_jax.study import search as se
-    from deepliflow_jax.study import tradeoff as tr
     from deepliflow_jax.train.trainer import enable_compilation_cache
 
     groups = se.LAYER_GROUPS
@@ -101,10 +100,10 @@ def main(argv):
                          f"{FLAGS.output_prefix}.{{json,md,png}}")
     enable_compilation_cache()
     work = Path(FLAGS.workdir)
-    data = tr.data_beside(FLAGS.checkpoint, FLAGS.data_dir, work, FLAGS.seed)
+    data = se.data_beside(FLAGS.checkpoint, FLAGS.data_dir, work, FLAGS.seed)
     print(data.description, flush=True)
-    baseline = tr.baseline_params(FLAGS.checkpoint, data,
-                                  tr.TradeoffConfig(pretrain_steps=FLAGS.pretrain_steps,
+    baseline = se.baseline_params(FLAGS.checkpoint, data,
+                                  se.TradeoffConfig(pretrain_steps=FLAGS.pretrain_steps,
                                                     seed=FLAGS.seed),
                                   work / "baseline_checkpoint")
     try:

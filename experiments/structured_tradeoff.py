@@ -46,7 +46,7 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 
 
 def _plans(specs):
-    from deepliflow_jax.study.tradeoff import parse_plan
+    from deepliflow_jax.search import parse_plan
 
     try:
         return tuple(parse_plan(spec) for spec in specs)
@@ -60,7 +60,7 @@ def main(argv):
     import json
     from pathlib import Path
 
-    from deepliflow_jax.study import tradeoff as tr
+    from deepliflow_jax import search as tr
     from deepliflow_jax.train.trainer import enable_compilation_cache
 
     try:
@@ -87,9 +87,9 @@ def main(argv):
     prefix = Path(FLAGS.output_prefix)
     write_text_atomic(prefix.with_suffix(".json"),
                       json.dumps(result, indent=2, default=float) + "\n")
-    write_text_atomic(prefix.with_suffix(".md"), tr.to_markdown(result))
-    tr.plot(result, prefix.with_suffix(".png"))
-    print(tr.to_markdown(result))
+    write_text_atomic(prefix.with_suffix(".md"), tr.tradeoff_markdown(result))
+    tr.tradeoff_plot(result, prefix.with_suffix(".png"))
+    print(tr.tradeoff_markdown(result))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from deepliflow_jax.compress.export import pack_params, unpack_params
 from deepliflow_jax.compress.prune import prune
 from deepliflow_jax.compress.quantize import QuantConfig
 from deepliflow_jax.compress.transforms import compress, get_bits, get_masks
-from deepliflow_jax.study.tradeoff import dir_size
+from deepliflow_jax.search.size import dir_size
 
 RNG = np.random.RandomState(0)
 PARAMS = {

@@ -8,7 +8,31 @@ import json
 import numpy as np
 import pytest
 
-from deepliflow_jax.study import search as S
+from deepliflow_jax.search.budget import Budget
+from deepliflow_jax.search.config import SearchConfig
+from deepliflow_jax.search.costs import predicted_latency
+from deepliflow_jax.search.plans import (
+    LAYER_GROUPS,
+    Choice,
+    check_groups,
+    fake_quantize,
+    group_ratios,
+    plan_bits,
+    plan_label,
+    ratio_spec,
+    sparsify,
+)
+from deepliflow_jax.search.report import plot, to_markdown
+from deepliflow_jax.search.run import run_search
+from deepliflow_jax.search.sensitivity import measure_sensitivity
+from deepliflow_jax.search.size import SizeModel, leaf_bytes
+from deepliflow_jax.search.solver import (
+    InfeasibleBudgetError,
+    pareto_front,
+    search_candidates,
+    solve,
+    within_budget,
+)
 
 CTX = ("context", r"^context_network/")
 EST6 = ("estimator6", r"^scene_flow_estimator_6/")
@@ -36,10 +60,10 @@ def test_solve_is_exact_on_random_tables():
         for need in (1.0, 5.0, 9.0, 14.0):
             best = _brute(options, need)
             if best is None:
-                with pytest.raises(S.InfeasibleBudgetError):
-                    S.solve(options, need, resolution=int(need))
+                with pytest.raises(InfeasibleBudgetError):
+                    solve(options, need, resolution=int(need))
                 continue
-            choice, delta, saving = S.solve(options, need, resolution=int(need))  # unit 1: exact
+            choice, delta, saving = solve(options, need, resolution=int(need))  # unit 1: exact
             assert delta == pytest.approx(best), (trial, need)
             picked = [next(o for o in options[g] if o[0] == c) for g, c in choice.items()]
             assert saving == pytest.approx(sum(o[2] for o in picked)) and saving >= need
@@ -49,19 +73,19 @@ def test_solve_is_exact_on_random_tables():
 def test_solve_prefers_the_larger_saving_on_ties_and_rejects_bad_input():
     options = {"a": [("a0", 0.0, 0.0), ("a1", 0.1, 2.0), ("a2", 0.1, 3.0)],
                "b": [("b0", 0.0, 0.0), ("b1", 0.5, 5.0)]}
-    assert S.solve(options, 2.0) == ({"a": "a2", "b": "b0"}, pytest.approx(0.1), 3.0)
-    assert S.solve(options, 4.0)[0] == {"a": "a0", "b": "b1"}
-    assert S.solve(options, 5.5)[0] == {"a": "a2", "b": "b1"}  # tie: the larger saving
-    assert S.solve(options, -1.0)[0] == {"a": "a0", "b": "b0"}  # nothing needed
-    with pytest.raises(S.InfeasibleBudgetError, match="add up to 8, 9 are needed"):
-        S.solve(options, 9.0)
+    assert solve(options, 2.0) == ({"a": "a2", "b": "b0"}, pytest.approx(0.1), 3.0)
+    assert solve(options, 4.0)[0] == {"a": "a0", "b": "b1"}
+    assert solve(options, 5.5)[0] == {"a": "a2", "b": "b1"}  # tie: the larger saving
+    assert solve(options, -1.0)[0] == {"a": "a0", "b": "b0"}  # nothing needed
+    with pytest.raises(InfeasibleBudgetError, match="add up to 8, 9 are needed"):
+        solve(options, 9.0)
     with pytest.raises(ValueError, match="layer group 'c' has no option"):
-        S.solve({**options, "c": []}, 1.0)
+        solve({**options, "c": []}, 1.0)
     # savings are rounded down to units of need / resolution: 2.4 + 2.4 never pass for 5
     near = {"a": [("a0", 0.0, 0.0), ("a1", 0.1, 2.4)], "b": [("b0", 0.0, 0.0), ("b1", 0.1, 2.4)],
             "c": [("c0", 0.0, 0.0), ("c1", 0.5, 5.0)]}
-    assert S.solve(near, 5.0, resolution=10) == ({"a": "a0", "b": "b0", "c": "c1"}, 0.5, 5.0)
-    assert S.solve(near, 4.8, resolution=10)[0] == {"a": "a1", "b": "b1", "c": "c0"}
+    assert solve(near, 5.0, resolution=10) == ({"a": "a0", "b": "b0", "c": "c1"}, 0.5, 5.0)
+    assert solve(near, 4.8, resolution=10)[0] == {"a": "a1", "b": "b1", "c": "c0"}
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -89,18 +113,18 @@ def _costs(delta, blocks, option_ms, dense_ms=100.0):
 
 def test_latency_candidates_meet_the_budget_with_the_best_plan_first():
     groups, sens, costs = _tables()
-    found = S.search_candidates(groups, sens, 75.0, "latency", costs=costs,
+    found = search_candidates(groups, sens, 75.0, "latency", costs=costs,
                                 margins=(0.0, 0.05, 0.1), count=3)
     # 25 ms to save: a0.5 + b0.5 (delta 0.12) beats a0.7 (0.30), b0.7 + a0.5 (0.15), c (0.5)
-    assert found[0]["plan"] == {"a": S.Choice(0.5), "b": S.Choice(0.5)}
+    assert found[0]["plan"] == {"a": Choice(0.5), "b": Choice(0.5)}
     assert found[0]["delta_epe"] == pytest.approx(0.12)
     assert found[0]["predicted_ms"] == pytest.approx(70.0)
     for c, limit in zip(found, (75.0, 71.25, 67.5), strict=False):
         assert c["predicted_ms"] <= limit + 1e-9
     # 5 % tighter still fits a0.5 + b0.5 (70 ms): not repeated; 10 % needs 32.5 ms
     assert [c["margin"] for c in found] == [0.0, 0.1]
-    assert found[1]["plan"] == {"a": S.Choice(0.5), "b": S.Choice(0.7)}
-    assert S.plan_label(found[1]["plan"], groups) == "a r0.5, b r0.7"
+    assert found[1]["plan"] == {"a": Choice(0.5), "b": Choice(0.7)}
+    assert plan_label(found[1]["plan"], groups) == "a r0.5, b r0.7"
 
 
 def test_groups_pruning_one_block_multiply_and_the_search_checks_it():
@@ -108,31 +132,31 @@ def test_groups_pruning_one_block_multiply_and_the_search_checks_it():
     groups, sens, costs = _costs({"a": {0.5: 0.1, 0.7: 0.5}, "b": {0.5: 0.1}}, {"X": 100.0},
                                  {"a": {0.5: {"X": 50.0}, 0.7: {"X": 30.0}},
                                   "b": {0.5: {"X": 50.0}}})
-    assert S.predicted_latency(costs, {"a": 0.5, "b": 0.5}) == pytest.approx(25.0)
-    assert S.predicted_latency(costs, {"a": 0.7, "b": 0.0}) == pytest.approx(30.0)
-    assert S.predicted_latency(costs, {"a": 0.3}) is None  # not measured
+    assert predicted_latency(costs, {"a": 0.5, "b": 0.5}) == pytest.approx(25.0)
+    assert predicted_latency(costs, {"a": 0.7, "b": 0.0}) == pytest.approx(30.0)
+    assert predicted_latency(costs, {"a": 0.3}) is None  # not measured
     # 40 ms: a0.5 + b0.5 (25 ms) is the cheapest in EPE
-    assert S.search_candidates(groups, sens, 40.0, "latency", costs=costs)[0]["plan"] == {
-        "a": S.Choice(0.5), "b": S.Choice(0.5)}
+    assert search_candidates(groups, sens, 40.0, "latency", costs=costs)[0]["plan"] == {
+        "a": Choice(0.5), "b": Choice(0.5)}
     # 20 ms: the summed savings (100 ms) would accept a0.5 + b0.5, its real 25 ms does not
     for limit in (20.0, 24.999):  # also when the real time misses by a hair
-        found = S.search_candidates(groups, sens, limit, "latency", costs=costs)
-        assert found[0]["plan"] == {"a": S.Choice(0.7), "b": S.Choice(0.5)}
+        found = search_candidates(groups, sens, limit, "latency", costs=costs)
+        assert found[0]["plan"] == {"a": Choice(0.7), "b": Choice(0.5)}
         assert found[0]["predicted_ms"] == pytest.approx(15.0)
-    with pytest.raises(S.InfeasibleBudgetError, match="predicted at 15 ms"):
-        S.search_candidates(groups, sens, 14.0, "latency", costs=costs)
+    with pytest.raises(InfeasibleBudgetError, match="predicted at 15 ms"):
+        search_candidates(groups, sens, 14.0, "latency", costs=costs)
 
 
 def test_an_unreachable_budget_is_a_clear_error():
     groups, sens, costs = _tables()
-    with pytest.raises(S.InfeasibleBudgetError) as err:
-        S.search_candidates(groups, sens, 10.0, "latency", costs=costs)
+    with pytest.raises(InfeasibleBudgetError) as err:
+        search_candidates(groups, sens, 10.0, "latency", costs=costs)
     assert str(err.value) == (
         "budget 10 ms is out of reach of the search space: the most compressed plan (a r0.7, "
         "b r0.7, c r0.7) is predicted at 15 ms (dense 100 ms); raise the budget or allow "
         "larger ratios, fewer bits or more sparsity")
     # a budget above the dense model's time keeps it dense
-    assert S.search_candidates(groups, sens, 120.0, "latency", costs=costs)[0]["plan"] == {}
+    assert search_candidates(groups, sens, 120.0, "latency", costs=costs)[0]["plan"] == {}
 
 
 def test_size_candidates_use_bits_and_sparsity_and_meet_the_exact_size(variables):
@@ -140,38 +164,38 @@ def test_size_candidates_use_bits_and_sparsity_and_meet_the_exact_size(variables
     sens = {"delta": {"context": {"ratio": {0.5: 0.4}, "bits": {8: 0.001}, "percent": {50.0: 0.02}},
                       "estimator6": {"ratio": {0.5: 0.3}, "bits": {8: 0.002},
                                      "percent": {50.0: 0.5}}}}
-    model = S.SizeModel(variables["params"], groups, disk_factor={0: 0.9, 8: 0.7})
+    model = SizeModel(variables["params"], groups, disk_factor={0: 0.9, 8: 0.7})
     dense = model.disk_bytes({})
     # 8 bits in both groups save 3.19 MB; with half of the context's parameters zeroed 3.32
     limit = dense - 3.25e6
-    found = S.search_candidates(groups, sens, limit, "size", size_model=model, count=2,
+    found = search_candidates(groups, sens, limit, "size", size_model=model, count=2,
                                 margins=(0.0, 0.02))
     # 8 bits are nearly free; context sparsity is the cheapest further saving
-    assert found[0]["plan"] == {"context": S.Choice(bits=8, percent=50.0),
-                                "estimator6": S.Choice(bits=8)}
+    assert found[0]["plan"] == {"context": Choice(bits=8, percent=50.0),
+                                "estimator6": Choice(bits=8)}
     for c in found:
         assert c["predicted_bytes"] == pytest.approx(model.disk_bytes(c["plan"]))
         assert c["predicted_bytes"] <= limit
-    with pytest.raises(S.InfeasibleBudgetError, match="budget 1 MB is out of reach"):
-        S.search_candidates(groups, sens, 1e6, "size", size_model=model)
+    with pytest.raises(InfeasibleBudgetError, match="budget 1 MB is out of reach"):
+        search_candidates(groups, sens, 1e6, "size", size_model=model)
 
 
 def test_budget_forms_and_errors():
-    assert S.Budget.parse("120ms") == S.Budget("latency_ms", 120.0)
-    assert S.Budget.parse(" 5.5MB") == S.Budget("size_mb", 5.5)
-    assert S.Budget.parse("2x") == S.Budget("speedup", 2.0)
-    assert S.Budget.parse("g70h10") == S.Budget("reference", "g70h10")
-    assert S.Budget.parse("2x").measure == "latency" and S.Budget.parse("1mb").measure == "size"
+    assert Budget.parse("120ms") == Budget("latency_ms", 120.0)
+    assert Budget.parse(" 5.5MB") == Budget("size_mb", 5.5)
+    assert Budget.parse("2x") == Budget("speedup", 2.0)
+    assert Budget.parse("g70h10") == Budget("reference", "g70h10")
+    assert Budget.parse("2x").measure == "latency" and Budget.parse("1mb").measure == "size"
     # every kind is described in the log, the default (a reference plan's name) included
-    assert [S.Budget.parse(t).describe() for t in ("120ms", "5.5MB", "2x", "g70h10")] == [
+    assert [Budget.parse(t).describe() for t in ("120ms", "5.5MB", "2x", "g70h10")] == [
         "120 ms", "5.5 MB", "2x faster than dense", "as fast as g70h10"]
     with pytest.raises(ValueError, match="the speedup must be a positive number"):
-        S.Budget.parse("0x")
+        Budget.parse("0x")
     with pytest.raises(ValueError, match="expected a latency like '120ms'"):
-        S.Budget.parse("fast!")
+        Budget.parse("fast!")
     with pytest.raises(ValueError, match=r"budget 'g99' names no reference plan; the references "
                                          r"are \['g70h10', 'g70h30', 'g70', 'uniform30'"):
-        S.SearchConfig(budget="g99")
+        SearchConfig(budget="g99")
 
 
 # ----------------------------------------------------------------------------- plans and sizes
@@ -181,21 +205,21 @@ def test_groups_and_reference_ratios(variables):
     from deepliflow_jax.model.channels import widths_of
 
     widths = widths_of(variables)
-    members = S.check_groups(S.LAYER_GROUPS, widths)
+    members = check_groups(LAYER_GROUPS, widths)
     assert sorted(c for cs in members.values() for c in cs) == sorted(widths)  # a partition
     assert members["fused"] == [f"guidance_network/fusion/convconcat_refine_d{k}"
                                 for k in range(5)]
-    ratios = S.group_ratios({"guidance_network": 0.7, "scene_flow_estimator|context_network":
-                             0.1}, S.LAYER_GROUPS, widths)
+    ratios = group_ratios({"guidance_network": 0.7, "scene_flow_estimator|context_network":
+                             0.1}, LAYER_GROUPS, widths)
     assert ratios == {**{g: 0.7 for g in ("rgb", "depth", "fusion", "fused")},
                       **{f"estimator{lv}": 0.1 for lv in (6, 5, 4, 3, 2)}, "context": 0.1}
-    assert S.group_ratios({"rgb_encoder": 0.5}, S.LAYER_GROUPS, widths) is None  # splits "rgb"
-    assert S.group_ratios(0.3, (CTX,), widths) is None  # prunes outside the groups
+    assert group_ratios({"rgb_encoder": 0.5}, LAYER_GROUPS, widths) is None  # splits "rgb"
+    assert group_ratios(0.3, (CTX,), widths) is None  # prunes outside the groups
     with pytest.raises(ValueError, match="channel group context_network/conv1 is in layer "
                                          "groups 'context' and 'c1'"):
-        S.check_groups((CTX, ("c1", "context_network/conv1$")), widths)
+        check_groups((CTX, ("c1", "context_network/conv1$")), widths)
     with pytest.raises(ValueError, match="layer group 'x' .* matches no channel group"):
-        S.check_groups((("x", "^nothing/"),), widths)
+        check_groups((("x", "^nothing/"),), widths)
 
 
 def test_size_model_has_the_pruned_models_shapes_and_the_packed_bytes(variables):
@@ -205,10 +229,10 @@ def test_size_model_has_the_pruned_models_shapes_and_the_packed_bytes(variables)
     from deepliflow_jax.compress.quantize import QuantConfig
     from deepliflow_jax.compress.structured import structured_prune
 
-    plan = {"rgb": S.Choice(0.5), "fused": S.Choice(0.3, 8), "estimator2": S.Choice(0.7, 0, 30.0)}
-    model = S.SizeModel(variables["params"], S.LAYER_GROUPS)
+    plan = {"rgb": Choice(0.5), "fused": Choice(0.3, 8), "estimator2": Choice(0.7, 0, 30.0)}
+    model = SizeModel(variables["params"], LAYER_GROUPS)
     leaves = {k: (n, b, p) for k, n, b, p in model.leaves(plan)}
-    pruned = structured_prune(variables, S.ratio_spec(plan, S.LAYER_GROUPS))
+    pruned = structured_prune(variables, ratio_spec(plan, LAYER_GROUPS))
     flat = flax.traverse_util.flatten_dict(pruned.variables["params"], sep="/")
     assert set(flat) == set(leaves)
     assert {k: np.size(v) for k, v in flat.items()} == {k: v[0] for k, v in leaves.items()}
@@ -223,20 +247,20 @@ def test_size_model_has_the_pruned_models_shapes_and_the_packed_bytes(variables)
         arrays, layout = pack_params({"w": x}, quant=QuantConfig(bits=bits or 8),
                                      bits={"w": bits})
         nonzero = layout["leaves"]["w"]["nonzero"]
-        assert S.leaf_bytes(x.size, bits, nonzero, True) == sum(a.nbytes for a in
+        assert leaf_bytes(x.size, bits, nonzero, True) == sum(a.nbytes for a in
                                                                  arrays.values()), (bits, zeros)
-    assert S.leaf_bytes(100, 0, 3, False) == 400
+    assert leaf_bytes(100, 0, 3, False) == 400
 
 
 def test_bits_and_sparsity_touch_only_their_group(variables):
     import flax
 
     params = variables["params"]
-    plan = {"context": S.Choice(bits=6, percent=40.0), "estimator6": S.Choice(0.5)}
-    bits = flax.traverse_util.flatten_dict(S.plan_bits(params, plan, (CTX, EST6)), sep="/")
+    plan = {"context": Choice(bits=6, percent=40.0), "estimator6": Choice(0.5)}
+    bits = flax.traverse_util.flatten_dict(plan_bits(params, plan, (CTX, EST6)), sep="/")
     assert {k for k, b in bits.items() if b} == {k for k in bits if k.startswith("context_")}
     assert set(bits.values()) == {0, 6}
-    pruned, masks = S.sparsify(params, plan, (CTX, EST6))
+    pruned, masks = sparsify(params, plan, (CTX, EST6))
     flat = flax.traverse_util.flatten_dict(pruned, sep="/")
     ctx = np.concatenate([np.ravel(v) for k, v in flat.items() if k.startswith("context_")])
     assert np.mean(ctx == 0) == pytest.approx(0.40, abs=1e-4)
@@ -251,7 +275,7 @@ def test_bits_and_sparsity_touch_only_their_group(variables):
             "other": {"kernel": rng.normal(size=(4, 4))}}
     tree = {k: {n: {a: np.float32(b) for a, b in v.items()} if isinstance(v, dict)
                 else np.float32(v) for n, v in d.items()} for k, d in tree.items()}
-    got = flax.traverse_util.flatten_dict(S.fake_quantize(tree, CTX[1], 5), sep="/")
+    got = flax.traverse_util.flatten_dict(fake_quantize(tree, CTX[1], 5), sep="/")
     want = flax.traverse_util.flatten_dict(
         quantize_tree(tree, QuantConfig(bits=5, include=CTX[1])), sep="/")
     for k in want:
@@ -269,10 +293,10 @@ def test_trainer_state_takes_per_leaf_bits_and_masks(small_variables):
     from deepliflow_jax.train.trainer import Trainer
 
     params = small_variables["params"]
-    plan = {"context": S.Choice(bits=6, percent=50.0)}
-    pruned, masks = S.sparsify(params, plan, (CTX,))
+    plan = {"context": Choice(bits=6, percent=50.0)}
+    pruned, masks = sparsify(params, plan, (CTX,))
     state = Trainer(widths=widths_of(params)).new_state(
-        pruned, masks=masks, bits=S.plan_bits(params, plan, (CTX,)))
+        pruned, masks=masks, bits=plan_bits(params, plan, (CTX,)))
     bits = flax.traverse_util.flatten_dict(find_state(state.opt_state, QuantState).bits,
                                            sep="/")
     assert {k: int(b) for k, b in bits.items() if b} == {
@@ -283,7 +307,7 @@ def test_trainer_state_takes_per_leaf_bits_and_masks(small_variables):
     assert np.all(kept["scene_flow_estimator_2/conv1/kernel"])
     # a structured model's conf_mass (the removed inputs' weight mass) stays float
     depth = flax.traverse_util.flatten_dict(
-        S.plan_bits(params, {"depth": S.Choice(bits=8)}, S.LAYER_GROUPS), sep="/")
+        plan_bits(params, {"depth": Choice(bits=8)}, LAYER_GROUPS), sep="/")
     assert depth["guidance_network/depth_decoder/refine1/conf_mass"] == 0
     assert depth["guidance_network/depth_decoder/refine1/kernels"] == 8
 
@@ -313,7 +337,7 @@ def test_sensitivity_options_and_cache(variables, tmp_path):
         return {"epe": 1.0 + 0.01 * len(calls), "sf": 0.0}
 
     cache = tmp_path / "sens.json"
-    out = S.measure_sensitivity(params, val, (CTX, EST6), (0.5,), (6,), (40.0,), cache=cache,
+    out = measure_sensitivity(params, val, (CTX, EST6), (0.5,), (6,), (40.0,), cache=cache,
                                 evaluate=evaluate, log=lambda _: None)
     assert calls[0] == ([], {})  # the base model
     ratio_ctx, bits_ctx, pct_ctx = calls[1:4]
@@ -333,29 +357,29 @@ def test_sensitivity_options_and_cache(variables, tmp_path):
     def fail(p, masks):
         raise AssertionError("evaluated although cached")
 
-    again = S.measure_sensitivity(params, val, (CTX, EST6), (0.5,), (6,), (40.0,), cache=cache,
+    again = measure_sensitivity(params, val, (CTX, EST6), (0.5,), (6,), (40.0,), cache=cache,
                                   evaluate=fail, log=lambda _: None)
     assert again["delta"] == out["delta"] and (again["evaluated"], again["cached"]) == (0, 6)
     calls.clear()
     other = flax.traverse_util.flatten_dict(params, sep="/")
     other["context_network/conv1/bias"] = other["context_network/conv1/bias"] + 1.0
-    fresh = S.measure_sensitivity(flax.traverse_util.unflatten_dict(other, sep="/"), val,
+    fresh = measure_sensitivity(flax.traverse_util.unflatten_dict(other, sep="/"), val,
                                   (CTX,), (0.5,), cache=cache, evaluate=evaluate,
                                   log=lambda _: None)
     assert len(calls) == 2 and fresh["evaluated"] == 1 and fresh["key"] != out["key"]
     assert len(json.loads(cache.read_text())["entries"]) == 2  # one entry per checkpoint
     calls.clear()
-    more = S.measure_sensitivity(params, val, (CTX,), (0.5, 0.25), (), (), cache=cache,
+    more = measure_sensitivity(params, val, (CTX,), (0.5, 0.25), (), (), cache=cache,
                                  evaluate=evaluate, log=lambda _: None)
     assert len(calls) == 1 and (more["evaluated"], more["cached"]) == (1, 1)
     cache.write_text("{broken")
     with pytest.raises(ValueError, match="sensitivity cache .*sens.json is not readable JSON"):
-        S.measure_sensitivity(params, val, (CTX,), (0.5,), cache=cache, evaluate=fail)
+        measure_sensitivity(params, val, (CTX,), (0.5,), cache=cache, evaluate=fail)
 
 
 def test_pareto_front():
     pts = [("dense", 100, 3.0), ("a", 50, 3.2), ("b", 60, 3.5), ("c", 40, 4.0), ("d", 50, 3.1)]
-    assert S.pareto_front(pts) == ["c", "d", "dense"]
+    assert pareto_front(pts) == ["c", "d", "dense"]
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -368,14 +392,15 @@ def test_tiny_search_end_to_end(variables, tiny_data, tmp_path):
 
     import deepliflow_jax as dl
     from deepliflow_jax.checkpoint import checkpoint_widths, load_checkpoint, load_metadata
-    from deepliflow_jax.study.tradeoff import TradeoffData, evaluate_outputs
+    from deepliflow_jax.search.data import TradeoffData
+    from deepliflow_jax.search.measure import evaluate_outputs
 
     val = tiny_data.val_batches(tiny_data.num_samples)[0]
     data = TradeoffData(tiny_data.train_batch, val, tiny_data.num_samples, "tiny world")
-    cfg = S.SearchConfig(budget="27.6MB", groups=(CTX, EST6), ratios=(0.5,), bits=(8,),
+    cfg = SearchConfig(budget="27.6MB", groups=(CTX, EST6), ratios=(0.5,), bits=(8,),
                          percents=(), margins=(0.0,), candidates=1, uniform=(), plans=(),
                          finetune_steps=0, repeats=1, block_repeats=1, warmup=0)
-    result = S.run_search(cfg, data, variables, tmp_path / "work",
+    result = run_search(cfg, data, variables, tmp_path / "work",
                           save_to=tmp_path / "chosen", log=lambda _: None)
     rows = {r["name"]: r for r in result["rows"]}
     assert set(rows) == {"dense", "searched1"} and result["chosen"] == "searched1"
@@ -397,15 +422,15 @@ def test_tiny_search_end_to_end(variables, tiny_data, tmp_path):
     assert result["sensitivity"]["evaluated"] == 4 and result["costs"]["saved_ms"].keys() == {
         "context", "estimator6"}
     assert result["costs"]["changed_blocks"]["context"]["0.5"] == ["context network"]
-    md = S.to_markdown(result)
+    md = to_markdown(result)
     assert "**Chosen: `searched1`**" in md and "| context |" in md
-    S.plot(result, tmp_path / "frontier.png")
+    plot(result, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     assert jax.tree.leaves(loaded)
 
 
 def test_the_scripts_find_the_world_beside_the_checkpoint_or_make_one(tmp_path):
-    from deepliflow_jax.study import tradeoff as tr
+    from deepliflow_jax.search import data as tr
 
     ckpt = tmp_path / "study" / "baseline_checkpoint"
     made = tr.data_beside(ckpt, None, tmp_path / "work")  # no world beside it: made in work
@@ -431,10 +456,10 @@ def test_the_machine_load_is_described_or_said_missing():
 def test_the_pareto_front_drops_points_dominated_by_any_earlier_point():
     # "late" is dominated by "first" (cheaper and better), not by its predecessor "mid"
     pts = [("first", 10, 2.0), ("mid", 20, 3.0), ("late", 30, 2.5), ("best", 40, 1.0)]
-    assert S.pareto_front(pts) == ["first", "best"]
+    assert pareto_front(pts) == ["first", "best"]
     # two points with equal EPE: the cheaper one stays, once; equal cost and EPE: one
-    assert S.pareto_front([("x", 50, 2.0), ("y", 40, 2.0)]) == ["y"]
-    assert len(S.pareto_front([("x", 40, 2.0), ("y", 40, 2.0)])) == 1
+    assert pareto_front([("x", 50, 2.0), ("y", 40, 2.0)]) == ["y"]
+    assert len(pareto_front([("x", 40, 2.0), ("y", 40, 2.0)])) == 1
 
 
 def test_a_budget_equal_to_the_cost_is_met():
@@ -442,11 +467,11 @@ def test_a_budget_equal_to_the_cost_is_met():
     and in the final check (the measurement, e.g. a reference's own time)."""
     groups, sens, costs = _tables()
     # a0.5 + b0.5 is predicted at exactly 70 ms, the best plan for 70 ms (delta 0.12)
-    found = S.search_candidates(groups, sens, 70.0, "latency", costs=costs, count=1)
-    assert found[0]["plan"] == {"a": S.Choice(0.5), "b": S.Choice(0.5)}
+    found = search_candidates(groups, sens, 70.0, "latency", costs=costs, count=1)
+    assert found[0]["plan"] == {"a": Choice(0.5), "b": Choice(0.5)}
     assert found[0]["predicted_ms"] == 70.0
     # the final check: "as fast as g70" (g70's own median) accepts g70; a limit computed
     # from other numbers (dense / speedup) is met by a cost equal up to its rounding
-    assert S.within_budget(83.25, 83.25)
-    assert S.within_budget(0.1 + 0.2, 0.3)
-    assert not S.within_budget(70.0 * (1 + 1e-6), 70.0)
+    assert within_budget(83.25, 83.25)
+    assert within_budget(0.1 + 0.2, 0.3)
+    assert not within_budget(70.0 * (1 + 1e-6), 70.0)

@@ -10,7 +10,7 @@ from deepliflow_jax.compress import int8
 from deepliflow_jax.compress.quantize import fake_quant
 from deepliflow_jax.compress.structured import structured_prune
 from deepliflow_jax.model.layers import Conv, ConvTranspose
-from deepliflow_jax.study.tradeoff import dir_size
+from deepliflow_jax.search.size import dir_size
 
 
 def _layer(kind, rng, cin=5, cout=7):

@@ -1,7 +1,7 @@
 """The import layers of pyproject.toml's import-linter contracts hold.
 
 Each layer imports only from those below it (model, data; losses, metrics, vis,
-predict; compress; checkpoint; train; profile; study; api), and the library never
+predict; compress; checkpoint; train; profile; study; search; api), and the library never
 imports ``weights_convert`` or ``experiments``. Function-level imports count too.
 """
 
@@ -42,6 +42,12 @@ def _copy_tree(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("module, upward, contract", [
     # a block of the model reaching up into the study, even inside a function
     ("deepliflow_jax/model/layers.py", "    from deepliflow_jax.study import runner\n",
+     "deepliflow_jax layers point down"),
+    # the study reaching up into the compression tools, even inside a function
+    ("deepliflow_jax/study/runner.py", "    from deepliflow_jax.search import run\n",
+     "deepliflow_jax layers point down"),
+    # the compression tools reaching up into the API
+    ("deepliflow_jax/search/plans.py", "import deepliflow_jax.api\n",
      "deepliflow_jax layers point down"),
     # compress importing the trainer
     ("deepliflow_jax/compress/prune.py", "import deepliflow_jax.train.step\n",

@@ -21,9 +21,9 @@ from deepliflow_jax.compress.quantize import check_bits
 from deepliflow_jax.profile.inputs import check_sizes
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.scalars import check_number
+from deepliflow_jax.search.config import SearchConfig
+from deepliflow_jax.search.tradeoff import TradeoffConfig
 from deepliflow_jax.study.config import make_config
-from deepliflow_jax.study.search import SearchConfig
-from deepliflow_jax.study.tradeoff import TradeoffConfig
 
 FLOAT_1E4 = (1e-4, np.float32(1e-4), jnp.float32(1e-4), np.asarray(1e-4, np.float32),
              jnp.asarray(1e-4, jnp.bfloat16))

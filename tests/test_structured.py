@@ -170,7 +170,7 @@ def test_pruning_a_pruned_model_and_fine_tuning_it():
     fine-tuning step is the executable the study compiled (same shapes and batch)."""
     from deepliflow_jax.model.api import init_params
     from deepliflow_jax.profile.inputs import make_ground_truth
-    from deepliflow_jax.study.tradeoff import fine_tune
+    from deepliflow_jax.search.finetune import fine_tune
     from deepliflow_jax.train.trainer import Trainer
 
     start = init_params(0, widths=uniform_widths(24), bias_std=0.1)

@@ -1,20 +1,24 @@
 """The structured trade-off's table rows and target check, and the run-time harness's
 structured and int8 builders (built and traced; the one compile is the int8 calibration)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from deepliflow_jax.profile.timer import summarize
-from deepliflow_jax.study import tradeoff as to
+from deepliflow_jax.search.measure import Candidate
+from deepliflow_jax.search.report import tradeoff_markdown
+from deepliflow_jax.search.tradeoff import TradeoffConfig, _row, target_check
 
 
 def _cand(name, ratio, int8, params, disk_mb, ms, epe, flops=None):
     metrics = {"epe": epe, "d0": 1.0, "d1": 2.0, "fl": 3.0, "sf": 4.0}
     times = [t / 1e3 for t in (ms * 0.9, ms, ms, ms * 1.1)]
     info = {"flops": flops, "conv_gflops_eq3": 1.5, "compile_s": 2.0}
-    return to.Candidate(name, ratio, int8, params, int(disk_mb * 1e6), None, (), info,
+    return Candidate(name, ratio, int8, params, int(disk_mb * 1e6), None, (), info,
                         {"metrics": metrics}, summarize(times))
 
 
@@ -28,7 +32,7 @@ def _rows():
         _cand("pruned10", 0.1, False, 7_000_000, 28.0, 90.0, 1.5),     # 88 % of the disk
     ]
     refs = {"dense": cands[0], "dense_ft": cands[1]}
-    return [to._row(c, cands[0], refs) for c in cands]
+    return [_row(c, cands[0], refs) for c in cands]
 
 
 def test_tradeoff_rows_hold_the_measured_ratios():
@@ -47,13 +51,13 @@ def test_tradeoff_rows_hold_the_measured_ratios():
 
 def test_tradeoff_target_needs_all_three_and_depends_on_the_reference():
     rows = _rows()
-    vs_dense = to.target_check(rows, "dense")
+    vs_dense = target_check(rows, "dense")
     assert vs_dense == {"met": True, "reference": "dense", "best": "pruned70",
                         "candidates": ["pruned50", "pruned70"]}
-    vs_ft = to.target_check(rows, "dense_ft")
+    vs_ft = target_check(rows, "dense_ft")
     assert vs_ft == {"met": True, "reference": "dense_ft", "best": "pruned50",
                      "candidates": ["pruned50"]}
-    assert to.target_check(rows[:2] + rows[3:4], "dense") == {
+    assert target_check(rows[:2] + rows[3:4], "dense") == {
         "met": False, "reference": "dense", "best": None, "candidates": []}
 
 
@@ -62,11 +66,11 @@ def test_tradeoff_markdown_rows_and_verdicts():
     result = {"environment": {"platform": "cpu", "cpu": "test", "cpu_count": 2,
                               "versions": {"jax": jax.__version__}},
               "timed_input": [1, 2, 64, 192, 4], "data": "hand-made rows",
-              "config": {**to.dataclasses.asdict(to.TradeoffConfig()), "repeats": 4},
+              "config": {**dataclasses.asdict(TradeoffConfig()), "repeats": 4},
               "rows": rows,
-              "target": {"vs_dense": to.target_check(rows, "dense"),
-                         "vs_dense_ft": to.target_check(rows, "dense_ft")}}
-    lines = to.to_markdown(result).splitlines()
+              "target": {"vs_dense": target_check(rows, "dense"),
+                         "vs_dense_ft": target_check(rows, "dense_ft")}}
+    lines = tradeoff_markdown(result).splitlines()
     assert ("| pruned50 | 50% | no | 3,000,000 (38%) | 12.00 (38%) | nan | 1.50 | 50 (46-54) "
             "| 2.00x | 1.660 | -17.0% | +3.7% | 2.0 | 3.0 | 4.0 |") in lines
     assert ("| dense | 0% | no | 8,000,000 (100%) | 32.00 (100%) | 40.00 | 1.50 | 100 (93-107) "

@@ -250,7 +250,7 @@ def test_tf_bundle_writer_is_whole_or_absent(tmp_path):
 def test_timing_and_trade_off_result_writers(tmp_path):
     from deepliflow_jax.data.io import read_png
     from deepliflow_jax.profile.report import write_results
-    from deepliflow_jax.study import tradeoff
+    from deepliflow_jax.search.report import tradeoff_plot
 
     path = tmp_path / "t" / "result.json"
     check_file_writer(tmp_path / "t", lambda v: write_results({"v": v}, str(path), None),
@@ -263,7 +263,7 @@ def test_timing_and_trade_off_result_writers(tmp_path):
         return {"rows": rows, "environment": {"platform": "cpu"}}
 
     path = tmp_path / "p" / "tradeoff.png"
-    check_file_writer(tmp_path / "p", lambda v: tradeoff.plot(result(v), path),
+    check_file_writer(tmp_path / "p", lambda v: tradeoff_plot(result(v), path),
                       lambda: read_png(path))
 
 
@@ -343,7 +343,7 @@ def test_study_results_folder_is_claimed_by_its_config(tmp_path):
 
 @pytest.mark.slow  # about 30 saves of a small structured model
 def test_trade_off_size_probe_survives_interruptions(small_variables, tmp_path):
-    from deepliflow_jax.study import tradeoff
+    from deepliflow_jax.search import size as tradeoff
 
     # 8 channels per group: 432 kB of tensors. Orbax's OCDBT layout adds a varying number
     # of data files (tens of kB, more under load), which a 1-channel model's 27 kB drowned in

@@ -9,7 +9,7 @@ package top level, ``deepliflow_jax.prune``), so the package attribute names the
 
 Real acceleration: :mod:`.structured` removes whole channels and builds a
 physically smaller network; :mod:`.int8` runs it with integer convolutions;
-``deepliflow_jax.study.tradeoff`` measures both.
+``deepliflow_jax.search`` measures both.
 """
 
 from deepliflow_jax.compress.export import pack_params, unpack_params
