@@ -33,7 +33,8 @@ def forward_calls(monkeypatch):
     """Records the network calls ``predict`` makes instead of compiling them."""
     calls = []
 
-    def record(variables, frames, interp_size=None, out_size=None, dtype=None, widths=None):
+    def record(variables, frames, interp_size=None, out_size=None, dtype=None, widths=None,
+               conv_impl=None):
         calls.append({"shape": frames.shape, "interp_size": interp_size})
         b, _, h, w, _ = frames.shape
         return jax.numpy.zeros((b, h, w, 4)), {}

@@ -132,13 +132,19 @@ def test_whole_int8_model_matches_fake_quant_and_runs_integer_convs(variables):
 
     res = structured_prune(variables, 0.5)
     calib = [make_frames(1, 64, 64, seed=s) for s in range(2)]
-    ranges = int8.calibrate(res.variables, calib)
+    # everything in the reference form: the int8 model and its float reference agree
+    # only up to float summation order, and under the library forms one last-bit
+    # difference flips a requantization somewhere downstream (2.7e-3 relative L2
+    # measured); the integer model in the default form is compared loosely below
+    ranges = int8.calibrate(res.variables, calib, conv_impl="xla")
     q = int8.quantize_int8(res.variables, ranges)
     frames = jnp.asarray(make_frames(1, 64, 64, seed=7))
     report = int8.compiled_int8_report(q, frames, widths=res.widths)
     assert report["integer_convs_ran"] and report["lowered_int8"] == 106
-    got = np.asarray(jax.jit(lambda a, f: int8.int8_apply(a, f, widths=res.widths)[0])(q, frames))
-    ref = np.asarray(jax.jit(lambda v, f: int8.fake_quant_apply(v, ranges, f)[0])(
+    got = np.asarray(jax.jit(lambda a, f: int8.int8_apply(a, f, widths=res.widths,
+                                                          conv_impl="xla")[0])(q, frames))
+    ref = np.asarray(jax.jit(lambda v, f: int8.fake_quant_apply(v, ranges, f,
+                                                                conv_impl="xla")[0])(
         res.variables, frames))
     dense = np.asarray(jax.jit(res.model().apply)(res.variables, frames)[0])
     # identical up to fp32 accumulation order: measured 1.0e-7 relative L2 (CPU), as
@@ -148,3 +154,6 @@ def test_whole_int8_model_matches_fake_quant_and_runs_integer_convs(variables):
     assert rel < 1e-5
     # while int8 itself moves the output noticeably more than that
     assert np.linalg.norm(ref - dense) > np.linalg.norm(got - ref)
+    default = np.asarray(jax.jit(lambda a, f: int8.int8_apply(a, f, widths=res.widths)[0])(
+        q, frames))
+    assert np.linalg.norm(default - got) < 0.5 * np.linalg.norm(ref - dense)

@@ -49,7 +49,7 @@ from deepliflow_jax.model.channels import (
     widths_of,
 )
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
-from deepliflow_jax.model.layers import Conv, ConvTranspose, leaky_relu
+from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, Conv, ConvTranspose, leaky_relu
 from deepliflow_jax.model.widths import freeze_widths
 
 BITS = 8
@@ -104,8 +104,8 @@ def _node(params: Mapping[str, Any], path: str) -> Mapping[str, Any]:
     return node
 
 
-def _model(widths: Any) -> DeepLiDARFlow:
-    return DeepLiDARFlow(widths=freeze_widths(widths))
+def _model(widths: Any, conv_impl: str = CONV_IMPL_DEFAULT) -> DeepLiDARFlow:
+    return DeepLiDARFlow(widths=freeze_widths(widths), conv_impl=conv_impl)
 
 
 def _kind(module: nn.Module) -> str:
@@ -132,7 +132,7 @@ def _recording_interceptor(store: dict[str, Any], paths: Iterable[str]):
 
 def calibrate(variables: Mapping[str, Any], frames_batches: Iterable[Any],
               config: Int8Config = Int8Config(), interp_size=None,
-              widths: Any = "auto") -> dict[str, float]:
+              widths: Any = "auto", conv_impl: str = CONV_IMPL_DEFAULT) -> dict[str, float]:
     """Activation ranges: ``max |input|`` of every integer conv over the batches.
 
     Args:
@@ -141,6 +141,7 @@ def calibrate(variables: Mapping[str, Any], frames_batches: Iterable[Any],
       config: the layers that will run in integer.
       interp_size: network input size, as in ``DeepLiDARFlow.__call__``.
       widths: the model's widths (default: read from ``variables``).
+      conv_impl: the form the model runs in (see :mod:`deepliflow_jax.model.layers`).
 
     Returns:
       ``{layer path: max |x|}`` (float).
@@ -151,7 +152,7 @@ def calibrate(variables: Mapping[str, Any], frames_batches: Iterable[Any],
     if isinstance(widths, str) and widths == "auto":
         widths = architecture_widths(variables)
     paths = _conv_layers(config)
-    model = _model(widths)
+    model = _model(widths, conv_impl)
 
     def ranges(v, frames):
         store: dict[str, Any] = {}
@@ -268,7 +269,8 @@ def _replacing_interceptor(body):
 
 def fake_quant_apply(variables: Mapping[str, Any], act_ranges: Mapping[str, Any],
                      frames: jnp.ndarray, interp_size=None, out_size=None,
-                     config: Int8Config = Int8Config(), widths: Any = "auto"):
+                     config: Int8Config = Int8Config(), widths: Any = "auto",
+                     conv_impl: str = CONV_IMPL_DEFAULT):
     """Float reference of the int8 model (straight-through gradients: usable for QAT).
 
     Activations entering each integer conv are quantize-dequantized with their
@@ -282,6 +284,8 @@ def fake_quant_apply(variables: Mapping[str, Any], act_ranges: Mapping[str, Any]
       frames, interp_size, out_size: as ``DeepLiDARFlow.__call__``.
       config: layer selection.
       widths: the model's widths (default: read from ``variables``).
+      conv_impl: the form of the layers that stay float (normalized convs, cost
+        volume; see :mod:`deepliflow_jax.model.layers`).
 
     Returns:
       ``(sceneflow, aux)``.
@@ -299,7 +303,8 @@ def fake_quant_apply(variables: Mapping[str, Any], act_ranges: Mapping[str, Any]
 
     fparams = _fake_quant_nconv(params) if config.nconv_weights else params
     with _replacing_interceptor(body):
-        return _model(widths).apply({"params": fparams}, frames, interp_size, out_size)
+        return _model(widths, conv_impl).apply({"params": fparams}, frames, interp_size,
+                                               out_size)
 
 
 def _fake_quant_nconv(params: Mapping[str, Any]) -> dict:
@@ -383,7 +388,7 @@ def _float_params(qmodel: Mapping[str, Any]) -> dict:
 
 
 def int8_apply(qmodel: Mapping[str, Any], frames: jnp.ndarray, interp_size=None,
-               out_size=None, widths: Any = None):
+               out_size=None, widths: Any = None, conv_impl: str = CONV_IMPL_DEFAULT):
     """Forward pass of the int8 model with integer convolutions (s8 x s8 -> s32).
 
     Args:
@@ -391,6 +396,8 @@ def int8_apply(qmodel: Mapping[str, Any], frames: jnp.ndarray, interp_size=None,
       frames, interp_size, out_size: as ``DeepLiDARFlow.__call__``.
       widths: the model's channel widths (None = the original network; a
         structured model's must be given, see :func:`int8_widths`).
+      conv_impl: the form of the layers that stay float (normalized convs, cost
+        volume; see :mod:`deepliflow_jax.model.layers`).
 
     Returns:
       ``(sceneflow, aux)``.
@@ -402,8 +409,8 @@ def int8_apply(qmodel: Mapping[str, Any], frames: jnp.ndarray, interp_size=None,
         return None if q is None else integer_conv(module, x, q)
 
     with _replacing_interceptor(body):
-        return _model(widths).apply({"params": _float_params(qmodel)}, frames, interp_size,
-                                    out_size)
+        return _model(widths, conv_impl).apply({"params": _float_params(qmodel)}, frames,
+                                               interp_size, out_size)
 
 
 def float_layout(qmodel: Mapping[str, Any]) -> dict[str, Any]:

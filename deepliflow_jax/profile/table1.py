@@ -30,6 +30,7 @@ from deepliflow_jax.model.deeplidarflow import LEVELS, DeepLiDARFlow
 from deepliflow_jax.model.estimator import SceneFlowEstimator
 from deepliflow_jax.model.fusion import Fusion
 from deepliflow_jax.model.guidance import GuidanceNetwork
+from deepliflow_jax.model.layers import CONV_IMPL_REFERENCE
 from deepliflow_jax.model.warping import bilinear_warp
 from deepliflow_jax.profile.runners import time_forward
 
@@ -100,13 +101,18 @@ def _xla_flops(fn, *args) -> float:
     return float(cost.get("flops", float("nan")))
 
 
+# Table I counts the network's convolutions, not a faster form of them (``widen`` adds
+# zero channels, ``phase`` splits a transposed conv): every module runs the reference.
+REFERENCE = CONV_IMPL_REFERENCE
+
+
 def _block_calls(variables: dict, batch: int, height: int, width: int):
     """(module, fn, args) for every block on its real input shapes (zeros)."""
     p = variables["params"]
     sds = jax.ShapeDtypeStruct
     f32 = jnp.float32
     fb = 2 * batch
-    guidance = GuidanceNetwork()
+    guidance = GuidanceNetwork(conv_impl=REFERENCE)
     g_in = (sds((fb, height, width, 3), f32), sds((fb, height, width, 1), f32),
             sds((fb, height, width, 1), f32))
     g_params = {"params": p["guidance_network"]}
@@ -120,20 +126,23 @@ def _block_calls(variables: dict, batch: int, height: int, width: int):
         from deepliflow_jax.model.feature_pyramid import RGBDecoder, RGBEncoder
         from deepliflow_jax.model.sparse_depth import DepthDecoder, DepthEncoder
 
-        enc = RGBEncoder().apply({"params": params["rgb_encoder"]}, rgb)
-        denc = DepthEncoder().apply({"params": params["depth_encoder"]}, disp, conf)
-        ddec = DepthDecoder().apply({"params": params["depth_decoder"]}, denc)
+        def run(module, name, *args):
+            return module(conv_impl=REFERENCE).apply({"params": params[name]}, *args)
+
+        enc = run(RGBEncoder, "rgb_encoder", rgb)
+        ddec = run(DepthDecoder, "depth_decoder", run(DepthEncoder, "depth_encoder", disp, conf))
         confs = [c for _, c in ddec]
-        return RGBDecoder().apply({"params": params["rgb_decoder"]}, enc, confs), ddec
+        return run(RGBDecoder, "rgb_decoder", enc, confs), ddec
 
     calls = [("feature_pyramid", pyramid, (p["guidance_network"], *g_in))]
-    calls.append(("fusion", lambda prm, r, d: Fusion().apply({"params": prm}, r, d),
+    fusion = Fusion(conv_impl=REFERENCE)
+    calls.append(("fusion", lambda prm, r, d: fusion.apply({"params": prm}, r, d),
                   (p["guidance_network"]["fusion"], rgb_dec, depth_dec)))
     feat_ch = 64
     for i, level in enumerate(LEVELS):
         h, w = height // 2**level, width // 2**level
         c_in = (2 * 4 + 1) ** 2 + 2 * feat_ch + (8 if i else 0)
-        est = SceneFlowEstimator(is_output=level == LEVELS[-1])
+        est = SceneFlowEstimator(is_output=level == LEVELS[-1], conv_impl=REFERENCE)
         calls.append(("scene_flow", lambda prm, x, est=est: est.apply({"params": prm}, x),
                       (p[f"scene_flow_estimator_{level}"], sds((batch, h, w, c_in), f32))))
         feat = sds((batch, h, w, feat_ch), f32)
@@ -141,7 +150,8 @@ def _block_calls(variables: dict, batch: int, height: int, width: int):
         if i:
             calls.append(("warping", bilinear_warp, (feat, sds((batch, h, w, 2), f32))))
     h2, w2 = height // 4, width // 4
-    calls.append(("context", lambda prm, x: ContextNetwork().apply({"params": prm}, x),
+    context = ContextNetwork(conv_impl=REFERENCE)
+    calls.append(("context", lambda prm, x: context.apply({"params": prm}, x),
                   (p["context_network"], sds((batch, h2, w2, 36), f32))))
     return calls
 
@@ -210,8 +220,8 @@ def profile_model(variables: dict, height: int = 384, width: int = 1216, batch: 
     if with_xla:
         frames = jnp.zeros((batch, 2, height, width, 4), jnp.float32)
         result["total"]["gflops_xla_modules"] = sum(m["gflops_xla"] for m in modules.values())
-        result["total"]["gflops_xla_forward"] = _xla_flops(DeepLiDARFlow().apply, variables,
-                                                           frames) / 1e9
+        result["total"]["gflops_xla_forward"] = _xla_flops(
+            DeepLiDARFlow(conv_impl=REFERENCE).apply, variables, frames) / 1e9
     if with_time:
         result["time"] = time_forward(variables, batch, height, width, repeats)
     return result
