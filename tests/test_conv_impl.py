@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deepliflow_jax.compress.int8 import hlo_conv_report
-from deepliflow_jax.model.api import create_model, forward, init_params, param_shapes
+from deepliflow_jax.model.build import create_model, forward, init_params, param_shapes
 from deepliflow_jax.model.cost_volume import cost_volume, cost_volume_banded
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import (
@@ -323,10 +323,10 @@ def test_whole_network_gradients_equal_reference(small_variables):
     whole tree to 1e-6."""
     from deepliflow_jax.losses import kitti_loss
     from deepliflow_jax.model.channels import widths_of
-    from deepliflow_jax.profile.inputs import make_frames, make_ground_truth
+    from deepliflow_jax.profile.inputs import make_ground_truth, random_frames
 
     widths = widths_of(small_variables)
-    frames = jnp.asarray(make_frames(1, 64, 128, seed=4))
+    frames = jnp.asarray(random_frames(1, 64, 128, seed=4))
     gt = jnp.asarray(make_ground_truth(1, 64, 128, seed=5))
 
     def grads(impl):

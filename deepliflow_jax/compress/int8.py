@@ -42,6 +42,7 @@ import numpy as np
 
 from deepliflow_jax.compress.codec import encode, encode_tensor, symmetric_scale
 from deepliflow_jax.compress.quantize import fake_quant
+from deepliflow_jax.compress.select import module_path
 from deepliflow_jax.model.channels import (
     architecture_widths,
     dependency_graph,
@@ -88,11 +89,6 @@ def _conv_layers(config: Int8Config) -> dict[str, str]:
     return out
 
 
-def _module_path(module: nn.Module) -> str:
-    scope = getattr(module, "scope", None)
-    return "/".join(str(p) for p in getattr(scope, "path", ()) or ())
-
-
 def _params_tree(variables: Mapping[str, Any]) -> Mapping[str, Any]:
     return variables["params"] if "params" in variables else variables
 
@@ -121,7 +117,7 @@ def _recording_interceptor(store: dict[str, Any], paths: Iterable[str]):
 
     def interceptor(next_fun, args, kwargs, context):
         if context.method_name == "__call__" and isinstance(context.module, Conv | ConvTranspose):
-            path = _module_path(context.module)
+            path = module_path(context.module)
             if path in wanted:
                 amax = jnp.max(jnp.abs(args[0])).astype(jnp.float32)
                 store[path] = jnp.maximum(store.get(path, 0.0), amax)
@@ -255,7 +251,7 @@ def _replacing_interceptor(body):
 
     def interceptor(next_fun, args, kwargs, context):
         if context.method_name == "__call__" and isinstance(context.module, Conv | ConvTranspose):
-            out = body(context.module, _module_path(context.module), args[0])
+            out = body(context.module, module_path(context.module), args[0])
             if out is not None:
                 return out
         return next_fun(*args, **kwargs)

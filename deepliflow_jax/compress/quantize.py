@@ -58,6 +58,7 @@ from deepliflow_jax.compress.select import (
     flatten,
     map_with_path,
     matches,
+    module_path,
     select,
 )
 from deepliflow_jax.model.channels import kernel_out_axes
@@ -501,11 +502,6 @@ def zero_report(
     return report
 
 
-def _module_path(module: nn.Module) -> str:
-    scope = getattr(module, "scope", None)
-    return "/".join(str(p) for p in getattr(scope, "path", ()) or ())
-
-
 def _owns_kernel(module: nn.Module) -> bool:
     """Whether the module itself holds a ``kernel`` (or normalized-conv ``kernels``)."""
     try:
@@ -546,7 +542,7 @@ def activation_quantization(
         out = next_fun(*args, **kwargs)
         if context.method_name != "__call__" or not _owns_kernel(context.module):
             return out
-        if not pattern.search(_module_path(context.module)):
+        if not pattern.search(module_path(context.module)):
             return out
         return jax.tree.map(quantize_output, out)
 

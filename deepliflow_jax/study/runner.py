@@ -202,7 +202,7 @@ class Study:
         if checkpoint_exists(ckpt):  # also settles a save that an interruption cut short
             _say(f"baseline: resuming from {ckpt}")
             return load_checkpoint(ckpt, widths=model_widths(cfg))["params"]
-        from deepliflow_jax.model.api import init_params
+        from deepliflow_jax.model.build import init_params
 
         # He-scaled kernels: with Xavier (the original's) a few hundred steps from
         # scratch leave a model whose output hardly depends on its input or weights
