@@ -159,7 +159,9 @@ def main(argv):
     if cfg.data == "kitti" and not (Path(cfg.data_dir) / "training").is_dir():
         raise app.UsageError(f"--data_dir {cfg.data_dir} has no training/ folder")
     from deepliflow_jax.study.runner import Study
+    from deepliflow_jax.train.trainer import enable_compilation_cache
 
+    enable_compilation_cache()  # a resumed or second worker reuses the compiled steps
     try:
         study = Study(cfg, FLAGS.results_dir or f"results/{cfg.preset}", devices=devices,
                       claim_timeout_s=FLAGS.claim_timeout)

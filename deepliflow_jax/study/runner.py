@@ -50,7 +50,6 @@ from deepliflow_jax.train.trainer import (
     DivergenceError,
     Phase,
     Trainer,
-    enable_compilation_cache,
     get_trainer,
 )
 
@@ -162,7 +161,6 @@ class Study:
             raise ValueError(f"devices (--devices) is {n_dev}, but the training batch of "
                              f"{batch} frame(s) does not split over {n_dev} devices: use a "
                              f"device count that divides {batch} (e.g. --devices=1)")
-        enable_compilation_cache()
         self.trainer = get_trainer(cfg.interp_size, cfg.seed, self.devices, cfg.optimizer,
                                    widths=model_widths(cfg))
 
