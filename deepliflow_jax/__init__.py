@@ -27,9 +27,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access)
 _EXPORTS = {
-    "create_model": "deepliflow_jax.model.api",
-    "init_params": "deepliflow_jax.model.api",
-    "param_shapes": "deepliflow_jax.model.api",
+    "create_model": "deepliflow_jax.model.build",
+    "init_params": "deepliflow_jax.model.build",
+    "param_shapes": "deepliflow_jax.model.build",
     "load_checkpoint": "deepliflow_jax.checkpoint",
     "save_checkpoint": "deepliflow_jax.checkpoint",
     "prepare_frames": "deepliflow_jax.api",

@@ -6,7 +6,7 @@ the same on CPU and GPU. Training and evaluation go through the one trainer,
 :func:`deepliflow_jax.train.trainer.get_trainer`, so dense, pruned and quantized
 configurations (and a study in the same process, or one that shares the persistent
 XLA cache) share ONE compiled train step and ONE compiled evaluation; prediction and
-timing share one compiled forward per frame size (:func:`deepliflow_jax.model.api.forward`).
+timing share one compiled forward per frame size (:func:`deepliflow_jax.model.build.forward`).
 
 Typical use (64x192 frames keep a CPU run to minutes; see ``experiments/quickstart.ipynb``)::
 
@@ -876,7 +876,7 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
         check_network_size,
         nearest_network_size,
     )
-    from deepliflow_jax.profile.inputs import make_frames
+    from deepliflow_jax.profile.inputs import random_frames
 
     _check_variables(variables)
     repeats = _count(repeats, "repeats")
@@ -897,7 +897,7 @@ def time_model(variables: Mapping, height: int = 64, width: int = 192, repeats: 
         check_network_size(height, width, "height x width", (
             f"pass height and width that are multiples of 64 (e.g. {size[0]}x{size[1]}), or "
             f"interp_size={size} to time the network at that size on these frames"))
-    frames = jax.device_put(make_frames(batch, height, width))
+    frames = jax.device_put(random_frames(batch, height, width))
     variables = jax.device_put(variables)
 
     def call():

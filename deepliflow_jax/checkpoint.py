@@ -30,7 +30,7 @@ Every array is a plain Orbax/TensorStore array (zstd-compressed by Orbax), so
 ``orbax.checkpoint`` or ``tensorstore`` open any kind without this package.
 
 ``save_checkpoint`` checks the model against the parameter shapes
-(``deepliflow_jax.model.api.param_shapes``) and writes through
+(``deepliflow_jax.model.build.param_shapes``) and writes through
 ``deepliflow_jax.fileio.replace_dir``: at every interruption point ``DIR`` holds the
 complete old or the complete new checkpoint (or, between two renames, a hidden
 sibling that the next save or load renames back). An existing ``DIR`` is replaced
@@ -89,7 +89,7 @@ RESERVED = ("kind", "kind_version", "packing", "widths")  # metadata the loader 
 
 
 def _expected_shapes(widths: Any = None) -> dict[str, tuple[tuple[int, ...], str]]:
-    from deepliflow_jax.model.api import param_shapes
+    from deepliflow_jax.model.build import param_shapes
 
     flat = flax.traverse_util.flatten_dict(param_shapes(widths), sep="/")
     return {k: (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat.items()}
@@ -367,7 +367,7 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
         architecture, version, date, parameter count and kind are added, and for a
         structured (pruned) model its channel ``widths``.
       overwrite: replace an existing ``directory`` (only a checkpoint or an empty
-        folder; see ``check_output``).
+        folder; see ``check_save_target``).
       quant: a ``compress.quantize.QuantConfig``: store the selected leaves as
         codes of ``quant.bits`` bits (packed kind), with ``per_channel`` one scale per
         output channel (``compress.quantize.channel_axis``: -2 for the transposed
@@ -386,7 +386,7 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
 
     Raises:
       FileExistsError: ``directory`` exists and ``overwrite`` is False, or it is not a
-        checkpoint (see ``check_output``).
+        checkpoint (see ``check_save_target``).
       ValueError: the variables are not DeepLiDARFlow's (or not a consistent int8
         model), ``bits`` without ``quant``, packing arguments with an int8 model,
         an optimizer state with another kind or of other shapes, or metadata that is
@@ -395,7 +395,7 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
     Example:
       >>> import tempfile
       >>> from pathlib import Path
-      >>> from deepliflow_jax.model.api import init_params
+      >>> from deepliflow_jax.model.build import init_params
       >>> tmp = tempfile.TemporaryDirectory()
       >>> variables = init_params(0)
       >>> path = save_checkpoint(Path(tmp.name) / "ckpt", variables, {"source": "init_params(0)"})
@@ -410,7 +410,7 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
       FileExistsError: checkpoint output ... already exists; pass overwrite=True ...
       >>> tmp.cleanup()
     """
-    out = check_output(directory, overwrite)
+    out = check_save_target(directory, overwrite)
     extra: dict[str, Any] = {}
     if optimizer is not None and (quant is not None or masks is not None or bits is not None
                                   or is_int8_model(variables)):
@@ -472,7 +472,7 @@ def save_checkpoint(directory: PathLike, variables: dict, metadata: dict | None 
     return out
 
 
-def check_output(directory: PathLike, overwrite: bool = False) -> Path:
+def check_save_target(directory: PathLike, overwrite: bool = False) -> Path:
     """Checks that ``save_checkpoint(directory, ..., overwrite)`` may write there.
 
     Settles an interrupted earlier save first (``checkpoint_exists``).
@@ -726,7 +726,7 @@ def load_checkpoint(directory: PathLike, widths: Any = AUTO, kind: str | None = 
       >>> import jax
       >>> import numpy as np
       >>> from pathlib import Path
-      >>> from deepliflow_jax.model.api import init_params
+      >>> from deepliflow_jax.model.build import init_params
       >>> tmp = tempfile.TemporaryDirectory()
       >>> variables = init_params(0)
       >>> path = save_checkpoint(Path(tmp.name) / "ckpt", variables)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepliflow_jax.model.api import forward
+from deepliflow_jax.model.build import forward
 from deepliflow_jax.model.channels import architecture_widths
 from deepliflow_jax.model.deeplidarflow import SIZE_MULTIPLE
 from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl

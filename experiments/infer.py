@@ -274,7 +274,7 @@ def parse_flags(argv: list[str]) -> None:
 def _variables(args) -> tuple[dict, dict]:
     """The weights (checkpoint or random) and what to record about their source."""
     if args.random_init:
-        from deepliflow_jax.model.api import init_params
+        from deepliflow_jax.model.build import init_params
 
         print(RANDOM_WARNING, file=sys.stderr)
         return init_params(args.seed), {"random_init": True, "seed": args.seed}

@@ -80,7 +80,7 @@ def main(argv):
             raise app.UsageError(f"--checkpoint {FLAGS.checkpoint} does not exist")
         variables = load_checkpoint(FLAGS.checkpoint)
     else:
-        from deepliflow_jax.model.api import init_params
+        from deepliflow_jax.model.build import init_params
 
         print("WARNING: --random_init: untrained weights; the accuracy numbers mean nothing.")
         variables = init_params(0, kernel_gain=2**0.5)

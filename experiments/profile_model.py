@@ -28,7 +28,7 @@ flags.DEFINE_string("output_md", None, "Write the Markdown table here.")
 def run(height: int, width: int, batch: int = 1, repeats: int = 10, checkpoint: str | None = None,
         xla_flops: bool = True, time: bool = True) -> dict:
     """Library entry point (also used by the Colab API)."""
-    from deepliflow_jax.model.api import init_params
+    from deepliflow_jax.model.build import init_params
     from deepliflow_jax.predict import check_network_size
     from deepliflow_jax.profile import profile_model
 
@@ -54,11 +54,11 @@ def _json_ready(result: dict) -> dict:
 def main(argv):
     del argv
     cli.announce_results("python -m experiments.profile_model", FLAGS.output_json, FLAGS.output_md)
-    from deepliflow_jax.profile import format_table
+    from deepliflow_jax.profile import format_profile_table
 
     result = run(FLAGS.height, FLAGS.width, FLAGS.batch, FLAGS.repeats, FLAGS.checkpoint,
                  FLAGS.xla_flops, FLAGS.time)
-    table = format_table(result)
+    table = format_profile_table(result)
     print(table)
     if FLAGS.output_json:
         write_text_atomic(FLAGS.output_json, json.dumps(_json_ready(result), indent=2))

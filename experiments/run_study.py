@@ -165,9 +165,11 @@ def main(argv):
     if cfg.data == "kitti" and not (Path(cfg.data_dir) / "training").is_dir():
         raise app.UsageError(f"--data_dir {cfg.data_dir} has no training/ folder")
     from deepliflow_jax.study.runner import Study
+    from deepliflow_jax.train.trainer import enable_compilation_cache
 
     results_dir = FLAGS.results_dir or default_results_dir(cfg.preset)
     cli.announce_results("python -m experiments.run_study", results_dir)
+    enable_compilation_cache()  # a resumed or second worker reuses the compiled steps
     try:
         study = Study(cfg, results_dir, devices=devices,
                       claim_timeout_s=FLAGS.claim_timeout)

@@ -36,7 +36,7 @@ os.environ["XLA_FLAGS"] = " ".join(
 _LONGEST_FIRST = ("test_study.py", "test_checkpoint.py", "test_api.py", "test_structured.py",
                   "test_notebook.py", "test_conv_impl.py", "test_interp_path.py",
                   "test_writers.py", "test_profile_blocks.py", "test_evaluation_modes.py",
-                  "test_gpu_check.py", "test_compression_search.py", "test_train_checkpoint.py",
+                  "test_gpu_check.py", "test_compression_search.py", "test_train_resume.py",
                   "test_timing.py")
 
 
@@ -68,7 +68,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 @pytest.fixture(scope="session")
 def variables():
-    from deepliflow_jax.model.api import init_params
+    from deepliflow_jax.model.build import init_params
 
     return init_params(seed=0, bias_std=0.1)
 
@@ -77,7 +77,7 @@ def variables():
 def small_variables():
     """The tiny study's network (8 channels in every group): the whole tree, quickly saved;
     training and evaluating it load the study's executables and run ~10x faster."""
-    from deepliflow_jax.model.api import init_params
+    from deepliflow_jax.model.build import init_params
     from deepliflow_jax.model.widths import uniform_widths
 
     return init_params(0, widths=uniform_widths(8), bias_std=0.1)

@@ -183,7 +183,7 @@ SAVE_LOOP = """
 import os, sys, time
 import jax
 from deepliflow_jax.checkpoint import save_checkpoint
-from deepliflow_jax.model.api import init_params
+from deepliflow_jax.model.build import init_params
 
 rename = os.rename
 def slow_rename(*args, **kwargs):  # widens the windows between the filesystem steps

@@ -1,5 +1,10 @@
 """Paths, flatten/unflatten and regex selection."""
 
+import importlib
+import types
+
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -7,6 +12,7 @@ from deepliflow_jax.compress.select import (
     check_same_structure,
     flatten,
     leaf_paths,
+    module_path,
     select,
     selected_paths,
     unflatten,
@@ -62,3 +68,36 @@ def test_structure_mismatch_names_the_paths():
     wrong_shape = unflatten({**flatten(PARAMS), "params/head/bias": jnp.zeros(3)})
     with pytest.raises(ValueError, match="shape at 'params/head/bias'"):
         check_same_structure(wrong_shape, PARAMS)
+
+
+def test_the_package_attributes_name_the_submodules():
+    compress = importlib.import_module("deepliflow_jax.compress")
+    for name in ("select", "prune", "quantize", "codec"):
+        attr = getattr(compress, name)
+        assert isinstance(attr, types.ModuleType), f"compress.{name} is {attr!r}"
+        assert attr is importlib.import_module(f"deepliflow_jax.compress.{name}")
+
+
+def test_module_path_is_the_parameter_path_without_params():
+    class Inner(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2, name="dense")(x)
+
+    class Outer(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return Inner(name="block")(x)
+
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        seen.append(module_path(context.module))
+        return next_fun(*args, **kwargs)
+
+    variables = Outer().init(jax.random.key(0), jnp.ones((1, 3)))
+    with nn.intercept_methods(record):
+        Outer().apply(variables, jnp.ones((1, 3)))
+    assert "block/dense" in seen and "" in seen  # the root is ""
+    assert "params/" + "block/dense/kernel" in flatten(variables)
+    assert module_path(Outer()) == ""  # unbound

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from deepliflow_jax.compress.int8 import hlo_conv_report
-from deepliflow_jax.model.api import create_model, forward, init_params, param_shapes
+from deepliflow_jax.model.build import create_model, forward, init_params, param_shapes
 from deepliflow_jax.model.cost_volume import (
     _skew_diagonals,
     correlation_for,

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from deepliflow_jax.checkpoint import load_checkpoint, load_metadata
-from deepliflow_jax.model.api import forward, param_shapes
+from deepliflow_jax.model.build import forward, param_shapes
 from tests.fixtures.ckpt_tf_small_make import PREFIX as SMALL_PREFIX
 from tests.fixtures.ckpt_tf_small_make import fixture_values
 from tests.fixtures.tf_release import release_checkpoint_tensors, release_slots

@@ -22,7 +22,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from deepliflow_jax.checkpoint import load_checkpoint  # noqa: E402
-from deepliflow_jax.model.api import forward, init_params, param_shapes  # noqa: E402
+from deepliflow_jax.model.build import forward, init_params, param_shapes  # noqa: E402
 from weights_convert.__main__ import main as cli  # noqa: E402
 from weights_convert.convert import (  # noqa: E402
     ConversionError,

@@ -127,7 +127,7 @@ def test_batch_of_two_is_centre_cropped_and_reaches_the_loss_at_the_crop():
     want = {float(center_crop(s.gt, (370, 1220))[0, 0, 0]) for s in samples}
     assert gts == want  # the four frames, each centre-cropped
     trainer = Trainer((384, 1216))
-    from deepliflow_jax.model.api import param_shapes
+    from deepliflow_jax.model.build import param_shapes
 
     params = param_shapes()["params"]
     batch = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype)

@@ -76,7 +76,7 @@ def test_ft3d_is_center_cropped(tmp_path):
 
 def test_infer_with_checkpoint_matches_torch_reference(pngs, tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    from deepliflow_jax.model.api import init_params
+    from deepliflow_jax.model.build import init_params
     from weights_convert.convert import flax_to_torch_state_dict
     from weights_convert.torch_model import DeepLiDARFlow, frames_to_nchw
 

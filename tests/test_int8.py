@@ -128,17 +128,17 @@ def test_quantize_save_load_and_errors(variables, tmp_path):
 
 @pytest.mark.slow
 def test_whole_int8_model_matches_fake_quant_and_runs_integer_convs(variables):
-    from deepliflow_jax.profile.inputs import make_frames
+    from deepliflow_jax.profile.inputs import random_frames
 
     res = structured_prune(variables, 0.5)
-    calib = [make_frames(1, 64, 64, seed=s) for s in range(2)]
+    calib = [random_frames(1, 64, 64, seed=s) for s in range(2)]
     # everything in the reference form: the int8 model and its float reference agree
     # only up to float summation order, and under the library forms one last-bit
     # difference flips a requantization somewhere downstream (2.7e-3 relative L2
     # measured); the integer model in the default form is compared loosely below
     ranges = int8.calibrate(res.variables, calib, conv_impl="xla")
     q = int8.quantize_int8(res.variables, ranges)
-    frames = jnp.asarray(make_frames(1, 64, 64, seed=7))
+    frames = jnp.asarray(random_frames(1, 64, 64, seed=7))
     report = int8.compiled_int8_report(q, frames, widths=res.widths)
     assert report["integer_convs_ran"] and report["lowered_int8"] == 106
     got = np.asarray(jax.jit(lambda a, f: int8.int8_apply(a, f, widths=res.widths,

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepliflow_jax.model.api import forward, param_shapes
+from deepliflow_jax.model.build import forward, param_shapes
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.resize import resize_bilinear_legacy
 from deepliflow_jax.predict import predict
@@ -117,7 +117,7 @@ def test_bad_input_is_refused_before_tracing(variables):
 
 
 def test_init_params_kernel_gain_scales_conv_kernels_only():
-    from deepliflow_jax.model.api import init_params
+    from deepliflow_jax.model.build import init_params
 
     a = flax.traverse_util.flatten_dict(init_params(3)["params"], sep="/")
     b = flax.traverse_util.flatten_dict(init_params(3, kernel_gain=2.0)["params"], sep="/")

@@ -1,4 +1,8 @@
-"""``experiments/quickstart.ipynb``: generated from its script, valid, and it runs.
+"""``experiments/quickstart.ipynb``: in sync with its jupytext script, valid, and it runs.
+
+The notebook is a jupytext pair: ``experiments/quickstart.py`` (percent format, linted by
+ruff like any module) and the ``.ipynb`` (stored without outputs). Edit either, then
+``jupytext --sync experiments/quickstart.py``.
 
 The notebook is executed headless with nbclient in a fresh IPython kernel (this
 interpreter), at the small sizes it uses on a CPU (64x192 synthetic frames, the study's
@@ -21,6 +25,7 @@ from tests.conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "experiments" / "quickstart.ipynb"
+SCRIPT = REPO / "experiments" / "quickstart.py"
 CELL_TIMEOUT_S = 900
 
 
@@ -30,11 +35,19 @@ def _notebook():
     return nbformat.read(NOTEBOOK, as_version=4)
 
 
-def test_notebook_is_what_its_generator_writes():
-    from experiments._make_notebook import render
+def test_notebook_and_its_script_are_in_sync():
+    import jupytext
 
-    assert NOTEBOOK.read_text() == render(), (
-        "experiments/quickstart.ipynb is stale: run `python experiments/_make_notebook.py`")
+    nb, script = jupytext.read(NOTEBOOK), jupytext.read(SCRIPT)
+    assert nb.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent", (
+        "experiments/quickstart.ipynb is not paired with its script")
+    cells = [[(c.cell_type, c.source) for c in n.cells] for n in (nb, script)]
+    assert len(cells[0]) == len(cells[1]), (
+        f"the notebook has {len(cells[0])} cells, experiments/quickstart.py {len(cells[1])}: "
+        "run `jupytext --sync experiments/quickstart.py`")
+    for i, (a, b) in enumerate(zip(*cells, strict=True)):
+        assert a == b, (f"cell {i} of experiments/quickstart.ipynb differs from its script: "
+                        f"run `jupytext --sync experiments/quickstart.py`\n{a}\n{b}")
 
 
 def test_notebook_is_valid_and_plain_python():

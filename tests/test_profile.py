@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.model.layers import Conv
-from deepliflow_jax.profile import PAPER_TABLE1, format_table, profile_model
+from deepliflow_jax.profile import PAPER_TABLE1, format_profile_table, profile_model
 from deepliflow_jax.profile.table1 import conv_eq3_flops
 
 
@@ -38,7 +38,7 @@ def test_profile_counts(variables):
     for name in ("fusion", "scene_flow", "context"):
         ratio = m[name]["gflops_xla"] / m[name]["gflops_eq3"]
         assert 0.7 < ratio < 1.1, (name, ratio)
-    assert "feature_pyramid" in format_table(r)
+    assert "feature_pyramid" in format_profile_table(r)
 
 
 def test_profile_command_writes_json(tmp_path):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepliflow_jax.model.api import init_params
+from deepliflow_jax.model.build import init_params
 from deepliflow_jax.model.layers import resolve_conv_impl
 from deepliflow_jax.profile.blocks import block_calls, block_names, profile_blocks
 

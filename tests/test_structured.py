@@ -8,11 +8,11 @@ import pytest
 
 from deepliflow_jax.checkpoint import load_checkpoint, load_metadata, save_checkpoint
 from deepliflow_jax.compress import structured as st
-from deepliflow_jax.model.api import param_shapes
+from deepliflow_jax.model.build import param_shapes
 from deepliflow_jax.model.channels import dependency_graph, widths_of
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.widths import default_widths, freeze_widths, uniform_widths
-from deepliflow_jax.profile.inputs import make_frames
+from deepliflow_jax.profile.inputs import random_frames
 
 FUSED0 = "guidance_network/fusion/convconcat_refine_d0"
 
@@ -103,7 +103,7 @@ def test_shrunken_model_equals_masked_full_model(variables):
     assert widths["context_network/conv1"] == 90 and widths[FUSED0] == 32
     assert widths_of(small) == widths
     model = DeepLiDARFlow(widths=widths)
-    frames = jnp.asarray(make_frames(1, 64, 64, seed=3))
+    frames = jnp.asarray(random_frames(1, 64, 64, seed=3))
     apply_small = jax.jit(lambda v, f: model.apply(v, f))
     sf, aux = apply_small(small, frames)
     ref_sf, ref_aux = jax.jit(lambda v, f: st.channel_masked_apply(v, f, keep))(variables, frames)
@@ -168,7 +168,7 @@ def test_pruning_a_pruned_model_and_fine_tuning_it():
 
     24 channels a group, pruned to 16, then to 8: the tiny study's architecture, so the
     fine-tuning step is the executable the study compiled (same shapes and batch)."""
-    from deepliflow_jax.model.api import init_params
+    from deepliflow_jax.model.build import init_params
     from deepliflow_jax.profile.inputs import make_ground_truth
     from deepliflow_jax.search.finetune import fine_tune
     from deepliflow_jax.train.trainer import Trainer
@@ -178,12 +178,12 @@ def test_pruning_a_pruned_model_and_fine_tuning_it():
     keep = st.plan_pruning(first.variables, 0.5, multiple=1)
     small, widths = st.shrink(first.variables, keep)
     assert set(widths_of(first.variables).values()) == {16} and set(dict(widths).values()) == {8}
-    frames = jnp.asarray(make_frames(1, 64, 64, seed=4))
+    frames = jnp.asarray(random_frames(1, 64, 64, seed=4))
     sf = jax.jit(DeepLiDARFlow(widths=widths).apply)(small, frames)[0]
     ref = jax.jit(lambda v, f: st.channel_masked_apply(v, f, keep))(first.variables, frames)[0]
     np.testing.assert_allclose(np.asarray(sf), np.asarray(ref),
                                atol=2e-5 * float(jnp.max(jnp.abs(ref))))
-    batch = {"frames": jnp.asarray(make_frames(1, 64, 192, seed=4)),
+    batch = {"frames": jnp.asarray(random_frames(1, 64, 192, seed=4)),
              "gt": jnp.asarray(make_ground_truth(1, 64, 192)), "reg_scale": np.float32(1)}
     run = fine_tune(Trainer(widths=widths), small["params"], lambda pos: batch, 3, 3e-4,
                     log=lambda msg: None)

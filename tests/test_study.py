@@ -369,6 +369,22 @@ def test_two_workers_from_a_checkpoint_match_one_process_and_take_over_a_killed_
     assert "| aware | 10% | 32 bits |" in (two / "tables.md").read_text()
 
 
+def test_prepare_leaves_the_compilation_cache_to_the_caller(tmp_path):
+    """The library changes no process-wide JAX setting: the persistent compilation cache is
+    the caller's (experiments/run_study.py, or dl.enable_compilation_cache())."""
+    import jax
+
+    from deepliflow_jax.study.runner import Study
+
+    configured = jax.config.jax_compilation_cache_dir  # the test session's (conftest.py)
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        Study(make_config("tiny"), tmp_path / "r").prepare()
+        assert jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", configured)
+
+
 def test_a_checkpoint_of_another_network_is_refused(tiny_study, tmp_path):
     """The original network's study refuses the tiny study's structured checkpoint."""
     from deepliflow_jax.study.runner import Study

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from deepliflow_jax.model import resize
-from deepliflow_jax.model.api import forward, param_shapes
+from deepliflow_jax.model.build import forward, param_shapes
 from deepliflow_jax.model.cost_volume import cost_volume
 from deepliflow_jax.model.guidance import GuidanceNetwork
 from deepliflow_jax.model.layers import Conv, ConvTranspose, leaky_relu

@@ -83,7 +83,7 @@ def test_summarize_orders_statistics():
 
 
 def test_frames_are_deterministic_and_sparse():
-    a, b = inputs.make_frames(2, 64, 128, seed=3), inputs.make_frames(2, 64, 128, seed=3)
+    a, b = inputs.random_frames(2, 64, 128, seed=3), inputs.random_frames(2, 64, 128, seed=3)
     assert a.shape == (2, 2, 64, 128, 4) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert 0.03 < np.mean(a[..., 3] != 0) < 0.07

@@ -84,9 +84,9 @@ def test_tradeoff_markdown_rows_and_verdicts():
 def test_structured_builder_is_the_smaller_model(variables):
     from deepliflow_jax.compress.structured import structured_prune
     from deepliflow_jax.profile import runtime_configs as rc
-    from deepliflow_jax.profile.inputs import make_frames
+    from deepliflow_jax.profile.inputs import random_frames
 
-    frames = jnp.asarray(make_frames(1, 64, 64, seed=0))
+    frames = jnp.asarray(random_frames(1, 64, 64, seed=0))
     apply, params, info = rc.resolve("structured25").builder(variables, frames, (60, 62),
                                                              "float32")
     ref = structured_prune(variables, 0.25)
@@ -104,9 +104,9 @@ def test_structured_builder_is_the_smaller_model(variables):
 def test_int8_builder_calibrates_on_the_benchmark_input(variables):
     from deepliflow_jax.compress.int8 import act_scale
     from deepliflow_jax.profile import runtime_configs as rc
-    from deepliflow_jax.profile.inputs import make_frames
+    from deepliflow_jax.profile.inputs import random_frames
 
-    frames = make_frames(1, 64, 64, seed=1)
+    frames = random_frames(1, 64, 64, seed=1)
     apply, qmodel, info = rc.resolve("int8").builder(variables, frames, (60, 62), "float32")
     assert info["int8_layers"] == len(qmodel["convs"]) == 106
     assert all(q["w"].dtype == np.int8 for q in qmodel["convs"].values())

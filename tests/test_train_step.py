@@ -12,7 +12,7 @@ from deepliflow_jax.compress.prune import prune
 from deepliflow_jax.compress.quantize import QuantConfig, activation_quantization, fake_quant
 from deepliflow_jax.compress.transforms import compress, get_masks
 from deepliflow_jax.losses import l2_regularizer
-from deepliflow_jax.train.checkpoint import Checkpointer
+from deepliflow_jax.train.resume import Checkpointer
 from deepliflow_jax.train.state import create_train_state
 from deepliflow_jax.train.step import make_eval_fn, make_train_step
 from deepliflow_jax.train.trainer import Phase, fit

@@ -4,7 +4,7 @@ Each writer is interrupted (``KeyboardInterrupt``) at each of its filesystem ste
 (``tests/interrupts.py``); afterwards the path reads back as the old or the new
 content, bit for bit, and the next call leaves no leftovers. Folder writers refuse
 a folder that is not of their kind. The checkpoint writers have their own tests
-(``test_checkpoint.py``, ``test_train_checkpoint.py``).
+(``test_checkpoint.py``, ``test_train_resume.py``).
 """
 
 import json

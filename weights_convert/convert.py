@@ -141,7 +141,7 @@ class ConversionReport:
 # ----------------------------------------------------------------------------- shared core
 
 def _flax_shapes() -> dict[str, tuple[int, ...]]:
-    from deepliflow_jax.model.api import param_shapes
+    from deepliflow_jax.model.build import param_shapes
 
     flat = flax.traverse_util.flatten_dict(param_shapes()["params"], sep="/")
     return {k: tuple(v.shape) for k, v in flat.items()}
@@ -831,7 +831,7 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
       >>> import tempfile
       >>> from pathlib import Path
       >>> from deepliflow_jax.checkpoint import load_checkpoint
-      >>> from deepliflow_jax.model.api import init_params
+      >>> from deepliflow_jax.model.build import init_params
       >>> from weights_convert import tf_bundle
       >>> from weights_convert.convert import flax_to_tf_tensors
       >>> tmp = tempfile.TemporaryDirectory()
@@ -848,7 +848,7 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
       ValueError: format must be one of ('tf', 'torch'), got 'onnx'
       >>> tmp.cleanup()
     """
-    from deepliflow_jax.checkpoint import check_output, save_checkpoint
+    from deepliflow_jax.checkpoint import check_save_target, save_checkpoint
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -856,7 +856,7 @@ def convert_checkpoint(fmt: str, input_path: PathLike, output_dir: PathLike,
         raise ValueError("--with_optimizer_state keeps a TF training checkpoint's Adam slots; "
                          f"a {fmt} weights file holds none")
     out = Path(output_dir)
-    check_output(out, overwrite)  # fail before reading a large input (also: not ours)
+    check_save_target(out, overwrite)  # fail before reading a large input (also: not ours)
     if fmt == "tf":
         variables, report = tf_to_flax(input_path, verify_crc=verify_crc)
     else:

@@ -3,9 +3,10 @@
 Pure functions over ``{'params': {...}}`` pytrees, leaves chosen by regex over
 '/'-joined paths; optax-style transforms keep masks and quantizer settings in
 the optimizer state (:mod:`.transforms`); the one trainer (``deepliflow_jax.train``)
-fine-tunes through them. The one-call functions ``prune`` and
-``quantize`` live in the submodules :mod:`.prune` and :mod:`.quantize` (and at the
-package top level, ``deepliflow_jax.prune``), so the package attribute names the module.
+fine-tunes through them. The functions ``prune``, ``quantize`` and ``select`` live in
+the submodules of the same names (:mod:`.prune`, :mod:`.quantize`, :mod:`.select`; the first
+two also at the package top level, ``deepliflow_jax.prune``) and are not bound here, so the
+package attribute names the module. The quantizer's arithmetic is :mod:`.codec`.
 
 Real acceleration: :mod:`.structured` removes whole channels and builds a
 physically smaller network; :mod:`.int8` runs it with integer convolutions;
@@ -47,7 +48,7 @@ from deepliflow_jax.compress.schedules import (
     one_shot_schedule,
     polynomial_schedule,
 )
-from deepliflow_jax.compress.select import flatten, map_with_path, select, unflatten
+from deepliflow_jax.compress.select import flatten, map_with_path, module_path, unflatten
 from deepliflow_jax.compress.structured import (
     StructuredResult,
     channel_masked_apply,
@@ -97,6 +98,7 @@ __all__ = [
     "get_masks",
     "int8_apply",
     "map_with_path",
+    "module_path",
     "channel_masked_apply",
     "one_shot_schedule",
     "pack_params",
@@ -107,7 +109,6 @@ __all__ = [
     "quantize_int8",
     "quantize_tree",
     "quantized",
-    "select",
     "shrink",
     "sparsity_report",
     "structured_prune",

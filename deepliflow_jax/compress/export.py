@@ -26,10 +26,9 @@ read them; the checkpoint keeps it in its JSON metadata (``"packing"``).
 
 Codes are whole bytes, not bit-packed: containers (Orbax's zstd) entropy-code
 them, which leaves fewer bits than ``bits`` when the codes are not uniform.
-Encoding and decoding run in numpy with exactly the float32 operations of
-:func:`~deepliflow_jax.compress.quantize.encode` / ``decode`` (fast on a whole
-network, no compiles), so the unpacked params equal ``tx.forward(params,
-opt_state)`` bit for bit.
+Encoding and decoding run the quantizer's one arithmetic (:mod:`.codec`) in numpy
+(fast on a whole network, no compiles), so the unpacked params equal
+``tx.forward(params, opt_state)`` bit for bit.
 """
 
 from __future__ import annotations
@@ -39,48 +38,13 @@ from typing import Any
 import jax
 import numpy as np
 
+from deepliflow_jax.compress.codec import decode, encode_tensor
 from deepliflow_jax.compress.prune import _check_masks
-from deepliflow_jax.compress.quantize import QuantConfig, check_bits, qrange
+from deepliflow_jax.compress.quantize import QuantConfig, check_bits
 from deepliflow_jax.compress.select import flatten, unflatten
 
 PACKED_VERSION = 1
 ENCODINGS = ("codes", "float")
-
-
-def _encode_leaf(x: np.ndarray, bits: int, axis: int | None, symmetric: bool):
-    """Codes, scale, zero point and qmin of one leaf, in numpy.
-
-    Mirrors :func:`compute_scale` and :func:`encode` operation for operation
-    (float32 throughout, explicit reciprocals, round half to even), so the codes
-    are those of the jitted forward pass; the checkpoint tests check it bit for bit.
-    """
-    x = np.asarray(x, np.float32)
-    red = (
-        None
-        if axis is None or x.ndim < 2
-        else tuple(a for a in range(x.ndim) if a != axis % x.ndim)
-    )
-    keep = red is not None
-    qmin, qmax = qrange(bits, symmetric)
-    one = np.float32(1)
-    if symmetric:
-        amax = np.max(np.abs(x), axis=red, keepdims=keep)
-        scale = np.where(amax > 0, amax * (one / np.float32(qmax)), one).astype(np.float32)
-        zp = np.zeros(scale.shape, np.int32)
-    else:
-        lo = np.minimum(np.min(x, axis=red, keepdims=keep), np.float32(0))
-        hi = np.maximum(np.max(x, axis=red, keepdims=keep), np.float32(0))
-        scale = np.where(hi > lo, (hi - lo) * (one / np.float32(qmax - qmin)), one)
-        scale = scale.astype(np.float32)
-        zp = np.clip(np.round(-lo * (one / scale)), qmin, qmax).astype(np.int32)
-    codes = np.round(x * (one / scale)) + zp.astype(np.float32)
-    codes = np.clip(codes, qmin, qmax).astype(np.int32)
-    return codes, scale, zp, qmin
-
-
-def _decode(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:
-    """Numpy twin of :func:`decode` (int32 difference, float32 product)."""
-    return (codes.astype(np.int32) - zp).astype(np.float32) * scale.astype(np.float32)
 
 
 def code_dtype(bits: int, symmetric: bool) -> np.dtype:
@@ -134,7 +98,8 @@ def pack_params(
         b = int(flat_bits.get(name, quant.bits)) if quant is not None else 0
         if quant is not None and quant.selected(name) and b:  # width 0: float leaf
             b = check_bits(b)
-            codes, scale, zp, _ = _encode_leaf(x, b, quant.axis_for(name, x.ndim), quant.symmetric)
+            codes, scale, zp = encode_tensor(x, b, axis=quant.axis_for(name, x.ndim),
+                                             symmetric=quant.symmetric)
             stored = np.broadcast_to(zp, x.shape) != codes
             sparse = x.size + int(stored.sum()) * b < x.size * b
             payload = codes.astype(code_dtype(b, quant.symmetric))
@@ -243,7 +208,7 @@ def unpack_params(arrays: dict[str, Any], layout: dict[str, Any]) -> dict[str, A
                 if e["nonzero"]:
                     codes[stored] = np.asarray(arrays[f"{name}/codes"])
                 codes = codes.reshape(shape)
-            value = _decode(codes, scale, zp)
+            value = decode(codes, scale, zp)
         else:
             if stored is None:
                 value = np.asarray(arrays[f"{name}/values"], np.float32)

@@ -40,8 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepliflow_jax.compress.export import _encode_leaf  # numpy twin of quantize.encode
-from deepliflow_jax.compress.quantize import encode, fake_quant
+from deepliflow_jax.compress.codec import encode, encode_tensor, symmetric_scale
+from deepliflow_jax.compress.quantize import fake_quant
+from deepliflow_jax.compress.select import module_path
 from deepliflow_jax.model.channels import (
     architecture_widths,
     dependency_graph,
@@ -88,11 +89,6 @@ def _conv_layers(config: Int8Config) -> dict[str, str]:
     return out
 
 
-def _module_path(module: nn.Module) -> str:
-    scope = getattr(module, "scope", None)
-    return "/".join(str(p) for p in getattr(scope, "path", ()) or ())
-
-
 def _params_tree(variables: Mapping[str, Any]) -> Mapping[str, Any]:
     return variables["params"] if "params" in variables else variables
 
@@ -121,7 +117,7 @@ def _recording_interceptor(store: dict[str, Any], paths: Iterable[str]):
 
     def interceptor(next_fun, args, kwargs, context):
         if context.method_name == "__call__" and isinstance(context.module, Conv | ConvTranspose):
-            path = _module_path(context.module)
+            path = module_path(context.module)
             if path in wanted:
                 amax = jnp.max(jnp.abs(args[0])).astype(jnp.float32)
                 store[path] = jnp.maximum(store.get(path, 0.0), amax)
@@ -177,16 +173,16 @@ def calibrate(variables: Mapping[str, Any], frames_batches: Iterable[Any],
 
 
 def act_scale(amax: Any) -> Any:
-    """Per-tensor activation scale ``amax / 127`` (1 for an all-zero range)."""
-    if isinstance(amax, float | int | np.floating | np.ndarray):
-        a = np.float32(amax)
-        return np.float32(a * (np.float32(1) / np.float32(QMAX))) if a > 0 else np.float32(1)
-    amax = jnp.asarray(amax, jnp.float32)
-    return jnp.where(amax > 0, amax * (np.float32(1) / np.float32(QMAX)), 1.0)
+    """Per-tensor activation scale ``amax * (1 / 127)`` (1 for an all-zero range).
+
+    float32, numpy for a Python or numpy ``amax``, ``jax.numpy`` for a jax array
+    (:func:`.codec.symmetric_scale`).
+    """
+    return symmetric_scale(amax, QMAX)
 
 
 def _quantize_act(x: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
-    """int8 codes ``clip(round(x / scale), -127, 127)``, as :func:`.quantize.encode`."""
+    """int8 codes ``clip(round(x / scale), -127, 127)`` (:func:`.codec.encode`)."""
     return encode(x, scale, jnp.zeros((), jnp.int32), -QMAX, QMAX).astype(jnp.int8)
 
 
@@ -256,7 +252,7 @@ def _replacing_interceptor(body):
 
     def interceptor(next_fun, args, kwargs, context):
         if context.method_name == "__call__" and isinstance(context.module, Conv | ConvTranspose):
-            out = body(context.module, _module_path(context.module), args[0])
+            out = body(context.module, module_path(context.module), args[0])
             if out is not None:
                 return out
         return next_fun(*args, **kwargs)
@@ -353,8 +349,8 @@ def quantize_int8(variables: Mapping[str, Any], act_ranges: Mapping[str, float],
         layers, _ = dependency_graph()
         for path, lay in layers.items():
             if lay.kind == "nconv":
-                codes, scale, _, _ = _encode_leaf(flat.pop(f"{path}/kernels"), BITS,
-                                                  out_axis(lay.kind), True)
+                codes, scale, _ = encode_tensor(flat.pop(f"{path}/kernels"), BITS,
+                                                axis=out_axis(lay.kind))
                 nconv[path] = {"codes": codes.astype(np.int8), "scale": scale}
     return {"convs": convs, "nconv": nconv, "float": flat}
 
@@ -373,8 +369,7 @@ def quantize_layer(kernel: Any, bias: Any, amax: float, kind: str = "conv") -> d
       ``w * w_scale`` equals :func:`.quantize.fake_quant` of the kernel bit for bit
       (host-side numpy with the same float32 operations, as the compact export).
     """
-    codes, scale, _, _ = _encode_leaf(np.asarray(kernel, np.float32), BITS, out_axis(kind),
-                                      True)
+    codes, scale, _ = encode_tensor(np.asarray(kernel, np.float32), BITS, axis=out_axis(kind))
     return {"w": codes.astype(np.int8), "w_scale": scale,
             "bias": np.asarray(bias, np.float32),
             "x_scale": np.asarray(act_scale(amax), np.float32)}

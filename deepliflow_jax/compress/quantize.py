@@ -33,6 +33,9 @@ Where the range is the data's own, the identity gradient is written as such
 (:func:`straight_through`, a ``custom_jvp``): the backward pass of a train step
 then holds no quantizer at all (float weights pass through it alike), which
 leaves XLA less to compile.
+
+The arithmetic itself (code range, scale, rounding, clipping, decoding) lives in
+:mod:`.codec`, shared with the packed checkpoints and the int8 model.
 """
 
 from __future__ import annotations
@@ -48,7 +51,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepliflow_jax.compress.select import Pattern, flatten, map_with_path, matches, select
+from deepliflow_jax.compress import codec
+from deepliflow_jax.compress.codec import decode, encode, qrange, reciprocal, symmetric_scale
+from deepliflow_jax.compress.select import (
+    Pattern,
+    flatten,
+    map_with_path,
+    matches,
+    module_path,
+    select,
+)
 from deepliflow_jax.model.channels import kernel_out_axes
 from deepliflow_jax.scalars import check_number
 
@@ -108,46 +120,10 @@ def check_bits(bits: Any, name: str = "bits") -> int:
     return check_number(bits, name, integer=True, minimum=MIN_BITS, maximum=MAX_BITS)
 
 
-def qrange(bits: Any, symmetric: bool = True) -> tuple[Any, Any]:
-    """Integer code range ``(qmin, qmax)``; ``bits`` may be a traced int scalar.
-
-    Symmetric: ``(-(2**(b-1) - 1), 2**(b-1) - 1)``; affine: ``(0, 2**b - 1)``.
-    """
-    if isinstance(bits, int | np.integer):
-        if symmetric:
-            q = 2 ** (int(bits) - 1) - 1
-            return -q, q
-        return 0, 2 ** int(bits) - 1
-    bits = jnp.asarray(bits, jnp.int32)
-    if symmetric:
-        q = jnp.left_shift(1, bits - 1) - 1
-        return -q, q
-    return jnp.zeros_like(bits), jnp.left_shift(1, bits) - 1
-
-
-def _reduce_axes(ndim: int, axis: int | None) -> tuple[int, ...] | None:
-    if axis is None or ndim < 2:
-        return None  # per tensor
-    axis = axis % ndim
-    return tuple(a for a in range(ndim) if a != axis)
-
-
-def _reciprocal(q: Any) -> Any:
-    """``1 / q`` in float32 (correctly rounded), for an int or a traced scalar."""
-    if isinstance(q, int | np.integer):
-        return np.float32(1) / np.float32(q)
-    return 1.0 / jnp.asarray(q, jnp.float32)
-
-
-def _symmetric_scale(amax: Any, qmax: Any) -> jnp.ndarray:
-    # An all-zero tensor gets scale 1 so nothing divides by zero.
-    return jnp.where(amax > 0, amax * _reciprocal(qmax), 1.0)
-
-
 def compute_scale(
     x: jnp.ndarray, bits: Any, *, axis: int | None = None, symmetric: bool = True
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Scale and integer zero point for ``x``.
+    """Scale and integer zero point for ``x`` (:func:`.codec.compute_scale` in jax.numpy).
 
     Args:
       x: the tensor.
@@ -160,40 +136,8 @@ def compute_scale(
       ``(scale, zero_point)`` float32/int32, broadcastable against ``x``; not
       differentiable (stop_gradient).
     """
-    # Only multiplications by explicit reciprocals: XLA turns `x / c` into
-    # `x * (1 / c)` under jit but not eagerly, which would change the last bit.
     x = jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
-    red = _reduce_axes(x.ndim, axis)
-    keep = red is not None
-    qmin, qmax = qrange(bits, symmetric)
-    if symmetric:
-        scale = _symmetric_scale(jnp.max(jnp.abs(x), axis=red, keepdims=keep), qmax)
-        return scale, jnp.zeros(scale.shape, jnp.int32)
-    lo = jnp.minimum(jnp.min(x, axis=red, keepdims=keep), 0.0)
-    hi = jnp.maximum(jnp.max(x, axis=red, keepdims=keep), 0.0)
-    scale = jnp.where(hi > lo, (hi - lo) * _reciprocal(qmax - qmin), 1.0)
-    zero_point = jnp.clip(jnp.round(-lo * (1.0 / scale)), qmin, qmax).astype(jnp.int32)
-    return scale, zero_point
-
-
-def encode(x, scale, zero_point, qmin, qmax, inv_scale=None) -> jnp.ndarray:
-    """Integer codes ``clip(round(x / scale) + zero_point, qmin, qmax)`` (int32).
-
-    ``inv_scale``: ``1 / scale`` where the caller computed it already (the same bits).
-    """
-    x = jnp.asarray(x, jnp.float32)
-    inv = 1.0 / scale if inv_scale is None else inv_scale
-    codes = jnp.round(x * inv) + zero_point.astype(jnp.float32)
-    return jnp.clip(codes, qmin, qmax).astype(jnp.int32)
-
-
-def decode(codes, scale, zero_point) -> jnp.ndarray:
-    """Dequantized float32 values ``(codes - zero_point) * scale``.
-
-    Going through int32 makes zero always +0.0, so fake quantization and a
-    decoded export agree bit for bit.
-    """
-    return (jnp.asarray(codes, jnp.int32) - zero_point).astype(jnp.float32) * scale
+    return codec.compute_scale(x, bits, axis=axis, symmetric=symmetric)
 
 
 def straight_through(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
@@ -273,7 +217,7 @@ def fake_quant_activation(
     dtype = jnp.asarray(x).dtype
     x32 = jnp.asarray(x, jnp.float32)
     qmin, qmax = qrange(bits, True)
-    scale = jnp.asarray(clip, jnp.float32) * _reciprocal(qmax)
+    scale = jnp.asarray(clip, jnp.float32) * reciprocal(qmax)
     zp = jnp.zeros((), jnp.int32)
     q = decode(encode(x32, scale, zp, qmin, qmax), scale, zp)
     return _ste(x32, q, -jnp.asarray(clip, jnp.float32), jnp.asarray(clip, jnp.float32)).astype(
@@ -412,7 +356,7 @@ def _per_tensor_traced(xs: Sequence[Any], bits: Sequence[Any]) -> list[jnp.ndarr
     amax = jnp.stack([_max_abs(x) for x in xs])
     b = jnp.stack([jnp.asarray(v, jnp.int32) for v in bits])
     _, qmax = qrange(jnp.maximum(b, 2))
-    scale = _symmetric_scale(amax, qmax)
+    scale = symmetric_scale(amax, qmax)
     inv = 1.0 / scale  # here, not per leaf: a leaf's scalar division is a kernel of its own
     return [_on_grid_or_float(x, b[i], scale[i], inv[i], qmax[i]) for i, x in enumerate(xs)]
 
@@ -492,7 +436,7 @@ def quantize(
     return _quantize_jit(params, config)
 
 
-# Bit-identical to the eager and in-step results (see `_reciprocal`), just faster.
+# Bit-identical to the eager and in-step results (see `codec`: explicit reciprocals), just faster.
 _quantize_jit = jax.jit(quantize_tree, static_argnums=1)
 
 
@@ -558,11 +502,6 @@ def zero_report(
     return report
 
 
-def _module_path(module: nn.Module) -> str:
-    scope = getattr(module, "scope", None)
-    return "/".join(str(p) for p in getattr(scope, "path", ()) or ())
-
-
 def _owns_kernel(module: nn.Module) -> bool:
     """Whether the module itself holds a ``kernel`` (or normalized-conv ``kernels``)."""
     try:
@@ -603,7 +542,7 @@ def activation_quantization(
         out = next_fun(*args, **kwargs)
         if context.method_name != "__call__" or not _owns_kernel(context.module):
             return out
-        if not pattern.search(_module_path(context.module)):
+        if not pattern.search(module_path(context.module)):
             return out
         return jax.tree.map(quantize_output, out)
 

@@ -31,6 +31,16 @@ def path_str(key_path: Sequence[Any]) -> str:
     return "/".join(_key_name(k) for k in key_path)
 
 
+def module_path(module: Any) -> str:
+    """The '/'-joined scope path of a bound Flax module (its parameters' path without
+    ``params/``), e.g. ``"guidance_network/rgb_encoder/conv1a"``; ``""`` for the root or an
+    unbound module. What the module interceptors of :mod:`.quantize`, :mod:`.int8` and
+    :mod:`.structured` match their layer paths against.
+    """
+    scope = getattr(module, "scope", None)
+    return "/".join(str(p) for p in getattr(scope, "path", ()) or ())
+
+
 def leaf_paths(tree: Any) -> list[str]:
     """Paths of all leaves of ``tree``, in ``jax.tree.leaves`` order."""
     return [path_str(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deepliflow_jax.compress.select import module_path
 from deepliflow_jax.model.channels import (
     Layer,
     architecture_widths,
@@ -408,11 +409,6 @@ def channel_masks(widths: Mapping[str, int], keep: Mapping[str, Any]) -> dict[st
     return out
 
 
-def _module_path(module: nn.Module) -> str:
-    scope = getattr(module, "scope", None)
-    return "/".join(str(p) for p in getattr(scope, "path", ()) or ())
-
-
 def mask_outputs(masks: Mapping[str, Any]):
     """Context manager zeroing removed channels at every producer's output.
 
@@ -430,7 +426,7 @@ def mask_outputs(masks: Mapping[str, Any]):
         out = next_fun(*args, **kwargs)
         if context.method_name != "__call__":
             return out
-        mask = by_layer.get(_module_path(context.module))
+        mask = by_layer.get(module_path(context.module))
         if mask is None:
             return out
         return jax.tree.map(lambda y: y * jnp.asarray(mask, y.dtype), out)

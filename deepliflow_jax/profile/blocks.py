@@ -68,7 +68,7 @@ from deepliflow_jax.model.resize import resize_bilinear_legacy, resize_nearest_l
 from deepliflow_jax.model.warping import bilinear_warp
 from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.profile.environment import describe_load, load_average
-from deepliflow_jax.profile.inputs import make_frames, make_ground_truth
+from deepliflow_jax.profile.inputs import make_ground_truth, random_frames
 from deepliflow_jax.profile.runners import jax_train_step_call
 from deepliflow_jax.profile.timer import aot_compile, time_interleaved
 from deepliflow_jax.scalars import check_number
@@ -315,7 +315,7 @@ def profile_blocks(variables: dict, batch: int = 1, height: int = 384, width: in
             jobs[(impl, WHOLE_TRAIN)] = (call, (), info["compile_s"])
         elif whole:
             model = DeepLiDARFlow(dtype=dtype, conv_impl=impl)
-            frames = jnp.asarray(make_frames(batch, height, width))
+            frames = jnp.asarray(random_frames(batch, height, width))
 
             def forward(v, f, model=model):
                 return model.apply(v, f, interp)

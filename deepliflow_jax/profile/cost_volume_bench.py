@@ -155,12 +155,12 @@ def forward_with_variant(variant: str, height: int, width: int, batch: int = 1,
     from unittest import mock
 
     from deepliflow_jax.model import deeplidarflow
-    from deepliflow_jax.profile.inputs import load_variables, make_frames
+    from deepliflow_jax.profile.inputs import load_variables, random_frames
 
     if variant not in VARIANTS:
         raise ValueError(f"--whole_model: unknown variant {variant!r}; known: {list(VARIANTS)}")
     variables = jax.device_put(load_variables(None, 0))
-    frames = jax.device_put(make_frames(batch, height, width))
+    frames = jax.device_put(random_frames(batch, height, width))
     model = deeplidarflow.DeepLiDARFlow(dtype=jnp.dtype(dtype))
     with mock.patch.object(deeplidarflow, "cost_volume", VARIANTS[variant]):
         t0 = time.perf_counter()

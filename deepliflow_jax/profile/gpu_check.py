@@ -4,11 +4,11 @@ Made for a GPU lent for a few minutes: one call, one results folder, every part
 recorded even when another fails or the time budget runs out. Parts, in order of
 importance (a part that would start after ``budget_s`` is recorded as skipped):
 
-1. **parity**: the TF-golden and conv-implementation tests
-   (``tests/test_tf_golden.py``, ``tests/test_conv_impl.py``) under the backend's
-   default float32 precision (TF32 convolutions on Ampere/Hopper) and under
-   ``highest``; their logs carry the measured errors (``-rA`` shows what each test
-   printed). Needs a checkout with ``tests/``.
+1. **parity**: under the backend's default float32 precision (TF32 convolutions on
+   Ampere/Hopper) and under ``highest``, whatever the caller's ``parity`` runs:
+   ``experiments.gpu_check`` runs the TF-golden and conv-implementation tests of the
+   checkout (``tests/test_tf_golden.py``, ``tests/test_conv_impl.py``) with pytest; the
+   library runs no tests itself.
 2. **runtime**: the harness (:func:`deepliflow_jax.profile.timing.run_benchmark`) at
    384x1216: float32, bf16, fp16, each ``conv_impl``, PyTorch eager and
    ``torch.compile`` at batch 1 and 8; the structured plan, int8 and the train step
@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +34,6 @@ from typing import Any
 from deepliflow_jax.fileio import write_text_atomic
 from deepliflow_jax.profile import report, timing
 
-PARITY_TESTS = ("tests/test_tf_golden.py", "tests/test_conv_impl.py")
 PRECISIONS = ("default", "highest")
 
 FULL = {
@@ -62,48 +58,6 @@ SMOKE = {
     "world": {"num_scenes": 10, "height": 64, "width": 192},
     "dtypes": ("float32", "bfloat16"),
 }
-
-
-def _summary_counts(log: str) -> dict[str, int]:
-    counts = {}
-    for n, what in re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", log):
-        counts[what.rstrip("s") if what.startswith("error") else what] = int(n)
-    return counts
-
-
-def parity(root: Path, out: Path, precision: str, select: str | None,
-           timeout_s: float) -> dict[str, Any]:
-    """Runs the parity tests in a subprocess under ``precision``; the log goes to ``out``.
-
-    Returns:
-      ``{"precision", "returncode", "counts": {"passed", "failed", ...}, "log"}``; a
-      missing ``tests/`` folder gives ``{"skipped": why}``.
-    """
-    missing = [t for t in PARITY_TESTS if not (root / t).is_file()]
-    if missing:
-        return {"precision": precision, "skipped": f"no {missing[0]} under {root} (run the "
-                "check from a checkout of the repository)"}
-    env = dict(os.environ)
-    env.pop("JAX_DEFAULT_MATMUL_PRECISION", None)
-    if precision == "highest":
-        env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    # one process: the tests compile on the one device (the suite's default is 2 workers)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rA", "-n", "0", "-p", "no:cacheprovider",
-           *PARITY_TESTS] + (["-k", select] if select else [])
-    try:
-        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True,
-                              timeout=timeout_s, check=False)
-        out_text, log, code = proc.stdout, proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as e:
-        out_text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        log, code = out_text + f"\nTIMEOUT after {timeout_s:.0f} s", None
-    path = out / f"parity_{precision}.log"
-    write_text_atomic(path, log)
-    # pytest's summary is the last line of its stdout (warnings go to stderr)
-    tail = out_text.strip().splitlines()[-1] if out_text.strip() else ""
-    return {"precision": precision, "returncode": code, "counts": _summary_counts(tail),
-            "log": str(path)}
 
 
 def runtime(out: Path, settings: dict, torch_reference: str | None,
@@ -137,7 +91,8 @@ def precision_vs_epe(variables: Any, batches: list, dtypes: tuple) -> dict[str, 
 
 def run_gpu_check(out_dir: str | Path, *, smoke: bool = False, variables: Any = None,
                   batches: list | None = None, torch_reference: str | None = None,
-                  root: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+                  parity: Callable[[Path, str, dict], dict] | None = None,
+                  progress: bool = True) -> dict[str, Any]:
     """All parts (module docstring); writes ``gpu_check.json`` and ``gpu_check.md``.
 
     Args:
@@ -148,8 +103,10 @@ def run_gpu_check(out_dir: str | Path, *, smoke: bool = False, variables: Any = 
         passes a synthetic world of ``settings["world"]``'s size).
       torch_reference: ``"module:function"`` of the PyTorch reference loader
         (``weights_convert.torch_bridge.LOADER``); None drops the torch configs.
-      root: the repository checkout whose ``tests/`` the parity part runs
-        (default: the one this package is imported from).
+      parity: ``parity(out, precision, settings)`` runs the parity part under
+        ``precision`` (``"default"`` or ``"highest"``) and returns its JSON-ready result
+        (``{"precision", "returncode", "counts", "log"}`` or ``{"skipped": why}``);
+        None records the part as skipped.
       progress: progress bars.
 
     Returns:
@@ -159,7 +116,6 @@ def run_gpu_check(out_dir: str | Path, *, smoke: bool = False, variables: Any = 
     settings = SMOKE if smoke else FULL
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(root) if root else Path(__file__).resolve().parents[2]
     if torch_reference is None:  # no loader named: the torch contenders cannot run
         settings = {**settings, "runtime": tuple(
             (",".join(c for c in configs.split(",") if not c.startswith("torch")), b, p)
@@ -169,8 +125,8 @@ def run_gpu_check(out_dir: str | Path, *, smoke: bool = False, variables: Any = 
     start = time.perf_counter()
     parts: dict[str, Any] = {}
     steps: list[tuple[str, Callable[[], Any]]] = [
-        *[(f"parity_{p}", lambda p=p: parity(root, out, p, settings["parity_select"],
-                                             settings["parity_timeout_s"]))
+        *[(f"parity_{p}", lambda p=p: (parity(out, p, settings) if parity is not None
+                                       else {"skipped": "no parity runner given"}))
           for p in PRECISIONS],
         ("runtime", lambda: runtime(out, settings, torch_reference, progress)),
         ("precision_vs_epe", lambda: (

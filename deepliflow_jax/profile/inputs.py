@@ -33,9 +33,9 @@ def check_sizes(height: int, width: int, batch_sizes: Sequence[int] = (1,),
     check_number(train_batch, "--train_batch", integer=True, minimum=1)
 
 
-def make_frames(batch: int, height: int, width: int, seed: int = 0,
-                lidar_fraction: float = 0.05) -> np.ndarray:
-    """Deterministic preprocessed-looking frames ``[B, 2, H, W, 4]`` (float32).
+def random_frames(batch: int, height: int, width: int, seed: int = 0,
+                  lidar_fraction: float = 0.05) -> np.ndarray:
+    """Random (seeded) benchmark frames ``[B, 2, H, W, 4]`` (float32) that look preprocessed.
 
     RGB in [0, 1] minus a mean of 0.4, and a sparse normalised disparity with
     ``lidar_fraction`` of the pixels set (the rest exactly 0 = no point), so the
@@ -58,11 +58,11 @@ def make_ground_truth(batch: int, height: int, width: int, seed: int = 1) -> np.
 
 
 def make_train_batch(batch: int, height: int, width: int, seed: int = 0) -> dict:
-    """One fine-tuning batch: ``{"frames": make_frames(...), "gt": make_ground_truth(...)}``.
+    """One fine-tuning batch: ``{"frames": random_frames(...), "gt": make_ground_truth(...)}``.
 
     The input every train-step contender (the JAX step, the PyTorch steps) times.
     """
-    return {"frames": make_frames(batch, height, width, seed),
+    return {"frames": random_frames(batch, height, width, seed),
             "gt": make_ground_truth(batch, height, width)}
 
 
@@ -77,7 +77,7 @@ def load_variables(weights: str | None = None, seed: int = 0) -> dict:
     Returns:
       ``{'params': ...}`` of float32 numpy-backed jax arrays.
     """
-    from deepliflow_jax.model.api import init_params
+    from deepliflow_jax.model.build import init_params
 
     if not weights:
         return init_params(seed, bias_std=0.1)

@@ -28,7 +28,7 @@ from deepliflow_jax.profile.environment import (
     environment,
     torch_environment,
 )
-from deepliflow_jax.profile.inputs import load_variables, make_frames, make_train_batch
+from deepliflow_jax.profile.inputs import load_variables, make_train_batch, random_frames
 from deepliflow_jax.profile.timer import aot_compile, time_calls, time_interleaved
 
 #: the learning rate of every timed fine-tuning step (JAX and PyTorch), the paper's first
@@ -55,7 +55,7 @@ def time_forward(variables: dict, batch: int, height: int, width: int, repeats: 
     from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 
     model = DeepLiDARFlow(dtype=dtype or jnp.float32)
-    frames = jax.device_put(make_frames(batch, height, width))
+    frames = jax.device_put(random_frames(batch, height, width))
     variables = jax.device_put(variables)
     compiled, info = aot_compile(model.apply, variables, frames)
     stats = time_calls(compiled, variables, frames, repeats=repeats, warmup=warmup)
@@ -97,7 +97,7 @@ def _jax_forward_runner(key, config, batch, spec, variables, cache) -> _Runner:
         runner.info = dict(info)
     runner.info["conv_impl"] = resolve_conv_impl(config.conv_impl)
     params = jax.device_put(params)
-    frames = jax.device_put(make_frames(batch, h, w, spec["seed"]))
+    frames = jax.device_put(random_frames(batch, h, w, spec["seed"]))
     exe_key = (config.executable_key, batch)
     if exe_key not in cache:
         model = DeepLiDARFlow(dtype=jnp.dtype(config.dtype), conv_impl=config.conv_impl)
@@ -122,7 +122,7 @@ def _jax_builder_runner(runner: _Runner, spec: dict, variables: dict) -> _Runner
     import jax
 
     h, w = spec["height"], spec["width"]
-    frames_np = make_frames(runner.batch, h, w, spec["seed"])
+    frames_np = random_frames(runner.batch, h, w, spec["seed"])
     apply_fn, params, runner.info = runner.config.builder(variables, frames_np, (h, w),
                                                           runner.config.dtype)
     params = jax.device_put(params)
@@ -243,7 +243,7 @@ def _torch_runner(key, config, batch, spec, variables, cache) -> _Runner:
 
     runner = _Runner(key, config, batch)
     ref, device = _torch_reference(spec, variables, cache)
-    frames = make_frames(batch, spec["height"], spec["width"], spec["seed"])
+    frames = random_frames(batch, spec["height"], spec["width"], spec["seed"])
     x = ref.make_input(frames)
     module = ref.module
     if config.torch_mode == "compile":

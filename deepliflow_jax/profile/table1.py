@@ -227,8 +227,8 @@ def profile_model(variables: dict, height: int = 384, width: int = 1216, batch: 
     return result
 
 
-def format_table(result: dict) -> str:
-    """Markdown table: ours beside the paper's Table I."""
+def format_profile_table(result: dict) -> str:
+    """The per-module profile (:func:`profile_model`) as Markdown, beside the paper's Table I."""
     paper = result["paper"]
     rows = ["| module | params (ours) | params (paper) | conv layers (ours) | conv ops "
             "(ours) | conv layers (paper) | GFLOPs eq.3 (ours) | GFLOPs XLA (ours) | "

@@ -15,7 +15,7 @@ from deepliflow_jax.compress.structured import (
     plan_pruning,
     shrink,
 )
-from deepliflow_jax.model.api import forward
+from deepliflow_jax.model.build import forward
 from deepliflow_jax.model.channels import (
     architecture_widths,
     unwrap_params,

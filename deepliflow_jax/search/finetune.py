@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.compress.structured import channel_masks, shrink
-from deepliflow_jax.model.api import init_params
+from deepliflow_jax.model.build import init_params
 from deepliflow_jax.model.channels import (
     widths_of,
 )

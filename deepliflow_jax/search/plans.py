@@ -11,7 +11,7 @@ import flax
 import jax
 import numpy as np
 
-from deepliflow_jax.compress.export import _decode, _encode_leaf  # numpy twins of the quantizer
+from deepliflow_jax.compress.codec import decode, encode_tensor
 from deepliflow_jax.compress.prune import prune
 from deepliflow_jax.compress.quantize import QuantConfig
 from deepliflow_jax.model.config import LEVELS
@@ -224,8 +224,8 @@ def fake_quantize(params: Any, regex: str, bits: int) -> Any:
     """The parameters matching ``regex`` fake-quantized to ``bits`` (per tensor, symmetric).
 
     The trainer's quantizer (``quantize_tree`` with ``Trainer.quant``, whose axes
-    ``QuantConfig.axis_for`` decides), computed with its numpy twin in
-    ``compress.export`` (bit for bit the same values, no compiles).
+    ``QuantConfig.axis_for`` decides), computed with the one codec on numpy
+    (``compress.codec``: bit for bit the same values, no compiles).
     """
     quant = QuantConfig(bits=int(bits), include=regex)
     flat = flax.traverse_util.flatten_dict(dict(params), sep="/")
@@ -233,9 +233,9 @@ def fake_quantize(params: Any, regex: str, bits: int) -> Any:
     for path, x in flat.items():
         if quant.selected(path):
             x = np.asarray(x, np.float32)
-            codes, scale, zp, _ = _encode_leaf(x, quant.bits, quant.axis_for(path, x.ndim),
-                                               quant.symmetric)
-            out[path] = _decode(codes, scale, zp)
+            codes, scale, zp = encode_tensor(x, quant.bits, axis=quant.axis_for(path, x.ndim),
+                                             symmetric=quant.symmetric)
+            out[path] = decode(codes, scale, zp)
         else:
             out[path] = x
     return flax.traverse_util.unflatten_dict(out, sep="/")

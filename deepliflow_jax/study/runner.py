@@ -51,7 +51,6 @@ from deepliflow_jax.train.trainer import (
     DivergenceError,
     Phase,
     Trainer,
-    enable_compilation_cache,
     get_trainer,
 )
 
@@ -171,7 +170,6 @@ class Study:
             raise ValueError(f"devices (--devices) is {n_dev}, but the training batch of "
                              f"{batch} frame(s) does not split over {n_dev} devices: use a "
                              f"device count that divides {batch} (e.g. --devices=1)")
-        enable_compilation_cache()
         self.trainer = get_trainer(cfg.interp_size, cfg.seed, self.devices, cfg.optimizer,
                                    widths=model_widths(cfg))
 
@@ -218,7 +216,7 @@ class Study:
         if checkpoint_exists(ckpt):  # also settles a save that an interruption cut short
             _say(f"baseline: loading {ckpt} (pre-trained by an earlier run or another worker)")
             return load_checkpoint(ckpt, widths=model_widths(cfg))["params"]
-        from deepliflow_jax.model.api import init_params
+        from deepliflow_jax.model.build import init_params
 
         # He-scaled kernels: with Xavier (the original's) a few hundred steps from
         # scratch leave a model whose output hardly depends on its input or weights

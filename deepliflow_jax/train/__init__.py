@@ -1,7 +1,7 @@
 """Fine-tuning: the train state, the one train step and trainer, Orbax train-state
 checkpoints (resume), data-parallel sharding."""
 
-from deepliflow_jax.train.checkpoint import Checkpointer, abstract_like
+from deepliflow_jax.train.resume import Checkpointer, abstract_like
 from deepliflow_jax.train.sharding import (
     initialize_distributed,
     jit_step,

@@ -1,4 +1,7 @@
-"""Train state and the paper's optimizer / learning-rate protocol.
+"""The train state: what a fine-tuning run carries from step to step.
+
+(The optimizer and the learning-rate phases of the paper's protocol are in
+:mod:`.trainer` and :mod:`.tf_adam`; saving and resuming this state in :mod:`.resume`.)
 
 Everything a run needs to continue bit-exactly is in :class:`TrainState`: the
 params, the optimizer state (which holds pruning masks and quantizer settings,

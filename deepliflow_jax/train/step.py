@@ -80,7 +80,7 @@ def make_train_step(
             rng=rng,
             data_pos=state.data_pos + 1,
         )
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads), **aux}
         return new_state, metrics
 
     return step

@@ -64,7 +64,7 @@ from deepliflow_jax.metrics import (
 from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl
 from deepliflow_jax.model.widths import freeze_widths
-from deepliflow_jax.train.checkpoint import Checkpointer
+from deepliflow_jax.train.resume import Checkpointer
 from deepliflow_jax.train.sharding import (
     jit_step,
     make_mesh,
@@ -436,7 +436,7 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
       progress: wraps each phase's ``range`` of steps (e.g. a progress bar), given the
         iterable, its length and the phase's name. With ``on_first_step`` the run's first
         step is taken before the bar starts: the bar's rate counts steps, not the compile.
-      checkpointer: a :class:`~deepliflow_jax.train.checkpoint.Checkpointer` whose
+      checkpointer: a :class:`~deepliflow_jax.train.resume.Checkpointer` whose
         ``best_metric`` is ``select`` (or None), to resume an interrupted run.
       restart_from_best: each phase after the first starts from the best state so far
         (its parameters and optimizer state; the step count, RNG and data position go

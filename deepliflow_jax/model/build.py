@@ -1,4 +1,4 @@
-"""Model construction helpers: jitted init and one jitted forward pass."""
+"""Model construction: the Flax module, jitted parameter init and one jitted forward pass."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pytest
 from deepliflow_jax.compress.prune import prune
 from deepliflow_jax.compress.quantize import QuantConfig
 from deepliflow_jax.compress.transforms import MaskState, QuantState, compress, get_bits
-from deepliflow_jax.train.checkpoint import Checkpointer
+from deepliflow_jax.train.resume import Checkpointer
 from deepliflow_jax.train.state import TrainState, create_train_state
 from tests.interrupts import sigkill_after_ready
 
@@ -89,7 +89,7 @@ SCRIPT = textwrap.dedent(
     from deepliflow_jax.compress.quantize import QuantConfig
     import optax
     from deepliflow_jax.losses import l2_regularizer
-    from deepliflow_jax.train.checkpoint import Checkpointer
+    from deepliflow_jax.train.resume import Checkpointer
     from deepliflow_jax.train.state import create_train_state
     from deepliflow_jax.train.step import make_train_step
     from deepliflow_jax.train.trainer import Phase, fit
@@ -254,8 +254,8 @@ SAVE_LOOP = textwrap.dedent(
     """
     import os, sys, time
     sys.path.insert(0, os.getcwd())
-    from tests.test_train_checkpoint import _state
-    from deepliflow_jax.train.checkpoint import Checkpointer
+    from tests.test_train_resume import _state
+    from deepliflow_jax.train.resume import Checkpointer
 
     rename, rmtree = os.rename, __import__("shutil").rmtree
     def slow(f):
