@@ -18,8 +18,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("experiments", "deepliflow_jax", "weights_convert", "tests")
+# every absl main; quickstart.py is the notebook's jupytext pair (it runs on import)
+NOTEBOOKS = {"quickstart"}
 SCRIPTS = sorted(p.stem for p in (REPO / "experiments").glob("*.py")
-                 if not p.stem.startswith("_"))
+                 if not p.stem.startswith("_") and p.stem not in NOTEBOOKS)
 # the flags through which each writing script names its outputs
 OUTPUT_FLAGS = {"runtime": ("output_json", "output_md"),
                 "compression_search": ("output_prefix",),
