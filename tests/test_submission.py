@@ -7,8 +7,6 @@ interpolation is checked on hand-made rows and against the devkit's loops writte
 """
 
 import json
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -22,6 +20,7 @@ from deepliflow_jax.data.submission import (
     interpolate_background,
     write_submission,
 )
+from tests.test_data_io import decode_png_independent
 
 # ----------------------------------------------------------------------------- readers
 
@@ -32,24 +31,10 @@ def _pillow(path) -> np.ndarray:
 
 
 def _zlib_png(path) -> np.ndarray:
-    """A 16-bit PNG's samples ``[H, W, C]`` from its IDAT stream (filter type 0 rows)."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    width, height, depth, color = header[:4]
-    assert depth == 16
-    planes = {0: 1, 2: 3}[color]
-    rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, -1)
-    assert np.all(rows[:, 0] == 0), "a row uses a PNG filter this reader does not undo"
-    return rows[:, 1:].copy().view(">u2").reshape(height, width, planes).astype(np.uint16)
+    """A 16-bit PNG's samples ``[H, W, C]`` decoded from the spec (no PNG library)."""
+    pixels = decode_png_independent(path.read_bytes())
+    assert pixels.dtype == np.uint16
+    return pixels if pixels.ndim == 3 else pixels[..., None]
 
 
 # ----------------------------------------------------------------------------- the files

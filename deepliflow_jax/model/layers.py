@@ -182,6 +182,16 @@ def _pad_channels(x: jnp.ndarray, kernel: jnp.ndarray, in_axis: int, out_axis: i
     return _pad_axis(x, -1, extra_in), _pad_axis(kernel, out_axis, _pad_to(kernel.shape[out_axis]))
 
 
+def _padded_operands(impl: frozenset[str], x: jnp.ndarray, kernel: jnp.ndarray, in_axis: int,
+                     out_axis: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``x`` and the kernel with the zero channels ``pad8`` and ``widen`` ask for."""
+    if "pad8" in impl:
+        x, kernel = _pad_channels(x, kernel, in_axis=in_axis, out_axis=out_axis)
+    if "widen" in impl:
+        kernel = _widen(kernel, out_axis=out_axis)
+    return x, kernel
+
+
 def _widen(kernel: jnp.ndarray, out_axis: int) -> jnp.ndarray:
     """Zero output channels up to ``YNN_MIN_CHANNELS + 1`` (``widen``); no-op above."""
     return _pad_axis(kernel, out_axis, max(YNN_MIN_CHANNELS + 1 - kernel.shape[out_axis], 0))
@@ -404,10 +414,7 @@ def conv2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 1, dilation: int =
     """
     impl = _tokens(conv_impl)
     features = kernel.shape[3]
-    if "pad8" in impl:
-        x, kernel = _pad_channels(x, kernel, in_axis=2, out_axis=3)
-    if "widen" in impl:
-        kernel = _widen(kernel, out_axis=3)
+    x, kernel = _padded_operands(impl, x, kernel, in_axis=2, out_axis=3)
     odd = kernel.shape[0] % 2 == 1 and kernel.shape[1] % 2 == 1
     if "s2b" in impl and dilation > 1 and stride == 1 and odd:
         y = dilated_conv_space_to_batch(x, kernel, dilation)
@@ -438,10 +445,7 @@ def conv_transpose2d(x: jnp.ndarray, kernel: jnp.ndarray, stride: int = 2,
     """
     impl = _tokens(conv_impl)
     features = kernel.shape[2]
-    if "pad8" in impl:
-        x, kernel = _pad_channels(x, kernel, in_axis=3, out_axis=2)
-    if "widen" in impl:
-        kernel = _widen(kernel, out_axis=2)
+    x, kernel = _padded_operands(impl, x, kernel, in_axis=3, out_axis=2)
     four_by_two = kernel.shape[:2] == (4, 4) and stride == 2
     if "phase" in impl and four_by_two:
         y = transposed_conv_phases(x, kernel)
