@@ -284,6 +284,8 @@ def load_dataset(root: PathLike, *, split: str | None = None, num_frames: int | 
     batch_size = check_number(batch_size, "batch_size", integer=True, minimum=1)
     if max_val_frames is not None:
         max_val_frames = check_number(max_val_frames, "max_val_frames", integer=True, minimum=1)
+    if num_samples is not None:
+        num_samples = check_number(num_samples, "num_samples", integer=True, minimum=1)
     crop, interp_size = _size(crop, "crop"), _size(interp_size, "interp_size")
     if frame_size is None:
         frame_size = (int(meta["height"]), int(meta["width"])) if meta is not None else KITTI_SIZE
@@ -306,8 +308,7 @@ def load_dataset(root: PathLike, *, split: str | None = None, num_frames: int | 
     data = Dataset([train[i] for i in range(len(train))], [val[i] for i in val_idx], "KITTI",
                    seed, validity, batch_size, crop, augment, root=str(root),
                    frame_size=frame_size)
-    data.num_samples = (data.samples_for(DEFAULT_SAMPLES) if num_samples is None else
-                        check_number(num_samples, "num_samples", integer=True, minimum=1))
+    data.num_samples = data.samples_for(DEFAULT_SAMPLES) if num_samples is None else num_samples
     if interp_size is None and meta is None and not all(
             h % 64 == 0 and w % 64 == 0 for h, w in data.frame_sizes()):
         interp_size = KITTI_MODEL_SHAPE
