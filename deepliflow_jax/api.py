@@ -23,7 +23,6 @@ Typical use (64x192 frames keep a CPU run to minutes; see ``experiments/quicksta
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,13 +34,14 @@ import numpy as np
 
 from deepliflow_jax.compress.prune import post_training_masks, zero_fraction
 from deepliflow_jax.data import submission
+from deepliflow_jax.data.dataset import DEFAULT_SAMPLES, Dataset
+from deepliflow_jax.data.dataset import load_dataset as _load_dataset
 from deepliflow_jax.data.kitti import check_validity
 from deepliflow_jax.metrics import check_as_submission, evaluate_np
 from deepliflow_jax.model.channels import architecture_widths
 from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, resolve_conv_impl
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.scalars import check_number
-from deepliflow_jax.study.data import StudyData
 from deepliflow_jax.train.trainer import Phase, Trainer, check_training, get_trainer
 
 PathLike = str | Path
@@ -273,28 +273,6 @@ def predict_sceneflow(variables: Mapping, frames: Any, dataset: str | None = Non
 # ----------------------------------------------------------------------------- data
 
 
-@dataclasses.dataclass
-class Dataset(StudyData):
-    """A decoded train/validation split (a :class:`~deepliflow_jax.study.data.StudyData`).
-
-    Attributes:
-      num_samples: LiDAR points per frame the study uses for it (synthetic worlds: the
-        KITTI density at their size).
-      interp_size: network input size, multiples of 64 (None: the frame size, which
-        must then be a multiple of 64; KITTI: 384x1216).
-      root: the folder it was read from.
-
-    Example:
-      >>> batch = data.train_batch(0, data.num_samples)  # data = load_dataset(folder)
-      >>> batch["frames"].shape, batch["gt"].shape
-      ((1, 2, 64, 192, 4), (1, 64, 192, 4))
-    """
-
-    num_samples: int = 4096
-    interp_size: tuple[int, int] | None = None
-    root: str = ""
-
-
 def make_synthetic_dataset(directory: PathLike, num_scenes: int = 10, height: int = 64,
                            width: int = 192, seed: int = 0, progress: bool = False) -> Path:
     """Writes the built-in synthetic street world (exact scene-flow ground truth), KITTI layout.
@@ -334,11 +312,12 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
                  validity: str = "original") -> Dataset:
     """Decodes a scene-flow data set in the KITTI layout, split as the study splits it.
 
-    A synthetic world (it has ``synthetic.json``) gets the study's 9:1 split (every
-    tenth frame is validation) and the KITTI LiDAR density at its size; a KITTI 2015
-    root gets the original release's 180/20 split, 4096 LiDAR points and the 384x1216
-    network size. LiDAR draws are seeded per frame, so evaluations are reproducible.
-    The network size is checked here, before anything is compiled.
+    :func:`deepliflow_jax.data.dataset.load_dataset` (the one loader the study and the
+    search use too) with the network size checked here, before anything is compiled. A
+    synthetic world (it has ``synthetic.json``) gets the study's 9:1 split (every tenth
+    frame is validation) and the KITTI LiDAR density at its size; a KITTI 2015 root gets
+    the original release's 180/20 split, 4096 LiDAR points and the 384x1216 network size.
+    LiDAR draws are seeded per frame, so evaluations are reproducible.
 
     Args:
       directory: the root (with ``training/``).
@@ -353,7 +332,8 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
         per-quantity validity); see :mod:`deepliflow_jax.metrics`.
 
     Returns:
-      A :class:`Dataset` (``.train``, ``.val`` samples; ``train_batch``, ``val_batches``).
+      A :class:`~deepliflow_jax.data.dataset.Dataset` (``.train``, ``.val`` samples;
+      ``train_batch``, ``val_batches``).
 
     Raises:
       FileNotFoundError: no data set there.
@@ -367,45 +347,13 @@ def load_dataset(directory: PathLike, *, max_val_frames: int | None = None, seed
       (9, 1, 108, None)
     """
     from deepliflow_jax.predict import check_interp_size
-    from deepliflow_jax.study.config import StudyConfig
-    from deepliflow_jax.study.data import load_study_data
 
-    root = Path(directory).expanduser()
-    if not (root / "training").is_dir():
-        raise FileNotFoundError(f"no data set at {root}: expected {root / 'training'} (see "
-                                "make_synthetic_dataset or a KITTI scene flow 2015 root)")
-    if max_val_frames is not None:
-        max_val_frames = _count(max_val_frames, "max_val_frames")
-    seed = _count(seed, "seed", minimum=0)
     if interp_size is not None:
         interp_size = check_interp_size(interp_size)
-    meta_path = root / "synthetic.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        cfg = StudyConfig(preset="api", data="synthetic", data_dir=str(root),
-                          height=int(meta["height"]), width=int(meta["width"]),
-                          num_scenes=int(meta["num_scenes"]), max_val_frames=max_val_frames,
-                          seed=seed, validity=check_validity(validity))
-    else:
-        cfg = StudyConfig(preset="api", data="kitti", data_dir=str(root),
-                          interp_size=KITTI_INTERP_SIZE, max_val_frames=max_val_frames,
-                          seed=seed, validity=check_validity(validity))
-    data = load_study_data(cfg, root)
-    n = data.samples_for(cfg) if num_samples is None else _count(num_samples,
-                                                                          "num_samples")
-    interp = cfg.interp_size if interp_size is None else interp_size
-    if interp_size is None and interp is not None and all(
-            h % 64 == 0 and w % 64 == 0 for h, w in _frame_sizes(data)):
-        interp = None
-    dataset = Dataset(train=data.train, val=data.val, dataset_type=data.dataset_type,
-                      seed=data.seed, validity=data.validity, num_samples=n,
-                       interp_size=interp, root=str(root))
-    _network_input(dataset, None, "load_dataset")
-    return dataset
-
-
-def _frame_sizes(data: StudyData) -> list[tuple[int, int]]:
-    return sorted({tuple(s.image0.shape[:2]) for s in [*data.train, *data.val]})
+    data = _load_dataset(directory, max_val_frames=max_val_frames, seed=seed,
+                         num_samples=num_samples, interp_size=interp_size, validity=validity)
+    _network_input(data, None, "load_dataset")
+    return data
 
 
 def _network_input(data: Dataset, interp_size: Any, caller: str) -> tuple[int, int] | None:
@@ -420,7 +368,7 @@ def _network_input(data: Dataset, interp_size: Any, caller: str) -> tuple[int, i
         return check_interp_size(interp_size)
     if data.interp_size is not None:
         return check_interp_size(data.interp_size, "Dataset.interp_size")
-    for h, w in _frame_sizes(data):
+    for h, w in data.frame_sizes():
         size = nearest_network_size(h, w)
         where = "load_dataset" if caller in ("load_dataset", "compression_table") else \
             f"{caller} (or to load_dataset)"
@@ -480,7 +428,7 @@ def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.nd
     index = check_number(index, "index", f"in [0, {len(data.val)}) (validation "
                          "frames)", integer=True, minimum=0, below=len(data.val))
     sample = data.val[index]
-    # the draw of StudyData.val_batches for this frame
+    # the draw of Dataset.val_batches for this frame
     frames, gt = preprocess_sample(sample, data.dataset_type, data.num_samples,
                                    frame_rng(data.seed, int(index), 0))
     return {"frames": frames, "gt": gt, "image0": sample.image0, "image1": sample.image1}
@@ -691,7 +639,6 @@ def _test_frames(data: Any, interp_size: Any) -> _TestFrames:
     from deepliflow_jax.data.io import png_size
     from deepliflow_jax.data.kitti import IMAGE_DIR, TEST_SPLIT, list_input_frames
     from deepliflow_jax.predict import check_interp_size, check_network_size, nearest_network_size
-    from deepliflow_jax.study.config import StudyConfig
 
     if isinstance(data, Dataset):
         if not data.root:
@@ -701,7 +648,7 @@ def _test_frames(data: Any, interp_size: Any) -> _TestFrames:
         root, num_samples, seed = Path(data.root), data.num_samples, data.seed
         dataset_type, default_size = data.dataset_type, data.interp_size
     elif isinstance(data, str | Path):
-        root, num_samples, seed = Path(data).expanduser(), StudyConfig().num_samples, 0
+        root, num_samples, seed = Path(data).expanduser(), DEFAULT_SAMPLES, 0
         dataset_type, default_size = "KITTI", KITTI_INTERP_SIZE
     else:
         raise ValueError(f"data must be a data-set folder or a Dataset from load_dataset, "
@@ -1020,7 +967,6 @@ def compression_search(variables: Mapping, data: Dataset | PathLike, budget: str
       ValueError: budget 'g99' names no reference plan; the references are ['g70h10', ...
     """
     from deepliflow_jax.search.config import SearchConfig
-    from deepliflow_jax.search.data import TradeoffData
     from deepliflow_jax.search.run import run_search
 
     params = _check_variables(variables)["params"]
@@ -1036,13 +982,8 @@ def compression_search(variables: Mapping, data: Dataset | PathLike, budget: str
     except TypeError as err:
         raise ValueError(f"compression_search: {err}; the settings are the fields of "
                          "deepliflow_jax.search.config.SearchConfig") from err
-    batches = data.val_batches(data.num_samples)
-    if len(batches) != 1:
-        raise ValueError(f"compression_search needs validation frames of one size, got "
-                         f"{len(batches)} sizes")
-    desc = f"{data.root or 'data set'}: {len(data.train)} training / {len(data.val)} validation"
-    search_data = TradeoffData(data.train_batch, batches[0], data.num_samples, desc)
-    return run_search(cfg, search_data, {"params": params}, workdir, save_to=save_to,
+    data.val_batch()  # raises now, before anything is compiled, for frames of several sizes
+    return run_search(cfg, data, {"params": params}, workdir, save_to=save_to,
                       sensitivity_cache=sensitivity_cache, log=log)
 
 

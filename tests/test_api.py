@@ -16,7 +16,7 @@ import pytest
 
 import deepliflow_jax as dl
 from deepliflow_jax import api
-from deepliflow_jax.study.config import effective_samples
+from deepliflow_jax.data.dataset import effective_samples
 
 H, W = 64, 192
 
@@ -177,13 +177,13 @@ def data(tiny_data):
 
 def test_load_dataset_splits_like_the_study(data, world, tmp_path):
     from deepliflow_jax.study import make_config
-    from deepliflow_jax.study.data import load_study_data
+    from deepliflow_jax.study.data import study_dataset
 
     assert (len(data.train), len(data.val)) == (9, 1)
     assert data.num_samples == effective_samples(4096, H, W) and data.interp_size is None
-    study = load_study_data(make_config("tiny"), world)
+    study = study_dataset(make_config("tiny"), world)
     assert [s.name for s in data.val] == [s.name for s in study.val]
-    as_text = load_study_data(make_config("tiny"), str(world))  # a folder given as text
+    as_text = study_dataset(make_config("tiny"), str(world))  # a folder given as text
     assert [s.name for s in as_text.train] == [s.name for s in study.train]
     np.testing.assert_array_equal(data.train_batch(3, data.num_samples)["frames"],
                                   study.train_batch(3, data.num_samples)["frames"])
@@ -316,7 +316,7 @@ def test_compression_table(small_variables, data):
 
 # Re-exports defined outside ``deepliflow_jax.api`` (whose doctests run below): their
 # examples run here, each in its defining module's namespace.
-REEXPORTED_WITH_EXAMPLES = ("create_model", "enable_compilation_cache",
+REEXPORTED_WITH_EXAMPLES = ("Dataset", "create_model", "enable_compilation_cache",
                             "init_params", "load_checkpoint", "make_config", "param_shapes",
                             "prune", "quantize", "run_study", "save_checkpoint", "save_png",
                             "zero_fraction")

@@ -141,15 +141,12 @@ def test_frame_size_is_checked_when_the_data_set_is_loaded(odd_world):
 
 
 def test_evaluate_and_finetune_check_the_size_with_advice_that_fits(variables, odd_world):
-    from deepliflow_jax.study.config import StudyConfig
-    from deepliflow_jax.study.data import load_study_data
+    from deepliflow_jax.data.dataset import load_dataset
 
-    # a Dataset built by hand from the study's loader (load_dataset itself refuses it)
-    cfg = StudyConfig(preset="api", data="synthetic", data_dir=str(odd_world), height=100,
-                      width=200, num_scenes=10)
-    study = load_study_data(cfg, odd_world)
-    data = dl.Dataset(train=study.train, val=study.val, dataset_type="KITTI", seed=0,
-                      num_samples=100, root=str(odd_world))
+    # a Dataset read by the data layer's loader, which does not check the network size
+    # (dl.load_dataset does: it refuses this one)
+    data = load_dataset(odd_world, num_samples=100)
+    assert isinstance(data, dl.Dataset) and data.interp_size is None
     for fn, call in (("evaluate", lambda: dl.evaluate(variables, data)),
                      ("finetune", lambda: dl.finetune(variables, data, 1))):
         with pytest.raises(ValueError, match=rf"is 100x200, .* pass interp_size=\(128, 192\) "

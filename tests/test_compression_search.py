@@ -392,11 +392,9 @@ def test_tiny_search_end_to_end(variables, tiny_data, tmp_path):
 
     import deepliflow_jax as dl
     from deepliflow_jax.checkpoint import checkpoint_widths, load_checkpoint, load_metadata
-    from deepliflow_jax.search.data import TradeoffData
     from deepliflow_jax.search.measure import evaluate_outputs
 
-    val = tiny_data.val_batches(tiny_data.num_samples)[0]
-    data = TradeoffData(tiny_data.train_batch, val, tiny_data.num_samples, "tiny world")
+    data, val = tiny_data, tiny_data.val_batch()
     cfg = SearchConfig(budget="27.6MB", groups=(CTX, EST6), ratios=(0.5,), bits=(8,),
                          percents=(), margins=(0.0,), candidates=1, uniform=(), plans=(),
                          finetune_steps=0, repeats=1, block_repeats=1, warmup=0)

@@ -185,7 +185,8 @@ def test_devkit_pools_pixels_over_frames_in_the_trainer_and_the_study(small_vari
 
     study = Study(make_config("tiny", validity="devkit"), tmp_path / "study")
     study.trainer = trainer
-    study.data = SimpleNamespace(samples_for=lambda cfg, n=None: dev.num_samples,
+    study.data = SimpleNamespace(num_samples=dev.num_samples,
+                                 samples_for=lambda n: dev.num_samples,
                                  val_batches=lambda n: batches)
     assert study._evaluate(state, study.val_batches()) == got
 
@@ -276,7 +277,7 @@ def test_study_records_a_diverged_configuration_and_goes_on(tmp_path, monkeypatc
     from deepliflow_jax.study import make_config
     from deepliflow_jax.study.runner import Study
 
-    data = SimpleNamespace(samples_for=lambda cfg, n=None: 1, val_batches=lambda n: [{}],
+    data = SimpleNamespace(num_samples=1, samples_for=lambda n: 1, val_batches=lambda n: [{}],
                            train_batch=lambda pos, n, reg_scale=1.0: {})
 
     def prepare(self):

@@ -1,7 +1,7 @@
 """The original's KITTI fine-tuning protocol in the study (``paper`` preset), field by field.
 
 Each setting is checked where it reaches the data or the step: hand-made frames through
-``StudyData.train_batch`` (LiDAR counts, batch and crop, augmentation), scripted train
+``Dataset.train_batch`` (LiDAR counts, batch and crop, augmentation), scripted train
 steps through ``fit`` and ``Study.aware`` (phase 2 from the best state, the restored Adam
 state, the counts passed on). No network is compiled here.
 """
@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deepliflow_jax.data.dataset import Dataset
 from deepliflow_jax.data.kitti import SceneFlowSample
 from deepliflow_jax.data.lidar import TRAIN_SAMPLES
 from deepliflow_jax.data.preprocess import center_crop, rgb_mean
 from deepliflow_jax.study import config as study_config
 from deepliflow_jax.study import make_config
-from deepliflow_jax.study.data import StudyData
 from deepliflow_jax.study.runner import Study
 from deepliflow_jax.train import trainer as trainer_module
 from deepliflow_jax.train.state import TrainState
@@ -45,7 +45,7 @@ def _frame_of(frames):
 
 
 def _data(n=10, **fields):
-    return StudyData([_sample(i) for i in range(n)], [_sample(100)], "KITTI", seed=3, **fields)
+    return Dataset([_sample(i) for i in range(n)], [_sample(100)], "KITTI", seed=3, **fields)
 
 
 # ----------------------------------------------------------------------------- the preset
@@ -117,7 +117,7 @@ def test_batch_of_two_is_centre_cropped_and_reaches_the_loss_at_the_crop():
     loss) has the crop's size (traced, not compiled)."""
     samples = [_sample(i, 375, 1242) for i in range(2)] + [_sample(i, 370, 1224)
                                                             for i in range(2, 4)]
-    data = StudyData(samples, samples[:1], "KITTI", seed=0, batch_size=2, crop=(370, 1220))
+    data = Dataset(samples, samples[:1], "KITTI", seed=0, batch_size=2, crop=(370, 1220))
     assert data.steps_per_epoch() == 2
     batches = [data.train_batch(p, 5000) for p in range(2)]
     for batch in batches:
@@ -248,7 +248,9 @@ class _Engine(Trainer):
 
 
 class _Data:
-    def samples_for(self, cfg, num_samples=None):
+    num_samples = ("scaled", None)
+
+    def samples_for(self, num_samples):
         return ("scaled", num_samples)
 
     def train_batch(self, position, num_samples, reg_scale=1.0):

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepliflow_jax.data.dataset import effective_samples
 from deepliflow_jax.model.layers import resolve_conv_impl
 from deepliflow_jax.profile.environment import cpu_info
 from deepliflow_jax.study import make_config, report
-from deepliflow_jax.study.config import effective_samples, replace_config
-from deepliflow_jax.study.data import load_study_data
+from deepliflow_jax.study.config import replace_config
+from deepliflow_jax.study.data import study_dataset
 
 
 def test_bad_input_fails_fast(tmp_path):
@@ -150,8 +151,8 @@ def test_tiny_study_end_to_end_and_resume(tiny_study):
         assert lidar["2048"]["epe"] != lidar["8192"]["epe"], key
     # the zero-flow reference is the frame mean of |gt| over the valid pixels (d0 > 0),
     # computed here from the validation ground truth the study evaluates on
-    data = load_study_data(cfg, tmp_path / "synthetic_kitti")
-    gts = np.concatenate([b["gt"] for b in data.val_batches(data.samples_for(cfg))])
+    data = study_dataset(cfg, tmp_path / "synthetic_kitti")
+    gts = np.concatenate([b["gt"] for b in data.val_batches(data.num_samples)])
     per_frame = [np.linalg.norm(gt[gt[..., 2] > 0].astype(np.float64), axis=-1).mean()
                  for gt in gts]
     assert len(per_frame) == 1  # 10 scenes, every tenth is validation

@@ -166,8 +166,8 @@ def test_vis_writers(tmp_path):
 
 
 def test_study_record_log_and_split_writers(tmp_path):
+    from deepliflow_jax.data.dataset import write_nine_to_one_split
     from deepliflow_jax.data.synthetic import write_split_file
-    from deepliflow_jax.study.data import write_nine_to_one_split
     from deepliflow_jax.study.records import RecordStore, RunLog
 
     root = tmp_path / "r"

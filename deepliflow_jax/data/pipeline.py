@@ -5,7 +5,7 @@ and a ``dataset_type`` (``"KITTI"`` or ``"FT3D"``). Each sample is turned into n
 input frames ``[2, H, W, 4]`` and ground truth ``[H, W, 4]`` exactly as the original
 generator does (RGB mean, LiDAR sampling, disparity normalisation, center crop); the LiDAR
 draw is seeded by (seed, epoch, frame index), so an evaluation pass is reproducible. The
-study's data (``deepliflow_jax.study.data``) orders the frames of each epoch and calls
+data set type (``deepliflow_jax.data.dataset``) orders the frames of each epoch and calls
 :func:`load_batch`; the photometric augmentation is ``augment.augment_frames``.
 """
 

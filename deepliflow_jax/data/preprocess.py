@@ -24,6 +24,9 @@ DISP_MEAN_STD = {
 # data_generator.py: FT3D is always cropped; KITTI only when batching frames together.
 FT3D_CROP = (512, 960)
 KITTI_BATCH_CROP = (370, 1220)
+# training-time photometric augmentation (data/augment.py): none; the original's chain on
+# the mean-subtracted RGB (its clip zeroes values below the mean); or the chain on the colours
+AUGMENT_MODES = ("none", "original", "rgb")
 KITTI_MODEL_SHAPE = (384, 1216)
 # Value ranges that tell preprocessed input from raw input (checked before any compile).
 # RGB in [0, 1] minus a dataset mean (0.37..0.42) lies in [-0.43, 0.64]: anything outside

@@ -71,7 +71,7 @@ demo data is the study's synthetic world) and below ``api``.
 
 from deepliflow_jax.search.budget import Budget
 from deepliflow_jax.search.config import SearchConfig
-from deepliflow_jax.search.data import TradeoffData, baseline_params, data_beside, synthetic_data
+from deepliflow_jax.search.data import baseline_params, data_beside
 from deepliflow_jax.search.plans import HAND_PLANS, LAYER_GROUPS, Choice, parse_plan
 from deepliflow_jax.search.report import plot, to_markdown, tradeoff_markdown, tradeoff_plot
 from deepliflow_jax.search.run import run_search
@@ -79,6 +79,6 @@ from deepliflow_jax.search.solver import InfeasibleBudgetError
 from deepliflow_jax.search.tradeoff import TradeoffConfig, run_tradeoff
 
 __all__ = ["HAND_PLANS", "LAYER_GROUPS", "Budget", "Choice", "InfeasibleBudgetError",
-           "SearchConfig", "TradeoffConfig", "TradeoffData", "baseline_params", "data_beside",
-           "parse_plan", "plot", "run_search", "run_tradeoff", "synthetic_data", "to_markdown",
-           "tradeoff_markdown", "tradeoff_plot"]
+           "SearchConfig", "TradeoffConfig", "baseline_params", "data_beside", "parse_plan",
+           "plot", "run_search", "run_tradeoff", "to_markdown", "tradeoff_markdown",
+           "tradeoff_plot"]

@@ -2,61 +2,38 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 
 from deepliflow_jax.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from deepliflow_jax.data.dataset import Dataset
 from deepliflow_jax.search.finetune import pretrain
 from deepliflow_jax.study.config import make_config
-from deepliflow_jax.study.data import load_study_data, make_synthetic
-
-
-@dataclasses.dataclass
-class TradeoffData:
-    """What the run needs from the data: training batches, the validation batch, calibration."""
-
-    train_batch: Callable[[int, int], dict]
-    val: dict
-    samples: int
-    description: str
-
-
-def synthetic_data(data_dir: str | os.PathLike, seed: int = 0) -> TradeoffData:
-    """The study's synthetic KITTI-format world (``demo`` preset: 80 scenes, 64x192).
-
-    Generated into ``data_dir`` if missing (as the study does); split 9:1.
-    """
-
-    cfg = make_config("demo", seed=seed)
-    root = Path(data_dir)
-    make_synthetic(cfg, root, progress=False)
-    data = load_study_data(cfg, root)
-    n = data.samples_for(cfg)
-    val = data.val_batches(n)
-    if len(val) != 1:
-        raise ValueError(f"expected one validation batch of equal-size frames, got {len(val)}")
-    desc = (f"synthetic KITTI-format world ({root}): {len(data.train)} training / "
-            f"{len(data.val)} validation frames at {cfg.height}x{cfg.width}, {n} LiDAR points "
-            "per frame")
-    return TradeoffData(data.train_batch, val[0], n, desc)
+from deepliflow_jax.study.data import make_synthetic, study_dataset
 
 
 def data_beside(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None,
-                workdir: str | os.PathLike, seed: int = 0) -> TradeoffData:
-    """:func:`synthetic_data` from ``data_dir``; None: the world next to ``checkpoint`` (a
-    study's ``synthetic_kitti``) when there is one, else ``workdir/synthetic_kitti``."""
+                workdir: str | os.PathLike, seed: int = 0) -> Dataset:
+    """The study's synthetic KITTI-format world (``demo`` preset: 80 scenes, 64x192, split
+    9:1), generated into ``data_dir`` if missing (as the study does).
+
+    ``data_dir`` None: the world next to ``checkpoint`` (a study's ``synthetic_kitti``) when
+    there is one, else ``workdir/synthetic_kitti``. The search uses its training batches
+    and its one validation batch (``Dataset.val_batch``).
+    """
     if data_dir is None:
         sibling = Path(checkpoint).parent / "synthetic_kitti"
         data_dir = sibling if sibling.is_dir() else Path(workdir) / "synthetic_kitti"
-    return synthetic_data(data_dir, seed)
+    cfg = make_config("demo", seed=seed)
+    root = Path(data_dir)
+    make_synthetic(cfg, root, progress=False)
+    return study_dataset(cfg, root)
 
 
-def baseline_params(checkpoint: str | os.PathLike | None, data: TradeoffData,
+def baseline_params(checkpoint: str | os.PathLike | None, data: Dataset,
                     cfg: Any, save_to: str | os.PathLike, log=print) -> Any:
     """The trained dense model: ``checkpoint`` if it exists, else pre-trained here and saved.
 

@@ -124,7 +124,7 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
 def pretrain(data, steps: int, lr: float, seed: int, log=print) -> Any:
     """Pre-trains the dense model from the initialisation (no baseline checkpoint)."""
     params = init_params(seed)["params"]
-    n = data.samples
+    n = data.num_samples
     return fine_tune(Trainer(seed=seed), params, lambda p: data.train_batch(p, n), steps, lr,
                      log=log).params
 

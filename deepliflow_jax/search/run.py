@@ -17,6 +17,7 @@ from deepliflow_jax.compress.structured import (
     plan_pruning,
     shrink,
 )
+from deepliflow_jax.data.dataset import Dataset
 from deepliflow_jax.model.channels import (
     architecture_widths,
     unwrap_params,
@@ -26,7 +27,6 @@ from deepliflow_jax.profile.environment import environment, load_average
 from deepliflow_jax.search.budget import Budget
 from deepliflow_jax.search.config import SearchConfig
 from deepliflow_jax.search.costs import measure_costs, predicted_latency
-from deepliflow_jax.search.data import TradeoffData
 from deepliflow_jax.search.finetune import fine_tune_pruned
 from deepliflow_jax.search.measure import make_candidate, time_candidates
 from deepliflow_jax.search.plans import (
@@ -67,7 +67,7 @@ class _Model:
     info: dict = dataclasses.field(default_factory=dict)
 
 
-def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: str | Path,
+def run_search(cfg: SearchConfig, data: Dataset, baseline: Any, workdir: str | Path,
                *, save_to: str | Path | None = None, sensitivity_cache: str | Path | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole search (see :mod:`deepliflow_jax.search`).
@@ -104,14 +104,14 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
     trainer = Trainer(seed=cfg.seed, channel_masked=True)  # one compiled step for all
 
     t = time.perf_counter()
-    sens = measure_sensitivity(params, data.val, cfg.groups, cfg.ratios, cfg.bits,
+    sens = measure_sensitivity(params, data.val_batch(), cfg.groups, cfg.ratios, cfg.bits,
                                cfg.percents, multiple=cfg.multiple, scorer=cfg.scorer,
                                cache=cache, log=log)
     stage["sensitivity_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     models = _reference_models(cfg, params)
-    costs = _reference_costs(cfg, params, models, data.val["frames"], log)
+    costs = _reference_costs(cfg, params, models, data.val_batch()["frames"], log)
     # the packed checkpoints store what the trainer's quantizer makes
     factors = calibrate_disk(params, sorted(set(cfg.bits)), work, trainer.quant)
     size_model = SizeModel(params, cfg.groups, cfg.multiple, factors)
@@ -133,7 +133,7 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
     stage["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stats = _measure_models(loaded, models, data.val, cfg.repeats, cfg.warmup, work, log)
+    stats = _measure_models(loaded, models, data.val_batch(), cfg.repeats, cfg.warmup, work, log)
     stage["measure_s"] = time.perf_counter() - t
     final_limit = budget.limit(stats["dense"]["median_ms"], _medians(stats))
     dense_epe = models["dense"].info["metrics"]["epe"]
@@ -148,7 +148,7 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
                    "measure": budget.measure, "limit": final_limit,
                    "search_limit": limit},
         "data": data.description,
-        "timed_input": list(np.shape(data.val["frames"])),
+        "timed_input": list(np.shape(data.val_batch()["frames"])),
         "environment": environment(),
         "load": {"before": load_before, "after": load_average()},
         "rows": rows,
@@ -230,13 +230,13 @@ def _searched_models(cfg: SearchConfig, params: Any, found: Sequence[Mapping[str
     return models
 
 
-def _fine_tune_and_save(cfg: SearchConfig, data: TradeoffData, params: Any,
+def _fine_tune_and_save(cfg: SearchConfig, data: Dataset, params: Any,
                         models: Mapping[str, _Model], trainer: Trainer, size_model: SizeModel,
                         model_dir: Path, log: Callable[[str], None]) -> dict[str, dict]:
     """Every model but the baseline fine-tuned (channel-masked, its bits and sparsity held),
     shrunk, saved with ``save_checkpoint`` and loaded back: ``{name: variables}``."""
     refine = int(round(cfg.finetune_steps * (1 - cfg.refine_fraction)))
-    n = data.samples
+    n = data.num_samples
     loaded: dict[str, dict] = {}
     for m in progress(list(models.values()), len(models), "fine-tune + save"):
         plan = m.plan or {}

@@ -38,6 +38,7 @@ from deepliflow_jax.compress.structured import (
     mask_outputs,
     structured_prune,
 )
+from deepliflow_jax.data.dataset import Dataset
 from deepliflow_jax.model.channels import (
     widths_of,
 )
@@ -45,7 +46,6 @@ from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.widths import freeze_widths
 from deepliflow_jax.profile.environment import environment
 from deepliflow_jax.scalars import check_number, check_numbers
-from deepliflow_jax.search.data import TradeoffData
 from deepliflow_jax.search.finetune import fine_tune, fine_tune_pruned
 from deepliflow_jax.search.measure import (
     Candidate,
@@ -177,13 +177,13 @@ def target_check(rows: list[dict], reference: str) -> dict[str, Any]:
             "candidates": [r["name"] for r in ok]}
 
 
-def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
+def run_tradeoff(cfg: TradeoffConfig, data: Dataset, baseline: Any,
                  workdir: str | os.PathLike | None = None, log=print) -> dict[str, Any]:
     """The whole trade-off measurement (see module docstring).
 
     Args:
       cfg: settings.
-      data: data access.
+      data: the training batches and the validation batch (``Dataset.val_batch``).
       baseline: trained dense params (bare tree).
       workdir: scratch folder (default: a temporary one).
       log: progress printer.
@@ -193,7 +193,7 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
     """
     scratch = Path(workdir or tempfile.mkdtemp(prefix="structured_tradeoff_"))
     scratch.mkdir(parents=True, exist_ok=True)
-    n = data.samples
+    n, val = data.num_samples, data.val_batch()
     calib = [data.train_batch(10_000 + i, n)["frames"] for i in range(cfg.calib_batches)]
 
     def batches(pos):
@@ -204,16 +204,16 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
     structures: dict[str, Any] = {}
 
     def measure(name, ratio, params, widths):
-        cands.append(make_candidate(name, ratio, params, widths, data.val, scratch, log=log))
+        cands.append(make_candidate(name, ratio, params, widths, val, scratch, log=log))
         if cfg.int8:
-            cands.append(make_candidate(f"{name}+int8", ratio, params, widths, data.val, scratch,
+            cands.append(make_candidate(f"{name}+int8", ratio, params, widths, val, scratch,
                                         quant=True, calib=calib, log=log))
 
     masked = cfg.finetune_mode == "masked"
     refine = int(round(cfg.finetune_steps * (1 - cfg.refine_fraction)))
     shared = Trainer(seed=cfg.seed, channel_masked=masked)  # compiles on first use
-    val_frames = jnp.asarray(data.val["frames"])
-    val_size = tuple(data.val["gt"].shape[1:3])
+    val_frames = jnp.asarray(val["frames"])
+    val_size = tuple(val["gt"].shape[1:3])
     full_model = DeepLiDARFlow()
 
     @jax.jit
@@ -230,9 +230,9 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
         if widths is not None:
             small = DeepLiDARFlow(widths=freeze_widths(widths))
             fwd = jax.jit(lambda p, f: small.apply({"params": p}, f, None, val_size)[0])
-            return lambda p: evaluate_outputs(np.asarray(fwd(p, val_frames)), data.val["gt"])
+            return lambda p: evaluate_outputs(np.asarray(fwd(p, val_frames)), val["gt"])
         return lambda p: evaluate_outputs(np.asarray(masked_forward(p, masks, val_frames)),
-                                          data.val["gt"])
+                                          val["gt"])
 
     log("dense baseline")
     measure("dense", 0.0, baseline, None)
@@ -289,5 +289,5 @@ def run_tradeoff(cfg: TradeoffConfig, data: TradeoffData, baseline: Any,
         "structures": structures,
         "environment": environment(),
         "wall_s": time.perf_counter() - start,
-        "timed_input": list(np.shape(data.val["frames"])),
+        "timed_input": list(np.shape(val["frames"])),
     }

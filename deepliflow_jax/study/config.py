@@ -17,20 +17,17 @@ from typing import Any
 
 from deepliflow_jax.data.kitti import VALIDITY_MODES
 from deepliflow_jax.data.lidar import LIDAR_SWEEP, TRAIN_SAMPLES
-from deepliflow_jax.data.preprocess import KITTI_BATCH_CROP
+from deepliflow_jax.data.preprocess import AUGMENT_MODES, KITTI_BATCH_CROP
+from deepliflow_jax.data.synthetic import KITTI_SIZE as KITTI_FULL_SIZE
 from deepliflow_jax.model.widths import uniform_widths
 from deepliflow_jax.scalars import check_number, check_numbers
 
-KITTI_FULL_SIZE = (375, 1242)
 # the original's KITTI fine-tuning (run_finetune.sh, README): batch 2 over the 180
 # training frames (train.py: data_size // BATCH_SIZE // STEP_SIZE = 90 steps per epoch,
 # STEP_SIZE = 1 for KITTI), 100 epochs at 1e-4, then 100 at 1e-5
 PAPER_BATCH_SIZE = 2
 PAPER_STEPS_PER_EPOCH = 180 // PAPER_BATCH_SIZE
 PAPER_EPOCHS = 100
-# training-time photometric augmentation (data/augment.py): none; the original's chain on
-# the mean-subtracted RGB (its clip zeroes values below the mean); or the chain on the colours
-AUGMENT_MODES = ("none", "original", "rgb")
 OPTIMIZERS = ("adam", "tf1_adam")  # train.trainer.OPTIMIZERS
 PAPER_PRUNE_PERCENTS = (5.0, 10.0, 15.0, 20.0, 25.0)
 PAPER_QUANT_BITS = (16, 14, 12, 10, 8, 6)
@@ -57,7 +54,7 @@ class StudyConfig:
         None to run at the image size (must then be a multiple of 64).
       num_scenes: synthetic frame pairs (split 9:1 like the original's KITTI split).
       num_samples: LiDAR points per frame *at KITTI resolution*; reduced-size
-        images get the same density (see ``effective_samples``).
+        images get the same density (see ``data.dataset.effective_samples``).
       pretrain_steps, pretrain_lr: brief pre-training of the baseline (synthetic).
       finetune_steps, lr1: aware training at the original's rate (1e-4).
       refine_steps, lr2: then "refine" at the 10x lower rate (1e-5).
@@ -182,12 +179,6 @@ PRESETS: dict[str, StudyConfig] = {
 def model_widths(cfg: StudyConfig) -> dict[str, int] | None:
     """The ``widths`` of the network the study runs (None: the original's)."""
     return None if cfg.group_width is None else uniform_widths(cfg.group_width)
-
-
-def effective_samples(num_samples: int, height: int, width: int) -> int:
-    """LiDAR points at ``height`` x ``width`` with the density of ``num_samples`` on KITTI."""
-    scale = (height * width) / (KITTI_FULL_SIZE[0] * KITTI_FULL_SIZE[1])
-    return max(1, round(num_samples * scale))
 
 
 def make_config(preset: str, **overrides: Any) -> StudyConfig:

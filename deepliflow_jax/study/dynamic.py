@@ -297,7 +297,7 @@ def run_part(study: Any, params: Any, say: Callable[[str], None] = print) -> dic
         say(f"{PART}: resuming after {len(recorded)} levels from the accepted "
             f"{recorded[accepted[-1]]['percent']:g} %")
     _discard_models(study.dir, accepted[-1] if accepted else None)
-    n = study.data.samples_for(cfg)
+    n = study.data.num_samples
     phases = [Phase("lr1", cfg.lr1, cfg.dynamic_steps),
               Phase("lr2", cfg.lr2, cfg.dynamic_refine_steps)]
 

@@ -45,7 +45,7 @@ from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.study import dynamic, report
 from deepliflow_jax.study.claims import CLAIMS_DIR, DEFAULT_TIMEOUT_S, ClaimBoard, run_claimed
 from deepliflow_jax.study.config import StudyConfig, model_widths, resume_conflicts
-from deepliflow_jax.study.data import load_study_data, make_synthetic
+from deepliflow_jax.study.data import make_synthetic, study_dataset
 from deepliflow_jax.study.records import RecordStore, RunLog, progress
 from deepliflow_jax.train.trainer import (
     DivergenceError,
@@ -156,10 +156,10 @@ class Study:
                        lambda _: ready.is_file() and json.loads(ready.read_text()) == world)
         else:
             root = Path(cfg.data_dir)
-        self.data = load_study_data(cfg, root)
+        self.data = study_dataset(cfg, root)
         _say(f"data: {len(self.data.train)} train / {len(self.data.val)} validation frames; "
-             f"{self.data.samples_for(cfg)} LiDAR points per frame")
-        batch = len(self.data.train_batch(0, self.data.samples_for(cfg))["gt"])
+             f"{self.data.num_samples} LiDAR points per frame")
+        batch = len(self.data.train_batch(0, self.data.num_samples)["gt"])
         if self.devices is None:  # 'all': the most devices the batch splits over
             n_dev = max(d for d in range(1, n_dev + 1) if batch % d == 0)
             self.devices = n_dev
@@ -190,7 +190,7 @@ class Study:
                 "results folder, or the same settings to resume")
 
     def val_batches(self, num_samples: int | None = None) -> list:
-        n = self.data.samples_for(self.cfg, num_samples)
+        n = self.data.num_samples if num_samples is None else self.data.samples_for(num_samples)
         if n not in self._val:
             self._val[n] = self.data.val_batches(n)
         return self._val[n]
@@ -228,7 +228,7 @@ class Study:
                  "on the synthetic world")
             state = self.trainer.new_state(params, lr=cfg.pretrain_lr)
             log = RunLog(self.dir / "logs", "pretrain")
-            n = self.data.samples_for(cfg)
+            n = self.data.num_samples
 
             def log_step(pos: int, m: dict) -> None:
                 if pos % 10 == 0 or pos == cfg.pretrain_steps - 1:
@@ -322,7 +322,8 @@ class Study:
         state = self.trainer.new_state(pruned, lr=cfg.lr1, masks=masks, bits=bits,
                                        adam=self._adam_start(pruned))
         log = RunLog(self.dir / "logs", key)
-        n = self.data.samples_for(cfg, cfg.train_samples)
+        n = (self.data.num_samples if cfg.train_samples is None else
+             self.data.samples_for(cfg.train_samples))
         phases = [Phase("lr1", cfg.lr1, cfg.finetune_steps),
                   Phase("lr2", cfg.lr2, cfg.refine_steps)]
         try:

@@ -341,7 +341,7 @@ class Trainer:
         for b in batches:
             if devkit and "valid" not in b:
                 raise ValueError("validity='devkit' needs each batch's 'valid' masks "
-                                 "(StudyData.val_batches provides them)")
+                                 "(Dataset.val_batches provides them)")
             batch = {k: b[k] for k in ("frames", "gt", "channel_masks") if k in b}
             if devkit:
                 batch["valid"] = b["valid"]
