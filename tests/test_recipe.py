@@ -70,10 +70,12 @@ def test_fit_trains_a_fake_model_at_each_phases_rate(trainer):
     for k in range(41, 44):
         for a, b in zip(jax.tree.leaves(states[k]), jax.tree.leaves(states[40]), strict=True):
             np.testing.assert_array_equal(a, b)
-    # the first Adam step moves every entry by about the first phase's rate
+    # the first Adam step moves an entry by at most the first phase's rate, about it where
+    # the gradient is not tiny
     first = np.concatenate([np.ravel(np.asarray(a) - np.asarray(b)) for a, b in zip(
         jax.tree.leaves(states[1]), jax.tree.leaves(params), strict=True)])
-    np.testing.assert_allclose(np.abs(first), 3e-2, rtol=1e-3)
+    assert np.abs(first).max() == pytest.approx(3e-2, rel=1e-3)
+    assert np.abs(first).max() <= 3e-2 * (1 + 1e-6)
     assert fit.steps == 43
 
 
@@ -96,6 +98,7 @@ def test_fit_keeps_the_best_validation_of_a_fake_model(trainer):
 
 def test_recipe_fine_tune_holds_masks_and_switches_l2(trainer):
     batch, params = _world(2)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # no zero before pruning
     masks = jax.tree.map(lambda p: np.arange(p.size).reshape(p.shape) % 3 != 0, params)
     regs = {}
     for l2 in (True, False):
