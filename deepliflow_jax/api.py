@@ -42,7 +42,15 @@ from deepliflow_jax.model.channels import architecture_widths
 from deepliflow_jax.model.layers import CONV_IMPL_DEFAULT, check_conv_impl, resolve_conv_impl
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.scalars import check_number
-from deepliflow_jax.train.trainer import Phase, Trainer, check_training, get_trainer
+from deepliflow_jax.train.recipe import fine_tune
+from deepliflow_jax.train.tf_adam import TF1AdamState, state_from_checkpoint
+from deepliflow_jax.train.trainer import (
+    OPTIMIZERS,
+    Phase,
+    Trainer,
+    check_training,
+    get_trainer,
+)
 
 PathLike = str | Path
 DATASETS = {"kitti": "KITTI", "ft3d": "FT3D"}
@@ -438,29 +446,56 @@ def validation_pair(data: Dataset | PathLike, index: int = 0) -> dict[str, np.nd
 
 
 def _trainer(data: Dataset, params: Any, interp_size: tuple[int, int] | None = None,
-             conv_impl: str = CONV_IMPL_DEFAULT) -> Trainer:
+             conv_impl: str = CONV_IMPL_DEFAULT, optimizer: str = "adam") -> Trainer:
     size = data.interp_size if interp_size is None else tuple(interp_size)
     # seed 0 always: the trainer's seed is unused by the step, and another value
     # would compile another step; a structured model trains and runs as itself
-    return get_trainer(size, 0, widths=architecture_widths(params), conv_impl=conv_impl)
+    return get_trainer(size, 0, widths=architecture_widths(params), conv_impl=conv_impl,
+                       optimizer=optimizer)
 
 
-def _state(trainer: Trainer, params: Any, percent: float, bits: int, lr: float = 1e-4):
+def _adam_start(params: Any, optimizer: str, optimizer_state: Any) -> TF1AdamState | None:
+    """``finetune``'s starting Adam state from ``optimizer_state`` (None: fresh), checked."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+    if optimizer_state is None:
+        return None
+    if optimizer != "tf1_adam":
+        raise ValueError("optimizer_state continues TF1's Adam (the original's): pass "
+                         f"optimizer='tf1_adam' with it, not optimizer={optimizer!r}")
+    if not isinstance(optimizer_state, Mapping):
+        raise ValueError("optimizer_state must be the mapping load_optimizer_state(checkpoint) "
+                         f"returns, got {type(optimizer_state).__name__}")
+    try:
+        return state_from_checkpoint(params, optimizer_state)
+    except ValueError as err:
+        raise ValueError(f"optimizer_state does not fit variables: {err}") from err
+
+
+def _state(trainer: Trainer, params: Any, percent: float, bits: int):
     pruned, masks = post_training_masks(params, percent)
-    return trainer.new_state(pruned, lr=lr, masks=masks, bits=bits)
+    return trainer.new_state(pruned, masks=masks, bits=bits)
 
 
 def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
              percent: float | None = None, bits: int | None = None, lr: float = 1e-4,
              l2: bool = True, start: int = 0, interp_size: tuple[int, int] | None = None,
-             log_every: int = 0, conv_impl: str = CONV_IMPL_DEFAULT
+             log_every: int = 0, conv_impl: str = CONV_IMPL_DEFAULT,
+             optimizer: str = "adam", optimizer_state: Mapping | None = None
              ) -> tuple[dict, list[dict[str, float]]]:
     """Compression-aware fine-tuning for ``steps`` steps (Adam, batch 1, as the paper).
 
     Pruning by ``percent`` (global magnitude, weights and biases) happens first and its
     mask is kept through training; ``bits`` fake-quantizes every tensor in the forward
     pass (straight-through gradient). The step is the study's one compiled step, so any
-    ``percent`` / ``bits`` / ``lr`` reuses it.
+    ``percent`` / ``bits`` / ``lr`` reuses it; the training recipe is the study's
+    (``deepliflow_jax.train.recipe.fine_tune``, one phase at ``lr``).
+
+    To continue the original's training as its ``train.py`` does (``load_model``
+    restores Adam's slots and beta powers with the weights): convert its training
+    checkpoint with ``python -m weights_convert --format=tf --with_optimizer_state``,
+    then ``finetune(load_checkpoint(path), data, steps, optimizer="tf1_adam",
+    optimizer_state=deepliflow_jax.checkpoint.load_optimizer_state(path))``.
 
     Args:
       variables: ``{'params': ...}`` to start from (not modified): the original network
@@ -478,6 +513,15 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
       conv_impl: how the convs are computed: ``"auto"`` (default, the fastest exact
         form on the backend), ``"xla"`` (the plain reference) or a form of
         :mod:`deepliflow_jax.model.layers`; the same numbers to float rounding.
+      optimizer: ``"adam"`` (``optax.adam``, bias-corrected moments) or ``"tf1_adam"``
+        (TF 1.x's ``ApplyAdam``, the original's ``tf.train.AdamOptimizer``;
+        ``deepliflow_jax.train.tf_adam``).
+      optimizer_state: the Adam state to continue (``"tf1_adam"`` only):
+        ``deepliflow_jax.checkpoint.load_optimizer_state(path)`` of a checkpoint saved
+        with one (``save_checkpoint(..., optimizer=)``, the converter's
+        ``--with_optimizer_state``): ``{"mu", "nu", "beta1_power", "beta2_power",
+        "count"}``, moments shaped like ``variables``; moments of pruned entries are
+        zeroed. None: a fresh state.
 
     Returns:
       ``(variables, history)``: the parameters as the forward pass uses them (pruned
@@ -494,7 +538,9 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
       FileNotFoundError: ``data`` is a folder without a data set.
       ValueError: bad variables (not ``{'params': ...}`` of floats), data (no training
         frames, a frame size that is not a multiple of 64 without ``interp_size``),
-        steps, lr, percent or bits; all checked before anything is compiled.
+        steps, lr, percent, bits, an unknown ``optimizer``, or an ``optimizer_state``
+        that is not a mapping, lacks an entry, does not match ``variables``' shapes or
+        comes without ``optimizer="tf1_adam"``; all checked before anything is compiled.
       DivergenceError: (a ``FloatingPointError``) a step's loss or the final parameters
         are not finite; it names the step and the learning rate, and nothing is returned.
 
@@ -511,8 +557,9 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
     start = _count(start, "start", minimum=0)
     log_every = _count(log_every, "log_every", minimum=0)
     percent, bits = _percent(percent), _bits(bits)
-    trainer = _trainer(data, params, interp_size, check_conv_impl(conv_impl))
-    state = _state(trainer, params, percent, bits, lr)
+    adam = _adam_start(params, optimizer, optimizer_state)
+    trainer = _trainer(data, params, interp_size, check_conv_impl(conv_impl), optimizer)
+    pruned, masks = post_training_masks(params, percent)
     history = []
 
     def record(pos: int, metrics: dict) -> None:
@@ -524,9 +571,9 @@ def finetune(variables: Mapping, data: Dataset | PathLike, steps: int, *,
             print(f"step {pos}: loss {history[-1]['loss']:.4f} "
                   f"(data {history[-1]['data_loss']:.4f})", flush=True)
 
-    fit = trainer.fit(state, lambda pos: data.train_batch(pos, data.num_samples,
-                                                          reg_scale=1.0 if l2 else 0.0),
-                      [Phase("finetune", lr, steps)], start=start, on_step=record)
+    fit = fine_tune(trainer, pruned, lambda pos: data.train_batch(pos, data.num_samples),
+                    [Phase("finetune", lr, steps)], masks=masks, bits=bits, adam=adam, l2=l2,
+                    start=start, on_step=record)
     return {"params": trainer.compressed_params(fit.state)}, history
 
 

@@ -255,6 +255,7 @@ class _FakeTrainer:
     """The trainer's interface without a network: pruned (masked) states diverge."""
 
     fit = Trainer.fit  # the real loop over the fake steps
+    channel_masked = False
 
     def new_state(self, params, *, lr=1e-4, masks=None, bits=0, adam=None):
         self.diverges = masks is not None  # the configuration about to be trained

@@ -189,3 +189,55 @@ def test_restored_beta_powers_are_tfs_float32_running_products():
             _running_power(0.999, factors).tobytes()
         _, opt_state = engine.tx.update(grads, state.opt_state, state.params)
         state = state._replace(opt_state=opt_state)
+
+
+def test_finetune_refuses_a_bad_optimizer_or_optimizer_state(small_variables, tiny_data):
+    """Checked before anything is compiled, each error naming its argument."""
+    from deepliflow_jax.api import finetune
+
+    params = small_variables["params"]
+    zeros = jax.tree.map(np.zeros_like, params)
+    saved = {"mu": {"params": zeros}, "nu": {"params": zeros}, "count": 3,
+             "beta1_power": 0.9 ** 4, "beta2_power": 0.999 ** 4}
+    with pytest.raises(ValueError, match=r"optimizer must be one of \['adam', 'tf1_adam'\], "
+                                         r"got 'sgd'"):
+        finetune(small_variables, tiny_data, 1, optimizer="sgd")
+    with pytest.raises(ValueError, match="optimizer_state continues TF1's Adam.*"
+                                         "optimizer='tf1_adam'.*not optimizer='adam'"):
+        finetune(small_variables, tiny_data, 1, optimizer_state=saved)
+    with pytest.raises(ValueError, match="optimizer_state must be the mapping "
+                                         "load_optimizer_state.*got list"):
+        finetune(small_variables, tiny_data, 1, optimizer="tf1_adam", optimizer_state=[saved])
+    with pytest.raises(ValueError, match="optimizer_state does not fit variables: .*lacks "
+                                         r"\['count'\]"):
+        finetune(small_variables, tiny_data, 1, optimizer="tf1_adam",
+                 optimizer_state={k: v for k, v in saved.items() if k != "count"})
+    with pytest.raises(ValueError, match="optimizer_state does not fit variables: the "
+                                         "optimizer state's mu is not a tree"):
+        finetune(small_variables, tiny_data, 1, optimizer="tf1_adam",
+                 optimizer_state=dict(saved, mu={"params": {"w": np.zeros(3)}}))
+
+
+def test_finetune_continues_a_given_tf1_adam_state(small_variables, tiny_data):
+    """``finetune(optimizer="tf1_adam", optimizer_state=...)`` steps from the given moments:
+    with a huge second moment the first step hardly moves the weights, where a fresh TF1
+    Adam moves them by about the rate (the 8-channel network: the state is the point)."""
+    from deepliflow_jax.api import finetune
+
+    params = small_variables["params"]
+    saved = {"mu": {"params": jax.tree.map(np.zeros_like, params)},
+             "nu": {"params": jax.tree.map(lambda p: np.full(p.shape, 1e12, np.float32),
+                                           params)},
+             "count": 40, "beta1_power": np.float32(0.9 ** 41),
+             "beta2_power": np.float32(0.999 ** 41)}
+
+    def moved(**kwargs):
+        tuned, history = finetune(small_variables, tiny_data, 1, l2=False, lr=1e-4,
+                                  optimizer="tf1_adam", **kwargs)
+        assert np.isfinite(history[0]["loss"])
+        return max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
+            jax.tree.leaves(tuned["params"]), jax.tree.leaves(params), strict=True))
+
+    fresh, continued = moved(), moved(optimizer_state=saved)
+    assert fresh == pytest.approx(1e-4, rel=1e-2)  # TF1's first step: about lr per entry
+    assert continued < 1e-3 * fresh

@@ -10,9 +10,10 @@ import jax
 
 from deepliflow_jax.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from deepliflow_jax.data.dataset import Dataset
-from deepliflow_jax.search.finetune import pretrain
 from deepliflow_jax.study.config import make_config
 from deepliflow_jax.study.data import make_synthetic, study_dataset
+from deepliflow_jax.train.recipe import pretrain
+from deepliflow_jax.train.trainer import Trainer
 
 
 def data_beside(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | None,
@@ -35,7 +36,8 @@ def data_beside(checkpoint: str | os.PathLike, data_dir: str | os.PathLike | Non
 
 def baseline_params(checkpoint: str | os.PathLike | None, data: Dataset,
                     cfg: Any, save_to: str | os.PathLike, log=print) -> Any:
-    """The trained dense model: ``checkpoint`` if it exists, else pre-trained here and saved.
+    """The trained dense model: ``checkpoint`` if it exists, else pre-trained here (the
+    training recipe's :func:`~deepliflow_jax.train.recipe.pretrain`, the study's) and saved.
 
     ``cfg`` gives ``pretrain_steps``, ``pretrain_lr`` and ``seed`` (a
     :class:`~deepliflow_jax.search.tradeoff.TradeoffConfig`).
@@ -49,7 +51,10 @@ def baseline_params(checkpoint: str | os.PathLike | None, data: Dataset,
             return jax.device_get(load_checkpoint(path, widths=None)["params"])
     log(f"baseline: no checkpoint; pre-training {cfg.pretrain_steps} steps at lr "
         f"{cfg.pretrain_lr}")
-    params = pretrain(data, cfg.pretrain_steps, cfg.pretrain_lr, cfg.seed, log)
+    n = data.num_samples
+    params = pretrain(Trainer(seed=cfg.seed), lambda pos: data.train_batch(pos, n),
+                      cfg.pretrain_steps, cfg.pretrain_lr, seed=cfg.seed,
+                      on_first_step=lambda s: log(f"  first step (compile) {s:.0f} s"))
     save_checkpoint(save_to, {"params": params}, {"source": "structured_tradeoff pre-training",
                                                   "pretrain_steps": cfg.pretrain_steps})
     return params

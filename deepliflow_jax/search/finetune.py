@@ -1,4 +1,6 @@
-"""Fine-tuning a compressed model with the one trainer."""
+"""The search's and the trade-off's fine-tuning of a compressed model: the training recipe
+(:mod:`deepliflow_jax.train.recipe`) with the search's log lines, per-step losses and
+record fields, and the channel-pruned model shrunk after it."""
 
 from __future__ import annotations
 
@@ -8,15 +10,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from deepliflow_jax.compress.structured import channel_masks, shrink
-from deepliflow_jax.model.build import init_params
-from deepliflow_jax.model.channels import (
-    widths_of,
-)
-from deepliflow_jax.train.trainer import Phase, Trainer
+from deepliflow_jax.model.channels import widths_of
+from deepliflow_jax.train import recipe
+from deepliflow_jax.train.trainer import Trainer
 
 
 @dataclasses.dataclass
@@ -44,7 +43,9 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
               log: Callable[[str], None] = print, channel_masks: Any = None,
               evaluate: Callable[[Any], dict] | None = None, eval_every: int = 0,
               select: str = "sf", masks: Any = None, bits: Any = 0) -> FineTuned:
-    """``steps`` Adam steps from ``params`` with the one trainer (:meth:`Trainer.fit`).
+    """``steps`` Adam steps from ``params`` by the training recipe
+    (:func:`deepliflow_jax.train.recipe.fine_tune`), with the search's log lines and
+    per-step losses.
 
     Two ways to fine-tune a pruned model:
 
@@ -88,16 +89,9 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
     """
     if steps == 0:
         return FineTuned(params, [], 0, [])
-    if trainer.channel_masked and channel_masks is None:
-        channel_masks = {k: np.ones(v, np.float32) for k, v in widths_of(params).items()}
     refine = steps if refine_after is None else min(int(refine_after), steps)
-    phases = [Phase("lr", lr, refine), Phase("refine", lr * refine_factor, steps - refine)]
     losses: list[float] = []
     t0 = time.perf_counter()
-
-    def batch(pos: int) -> dict:
-        b = batch_fn(pos)
-        return {**b, "channel_masks": channel_masks} if trainer.channel_masked else b
 
     def on_step(pos: int, metrics: dict) -> None:
         losses.append(float(metrics["loss"]))
@@ -108,9 +102,11 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
     if evaluate is not None and eval_every:
         def validate(state):
             return evaluate(jax.device_get(state.params))
-    state = trainer.new_state(jax.tree.map(jnp.asarray, params), lr=lr, masks=masks, bits=bits)
-    fit = trainer.fit(state, batch, [p for p in phases if p.steps], evaluate=validate,
-                      eval_every=eval_every, select=select, on_step=on_step)
+    fit = recipe.fine_tune(trainer, params, batch_fn,
+                           recipe.paper_phases(lr, refine, lr * refine_factor, steps - refine),
+                           masks=masks, bits=bits, channel_masks=channel_masks,
+                           evaluate=validate, eval_every=eval_every, select=select,
+                           on_step=on_step)
     summary = ""
     if fit.history:
         best = min(h[select] for h in fit.history)
@@ -119,14 +115,6 @@ def fine_tune(trainer: Trainer, params: Any, batch_fn: Callable[[int], dict], st
         f"{np.mean(losses[:5]):.3f} -> {np.mean(losses[-5:]):.3f}{summary}")
     history = [{k: v for k, v in h.items() if k != "phase"} for h in fit.history]
     return FineTuned(jax.device_get(fit.state.params), losses, fit.selected_step, history)
-
-
-def pretrain(data, steps: int, lr: float, seed: int, log=print) -> Any:
-    """Pre-trains the dense model from the initialisation (no baseline checkpoint)."""
-    params = init_params(seed)["params"]
-    n = data.num_samples
-    return fine_tune(Trainer(seed=seed), params, lambda p: data.train_batch(p, n), steps, lr,
-                     log=log).params
 
 
 def fine_tune_pruned(trainer: Trainer, params: Any, keep: Mapping[str, np.ndarray],

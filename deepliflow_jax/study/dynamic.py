@@ -68,7 +68,7 @@ from deepliflow_jax.compress.select import flatten
 from deepliflow_jax.fileio import atomic_write
 from deepliflow_jax.study.config import StudyConfig
 from deepliflow_jax.study.records import RunLog
-from deepliflow_jax.train.trainer import Phase
+from deepliflow_jax.train.recipe import fine_tune, paper_phases
 
 PART = "dynamic_prune"
 MODEL_DIR = "dynamic_prune"  # the last accepted level's model, under the results folder
@@ -298,8 +298,7 @@ def run_part(study: Any, params: Any, say: Callable[[str], None] = print) -> dic
             f"{recorded[accepted[-1]]['percent']:g} %")
     _discard_models(study.dir, accepted[-1] if accepted else None)
     n = study.data.num_samples
-    phases = [Phase("lr1", cfg.lr1, cfg.dynamic_steps),
-              Phase("lr2", cfg.lr2, cfg.dynamic_refine_steps)]
+    phases = paper_phases(cfg.lr1, cfg.dynamic_steps, cfg.lr2, cfg.dynamic_refine_steps)
 
     def evaluate(p: Any, m: Any) -> dict:
         return study._evaluate(trainer.new_state(p, masks=m), study.val_batches())
@@ -307,11 +306,10 @@ def run_part(study: Any, params: Any, say: Callable[[str], None] = print) -> dic
     def finetune(p: Any, m: Any, *, level: int, start: int) -> tuple[Any, dict]:
         log = RunLog(study.dir / "logs", level_key(level))
         try:
-            fit = trainer.fit(trainer.new_state(p, lr=cfg.lr1, masks=m),
-                              lambda pos: study.data.train_batch(pos, n), phases,
-                              evaluate=lambda s: study._evaluate(s, study.val_batches()),
-                              eval_every=cfg.eval_every, select="epe", start=start,
-                              on_eval=log.log)
+            fit = fine_tune(trainer, p, lambda pos: study.data.train_batch(pos, n), phases,
+                            masks=m, evaluate=lambda s: study._evaluate(s, study.val_batches()),
+                            eval_every=cfg.eval_every, select="epe", start=start,
+                            on_eval=log.log)
         finally:
             log.close()
         return fit.state.params, {"steps": fit.steps, "selected_step": fit.selected_step,

@@ -47,12 +47,8 @@ from deepliflow_jax.study.claims import CLAIMS_DIR, DEFAULT_TIMEOUT_S, ClaimBoar
 from deepliflow_jax.study.config import StudyConfig, model_widths, resume_conflicts
 from deepliflow_jax.study.data import make_synthetic, study_dataset
 from deepliflow_jax.study.records import RecordStore, RunLog, progress
-from deepliflow_jax.train.trainer import (
-    DivergenceError,
-    Phase,
-    Trainer,
-    get_trainer,
-)
+from deepliflow_jax.train.recipe import fine_tune, paper_phases, pretrain
+from deepliflow_jax.train.trainer import DivergenceError, Trainer, get_trainer
 
 BASELINE = "baseline"
 CONFIG_FILE = "config.json"  # written first: it marks a folder as a study's results folder
@@ -216,34 +212,25 @@ class Study:
         if checkpoint_exists(ckpt):  # also settles a save that an interruption cut short
             _say(f"baseline: loading {ckpt} (pre-trained by an earlier run or another worker)")
             return load_checkpoint(ckpt, widths=model_widths(cfg))["params"]
-        from deepliflow_jax.model.build import init_params
-
-        # He-scaled kernels: with Xavier (the original's) a few hundred steps from
-        # scratch leave a model whose output hardly depends on its input or weights
-        params = init_params(cfg.seed, kernel_gain=float(np.sqrt(2.0)),
-                             widths=model_widths(cfg))["params"]
         t_start = time.perf_counter()
         if cfg.pretrain_steps:
             _say(f"baseline: pre-training {cfg.pretrain_steps} steps at lr {cfg.pretrain_lr} "
                  "on the synthetic world")
-            state = self.trainer.new_state(params, lr=cfg.pretrain_lr)
-            log = RunLog(self.dir / "logs", "pretrain")
-            n = self.data.num_samples
+        log = RunLog(self.dir / "logs", "pretrain") if cfg.pretrain_steps else None
+        n = self.data.num_samples
 
-            def log_step(pos: int, m: dict) -> None:
-                if pos % 10 == 0 or pos == cfg.pretrain_steps - 1:
-                    log.log(pos, {k: float(v) for k, v in jax.device_get(m).items()})
+        def log_step(pos: int, m: dict) -> None:
+            if pos % 10 == 0 or pos == cfg.pretrain_steps - 1:
+                log.log(pos, {k: float(v) for k, v in jax.device_get(m).items()})
 
-            # no L2 here: a few hundred Adam steps on a small data set with the L2
-            # term in the loss drive every weight with a tiny data gradient to ~0,
-            # a model unlike a released checkpoint (the paper's fine-tuning keeps it)
-            fit = self.trainer.fit(state, lambda pos: self.data.train_batch(pos, n, reg_scale=0.0),
-                                   [Phase("pre-train", cfg.pretrain_lr, cfg.pretrain_steps)],
-                                   on_step=log_step, progress=progress,
-                                   on_first_step=lambda s: _say(first_step_message(
-                                       s, cfg.pretrain_steps)))
+        # the recipe's initialisation and L2 setting (He-scaled, no L2; train/recipe.py)
+        params = pretrain(self.trainer, lambda pos: self.data.train_batch(pos, n),
+                          cfg.pretrain_steps, cfg.pretrain_lr, seed=cfg.seed,
+                          widths=model_widths(cfg), on_step=log_step, progress=progress,
+                          on_first_step=lambda s: _say(first_step_message(
+                              s, cfg.pretrain_steps)))
+        if log is not None:
             log.close()
-            params = fit.state.params
         save_checkpoint(ckpt, {"params": params},
                         {"source": "study pre-training", "preset": cfg.preset,
                          "pretrain_steps": cfg.pretrain_steps})
@@ -319,18 +306,17 @@ class Study:
             return self.records.get(key)
         cfg = self.cfg
         pruned, masks = post_training_masks(params, percent)
-        state = self.trainer.new_state(pruned, lr=cfg.lr1, masks=masks, bits=bits,
-                                       adam=self._adam_start(pruned))
+        adam = self._adam_start(pruned)
         log = RunLog(self.dir / "logs", key)
         n = (self.data.num_samples if cfg.train_samples is None else
              self.data.samples_for(cfg.train_samples))
-        phases = [Phase("lr1", cfg.lr1, cfg.finetune_steps),
-                  Phase("lr2", cfg.lr2, cfg.refine_steps)]
         try:
-            fit = self.trainer.fit(state, lambda pos: self.data.train_batch(pos, n), phases,
-                                   evaluate=lambda s: self._evaluate(s, self.val_batches()),
-                                   eval_every=cfg.eval_every, on_eval=log.log,
-                                   restart_from_best=cfg.phase2_from_best)
+            fit = fine_tune(self.trainer, pruned, lambda pos: self.data.train_batch(pos, n),
+                            paper_phases(cfg.lr1, cfg.finetune_steps, cfg.lr2, cfg.refine_steps),
+                            masks=masks, bits=bits, adam=adam,
+                            evaluate=lambda s: self._evaluate(s, self.val_batches()),
+                            eval_every=cfg.eval_every, on_eval=log.log,
+                            restart_from_best=cfg.phase2_from_best)
         except DivergenceError as err:
             log.close()
             return self.records.put(key, {

@@ -1,6 +1,8 @@
-"""Fine-tuning: the train state, the one train step and trainer, Orbax train-state
-checkpoints (resume), data-parallel sharding."""
+"""Fine-tuning: the train state, the one train step and trainer, the one recipe
+(pre-training, fine-tuning), Orbax train-state checkpoints (resume), data-parallel
+sharding."""
 
+from deepliflow_jax.train.recipe import fine_tune, paper_phases, pretrain
 from deepliflow_jax.train.resume import Checkpointer, abstract_like
 from deepliflow_jax.train.sharding import (
     initialize_distributed,
@@ -30,6 +32,7 @@ __all__ = [
     "Trainer",
     "abstract_like",
     "create_train_state",
+    "fine_tune",
     "fit",
     "get_trainer",
     "initialize_distributed",
@@ -37,6 +40,8 @@ __all__ = [
     "make_eval_fn",
     "make_mesh",
     "make_train_step",
+    "paper_phases",
+    "pretrain",
     "replicate",
     "set_learning_rate",
     "shard_batch",

@@ -8,12 +8,11 @@ A bit width of 0 keeps a tensor in float. The learning rate is a hyperparameter
 in the state (:func:`set_learning_rate`): the one mechanism for the paper's phases
 (1e-4, then 1e-5) and for any schedule.
 
-:func:`fit` (:meth:`Trainer.fit`) is the one fine-tuning loop (the study's pre-training and
-aware training, ``api.finetune``, the structured trade-off): phases of steps at
-a learning rate each, validation every ``eval_every`` steps and at the end of a
-phase, the best state by a validation metric kept (the original's model
-selection: the lowest SF outlier rate), a non-finite loss or parameters stopping
-it with :class:`DivergenceError`.
+:func:`fit` (:meth:`Trainer.fit`) is the one fine-tuning loop, which every caller reaches
+through :mod:`.recipe` (pre-training, fine-tuning): phases of steps at a learning rate
+each, validation every ``eval_every`` steps and at the end of a phase, the best state by
+a validation metric kept (the original's model selection: the lowest SF outlier rate), a
+non-finite loss or parameters stopping it with :class:`DivergenceError`.
 
 Data parallel: ``Trainer(devices=n)`` (or a device list or mesh) splits every
 batch over a 1-D mesh of ``n`` devices and keeps the train state (parameters,
@@ -161,8 +160,23 @@ class FitResult(NamedTuple):
     selected_step: int
 
 
+def kitti_training_loss(outputs: Any, batch: Mapping) -> jnp.ndarray:
+    """The trainer's default loss: the original's multi-scale KITTI loss
+    (``losses.kitti_loss``) of DeepLiDARFlow's level flows (``outputs[1]["flows"]``)
+    against ``batch["gt"]``."""
+    return kitti_loss(outputs[1]["flows"], batch["gt"])
+
+
 class Trainer:
     """Train/eval machinery for one architecture and network input size.
+
+    The model and the loss are arguments (defaults: DeepLiDARFlow, the KITTI loss), so
+    that the loop is tested with a small model. A model is a flax module whose
+    ``apply({"params": p}, frames, interp_size, out_size=None)`` returns ``(scene flow
+    [B, H, W, 4], aux)`` (``out_size``: the ground truth's ``(H, W)``; the prediction
+    is evaluated against ``batch["gt"]`` as DeepLiDARFlow's); a loss is
+    ``(outputs, batch) -> scalar`` or ``(scalar, {name: scalar})``, the mean over the
+    batch; the original's L2 term (``losses.l2_regularizer``, conv kernels) is added.
 
     Args:
       interp_size: network input size (None: the frames' size).
@@ -179,34 +193,46 @@ class Trainer:
       conv_impl: the network's conv implementation (``deepliflow_jax.model.layers``;
         default ``"auto"``, the fastest exact form on the backend, resolved when the
         step is traced; ``"xla"``, the plain reference; any explicit form wins).
+      model: the network (None: ``DeepLiDARFlow(widths, dtype, conv_impl)``); a given
+        model is used as it is (``widths``, ``dtype`` and ``conv_impl`` must be left
+        at their defaults).
+      loss: the data loss (None: :func:`kitti_training_loss`).
 
     Raises:
       ValueError: widths with ``channel_masked``, a device count this process does
-        not have, or an unknown optimizer.
+        not have, an unknown optimizer, or a ``model`` with ``widths``, ``dtype`` or
+        ``conv_impl``.
     """
 
     def __init__(self, interp_size: tuple[int, int] | None = None, seed: int = 0,
                  widths: Any = None, channel_masked: bool = False, dtype: Any = jnp.float32,
                  devices: int | Sequence[jax.Device] | Mesh | None = None,
-                 optimizer: str = "adam", conv_impl: str = CONV_IMPL_DEFAULT):
+                 optimizer: str = "adam", conv_impl: str = CONV_IMPL_DEFAULT,
+                 model: Any = None, loss: Callable[[Any, Any], Any] | None = None):
         if channel_masked and widths is not None:
             raise ValueError("channel-masked training runs the full model: widths must be None")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
+        if model is not None and (widths is not None or jnp.dtype(dtype) != jnp.float32
+                                  or conv_impl != CONV_IMPL_DEFAULT):
+            raise ValueError("widths, dtype and conv_impl build the default DeepLiDARFlow: "
+                             "leave them at their defaults with a given model")
         self.optimizer = optimizer
         #: the 1-D data-parallel mesh every step and evaluation runs on
         self.mesh = devices if isinstance(devices, Mesh) else make_mesh(
             1 if devices is None else devices)
-        self.model = DeepLiDARFlow(widths=freeze_widths(widths), dtype=dtype,
-                                   conv_impl=conv_impl)
+        self.model = model if model is not None else DeepLiDARFlow(
+            widths=freeze_widths(widths), dtype=dtype, conv_impl=conv_impl)
+        self.loss = kitti_training_loss if loss is None else loss
         self.interp_size = interp_size
         self.seed = seed
         self.channel_masked = channel_masked
         self.quant = QuantConfig(bits=16, include=SELECT_ALL)
         self.tx = self._tx(1e-4, None)
-        #: the pure step ``(state, batch) -> (state, metrics)``: the original's KITTI loss
-        #: plus its L2 term (scaled by ``batch["reg_scale"]``), Adam through the
-        #: compression transform; jitted with donation as :meth:`train_step`
+        #: the pure step ``(state, batch) -> (state, metrics)``: the loss (the original's
+        #: KITTI loss by default) plus the original's L2 term (scaled by
+        #: ``batch["reg_scale"]``), Adam through the compression transform; jitted with
+        #: donation as :meth:`train_step`
         self.step_fn = make_train_step(self._apply, self._loss, self.tx,
                                        regularizer=lambda p: l2_regularizer(p))
         self._step = jit_step(self.step_fn, self.mesh, donate=True)
@@ -229,7 +255,7 @@ class Trainer:
                                     gt.shape[1:3])
 
     def _loss(self, outputs, batch):
-        return kitti_loss(outputs[1]["flows"], batch["gt"])
+        return self.loss(outputs, batch)
 
     def _eval_counts(self, params, opt_state, batch, validity="original"):
         fwd = forward_params(self.tx, params, opt_state)
@@ -459,9 +485,10 @@ def fit(train_step: Callable[[TrainState, Any], tuple[TrainState, dict]], state:
     """
     history: list[dict] = []
     try:
-        return _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start,
-                    on_step, on_eval, progress, checkpointer, history, restart_from_best,
-                    on_first_step)
+        return _fit(train_step, state, batch_fn, phases, history=history, evaluate=evaluate,
+                    eval_every=eval_every, select=select, start=start, on_step=on_step,
+                    on_eval=on_eval, progress=progress, checkpointer=checkpointer,
+                    restart_from_best=restart_from_best, on_first_step=on_first_step)
     except DivergenceError as err:
         err.history = history
         raise
@@ -476,9 +503,11 @@ def _steps(steps: range, name: str, progress, first_apart: bool) -> Iterable[int
     yield from progress(steps, len(steps), name) if progress else steps
 
 
-def _fit(train_step, state, batch_fn, phases, evaluate, eval_every, select, start, on_step,
-         on_eval, progress, checkpointer, history, restart_from_best=False,
-         on_first_step=None) -> FitResult:
+def _fit(train_step, state, batch_fn, phases, *, history: list[dict], evaluate, eval_every: int,
+         select: str, start: int, on_step, on_eval, progress, checkpointer,
+         restart_from_best: bool, on_first_step) -> FitResult:
+    """:func:`fit`'s loop (its arguments by keyword); ``history`` is filled as it goes, so
+    that a :class:`DivergenceError` can carry the validations before it."""
     per_phase: dict[str, dict] = {}
     best_value, best_state, selected = math.inf, None, 0
     first_step = int(state.step)
