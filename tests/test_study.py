@@ -178,8 +178,27 @@ def test_tiny_study_end_to_end_and_resume(tiny_study):
         assert [h["step"] for h in rec["history"]] == [2, 3], key  # eval_every=2, 2 + 1 steps
         assert rec["metrics"]["sf"] == min(h["sf"] for h in rec["history"]), key
         assert rec["phases"]["lr2"] == rec["metrics"], key
+    # every record of a model keeps the per-frame counts its metrics pool, to the bit; the
+    # intervals resample them (one validation frame here: each interval is a point)
+    from deepliflow_jax.metrics import as_floats, metrics_from_counts
+
+    for key in expected:
+        rec = results[key]
+        counts = {k: np.asarray(v, np.float32) for k, v in rec["frame_counts"].items()}
+        assert len(counts["count"]) == 1, key
+        assert {k: v for k, v in as_floats(metrics_from_counts(counts, "frame")).items()
+                if k != "nonfinite"} == {k: v for k, v in rec["metrics"].items()
+                                         if k != "nonfinite"}, key
+        ci = saved["intervals"][key]
+        assert ci["frames"] == 1
+        assert ci["metrics"]["epe"] == pytest.approx([rec["metrics"]["epe"]] * 2, rel=1e-6)
+        if key != "baseline":
+            diff = rec["metrics"]["sf"] - results["baseline"]["metrics"]["sf"]
+            assert ci["vs_baseline"]["sf"] == pytest.approx([diff] * 2, abs=1e-4), key
     tables = (tmp_path / "tables.md").read_text()
     assert "## Table II" in tables and "not from KITTI" in tables
+    assert "With a single frame an interval is a point" in tables
+    assert "## Differences from the baseline (paired)" in tables
     assert "| post | 10% | 32 bits |" in tables
     assert "| dynamic | 20% | 32 bits |" in tables and "## Dynamic threshold" in tables
     assert "fig_dynamic_threshold.png" in {Path(p).name for p in out["plots"]}
@@ -265,7 +284,7 @@ def test_time_load_note_warns_on_a_loaded_machine():
 def test_results_json_keeps_every_run(tmp_path, monkeypatch):
     from deepliflow_jax.study import plots
 
-    monkeypatch.setattr(plots, "write_plots", lambda out, records, cfg: [])
+    monkeypatch.setattr(plots, "write_plots", lambda out, records, cfg, intervals=None: [])
     cfg = make_config("tiny")
     recs = {"baseline": {"kind": "post", "metrics": {"epe": 1.0, "sf": 10.0}}}
     # a results.json from before the runs list: its wall time is kept as the first run
