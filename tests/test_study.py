@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -84,6 +85,11 @@ def _interrupt_on_call(n, fn):
     return wrapper
 
 
+def _finished_copy(folder: Path) -> Path:
+    """Where ``tiny_study`` copies its folder as it finished (before other tests add to it)."""
+    return folder.with_name(folder.name + "_finished")
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     """The tiny study, interrupted while saving the second dynamic-threshold level, resumed.
@@ -105,6 +111,7 @@ def tiny_study(tmp_path_factory):
     assert not (folder / "records" / "dynamic_prune_level_01.json").exists()
     with contextlib.redirect_stdout(resumed):
         out = run_study(cfg, folder)
+    shutil.copytree(folder, _finished_copy(folder))  # seed 0 of the --seeds test
     return (folder, out, json.loads((folder / "results.json").read_text())["records"],
             (first.getvalue(), resumed.getvalue()))
 
@@ -238,6 +245,43 @@ def test_tiny_study_end_to_end_and_resume(tiny_study):
     assert added == {"post_prune_20.json"}
     # the paper preset's flow (every configuration from a loaded checkpoint) runs in the
     # workers test below, from this study's baseline checkpoint
+
+
+@pytest.mark.slow
+def test_tiny_study_over_two_seeds_reuses_the_finished_seed(tiny_study, tmp_path):
+    """--seeds=2 in a folder whose seed 0 is the tiny study (as a first invocation that was
+    stopped after seed 0 leaves it): seed 0 is reused untouched, seed 1 runs a whole study
+    of its own, and the folder gets their aggregate."""
+    from deepliflow_jax.study import run_study
+    from deepliflow_jax.study.runner import open_results_dir
+
+    folder, _, ref, _ = tiny_study
+    cfg = make_config("tiny", seeds=2)
+    seeds = tmp_path / "seeds"
+    open_results_dir(seeds, cfg)
+    shutil.copytree(_finished_copy(folder), seeds / "seed_0")
+    before = {str(p): p.stat().st_mtime_ns for p in (seeds / "seed_0").rglob("*")}
+    t_start = time.perf_counter()
+    out = run_study(cfg, seeds)
+    print(f"tiny study, --seeds=2 with seed 0 reused: {time.perf_counter() - t_start:.0f} s")
+    assert out["seeds"][0] is None and out["seeds"][1]["tables"] == str(
+        seeds / "seed_1" / "tables.md")
+    assert {str(p): p.stat().st_mtime_ns for p in (seeds / "seed_0").rglob("*")} == before
+    seed1 = json.loads((seeds / "seed_1" / "results.json").read_text())
+    assert (seed1["config"]["seed"], seed1["config"]["seeds"]) == (1, 1)
+    assert seed1["records"]["baseline"]["metrics"] != ref["baseline"]["metrics"]  # its own
+    saved = json.loads((seeds / "results.json").read_text())
+    assert saved["seeds"] == [0, 1] and saved["config"]["seeds"] == 2
+    for key in ("baseline", "zero_flow", "post_prune_10", "aware_quant_8", "dynamic_prune"):
+        values = [ref[key]["metrics"]["epe"], seed1["records"][key]["metrics"]["epe"]]
+        agg = saved["aggregate"][key]
+        assert agg["per_seed"]["epe"] == values, key
+        assert agg["epe"]["mean"] == pytest.approx(np.mean(values)), key
+        assert agg["epe"]["std"] == pytest.approx(np.std(values, ddof=1)), key
+    tables = (seeds / "tables.md").read_text()
+    assert "2 seeds" in tables and "| baseline | 2 | " in tables
+    assert (seeds / "fig_seeds.png").stat().st_size > 1000
+    assert out["plots"] == [str(seeds / "fig_seeds.png")]
 
 
 @pytest.mark.slow

@@ -470,7 +470,7 @@ def test_aggregate_seeds_mean_std_min_max_and_paired_counts():
             "aware_prune_25": {"kind": "aware", "failed": "diverged"}},
         1: {"baseline": _rec("post", 1.2, 12.0), "post_prune_25": _rec("post", 2.6, 30.0),
             "aware_prune_25": _rec("aware", 1.5, 11.0)},
-        2: {"baseline": _rec("post", 1.4, 14.0), "post_prune_25": _rec("post", 1.3, 40.0),
+        2: {"baseline": _rec("post", 1.6, 14.0), "post_prune_25": _rec("post", 1.4, 40.0),
             "aware_prune_25": _rec("aware", 1.5, 15.0)},
     }
     ci = {0: {"post_prune_25": {"vs_baseline": {"epe": [0.5, 1.5]}}},
@@ -479,12 +479,12 @@ def test_aggregate_seeds_mean_std_min_max_and_paired_counts():
     agg = report.aggregate_seeds(per_seed, ci)
     assert list(agg) == ["baseline", "post_prune_25", "aware_prune_25"]
     p = agg["post_prune_25"]
-    assert p["seeds"] == [0, 1, 2] and p["per_seed"]["epe"] == [2.0, 2.6, 1.3]
-    assert p["epe"] == pytest.approx({"mean": 2.0, "std": np.std([2.0, 2.6, 1.3], ddof=1),
-                                      "min": 1.3, "max": 2.6})
+    assert p["seeds"] == [0, 1, 2] and p["per_seed"]["epe"] == [2.0, 2.6, 1.4]
+    assert p["epe"] == pytest.approx({"mean": 2.0, "std": 0.6, "min": 1.4, "max": 2.6})
+    assert p["epe"]["std"] == pytest.approx(np.std([2.0, 2.6, 1.4], ddof=1))
     assert p["sf"]["mean"] == pytest.approx(30.0) and p["sf"]["std"] == pytest.approx(10.0)
     vs = p["vs_baseline"]["epe"]
-    assert vs["per_seed"] == pytest.approx([1.0, 1.4, -0.1])
+    assert vs["per_seed"] == pytest.approx([1.0, 1.4, -0.2])
     assert (vs["lower"], vs["higher"]) == (1, 1)
     assert "vs_baseline" not in agg["baseline"]
     # a configuration that failed in one seed counts in the others
@@ -495,8 +495,8 @@ def test_aggregate_seeds_mean_std_min_max_and_paired_counts():
     assert one["baseline"]["epe"]["std"] is None and "lower" not in (
         one["post_prune_25"]["vs_baseline"]["epe"])
     table = report.seeds_table(agg).splitlines()
-    assert table[3].startswith("| post_prune_25 | 3 | 2.000 ± 0.656 (1.300–2.600) | "
-                               "2.000, 2.600, 1.300 | 30.000 ± 10.000 (20.000–40.000) |")
+    assert table[3].startswith("| post_prune_25 | 3 | 2.000 ± 0.600 (1.400–2.600) | "
+                               "2.000, 2.600, 1.400 | 30.000 ± 10.000 (20.000–40.000) |")
     assert table[3].endswith("| 1 / 1 of 3 |")
 
 
