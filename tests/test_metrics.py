@@ -162,7 +162,8 @@ def test_bootstrap_is_seeded_and_paired_on_the_same_frames():
     # the values are the differences of the two models' resampled values, draw by draw
     diff = metrics.bootstrap_metrics(worse, "pixel", baseline=counts, resamples=50)
     each = [metrics.bootstrap_metrics(c, "pixel", resamples=50) for c in (worse, counts)]
-    np.testing.assert_array_equal(diff["sf"], each[0]["sf"] - each[1]["sf"])
+    np.testing.assert_array_equal(diff["epe"], each[0]["epe"] - each[1]["epe"])
+    assert np.ptp(diff["epe"]) < 1e-5 < np.ptp(each[0]["epe"])
 
 
 def test_bootstrap_resamples_frames_and_pools_their_counts():

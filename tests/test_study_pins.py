@@ -549,7 +549,7 @@ def test_seeds_run_once_each_in_their_folders_and_finished_ones_are_reused(tmp_p
     assert _FakeStudy.runs == [3, 4, 5]
     assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [3, 4, 5]
     # a seed another worker has claimed is left to it first, then joined
-    (tmp_path / "b").mkdir()
+    runner.open_results_dir(tmp_path / "b", cfg)
     board = runner.ClaimBoard(tmp_path / "b" / runner.CLAIMS_DIR)
     with board.hold("seed_3"):
         _FakeStudy.runs.clear()
