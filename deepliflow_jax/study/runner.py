@@ -15,7 +15,12 @@ Order of work (each finished configuration is a record; a re-run skips it):
      width, post and aware;
   7. every model above also at each LiDAR sample count of the sweep;
   8. run time of every configuration (Fig. 6);
-  9. tables (Table II / III layout), JSON/CSV and plots.
+  9. tables (Table II / III layout), JSON/CSV and plots; each record keeps the
+     per-frame counts of its validation, from which the reports draw 95 % bootstrap
+     intervals over frames, paired with the baseline (``report.intervals``).
+
+``StudyConfig.seeds`` > 1 repeats all of it per seed, each in its own subfolder, then
+aggregates the seeds (:func:`run_seeds`).
 
 Scale: ``Study(..., devices=n)`` trains every configuration data-parallel over
 ``n`` local devices (default all; see ``train.sharding``). Several worker
