@@ -41,6 +41,10 @@ averages those batch values over the set (batch size 1 there, so a mean over fra
 ``aggregate="frame"``); the devkit divides the total outlier count by the total number of
 valid pixels (``aggregate="pixel"``), the default of ``evaluate_np`` under ``"devkit"``.
 
+Uncertainty: ``bootstrap_interval`` resamples the evaluated frames (seeded), pools each
+resample's counts with the same rule and gives a percentile interval per metric, or the
+paired interval of the difference between two models on the same frames.
+
 ``frame_counts`` / ``batch_metrics`` are jittable ``jnp`` functions (``validity`` static);
 ``*_np`` functions are a NumPy version written with boolean masks like the original.
 """
@@ -245,16 +249,18 @@ def metrics_from_counts(counts, aggregate: str = "frame") -> dict:
     """Set-level metrics from per-frame counts.
 
     Args:
-      counts: dict as ``frame_counts`` (``[N]`` arrays, NumPy or jax); without the
-        ``count_*`` keys every rate is over ``count``.
+      counts: dict as ``frame_counts`` (``[N]`` arrays, NumPy or jax; or ``[..., N]``:
+        each row a set of its own, e.g. bootstrap resamples); without the ``count_*``
+        keys every rate is over ``count``.
       aggregate: ``"frame"`` (mean over frames of each frame's EPE and rates, as the
         original evaluation with batch size 1) or ``"pixel"`` (totals over all valid
         pixels, as the KITTI devkit).
 
     Returns:
       dict with ``epe`` (px), ``d0``, ``d1``, ``fl``, ``sf`` (percent) and ``nonfinite``
-      (total pixels with a non-finite prediction). A frame without valid pixels gives
-      NaN under ``"frame"``, as the original's empty mean.
+      (total pixels with a non-finite prediction), scalars (``[...]`` for ``[..., N]``
+      counts). A frame without valid pixels gives NaN under ``"frame"``, as the
+      original's empty mean.
 
     Raises:
       ValueError: unknown ``aggregate``.
@@ -271,12 +277,119 @@ def metrics_from_counts(counts, aggregate: str = "frame") -> dict:
            ("d0", "d1", "fl")}
     den["epe"] = den["sf"] = get("count")
     scale = {"epe": 1.0, "d0": 100.0, "d1": 100.0, "fl": 100.0, "sf": 100.0}
+    # over the last axis: [N] counts give scalars, [R, N] (bootstrap resamples) [R] values
     if aggregate == "frame":
-        out = {k: xp.mean(get(k) / den[k]) * scale[k] for k in METRIC_NAMES}
+        out = {k: xp.mean(get(k) / den[k], axis=-1) * scale[k] for k in METRIC_NAMES}
     else:
-        out = {k: xp.sum(get(k)) / xp.sum(den[k]) * scale[k] for k in METRIC_NAMES}
-    out["nonfinite"] = xp.sum(get("nonfinite")) if "nonfinite" in counts else \
-        xp.zeros((), xp.float32)
+        out = {k: xp.sum(get(k), axis=-1) / xp.sum(den[k], axis=-1) * scale[k]
+               for k in METRIC_NAMES}
+    out["nonfinite"] = xp.sum(get("nonfinite"), axis=-1) if "nonfinite" in counts else \
+        xp.zeros(get("count").shape[:-1], xp.float32)
+    return out
+
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def bootstrap_metrics(counts, aggregate: str = "frame", *, baseline=None,
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+                      ) -> dict[str, np.ndarray]:
+    """The set-level metrics of ``resamples`` bootstrap resamples of the evaluated frames.
+
+    Each resample draws ``N`` of the ``N`` frames with replacement and pools *their
+    counts* with the evaluation's own rule (``metrics_from_counts``: under ``"pixel"``
+    the devkit's counts summed over the frames, then divided; under ``"frame"`` the
+    mean of per-frame values), so a frame with many valid pixels weighs in a resample
+    as it does in the pooled number. The draws depend on ``seed`` and ``N`` only: every
+    configuration evaluated on the same frames gets the same resamples.
+
+    Args:
+      counts: per-frame counts, ``frame_counts``' keys, ``[N]`` each (NumPy, lists).
+      aggregate: ``"frame"`` or ``"pixel"`` (``metrics_from_counts``).
+      baseline: per-frame counts of another model on the same ``N`` frames, or None.
+        Given: the values are ``metric(counts) - metric(baseline)`` on the same
+        resampled frames (a paired difference).
+      resamples: how many resamples (>= 1).
+      seed: seed of the draws (``np.random.default_rng``).
+
+    Returns:
+      dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf``: float64 ``[resamples]`` (px,
+      percent); NaN where a resample's value is (``"frame"`` with a frame without
+      valid pixels).
+
+    Raises:
+      ValueError: no frames, ``baseline`` of another frame count, ``resamples`` < 1,
+        unknown ``aggregate``.
+    """
+    counts = {k: np.asarray(v, np.float64) for k, v in counts.items()}
+    n = len(counts["count"])
+    if n == 0:
+        raise ValueError("bootstrap_metrics: counts has no frames")
+    if baseline is not None:
+        baseline = {k: np.asarray(v, np.float64) for k, v in baseline.items()}
+        if len(baseline["count"]) != n:
+            raise ValueError(f"bootstrap_metrics: baseline has {len(baseline['count'])} "
+                             f"frames, counts {n}: a paired difference needs the same frames")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"bootstrap_metrics: resamples must be an integer >= 1, got "
+                         f"{resamples!r}")
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+    def pooled(c):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = metrics_from_counts({k: v[rows] for k, v in c.items()}, aggregate)
+        return {k: np.asarray(out[k], np.float64) for k in METRIC_NAMES}
+
+    values = pooled(counts)
+    if baseline is not None:
+        base = pooled(baseline)
+        values = {k: values[k] - base[k] for k in METRIC_NAMES}
+    return values
+
+
+def bootstrap_interval(counts, aggregate: str = "frame", *, baseline=None,
+                       confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = BOOTSTRAP_SEED) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval of each metric over the evaluated frames.
+
+    The ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of
+    ``bootstrap_metrics`` (frames resampled, their counts pooled as the evaluation
+    pools them); seeded, so a rerun gives the same interval. With ``baseline`` (the
+    same frames, another model) it is the paired interval of the difference
+    ``metric - baseline's metric``: "better" is supported only where it excludes 0,
+    and two identical models give exactly ``(0, 0)``. It covers the sampling of
+    validation frames only, not the training's randomness (see the study's seeds).
+
+    Args:
+      counts, aggregate, baseline, resamples, seed: see ``bootstrap_metrics``.
+      confidence: the interval's level, in (0, 1).
+
+    Returns:
+      dict ``epe``, ``d0``, ``d1``, ``fl``, ``sf``: ``(low, high)`` floats (px,
+      percent; NaN if a resample's value is NaN).
+
+    Raises:
+      ValueError: ``confidence`` outside (0, 1); see ``bootstrap_metrics``.
+
+    Example:
+      >>> c = {"count": [100, 100, 100], "epe": [100.0, 200.0, 300.0],
+      ...      "d0": [0, 0, 0], "d1": [0, 0, 0], "fl": [0, 0, 0], "sf": [10, 20, 30]}
+      >>> low, high = bootstrap_interval(c, "pixel")["epe"]
+      >>> bool(1.0 <= low < 2.0 < high <= 3.0)
+      True
+      >>> bootstrap_interval(c, "pixel", baseline=c)["sf"]
+      (0.0, 0.0)
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"bootstrap_interval: confidence must be in (0, 1), got {confidence}")
+    values = bootstrap_metrics(counts, aggregate, baseline=baseline, resamples=resamples,
+                               seed=seed)
+    tails = [(1 - confidence) / 2, (1 + confidence) / 2]
+    out = {}
+    for k, v in values.items():
+        low, high = np.quantile(v, tails) if np.all(np.isfinite(v)) else (np.nan, np.nan)
+        out[k] = (float(low), float(high))
     return out
 
 

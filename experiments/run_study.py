@@ -8,6 +8,7 @@
   python -m experiments.run_study --experiments=dynamic_prune --dynamic_tolerance=0.1
   python -m experiments.run_study --devices=2          # data parallel over 2 local devices
   python -m experiments.run_study --group_width=16     # a structured network, 16 channels a group
+  python -m experiments.run_study --seeds=3            # 3 whole studies (seeds 0, 1, 2), aggregated
   # one worker per GPU, all in one results folder (they split the configurations):
   for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i python -m experiments.run_study \
       --preset=paper ... --results_dir=results/paper & done; wait
@@ -38,6 +39,11 @@ flags.DEFINE_integer("pretrain_steps", None, "Override the pre-training length."
 flags.DEFINE_integer("finetune_steps", None, "Override the lr1 fine-tuning length.")
 flags.DEFINE_integer("refine_steps", None, "Override the lr2 refinement length.")
 flags.DEFINE_integer("seed", None, "Seed.")
+flags.DEFINE_integer("seeds", None, "Run the whole study (data draws, pre-training, sweeps, "
+                     "dynamic threshold) once per seed: --seed, --seed+1, ..., each in "
+                     "<results_dir>/seed_<n>, then aggregate them in <results_dir> (per-seed "
+                     "values, mean ± std, min–max). Workers split the seeds; finished seeds "
+                     "are reused. Default 1: one study in <results_dir> itself.")
 flags.DEFINE_list("experiments", None, "Parts to run (default all): post_prune, post_quant, "
                   "aware_prune, aware_quant, dynamic_prune, hybrid.")
 flags.DEFINE_float("dynamic_tolerance", None, "Dynamic threshold: a level is accepted while "
@@ -146,7 +152,7 @@ def main(argv):
             prune_percents=_floats(FLAGS.prune_percents, "prune_percents"),
             quant_bits=bits,
             pretrain_steps=FLAGS.pretrain_steps, finetune_steps=FLAGS.finetune_steps,
-            refine_steps=FLAGS.refine_steps, seed=FLAGS.seed,
+            refine_steps=FLAGS.refine_steps, seed=FLAGS.seed, seeds=FLAGS.seeds,
             experiments=None if FLAGS.experiments is None else tuple(FLAGS.experiments),
             lidar_sweep=lidar,
             runtime_repeats=FLAGS.runtime_repeats, validity=FLAGS.validity,
@@ -164,12 +170,22 @@ def main(argv):
         raise app.UsageError(f"--checkpoint {cfg.checkpoint} does not exist")
     if cfg.data == "kitti" and not (Path(cfg.data_dir) / "training").is_dir():
         raise app.UsageError(f"--data_dir {cfg.data_dir} has no training/ folder")
+    from deepliflow_jax.study import runner
     from deepliflow_jax.study.runner import Study
     from deepliflow_jax.train.trainer import enable_compilation_cache
 
     results_dir = FLAGS.results_dir or default_results_dir(cfg.preset)
     cli.announce_results("python -m experiments.run_study", results_dir)
     enable_compilation_cache()  # a resumed or second worker reuses the compiled steps
+    if cfg.seeds > 1:  # one study per seed folder, then their aggregate
+        try:
+            runner.check_resume(Path(results_dir), cfg)
+        except ValueError as err:
+            raise app.UsageError(str(err)) from err
+        out = runner.run_seeds(cfg, results_dir, devices=devices,
+                               claim_timeout_s=FLAGS.claim_timeout)
+        print("\n".join(f"{k}: {v}" for k, v in out.items() if k != "seeds"))
+        return
     try:
         study = Study(cfg, results_dir, devices=devices,
                       claim_timeout_s=FLAGS.claim_timeout)

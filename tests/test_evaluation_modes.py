@@ -19,6 +19,7 @@ from deepliflow_jax import metrics
 from deepliflow_jax.data import kitti
 from deepliflow_jax.train.state import create_train_state
 from deepliflow_jax.train.trainer import Trainer
+from tests.fakes import evaluated
 
 # ----------------------------------------------------------------------------- devkit
 
@@ -183,12 +184,31 @@ def test_devkit_pools_pixels_over_frames_in_the_trainer_and_the_study(small_vari
     for k in metrics.METRIC_NAMES:
         assert got[k] == pytest.approx(pooled[k], rel=1e-5), k
 
+    # the per-frame counts behind them (what the study's intervals resample), the pooled
+    # numbers unchanged to the bit
+    again, frame_counts = trainer.evaluate(state, batches, validity="devkit", with_counts=True)
+    assert again == got
+    assert {k: v.shape for k, v in frame_counts.items()} == {
+        k: (3,) for k in (*metrics.COUNT_KEYS, *metrics.METRIC_NAMES)}
+    np.testing.assert_array_equal(frame_counts["count_d0"], [c[0] for c in counts])
+    assert metrics.as_floats(metrics.metrics_from_counts(frame_counts, "pixel")) == got
+    one = trainer.evaluate(state, batches[1:2], validity="devkit", with_counts=True)[1]
+    assert {k: v[1] for k, v in frame_counts.items()} == {k: v[0] for k, v in one.items()}
+    _, outputs, both = trainer.evaluate(state, batches, validity="devkit", keep_outputs=True,
+                                        with_counts=True)
+    assert len(outputs) == 3
+    assert all(np.array_equal(both[k], frame_counts[k]) for k in frame_counts)
+
     study = Study(make_config("tiny", validity="devkit"), tmp_path / "study")
     study.trainer = trainer
     study.data = SimpleNamespace(num_samples=dev.num_samples,
                                  samples_for=lambda n: dev.num_samples,
                                  val_batches=lambda n: batches)
     assert study._evaluate(state, study.val_batches()) == got
+    # a record's metrics and the counts it keeps for the intervals
+    recorded = study._evaluate_recorded(state)
+    assert recorded["metrics"] == got
+    assert recorded["frame_counts"] == {k: v.tolist() for k, v in frame_counts.items()}
 
 
 # ----------------------------------------------------------------------------- non-finite
@@ -267,8 +287,10 @@ class _FakeTrainer:
         return (state._replace(params=params, step=state.step + 1),
                 {"loss": jnp.float32(np.nan if bad else 1.0)})
 
-    def evaluate(self, state, batches, keep_outputs=False, validity="original"):
-        return {"epe": 1.0, "d0": 1.0, "d1": 1.0, "fl": 1.0, "sf": 2.0, "nonfinite": 0}
+    def evaluate(self, state, batches, keep_outputs=False, validity="original",
+                 with_counts=False):
+        return evaluated({"epe": 1.0, "d0": 1.0, "d1": 1.0, "fl": 1.0, "sf": 2.0,
+                          "nonfinite": 0}, with_counts)
 
     def compressed_params(self, state):
         return state.params

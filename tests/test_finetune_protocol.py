@@ -24,6 +24,7 @@ from deepliflow_jax.train import trainer as trainer_module
 from deepliflow_jax.train.state import TrainState
 from deepliflow_jax.train.tf_adam import TF1AdamState
 from deepliflow_jax.train.trainer import Phase, Trainer, fit
+from tests.fakes import evaluated
 
 
 def _sample(index, h=120, w=200):
@@ -242,9 +243,10 @@ class _Engine(Trainer):
         params = jax.tree.map(lambda p: p + 1.0, state.params)
         return state._replace(step=state.step + 1, params=params), {"loss": jnp.float32(1.0)}
 
-    def evaluate(self, state, batches, keep_outputs=False, validity="original"):
+    def evaluate(self, state, batches, keep_outputs=False, validity="original",
+                 with_counts=False):
         sf = {2: 3.0, 4: 5.0, 5: 4.0}[int(state.step)]
-        return {"epe": 1.0, "sf": sf, "d0": 0.0, "d1": 0.0, "fl": 0.0}
+        return evaluated({"epe": 1.0, "sf": sf, "d0": 0.0, "d1": 0.0, "fl": 0.0}, with_counts)
 
 
 class _Data:

@@ -14,6 +14,7 @@ from deepliflow_jax.study import make_config
 from deepliflow_jax.study.runner import Study
 from deepliflow_jax.train.sharding import jit_step
 from deepliflow_jax.train.trainer import Trainer, get_trainer, set_learning_rate
+from tests.fakes import evaluated
 
 
 def _injected(opt_state):
@@ -61,9 +62,11 @@ class _ScriptedTrainer(Trainer):
         self.rates.append(_lr(state))
         return state._replace(step=state.step + 1), {"loss": jnp.float32(1.0)}
 
-    def evaluate(self, state, batches, keep_outputs=False, validity="original"):
+    def evaluate(self, state, batches, keep_outputs=False, validity="original",
+                 with_counts=False):
         sf = self.sf_by_step[int(state.step)]
-        return {"epe": sf / 10.0, "sf": sf, "d0": 0.0, "d1": 0.0, "fl": 0.0}
+        return evaluated({"epe": sf / 10.0, "sf": sf, "d0": 0.0, "d1": 0.0, "fl": 0.0},
+                         with_counts)
 
 
 class _Data:

@@ -112,3 +112,95 @@ def test_custom_mask_and_bad_shapes():
         metrics.batch_metrics_np(pred[..., :3], gt[..., :3])
     with pytest.raises(ValueError, match="no frames"):
         metrics.MetricAccumulator().result()
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def _random_counts(n, seed=0):
+    """Per-frame counts of ``n`` frames with varying valid-pixel counts and error levels."""
+    rng = np.random.default_rng(seed)
+    count = rng.integers(50, 500, n).astype(np.float64)
+    level = rng.uniform(0.5, 4.0, n)  # the frame's mean EPE
+    out = {"count": count, "epe": level * count, "nonfinite": np.zeros(n)}
+    for name in ("d0", "d1", "fl", "sf"):
+        out[name] = np.floor(count * rng.uniform(0.0, 0.6, n))
+        out[f"count_{name}"] = count
+    out.pop("count_sf")
+    return out
+
+
+@pytest.mark.parametrize("aggregate", ["frame", "pixel"])
+def test_bootstrap_interval_holds_the_pooled_value_and_shrinks_with_more_frames(aggregate):
+    widths = []
+    for n in (8, 400):
+        counts = _random_counts(n)
+        pooled = metrics.metrics_from_counts(counts, aggregate)
+        got = metrics.bootstrap_interval(counts, aggregate)
+        for k in metrics.METRIC_NAMES:
+            low, high = got[k]
+            assert low < pooled[k] < high, (n, k)
+        widths.append(got["epe"][1] - got["epe"][0])
+    assert widths[1] < widths[0] / 4  # ~ 1 / sqrt(N): 50x the frames, ~7x narrower
+
+
+def test_bootstrap_is_seeded_and_paired_on_the_same_frames():
+    counts = _random_counts(30)
+    a = metrics.bootstrap_interval(counts, "pixel")
+    assert metrics.bootstrap_interval(counts, "pixel") == a  # a rerun: the same interval
+    assert metrics.bootstrap_interval(counts, "pixel", seed=1) != a
+    # a model paired with itself: every resample's difference is 0, exactly
+    same = metrics.bootstrap_interval(counts, "pixel", baseline=dict(counts))
+    assert same == {k: (0.0, 0.0) for k in metrics.METRIC_NAMES}
+    # 0.05 px worse on every pixel: the frames' spread hides it in the marginal intervals,
+    # the paired interval (same resampled frames) shows it
+    worse = {**counts, "epe": counts["epe"] + 0.05 * counts["count"]}
+    b = metrics.bootstrap_interval(worse, "pixel")
+    assert b["epe"][0] < a["epe"][1]  # the marginal intervals overlap
+    low, high = metrics.bootstrap_interval(worse, "pixel", baseline=counts)["epe"]
+    assert low == pytest.approx(0.05, abs=1e-5) and high == pytest.approx(0.05, abs=1e-5)
+    # the values are the differences of the two models' resampled values, draw by draw
+    diff = metrics.bootstrap_metrics(worse, "pixel", baseline=counts, resamples=50)
+    each = [metrics.bootstrap_metrics(c, "pixel", resamples=50) for c in (worse, counts)]
+    np.testing.assert_array_equal(diff["epe"], each[0]["epe"] - each[1]["epe"])
+    assert np.ptp(diff["epe"]) < 1e-5 < np.ptp(each[0]["epe"])
+
+
+def test_bootstrap_resamples_frames_and_pools_their_counts():
+    """Two frames: 1 pixel, an outlier (100 %), and 99 pixels, none. A resample of frames
+    pools its counts: {1, 1} 100 %, {1, 99} 1 % (the devkit's pooling; 50 % is the frame
+    mean), {99, 99} 0 %."""
+    counts = {"count": [1.0, 99.0], "epe": [7.0, 99.0], "d0": [1.0, 0.0], "d1": [0.0, 0.0],
+              "fl": [0.0, 0.0], "sf": [1.0, 0.0]}
+    pixel = metrics.bootstrap_metrics(counts, "pixel")
+    frame = metrics.bootstrap_metrics(counts, "frame")
+    assert set(np.round(pixel["sf"], 4)) == {100.0, 1.0, 0.0}
+    assert set(np.round(frame["sf"], 4)) == {100.0, 50.0, 0.0}
+    assert set(np.round(pixel["epe"], 4)) == {7.0, 1.06, 1.0}
+    assert pixel["sf"].shape == (metrics.BOOTSTRAP_RESAMPLES,)
+    # about half the resamples hold both frames
+    assert 0.4 < np.mean(np.round(pixel["sf"], 4) == 1.0) < 0.6
+
+
+def test_bootstrap_refuses_what_it_cannot_resample():
+    counts = _random_counts(4)
+    with pytest.raises(ValueError, match="no frames"):
+        metrics.bootstrap_interval({k: v[:0] for k, v in counts.items()})
+    with pytest.raises(ValueError, match="baseline has 3 frames, counts 4"):
+        metrics.bootstrap_interval(counts, baseline={k: v[:3] for k, v in counts.items()})
+    with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\)"):
+        metrics.bootstrap_interval(counts, confidence=95)
+    with pytest.raises(ValueError, match="resamples must be an integer >= 1"):
+        metrics.bootstrap_interval(counts, resamples=0)
+
+
+def test_metrics_from_counts_of_rows_is_each_row_pooled():
+    """[R, N] counts (the bootstrap's resamples): row r is the [N] set of row r."""
+    counts = _random_counts(6)
+    rows = {k: np.stack([v, v[::-1], v[[0, 0, 1, 1, 2, 2]]]) for k, v in counts.items()}
+    for aggregate in ("frame", "pixel"):
+        got = metrics.metrics_from_counts(rows, aggregate)
+        for r in range(3):
+            one = metrics.metrics_from_counts({k: v[r] for k, v in rows.items()}, aggregate)
+            for k in (*metrics.METRIC_NAMES, "nonfinite"):
+                assert got[k][r] == one[k], (aggregate, r, k)

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,6 +86,11 @@ def _interrupt_on_call(n, fn):
     return wrapper
 
 
+def _finished_copy(folder: Path) -> Path:
+    """Where ``tiny_study`` copies its folder as it finished (before other tests add to it)."""
+    return folder.with_name(folder.name + "_finished")
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     """The tiny study, interrupted while saving the second dynamic-threshold level, resumed.
@@ -106,6 +112,7 @@ def tiny_study(tmp_path_factory):
     assert not (folder / "records" / "dynamic_prune_level_01.json").exists()
     with contextlib.redirect_stdout(resumed):
         out = run_study(cfg, folder)
+    shutil.copytree(folder, _finished_copy(folder))  # seed 0 of the --seeds test
     return (folder, out, json.loads((folder / "results.json").read_text())["records"],
             (first.getvalue(), resumed.getvalue()))
 
@@ -179,8 +186,27 @@ def test_tiny_study_end_to_end_and_resume(tiny_study):
         assert [h["step"] for h in rec["history"]] == [2, 3], key  # eval_every=2, 2 + 1 steps
         assert rec["metrics"]["sf"] == min(h["sf"] for h in rec["history"]), key
         assert rec["phases"]["lr2"] == rec["metrics"], key
+    # every record of a model keeps the per-frame counts its metrics pool, to the bit; the
+    # intervals resample them (one validation frame here: each interval is a point)
+    from deepliflow_jax.metrics import as_floats, metrics_from_counts
+
+    for key in expected:
+        rec = results[key]
+        counts = {k: np.asarray(v, np.float32) for k, v in rec["frame_counts"].items()}
+        assert len(counts["count"]) == 1, key
+        assert {k: v for k, v in as_floats(metrics_from_counts(counts, "frame")).items()
+                if k != "nonfinite"} == {k: v for k, v in rec["metrics"].items()
+                                         if k != "nonfinite"}, key
+        ci = saved["intervals"][key]
+        assert ci["frames"] == 1
+        assert ci["metrics"]["epe"] == pytest.approx([rec["metrics"]["epe"]] * 2, rel=1e-6)
+        if key != "baseline":
+            diff = rec["metrics"]["sf"] - results["baseline"]["metrics"]["sf"]
+            assert ci["vs_baseline"]["sf"] == pytest.approx([diff] * 2, abs=1e-4), key
     tables = (tmp_path / "tables.md").read_text()
     assert "## Table II" in tables and "not from KITTI" in tables
+    assert "With a single frame an interval is a point" in tables
+    assert "## Differences from the baseline (paired)" in tables
     assert "| post | 10% | 32 bits |" in tables
     assert "| dynamic | 20% | 32 bits |" in tables and "## Dynamic threshold" in tables
     assert "fig_dynamic_threshold.png" in {Path(p).name for p in out["plots"]}
@@ -220,6 +246,43 @@ def test_tiny_study_end_to_end_and_resume(tiny_study):
     assert added == {"post_prune_20.json"}
     # the paper preset's flow (every configuration from a loaded checkpoint) runs in the
     # workers test below, from this study's baseline checkpoint
+
+
+@pytest.mark.slow
+def test_tiny_study_over_two_seeds_reuses_the_finished_seed(tiny_study, tmp_path):
+    """--seeds=2 in a folder whose seed 0 is the tiny study (as a first invocation that was
+    stopped after seed 0 leaves it): seed 0 is reused untouched, seed 1 runs a whole study
+    of its own, and the folder gets their aggregate."""
+    from deepliflow_jax.study import run_study
+    from deepliflow_jax.study.runner import open_results_dir
+
+    folder, _, ref, _ = tiny_study
+    cfg = make_config("tiny", seeds=2)
+    seeds = tmp_path / "seeds"
+    open_results_dir(seeds, cfg)
+    shutil.copytree(_finished_copy(folder), seeds / "seed_0")
+    before = {str(p): p.stat().st_mtime_ns for p in (seeds / "seed_0").rglob("*")}
+    t_start = time.perf_counter()
+    out = run_study(cfg, seeds)
+    print(f"tiny study, --seeds=2 with seed 0 reused: {time.perf_counter() - t_start:.0f} s")
+    assert out["seeds"][0] is None and out["seeds"][1]["tables"] == str(
+        seeds / "seed_1" / "tables.md")
+    assert {str(p): p.stat().st_mtime_ns for p in (seeds / "seed_0").rglob("*")} == before
+    seed1 = json.loads((seeds / "seed_1" / "results.json").read_text())
+    assert (seed1["config"]["seed"], seed1["config"]["seeds"]) == (1, 1)
+    assert seed1["records"]["baseline"]["metrics"] != ref["baseline"]["metrics"]  # its own
+    saved = json.loads((seeds / "results.json").read_text())
+    assert saved["seeds"] == [0, 1] and saved["config"]["seeds"] == 2
+    for key in ("baseline", "zero_flow", "post_prune_10", "aware_quant_8", "dynamic_prune"):
+        values = [ref[key]["metrics"]["epe"], seed1["records"][key]["metrics"]["epe"]]
+        agg = saved["aggregate"][key]
+        assert agg["per_seed"]["epe"] == values, key
+        assert agg["epe"]["mean"] == pytest.approx(np.mean(values)), key
+        assert agg["epe"]["std"] == pytest.approx(np.std(values, ddof=1)), key
+    tables = (seeds / "tables.md").read_text()
+    assert "2 seeds" in tables and "| baseline | 2 | " in tables
+    assert (seeds / "fig_seeds.png").stat().st_size > 1000
+    assert out["plots"] == [str(seeds / "fig_seeds.png")]
 
 
 @pytest.mark.slow
@@ -266,7 +329,7 @@ def test_time_load_note_warns_on_a_loaded_machine():
 def test_results_json_keeps_every_run(tmp_path, monkeypatch):
     from deepliflow_jax.study import plots
 
-    monkeypatch.setattr(plots, "write_plots", lambda out, records, cfg: [])
+    monkeypatch.setattr(plots, "write_plots", lambda out, records, cfg, intervals=None: [])
     cfg = make_config("tiny")
     recs = {"baseline": {"kind": "post", "metrics": {"epe": 1.0, "sf": 10.0}}}
     # a results.json from before the runs list: its wall time is kept as the first run

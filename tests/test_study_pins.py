@@ -12,6 +12,10 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
 
 from deepliflow_jax.study import make_config, report
 from deepliflow_jax.study.config import resume_conflicts
@@ -216,7 +220,11 @@ _FLAG_DRIVER = textwrap.dedent("""
         def run(self):
             return {}
 
-    runner.Study = Recorder
+    def run_seeds(cfg, results_dir, **options):
+        seen.update(cfg=cfg, results_dir=str(results_dir), ran="run_seeds")
+        return {}
+
+    runner.Study, runner.run_seeds = Recorder, run_seeds
     out = []
     for argv in json.load(sys.stdin):
         seen.clear()
@@ -229,7 +237,8 @@ _FLAG_DRIVER = textwrap.dedent("""
             continue
         cfg = seen["cfg"]
         out.append({"results_dir": seen["results_dir"],
-                    "fields": {k: repr(getattr(cfg, k)) for k in cfg.to_dict()}})
+                    "fields": {k: repr(getattr(cfg, k)) for k in cfg.to_dict()},
+                    **({"ran": seen["ran"]} if "ran" in seen else {})})
     print(json.dumps(out))
 """)
 
@@ -334,3 +343,230 @@ def test_run_study_flags_reach_the_config_with_their_types(tmp_path):
     for (argv, message), result in zip(bad, got[len(ok):], strict=True):
         assert "error" in result, (argv, result)
         assert re.search(message, result["error"]), (argv, result["error"])
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def _counts(epe_per_frame, sf_per_frame, pixels=100.0):
+    """Per-frame counts: ``pixels`` valid pixels a frame with the given EPE and SF %."""
+    n = len(epe_per_frame)
+    out = {"count": [pixels] * n, "epe": [e * pixels for e in epe_per_frame],
+           "sf": [s * pixels / 100 for s in sf_per_frame], "nonfinite": [0.0] * n}
+    for name in ("d0", "d1", "fl"):
+        out[name], out[f"count_{name}"] = [0.0] * n, [pixels] * n
+    return out
+
+
+def _counted(kind, epe_frames, sf_frames, **kw):
+    from deepliflow_jax.metrics import metrics_from_counts
+
+    counts = _counts(epe_frames, sf_frames)
+    m = {k: float(v) for k, v in metrics_from_counts(counts, "frame").items()}
+    rec = _rec(kind, m["epe"], m["sf"], **kw)
+    rec.update(metrics=m, frame_counts=counts)
+    return rec
+
+
+def _interval_records():
+    base_epe = [1.0, 2.0, 3.0, 4.0, 5.0, 1.5, 2.5, 3.5]
+    sf = [10.0, 20.0, 30.0, 40.0, 10.0, 20.0, 30.0, 40.0]
+    return {
+        "baseline": _counted("post", base_epe, sf),
+        # better on every frame / worse on every frame / better on some, worse on others
+        "post_quant_16": _counted("post", [e - 0.1 for e in base_epe], sf, bits=16),
+        "post_prune_25": _counted("post", [e + 1.0 for e in base_epe],
+                                  [s + 5 for s in sf], percent=25.0),
+        "aware_prune_25": _counted("aware", [e + (0.5 if i % 2 else -0.5) for i, e in
+                                             enumerate(base_epe)], sf, percent=25.0),
+        "post_quant_6": _rec("post", 3.0, 30.0, bits=6),  # written before counts were kept
+    }
+
+
+def test_intervals_of_records_with_per_frame_counts():
+    from deepliflow_jax.metrics import bootstrap_interval
+
+    records = _interval_records()
+    ci = report.intervals(records, CFG)
+    assert set(ci) == {"baseline", "post_quant_16", "post_prune_25", "aware_prune_25"}
+    assert "vs_baseline" not in ci["baseline"] and ci["baseline"]["frames"] == 8
+    # the metrics' bootstrap, as JSON lists; the pooled value inside
+    base = records["baseline"]
+    assert ci["baseline"]["metrics"] == {
+        k: list(v) for k, v in bootstrap_interval(base["frame_counts"], "frame").items()}
+    low, high = ci["baseline"]["metrics"]["epe"]
+    assert low < base["metrics"]["epe"] < high
+    # paired: a constant shift is exactly that shift; mixed signs include 0
+    assert ci["post_quant_16"]["vs_baseline"]["epe"] == pytest.approx([-0.1, -0.1], abs=1e-5)
+    assert ci["post_prune_25"]["vs_baseline"]["sf"] == pytest.approx([5.0, 5.0], abs=1e-4)
+    low, high = ci["aware_prune_25"]["vs_baseline"]["epe"]
+    assert low < 0 < high
+    # devkit studies pool pixels: the other aggregation
+    dev = make_config("tiny", validity="devkit")
+    assert report.intervals(records, dev)["baseline"]["metrics"] == {
+        k: list(v) for k, v in bootstrap_interval(base["frame_counts"], "pixel").items()}
+    # a frame without valid pixels makes the frame mean NaN: no interval, JSON-safe
+    empty = {**base, "frame_counts": {**base["frame_counts"],
+                                      "count": [0.0] + base["frame_counts"]["count"][1:]}}
+    assert report.intervals({"baseline": empty}, CFG)["baseline"]["metrics"]["epe"] == [
+        None, None]
+
+
+def test_tables_carry_the_intervals_and_the_paired_verdicts():
+    records = _interval_records()
+    ci = report.intervals(records, CFG)
+
+    def cell(key, name):
+        lo, hi = ci[key]["metrics"][name]
+        return f"{records[key]['metrics'][name]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    t2 = report.table2(records, CFG, ci).splitlines()
+    assert t2[2].startswith(f"| original | | 32 bits | {cell('baseline', 'epe')} | "
+                            f"{cell('baseline', 'sf')} | original |")
+    assert t2[4].startswith(f"| post | 25% | 32 bits | {cell('post_prune_25', 'epe')} | "
+                            f"{cell('post_prune_25', 'sf')} | aware | 25% | 32 bits | "
+                            f"{cell('aware_prune_25', 'epe')} |")
+    # a record without counts keeps its bare numbers
+    assert "| post | 0.00% | 6 bits | 3.000 | 30.000 | aware |" in "\n".join(t2)
+    # without intervals the table is as before
+    assert report.table2(records, CFG) == report.table2(
+        {k: {kk: vv for kk, vv in r.items() if kk != "frame_counts"}
+         for k, r in records.items()}, CFG, report.intervals({}, CFG))
+    t3 = report.table3(records, CFG, ci).splitlines()
+    assert f"| 3 | 25 % pruning | post | {cell('post_prune_25', 'epe')} |" in "\n".join(t3)
+    diff = report.difference_table(records, ci).splitlines()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in diff[2:]}
+    assert set(rows) == {"post_quant_16", "post_prune_25", "aware_prune_25"}
+    assert rows["post_quant_16"][1] == "lower" and rows["post_quant_16"][3] == "not shown |"
+    assert rows["post_prune_25"][0].startswith("+1.000 [+1.000, +1.000]")
+    assert rows["post_prune_25"][1] == "higher" and rows["post_prune_25"][3] == "higher |"
+    assert rows["aware_prune_25"][1] == "not shown"
+
+
+def test_write_all_puts_the_intervals_in_results_json_and_tables_md(tmp_path, monkeypatch):
+    from deepliflow_jax.study import plots
+
+    seen = {}
+    monkeypatch.setattr(plots, "write_plots",
+                        lambda out, records, cfg, intervals=None: seen.update(ci=intervals)
+                        or [])
+    records = _interval_records()
+    report.write_all(tmp_path, records, CFG)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["intervals"] == report.intervals(records, CFG) == seen["ci"]
+    assert saved["interval_method"]["confidence"] == 0.95
+    md = (tmp_path / "tables.md").read_text()
+    assert "95% percentile bootstrap interval over the 8 validation frames" in md
+    assert "## Differences from the baseline (paired)" in md
+    assert report.difference_table(records, saved["intervals"]) in md
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def test_aggregate_seeds_mean_std_min_max_and_paired_counts():
+    per_seed = {
+        0: {"baseline": _rec("post", 1.0, 10.0), "post_prune_25": _rec("post", 2.0, 20.0),
+            "aware_prune_25": {"kind": "aware", "failed": "diverged"}},
+        1: {"baseline": _rec("post", 1.2, 12.0), "post_prune_25": _rec("post", 2.6, 30.0),
+            "aware_prune_25": _rec("aware", 1.5, 11.0)},
+        2: {"baseline": _rec("post", 1.6, 14.0), "post_prune_25": _rec("post", 1.4, 40.0),
+            "aware_prune_25": _rec("aware", 1.5, 15.0)},
+    }
+    ci = {0: {"post_prune_25": {"vs_baseline": {"epe": [0.5, 1.5]}}},
+          1: {"post_prune_25": {"vs_baseline": {"epe": [-0.1, 2.0]}}},
+          2: {"post_prune_25": {"vs_baseline": {"epe": [-0.3, -0.05]}}}}
+    agg = report.aggregate_seeds(per_seed, ci)
+    assert list(agg) == ["baseline", "post_prune_25", "aware_prune_25"]
+    p = agg["post_prune_25"]
+    assert p["seeds"] == [0, 1, 2] and p["per_seed"]["epe"] == [2.0, 2.6, 1.4]
+    assert p["epe"] == pytest.approx({"mean": 2.0, "std": 0.6, "min": 1.4, "max": 2.6})
+    assert p["epe"]["std"] == pytest.approx(np.std([2.0, 2.6, 1.4], ddof=1))
+    assert p["sf"]["mean"] == pytest.approx(30.0) and p["sf"]["std"] == pytest.approx(10.0)
+    vs = p["vs_baseline"]["epe"]
+    assert vs["per_seed"] == pytest.approx([1.0, 1.4, -0.2])
+    assert (vs["lower"], vs["higher"]) == (1, 1)
+    assert "vs_baseline" not in agg["baseline"]
+    # a configuration that failed in one seed counts in the others
+    a = agg["aware_prune_25"]
+    assert a["seeds"] == [1, 2] and a["epe"] == {"mean": 1.5, "std": 0.0, "min": 1.5,
+                                                 "max": 1.5}
+    one = report.aggregate_seeds({3: per_seed[1]})
+    assert one["baseline"]["epe"]["std"] is None and "lower" not in (
+        one["post_prune_25"]["vs_baseline"]["epe"])
+    table = report.seeds_table(agg).splitlines()
+    assert table[3].startswith("| post_prune_25 | 3 | 2.000 ± 0.600 (1.400–2.600) | "
+                               "2.000, 2.600, 1.400 | 30.000 ± 10.000 (20.000–40.000) |")
+    assert table[3].endswith("| 1 / 1 of 3 |")
+
+
+class _FakeStudy:
+    """A study that writes its records and results.json at once, and says which ran."""
+
+    runs: list = []
+
+    def __init__(self, cfg, folder, **options):
+        from deepliflow_jax.study.runner import open_results_dir
+
+        self.cfg, self.dir = cfg, Path(folder)
+        open_results_dir(self.dir, cfg)
+
+    def run(self):
+        from deepliflow_jax.study.records import RecordStore
+
+        _FakeStudy.runs.append(self.cfg.seed)
+        store = RecordStore(self.dir)
+        epe = 1.0 + self.cfg.seed / 10
+        store.put("baseline", _rec("post", epe, 10.0))
+        store.put("post_prune_10", _rec("post", epe + 1.0, 20.0, percent=10.0))
+        report.write_all(self.dir, store.all(), self.cfg)
+        return {"json": str(self.dir / "results.json")}
+
+
+def test_seeds_run_once_each_in_their_folders_and_finished_ones_are_reused(tmp_path,
+                                                                         monkeypatch):
+    from deepliflow_jax.study import plots, runner
+    from deepliflow_jax.study.config import replace_config
+
+    monkeypatch.setattr(runner, "Study", _FakeStudy)
+    monkeypatch.setattr(plots, "write_plots", lambda *a, **k: [])
+    monkeypatch.setattr(_FakeStudy, "runs", [])
+    cfg = make_config("tiny", seed=3, seeds=2)
+    out = runner.run_study(cfg, tmp_path)
+    assert _FakeStudy.runs == [3, 4]
+    for s in (3, 4):
+        saved = json.loads((tmp_path / f"seed_{s}" / "config.json").read_text())
+        assert (saved["seed"], saved["seeds"]) == (s, 1)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["seeds"] == [3, 4] and saved["config"]["seeds"] == 2
+    assert saved["aggregate"]["post_prune_10"]["per_seed"]["epe"] == pytest.approx([2.3, 2.4])
+    assert saved["aggregate"]["post_prune_10"]["epe"]["mean"] == pytest.approx(2.35)
+    assert "| post_prune_10 | 2 | 2.350 ± 0.071 (2.300–2.400) |" in (
+        tmp_path / "tables.md").read_text()
+    assert out["tables"] == str(tmp_path / "tables.md")
+    # a second invocation with one more seed runs only that one
+    runner.run_study(replace_config(cfg, seeds=3), tmp_path)
+    assert _FakeStudy.runs == [3, 4, 5]
+    assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [3, 4, 5]
+    # a seed another worker has claimed is left to it first, then joined
+    runner.open_results_dir(tmp_path / "b", cfg)
+    board = runner.ClaimBoard(tmp_path / "b" / runner.CLAIMS_DIR)
+    with board.hold("seed_3"):
+        _FakeStudy.runs.clear()
+        runner.run_study(replace_config(cfg, seeds=2), tmp_path / "b")
+    assert _FakeStudy.runs == [4, 3]
+    # one study in a folder and seed folders do not mix
+    with pytest.raises(ValueError, match=r"seeds differ"):
+        runner.run_study(replace_config(cfg, seeds=1), tmp_path)
+
+
+def test_seeds_flag_and_resume_rule():
+    tiny = make_config("tiny")
+    saved = json.loads(json.dumps(tiny.to_dict()))
+    assert resume_conflicts({**saved, "seeds": 2}, make_config("tiny", seeds=3)) == []
+    assert resume_conflicts({**saved, "seeds": 2}, tiny) == ["seeds"]
+    assert resume_conflicts(saved, make_config("tiny", seeds=2)) == ["seeds"]
+    assert resume_conflicts({k: v for k, v in saved.items() if k != "seeds"}, tiny) == []
+    got = _run_flags([["--preset=tiny", "--seeds=3"], ["--preset=tiny", "--seeds=0"]])
+    assert got[0]["fields"]["seeds"] == "3" and got[0]["ran"] == "run_seeds"
+    assert re.search("seeds must be an integer >= 1, got 0", got[1]["error"])

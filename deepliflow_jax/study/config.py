@@ -36,8 +36,10 @@ PAPER_QUANT_BITS = (16, 14, 12, 10, 8, 6)
 # the study's parts; Table III comes from the aware records, Figs. 2/3 and 6 from every record
 EXPERIMENTS = ("post_prune", "post_quant", "aware_prune", "aware_quant", "dynamic_prune",
                "hybrid")
-# fields a resumed study may change: they only add or drop configurations
-RESUMABLE_CHANGES = ("prune_percents", "quant_bits", "experiments")
+# fields a resumed study may change: they only add or drop configurations (seeds: whole
+# studies, one per seed folder; from 1 to more or back the layout changes, see
+# resume_conflicts)
+RESUMABLE_CHANGES = ("prune_percents", "quant_bits", "experiments", "seeds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +77,9 @@ class StudyConfig:
       runtime_repeats: timed forward passes per configuration (0 = no timing).
       max_val_frames: cap on validation frames (None = the whole split).
       seed: seed of data, LiDAR draws and training.
+      seeds: how many times the whole study runs, with seeds ``seed``, ``seed + 1``, ...,
+        each in its own subfolder ``seed_<n>`` of the results folder, which then holds
+        their aggregate (``runner.run_seeds``); 1: one study in the folder itself.
       experiments: which parts run (a subset of ``EXPERIMENTS``); the baseline and
         zero-flow reference always do.
       validity: which ground-truth pixels the evaluation counts: ``"original"`` (the
@@ -135,6 +140,7 @@ class StudyConfig:
     runtime_repeats: int = 5
     max_val_frames: int | None = None
     seed: int = 0
+    seeds: int = 1
     experiments: tuple[str, ...] = EXPERIMENTS
     validity: str = "original"
     # defaults: the behaviour before these fields existed (a resumed results folder)
@@ -234,14 +240,18 @@ def resume_conflicts(saved: dict[str, Any], cfg: StudyConfig) -> list[str]:
     defaults = json.loads(json.dumps(StudyConfig().to_dict()))
     saved = {**{k: now[k] if k.startswith("dynamic_") else v for k, v in defaults.items()
                 if k not in saved}, **saved}
-    return sorted(k for k in set(now) | set(saved)
-                  if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    conflicts = {k for k in set(now) | set(saved)
+                 if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k)}
+    if (saved.get("seeds", 1) > 1) != (now["seeds"] > 1):  # one study vs seed folders
+        conflicts.add("seeds")
+    return sorted(conflicts)
 
 
 # The numeric fields and their ranges (``deepliflow_jax.scalars.check_number``'s keywords).
 _COUNTS = {"height": 1, "width": 1, "num_scenes": 1, "num_samples": 1, "pretrain_steps": 0,
            "finetune_steps": 0, "refine_steps": 0, "eval_every": 1, "dynamic_steps": 0,
-           "dynamic_refine_steps": 0, "runtime_repeats": 0, "seed": 0, "batch_size": 1}
+           "dynamic_refine_steps": 0, "runtime_repeats": 0, "seed": 0, "seeds": 1,
+           "batch_size": 1}
 _RATES = ("pretrain_lr", "lr1", "lr2")
 _DYNAMIC = ("dynamic_start", "dynamic_increment", "dynamic_tolerance", "dynamic_backoff",
             "dynamic_min_increment", "dynamic_max_percent")

@@ -21,13 +21,33 @@ def _get(records, key, field="epe", phase=None):
     return m[field]
 
 
-def _baseline(ax, records):
+def _baseline(ax, records, intervals=None):
     if "baseline" in records:
-        ax.axhline(records["baseline"]["metrics"]["epe"], color="red", lw=1, label="original")
+        epe = records["baseline"]["metrics"]["epe"]
+        ax.axhline(epe, color="red", lw=1, label="original")
+        low, high = _interval(records, intervals, "baseline", epe)
+        if high > low:
+            ax.axhspan(low, high, color="red", alpha=0.1, lw=0)
 
 
-def fig1(out: Path, records: dict, cfg: StudyConfig) -> Path:
-    """EPE vs bits and vs pruning percent: post, aware lr1, aware lr1 then lr2."""
+def _interval(records, intervals, key, value, phase=None) -> tuple[float, float]:
+    """The EPE interval of ``key`` (``report.intervals``), or ``(value, value)`` when it has
+    none (a phase other than the recorded model's, a record without per-frame counts)."""
+    ci = ((intervals or {}).get(key) or {}).get("metrics", {}).get("epe")
+    rec = records.get(key, {})
+    if not ci or ci[0] is None or (phase and rec["phases"][phase] != rec.get("metrics")):
+        return value, value
+    return ci[0], ci[1]
+
+
+def _yerr(points):
+    """Error bar lengths below / above each ``(x, y, low, high)``."""
+    return [[y - lo for _, y, lo, _ in points], [hi - y for _, y, _, hi in points]]
+
+
+def fig1(out: Path, records: dict, cfg: StudyConfig, intervals=None) -> Path:
+    """EPE vs bits and vs pruning percent: post, aware lr1, aware lr1 then lr2; error bars:
+    the 95 % bootstrap intervals over frames (``report.intervals``) where recorded."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, keys, xs, xlabel in (
         (axes[0], [f"quant_{b}" for b in cfg.quant_bits], list(cfg.quant_bits), "weight bits"),
@@ -38,10 +58,12 @@ def fig1(out: Path, records: dict, cfg: StudyConfig) -> Path:
                                             ("aware lr1", "aware_", "lr1", "s--"),
                                             ("aware lr1+lr2", "aware_", "lr2", "^-")):
             ys = [_get(records, prefix + k, phase=phase) for k in keys]
-            pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+            pts = [(x, y, *_interval(records, intervals, prefix + k, y, phase))
+                   for x, y, k in zip(xs, ys, keys) if y is not None]
             if pts:
-                ax.plot(*zip(*pts), style, label=label)
-        _baseline(ax, records)
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=_yerr(pts),
+                            fmt=style, capsize=3, label=label)
+        _baseline(ax, records, intervals)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("EPE (px)")
         ax.grid(alpha=0.3)
@@ -84,8 +106,9 @@ def fig23(out: Path, records: dict, cfg: StudyConfig) -> Path:
     return path
 
 
-def fig4(out: Path, records: dict, cfg: StudyConfig) -> Path:
-    """Accuracy vs run time of every configuration, original and hybrids marked."""
+def fig4(out: Path, records: dict, cfg: StudyConfig, intervals=None) -> Path:
+    """Accuracy vs run time of every configuration, original and hybrids marked; EPE error
+    bars: the 95 % bootstrap intervals over frames."""
     colors = {"post": "tab:blue", "aware": "tab:orange"}
     names = {"post": "post-training", "aware": "aware training"}
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -96,6 +119,10 @@ def fig4(out: Path, records: dict, cfg: StudyConfig) -> Path:
             continue
         m = rec["metrics"]["epe"]
         kind = rec.get("kind")
+        low, high = _interval(records, intervals, key, m)
+        if high > low:
+            ax.errorbar(t, m, yerr=[[m - low], [high - m]], fmt="none", ecolor="gray",
+                        capsize=2, lw=0.8)
         if key == "baseline":
             ax.scatter(t, m, s=150, facecolors="none", edgecolors="green", label="original")
         elif kind == "dynamic":
@@ -141,7 +168,7 @@ def fig6(out: Path, records: dict, cfg: StudyConfig) -> Path:
     return path
 
 
-def fig_dynamic(out: Path, records: dict, cfg: StudyConfig) -> Path:
+def fig_dynamic(out: Path, records: dict, cfg: StudyConfig, intervals=None) -> Path:
     """The dynamic threshold's search: pruned % (top) and validation EPE (bottom) against
     the fine-tuning steps of all levels; rejected levels in red, accepted in green."""
     rec = records["dynamic_prune"]
@@ -157,7 +184,7 @@ def fig_dynamic(out: Path, records: dict, cfg: StudyConfig) -> Path:
         ys = [e["before"]["epe"]] + [h["epe"] for h in e.get("history", [])]
         bottom.plot(xs, ys, ".-", color=color, lw=1)
         bottom.plot(x0, e["before"]["epe"], "v", color=color, mfc="none")
-    _baseline(bottom, records)
+    _baseline(bottom, records, intervals)
     bottom.axhline(rec["limit"], color="gray", ls="--", lw=1, label="limit (tolerance)")
     top.set_ylabel("pruned % (all weights, biases)")
     top.set_title(f"Dynamic threshold: final {rec['percent']:g} % (green accepted, red "
@@ -174,8 +201,36 @@ def fig_dynamic(out: Path, records: dict, cfg: StudyConfig) -> Path:
     return path
 
 
-def write_plots(out_dir: Path, records: dict, cfg: StudyConfig) -> list[Path]:
+def fig_seeds(out: Path, agg: dict) -> Path:
+    """EPE of every configuration over the seeds of a ``--seeds`` study: mean with
+    ± one standard deviation (ddof=1) as error bars, each seed's value as a dot."""
+    keys = list(agg)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(keys)), 4))
+    for i, key in enumerate(keys):
+        e = agg[key]["epe"]
+        ax.errorbar(i, e["mean"], yerr=e["std"] or 0.0, fmt="o", color="tab:blue", capsize=3)
+        values = agg[key]["per_seed"]["epe"]
+        ax.plot([i] * len(values), values, ".", color="black", alpha=0.6)
+    ax.set_xticks(range(len(keys)), keys, rotation=70, fontsize=7)
+    ax.set_ylabel("EPE (px)")
+    ax.set_title("EPE over seeds: mean ± std (bars), each seed (dots)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(out) / "fig_seeds.png"
+    savefig_atomic(fig, path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_plots(out_dir: Path, records: dict, cfg: StudyConfig,
+                intervals: dict | None = None) -> list[Path]:
+    """Figs. 1, 2/3, 4, 6 and the dynamic threshold's; ``intervals`` (``report.intervals``)
+    give Figs. 1 and 4 and the baseline's line their error bars."""
     # a failed (diverged) configuration has no numbers to plot
     records = {k: r for k, r in records.items() if not r.get("failed")}
-    figs = [fig1, fig23, fig4, fig6] + ([fig_dynamic] if "dynamic_prune" in records else [])
-    return [f(Path(out_dir), records, cfg) for f in figs]
+    out = Path(out_dir)
+    paths = [fig1(out, records, cfg, intervals), fig23(out, records, cfg),
+             fig4(out, records, cfg, intervals), fig6(out, records, cfg)]
+    if "dynamic_prune" in records:
+        paths.append(fig_dynamic(out, records, cfg, intervals))
+    return paths

@@ -15,7 +15,12 @@ Order of work (each finished configuration is a record; a re-run skips it):
      width, post and aware;
   7. every model above also at each LiDAR sample count of the sweep;
   8. run time of every configuration (Fig. 6);
-  9. tables (Table II / III layout), JSON/CSV and plots.
+  9. tables (Table II / III layout), JSON/CSV and plots; each record keeps the
+     per-frame counts of its validation, from which the reports draw 95 % bootstrap
+     intervals over frames, paired with the baseline (``report.intervals``).
+
+``StudyConfig.seeds`` > 1 repeats all of it per seed, each in its own subfolder, then
+aggregates the seeds (:func:`run_seeds`).
 
 Scale: ``Study(..., devices=n)`` trains every configuration data-parallel over
 ``n`` local devices (default all; see ``train.sharding``). Several worker
@@ -44,7 +49,12 @@ from deepliflow_jax.profile.environment import load_average
 from deepliflow_jax.profile.timer import time_calls
 from deepliflow_jax.study import dynamic, report
 from deepliflow_jax.study.claims import CLAIMS_DIR, DEFAULT_TIMEOUT_S, ClaimBoard, run_claimed
-from deepliflow_jax.study.config import StudyConfig, model_widths, resume_conflicts
+from deepliflow_jax.study.config import (
+    StudyConfig,
+    model_widths,
+    replace_config,
+    resume_conflicts,
+)
 from deepliflow_jax.study.data import make_synthetic, study_dataset
 from deepliflow_jax.study.records import RecordStore, RunLog, progress
 from deepliflow_jax.train.recipe import fine_tune, paper_phases, pretrain
@@ -75,6 +85,45 @@ def _summary(rec: dict) -> str:
     return text
 
 
+def check_resume(folder: Path, cfg: StudyConfig) -> None:
+    """Refuses a results folder written with another configuration (before any work).
+
+    Raises:
+      ValueError: ``folder/config.json`` is unreadable or differs from ``cfg`` in a
+        field that is not a ``RESUMABLE_CHANGES`` (``resume_conflicts``).
+    """
+    saved = Path(folder) / CONFIG_FILE
+    if not saved.is_file():
+        return
+    try:
+        conflicts = resume_conflicts(json.loads(saved.read_text()), cfg)
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{saved} is not a study configuration ({err}); use another "
+                         "results folder") from err
+    if conflicts:
+        raise ValueError(
+            f"{folder} holds a study run with other settings ({', '.join(conflicts)} "
+            f"differ from {saved}); its records would be mixed with new ones: use another "
+            "results folder, or the same settings to resume")
+
+
+def open_results_dir(folder: Path, cfg: StudyConfig) -> None:
+    """Checks (``check_resume``), creates or claims ``folder`` and writes its config.json.
+
+    Raises:
+      ValueError: see ``check_resume``.
+      FileExistsError: ``folder`` is neither empty nor a study's results folder.
+    """
+    check_resume(folder, cfg)  # before anything is written there
+    claim_dir(folder, CONFIG_FILE, "a deepliflow_jax study results folder")
+    # workers starting together: one creates config.json, the others find it equal
+    path, saved = Path(folder) / CONFIG_FILE, cfg.to_dict()
+    text = json.dumps(saved, indent=2, sort_keys=True)
+    if create_exclusive(path, text) or json.loads(path.read_text()) == json.loads(text):
+        return
+    write_json_atomic(path, saved)  # a resumed study with other sweeps, parts or seeds
+
+
 class Study:
     """One study run in ``results_dir`` (see module docstring).
 
@@ -94,9 +143,7 @@ class Study:
                  claim_timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 2.0):
         self.cfg = cfg
         self.dir = Path(results_dir)
-        self.check_resume()  # before anything is written there
-        claim_dir(self.dir, CONFIG_FILE, "a deepliflow_jax study results folder")
-        self._write_config()
+        open_results_dir(self.dir, cfg)
         self.records = RecordStore(self.dir)
         self.devices = devices  # None: chosen in prepare(), once the batch is known
         self.claims = ClaimBoard(self.dir / CLAIMS_DIR, timeout_s=claim_timeout_s)
@@ -109,14 +156,6 @@ class Study:
         self._baseline = None  # the baseline's parameters, once trained or loaded
 
     # -- setup -------------------------------------------------------------------
-    def _write_config(self) -> None:
-        # workers starting together: one creates config.json, the others find it equal
-        path, saved = self.dir / CONFIG_FILE, self.cfg.to_dict()
-        text = json.dumps(saved, indent=2, sort_keys=True)
-        if create_exclusive(path, text) or json.loads(path.read_text()) == json.loads(text):
-            return
-        write_json_atomic(path, saved)  # a resumed study with other sweeps or parts
-
     def _work(self, items: list, done) -> None:
         run_claimed(items, self.claims, done, poll_s=self.poll_s, say=_say)
 
@@ -171,19 +210,7 @@ class Study:
 
     def check_resume(self) -> None:
         """Refuses a results folder written with another configuration (before any work)."""
-        saved = self.dir / CONFIG_FILE
-        if not saved.is_file():
-            return
-        try:
-            conflicts = resume_conflicts(json.loads(saved.read_text()), self.cfg)
-        except (ValueError, AttributeError) as err:
-            raise ValueError(f"{saved} is not a study configuration ({err}); use another "
-                             "results folder") from err
-        if conflicts:
-            raise ValueError(
-                f"{self.dir} holds a study run with other settings ({', '.join(conflicts)} "
-                f"differ from {saved}); its records would be mixed with new ones: use another "
-                "results folder, or the same settings to resume")
+        check_resume(self.dir, self.cfg)
 
     def val_batches(self, num_samples: int | None = None) -> list:
         n = self.data.num_samples if num_samples is None else self.data.samples_for(num_samples)
@@ -261,10 +288,17 @@ class Study:
                            repeats=self.cfg.runtime_repeats)
         return {**timed, "load": {"before": before, "after": load_average()}}
 
+    def _evaluate_recorded(self, state) -> dict:
+        """``metrics`` and ``frame_counts`` of a record: the validation metrics and the
+        per-frame counts they pool (``report.intervals`` bootstraps them)."""
+        metrics, counts = self._evaluate(state, self.val_batches(), with_counts=True)
+        return {"metrics": metrics, "frame_counts": {k: np.asarray(v, np.float64).tolist()
+                                                     for k, v in counts.items()}}
+
     def _finish(self, key: str, kind: str, state, extra: dict) -> dict:
-        metrics = self._evaluate(state, self.val_batches())
+        evaluated = self._evaluate_recorded(state)
         compressed = self.trainer.compressed_params(state)
-        record = {"key": key, "kind": kind, **extra, "metrics": metrics,
+        record = {"key": key, "kind": kind, **extra, **evaluated,
                   "zero_percent": zero_fraction(compressed),
                   "lidar": self._evaluate_all_lidar(state), "time": self._timing(compressed)}
         return self.records.put(key, record)
@@ -349,8 +383,7 @@ class Study:
         def zero_flow() -> None:
             state = self.trainer.new_state(jax.tree.map(np.zeros_like, params))
             self.records.put("zero_flow", {"key": "zero_flow", "kind": "reference",
-                                           "metrics": self._evaluate(state,
-                                                                     self.val_batches())})
+                                           **self._evaluate_recorded(state)})
 
         def config(key: str, kind: str, p: float, b: int, hybrid: bool = False):
             def work() -> None:
@@ -457,4 +490,87 @@ def run_study(cfg: StudyConfig, results_dir: str | Path, **options: Any) -> dict
       >>> sorted(run_study(cfg, tempfile.mkdtemp()))  # doctest: +SKIP
       ['csv', 'json', 'plots', 'tables']
     """
+    if cfg.seeds > 1:
+        return run_seeds(cfg, results_dir, **options)
     return Study(cfg, results_dir, **options).run()
+
+
+SEED_DIR = "seed_{}"
+
+
+def seed_config(cfg: StudyConfig, seed: int) -> StudyConfig:
+    """The configuration of seed ``seed``'s study in a ``seeds`` > 1 run: that seed, one
+    study; a synthetic world in ``data_dir`` goes to its own ``seed_<n>`` subfolder
+    (each seed draws its own world)."""
+    fields: dict[str, Any] = {"seed": seed, "seeds": 1}
+    if cfg.data == "synthetic" and cfg.data_dir:
+        fields["data_dir"] = str(Path(cfg.data_dir) / SEED_DIR.format(seed))
+    return replace_config(cfg, **fields)
+
+
+def _seed_finished(folder: Path, cfg: StudyConfig) -> bool:
+    """Whether ``folder`` holds a finished study of ``cfg`` (its closing results.json)."""
+    try:
+        saved = json.loads((folder / "results.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return saved.get("config") == json.loads(json.dumps(cfg.to_dict()))
+
+
+def run_seeds(cfg: StudyConfig, results_dir: str | Path, **options: Any) -> dict:
+    """The whole study once per seed, ``cfg.seed`` .. ``cfg.seed + cfg.seeds - 1``, then
+    their aggregate (``run_study`` with ``seeds`` > 1).
+
+    Seed ``s`` runs in ``results_dir/seed_<s>`` (``seed_config``): data draws,
+    pre-training, sweeps and dynamic threshold of its own, its own tables and intervals
+    over frames. Workers on one folder (``claims.py``) first each take a seed no other
+    worker has started (claim ``seed_<s>``), then join the seeds still running, whose
+    configurations they split as in one study. A seed whose results.json holds this
+    configuration is finished and is not run again (a resumed or larger ``--seeds`` run
+    reuses it). Last, ``results_dir`` gets the aggregate
+    (``report.write_seeds_report``: per-seed values, mean ± std, min–max).
+
+    Args:
+      cfg: the configuration, ``seeds`` > 1.
+      results_dir: the folder of the seed folders and the aggregate.
+      **options: :class:`Study`'s.
+
+    Returns:
+      ``{"json", "tables", "plots": [...], "seeds": {seed: that study's outputs or
+      None if it was finished before}}``.
+
+    Raises:
+      ValueError: ``results_dir`` holds a single-seed study or other settings.
+    """
+    out_dir = Path(results_dir)
+    open_results_dir(out_dir, cfg)
+    board = ClaimBoard(out_dir / CLAIMS_DIR,
+                       timeout_s=options.get("claim_timeout_s", DEFAULT_TIMEOUT_S))
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    configs = {s: seed_config(cfg, s) for s in seeds}
+    folders = {s: out_dir / SEED_DIR.format(s) for s in seeds}
+    outputs: dict[int, dict | None] = dict.fromkeys(seeds)
+
+    def run_one(s: int) -> None:
+        _say(f"seed {s} ({seeds.index(s) + 1} of {len(seeds)}): {folders[s]}")
+        outputs[s] = Study(configs[s], folders[s], **options).run()
+
+    def finished(s: int) -> bool:
+        return _seed_finished(folders[s], configs[s])
+
+    for s in seeds:  # first the seeds no other worker has started, each claimed ...
+        if finished(s):
+            continue
+        with board.hold(SEED_DIR.format(s)) as held:
+            if held is not None and not finished(s):
+                run_one(s)
+    for s in seeds:  # ... then the others' (a study's own claims split the configurations)
+        if not finished(s):
+            run_one(s)
+    reused = [s for s in seeds if outputs[s] is None]
+    if reused:
+        _say(f"seeds {', '.join(map(str, reused))}: finished before, their records reused")
+    per_seed = {s: RecordStore(folders[s]).all() for s in seeds}
+    out = report.write_seeds_report(out_dir, per_seed, cfg, folders)
+    _say(f"{len(seeds)} seeds aggregated in {out_dir}")
+    return {**out, "seeds": outputs}

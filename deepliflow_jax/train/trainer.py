@@ -346,7 +346,7 @@ class Trainer:
         return self._step(self.place(state), batch)
 
     def evaluate(self, state: TrainState, batches: list[dict], keep_outputs: bool = False,
-                 validity: str = "original"):
+                 validity: str = "original", with_counts: bool = False):
         """EPE and outlier rates over ``batches`` (see ``deepliflow_jax.metrics``).
 
         Args:
@@ -355,9 +355,14 @@ class Trainer:
           keep_outputs: also return the predictions (one array per batch).
           validity: ``"original"`` (frame-averaged, as the original) or ``"devkit"``
             (per-quantity validity, pixels pooled over the set).
+          with_counts: also return the per-frame counts the metrics are pooled from
+            (``metrics.frame_counts``' keys, float32 ``[frames]`` each; e.g. for
+            ``metrics.bootstrap_interval``). The metrics are the same either way.
 
         Returns:
-          ``{'epe', 'd0', 'd1', 'fl', 'sf', 'nonfinite'}`` (and the outputs).
+          ``{'epe', 'd0', 'd1', 'fl', 'sf', 'nonfinite'}``, then the outputs (with
+          ``keep_outputs``), then the counts (with ``with_counts``), as a tuple when
+          either is asked for.
 
         Raises:
           ValueError: unknown ``validity``, or ``"devkit"`` with a batch without ``valid``.
@@ -379,7 +384,8 @@ class Trainer:
         merged = {k: np.concatenate([c[k] for c in counts]) for k in counts[0]}
         with np.errstate(divide="ignore", invalid="ignore"):
             metrics = as_floats(metrics_from_counts(merged, default_aggregate(validity)))
-        return (metrics, outputs) if keep_outputs else metrics
+        extra = (outputs,) * keep_outputs + (merged,) * with_counts
+        return (metrics, *extra) if extra else metrics
 
     def _eval_batch(self, batch: dict) -> dict:
         # split like a training batch when it divides over the devices, else replicated
