@@ -135,14 +135,14 @@ def test_study_and_search_pretrain_from_one_initialisation(tmp_path):
     from deepliflow_jax.study.runner import Study
 
     cfg = SimpleNamespace(pretrain_steps=0, pretrain_lr=1e-4, seed=3)
-    searched = baseline_params(None, SimpleNamespace(samples=1), cfg, tmp_path / "search",
+    searched = baseline_params(None, SimpleNamespace(num_samples=1), cfg, tmp_path / "search",
                                log=lambda s: None)
     want = init_params(3, kernel_gain=math.sqrt(2.0))["params"]
     for a, b in zip(jax.tree.leaves(searched), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(a, b)
     study_cfg = make_config("tiny", pretrain_steps=0, seed=3)
     study = Study(study_cfg, tmp_path / "study")
-    study.data = SimpleNamespace(samples_for=lambda cfg, n=None: 1)
+    study.data = SimpleNamespace(num_samples=1, samples_for=lambda n: 1)
     got = study._load_or_train_baseline()
     want = init_params(3, kernel_gain=math.sqrt(2.0), widths=model_widths(study_cfg))["params"]
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
