@@ -397,8 +397,8 @@ def _verdict_sentences(chosen: Mapping[str, Any], worse_than: Sequence[Mapping[s
                        measure: str) -> list[str]:
     name = chosen["name"]
     if not worse_than:
-        return [f"The searched plan `{name}` is at least as accurate as every reference "
-                "point (EPE)."]
+        return [f"The searched plan `{name}` is at least as accurate (EPE) as every reference "
+                "plan."]
     out = []
     for w in worse_than:
         if measure == "latency":
