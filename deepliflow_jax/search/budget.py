@@ -120,7 +120,7 @@ def describe_figure(figure: Mapping[str, Any]) -> str:
     """``"as fast as g70h10 = 433.3 ms (1.41x faster than the dense 612.0 ms)"``: the one
     text of :meth:`Budget.figure` that the console and the report print."""
     if figure["measure"] == "size":
-        return f"{figure['describe']} = {figure['limit'] / 1e6:.2f} MB"
+        return f"{figure['limit'] / 1e6:.2f} MB on disk"
     if not figure["relative"]:
         return f"{figure['limit']:.1f} ms (the dense model: {figure['dense_ms']:.1f} ms)"
     return (f"{figure['describe']} = {figure['limit']:.1f} ms ({figure['speedup']:.2f}x faster "

@@ -145,7 +145,7 @@ def run_search(cfg: SearchConfig, data: TradeoffData, baseline: Any, workdir: st
             for m in models.values()]
     chosen = _choose(rows, limit, log)
     _save_chosen(save_to, loaded[chosen["name"]], models[chosen["name"]].plan or {}, chosen,
-                 budget, size_model, trainer.quant, cfg.groups)
+                 describe_figure(figure), size_model, trainer.quant, cfg.groups)
     return {
         "config": dataclasses.asdict(cfg),
         "budget": {"spec": cfg.budget, **figure, "text": describe_figure(figure)},
@@ -333,10 +333,10 @@ def _choose(rows: Sequence[dict], limit: float, log: Callable[[str], None]) -> d
 
 
 def _save_chosen(save_to: Path, model: Mapping[str, Any], plan: Mapping[str, Choice],
-                 chosen: Mapping[str, Any], budget: Budget, size_model: SizeModel,
+                 chosen: Mapping[str, Any], budget: str, size_model: SizeModel,
                  quant: Any, groups: Sequence[tuple[str, str]]) -> None:
     """The chosen model saved where the caller asks (packed when it has bits or sparsity)."""
-    meta = {"source": "compression_search", "budget": budget.describe(),
+    meta = {"source": "compression_search", "budget": budget,
             "plan": jsonable_plan(plan), "epe": chosen["epe"],
             "latency_ms": chosen["latency_ms"]}
     if size_model.is_packed(plan):
