@@ -543,7 +543,7 @@ def _fake_stages(monkeypatch, whole_ms, final, calls):
             c.stats = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms}
 
     monkeypatch.setattr(run, "measure_costs", record("costs", lambda *a, **k: costs))
-    monkeypatch.setattr(run, "calibrate_disk", lambda *a, **k: {8: 1.0})
+    monkeypatch.setattr(run, "calibrate_disk", lambda *a, **k: {0: 1.0, 8: 1.0})
     monkeypatch.setattr(run, "measure_sensitivity", record("sensitivity", lambda *a, **k: sens))
     monkeypatch.setattr(run, "fine_tune_pruned", record(
         "finetune", lambda trainer, params, keep, *a, **k: (None, shrink({"params": params},
