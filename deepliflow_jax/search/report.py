@@ -38,12 +38,12 @@ def to_markdown(result: Mapping[str, Any]) -> str:
     b = result["budget"]
     platform = env.get("platform", "?").upper()
     if b.get("relative"):
-        check = (" A relative budget is checked on each model's speed-up over the dense model "
-                 "timed in the same final rounds (its latency x the cost rounds' dense time / "
-                 "the final rounds' dense time), so a change of machine load between the "
-                 "rounds does not move it.")
+        check = (" (resolved once, from the cost rounds, before the search). Each model is "
+                 "checked on its speed-up over the dense model timed in the same final rounds "
+                 "(its latency x the cost rounds' dense time / the final rounds' dense time), "
+                 "so a change of machine load between the rounds does not move the budget.")
     else:
-        check = " Each model is checked on its measured " + (
+        check = ". Each model is checked on its measured " + (
             "latency." if b["measure"] == "latency" else "checkpoint size on disk.")
     rows = result["rows"]
     by_name = {r["name"]: r for r in rows}
@@ -53,8 +53,8 @@ def to_markdown(result: Mapping[str, Any]) -> str:
         "",
         f"Machine load: {describe_load(result.get('load'))}.",
         "",
-        f"Budget: {b['text']} (resolved once, from the cost rounds, before the search)."
-        + check + " " + _measured_on(env, cfg["repeats"], result["timed_input"]),
+        f"Budget: {b['text']}{check} "
+        + _measured_on(env, cfg["repeats"], result["timed_input"]),
         f"Data: {result['data']}.",
         f"Fine-tuning: {cfg['finetune_steps']} Adam steps at lr {cfg['lr']} (the last "
         f"{cfg['refine_fraction']:.0%} at lr / 10) for every searched and reference model, "
