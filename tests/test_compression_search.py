@@ -443,6 +443,8 @@ def test_tiny_search_end_to_end(variables, tiny_data, tmp_path):
     assert result["costs"]["changed_blocks"]["context"]["0.5"] == ["context network"]
     md = to_markdown(result)
     assert "**Chosen: `searched1`**" in md and "| context |" in md
+    assert result["verdict"]["summary"] == [
+        "No reference plan was measured (no uniform or hand-written plans)."]
     plot(result, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     assert jax.tree.leaves(loaded)

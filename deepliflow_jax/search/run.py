@@ -385,7 +385,9 @@ def _verdict(rows: Sequence[dict], chosen: Mapping[str, Any], measure: str) -> d
             if best_hand else None,
             "worse_than": worse_than,
             "dominated_by": [w["name"] for w in worse_than if w["dominates"]],
-            "summary": _verdict_sentences(chosen, worse_than, measure)}
+            "summary": _verdict_sentences(
+                chosen, worse_than, measure,
+                any(r["kind"] in ("uniform", "hand") for r in rows))}
 
 
 def _change(x: float, more: str, less: str) -> str:
@@ -394,8 +396,10 @@ def _change(x: float, more: str, less: str) -> str:
 
 
 def _verdict_sentences(chosen: Mapping[str, Any], worse_than: Sequence[Mapping[str, Any]],
-                       measure: str) -> list[str]:
+                       measure: str, references: bool) -> list[str]:
     name = chosen["name"]
+    if not worse_than and not references:
+        return ["No reference plan was measured (no uniform or hand-written plans)."]
     if not worse_than:
         return [f"The searched plan `{name}` is at least as accurate (EPE) as every reference "
                 "plan."]
