@@ -416,8 +416,9 @@ def test_tiny_search_end_to_end(variables, tiny_data, tmp_path):
 
     val = tiny_data.val_batches(tiny_data.num_samples)[0]
     data = TradeoffData(tiny_data.train_batch, val, tiny_data.num_samples, "tiny world")
-    # the tiny preset (compression_search --preset=tiny), measured as pruned
-    cfg = dataclasses.replace(SEARCH_PRESETS["tiny"], finetune_steps=0)
+    # the tiny preset (compression_search --preset=tiny): measured as pruned
+    cfg = SEARCH_PRESETS["tiny"]
+    assert cfg.finetune_steps == 0
     assert cfg.budget == "27.6MB" and set(cfg.groups) == {CTX, EST6}
     result = run_search(cfg, data, variables, tmp_path / "work",
                           save_to=tmp_path / "chosen", log=lambda _: None)
