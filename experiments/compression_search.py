@@ -12,8 +12,9 @@ Presets (--preset; any flag below overrides its value), wall time on a 2-core CP
     job's baseline (9 min 45 s measured on an idle 2-core Xeon), ~3 more to pre-train
     one here when it is missing.
   tiny: 2 layer groups (context, estimator6), ratio 0.5, 8 bits, a 27.6MB budget, one
-    candidate, no references, 2 fine-tuning steps, one timed round: about 6 minutes
-    (measured on a loaded 2-core AMD EPYC with the main job's baseline; see the README).
+    candidate, no references, no fine-tuning (measured as pruned), one timed round:
+    about 6 minutes, most of it compiling (on a loaded 2-core AMD EPYC, from a fresh
+    --workdir without the main job's baseline; see the README).
 
 The dense baseline is --checkpoint, by default the main job's
 (``results/demo/baseline_checkpoint``, written by ``python -m experiments.run_study``
@@ -51,7 +52,8 @@ FLAGS = flags.FlagValues()
 _PRESET = "the preset's"
 _DEFINE = (
     (flags.DEFINE_string, "preset", "demo", "demo (the default scale, ~10 min on a 2-core CPU) "
-     "or tiny (a smoke run of every stage, ~6 min); the flags below default to its values."),
+     "or tiny (a smoke run, no fine-tuning: ~6 min); the flags below default to its "
+     "values."),
     (flags.DEFINE_string, "budget", None, "Latency '120ms', size on disk '8MB', speed-up '2.5x' "
      "over dense, or a reference plan's name (as fast as it, measured in the same rounds); "
      f"default {_PRESET} (demo: g70h10, tiny: 27.6MB)."),
@@ -70,7 +72,7 @@ _DEFINE = (
     (flags.DEFINE_multi_string, "plan", None, "Hand-written reference plan "
      "NAME:REGEX=RATIO[;...] (demo: the trade-off tool's g70h10, g70h30 and g70)."),
     (flags.DEFINE_integer, "finetune_steps", None, "Fine-tuning steps of every candidate and "
-     "reference (demo: 30, tiny: 2)."),
+     "reference (demo: 30, tiny: 0: measured as pruned)."),
     (flags.DEFINE_float, "lr", None, "Fine-tuning learning rate (Adam; the last quarter at "
      "lr / 10; demo: 3e-4)."),
     (flags.DEFINE_integer, "repeats", None, "Timed rounds of the whole models (demo: 7)."),
