@@ -103,10 +103,10 @@ class SearchConfig:
 _TINY_GROUPS = tuple((g, r) for g, r in LAYER_GROUPS if g in ("context", "estimator6"))
 
 #: Named scales of a search (``compression_search --preset``). ``demo`` is the
-#: dataclass's defaults; ``tiny`` is a smoke run of every stage but the fine-tuning (CI): two small groups,
-#: one ratio, one bit width, a size budget (deterministic: the bytes on disk), one
-#: candidate, no references, no fine-tuning (measured as pruned: the channel-masked
-#: train step alone compiles for minutes on a 2-core CPU), one timed round.
+#: dataclass's defaults; ``tiny`` is a smoke run of every stage but the fine-tuning (CI):
+#: two small groups, one ratio, one bit width, a size budget (deterministic: the bytes on
+#: disk), one candidate, no references, no fine-tuning (measured as pruned: the
+#: channel-masked train step alone compiles for minutes on a 2-core CPU), one timed round.
 SEARCH_PRESETS: dict[str, SearchConfig] = {
     "demo": SearchConfig(),
     "tiny": SearchConfig(
