@@ -997,12 +997,16 @@ def compression_search(variables: Mapping, data: Dataset | PathLike, budget: str
 
     Returns:
       The result: ``rows`` (every measured model), ``chosen``, ``chosen_checkpoint``,
-      ``frontier``, ``additivity``, ``sensitivity``, ``costs``;
+      ``budget`` (its one figure, resolved from the cost rounds), ``verdict`` (the chosen
+      model against the references, ``summary`` in words), ``frontier``,
+      ``additivity``, ``sensitivity``, ``costs``;
       ``search.report.to_markdown`` / ``plot`` show it.
 
     Raises:
       ValueError: bad variables, data or settings (before anything is compiled);
-        ``InfeasibleBudgetError`` (a ValueError) when the budget is out of reach.
+        ``InfeasibleBudgetError`` (a ValueError) when the budget is out of reach: raised
+        once the costs are timed, before the sensitivities and the fine-tuning; it names
+        the reachable range and the nearest feasible budget (its ``nearest``).
 
     Example:
       >>> result = compression_search(variables, data, "2x", workdir=folder)  # doctest: +SKIP

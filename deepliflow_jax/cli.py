@@ -4,6 +4,8 @@ Scripts that are called in-process as well (tests, notebooks) keep their flags
 in their own ``flags.FlagValues``, so that two scripts defining the same flag
 name do not clash in one process; :func:`parse_flags` parses into such a set.
 :func:`announce_results` names where a script writes, before it starts.
+:func:`study_results_dir` and :func:`study_baseline` are where the main job
+(``run_study``) writes, so that the scripts that start from its baseline find it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,23 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str], prog: str,
     if len(rest) > 1:
         print(f"{prog}: usage error: unexpected arguments {rest[1:]}", file=sys.stderr)
         raise SystemExit(2)
+
+
+#: the name of the dense baseline checkpoint in a study's results folder
+#: (``deepliflow_jax/study/runner.py`` saves it there)
+STUDY_BASELINE_NAME = "baseline_checkpoint"
+
+
+def study_results_dir(preset: str) -> str:
+    """The main job's (``run_study``'s) default results folder: ``results/<preset>`` under
+    the current directory."""
+    return f"results/{preset}"
+
+
+def study_baseline(preset: str = "demo") -> str:
+    """The dense baseline checkpoint the main job saves with its default results folder,
+    e.g. ``results/demo/baseline_checkpoint`` (relative to the current directory)."""
+    return f"{study_results_dir(preset)}/{STUDY_BASELINE_NAME}"
 
 
 def announce_results(prog: str, *paths: str | os.PathLike) -> None:

@@ -89,7 +89,7 @@ flags.DEFINE_string("group_width", None, "Channels in every channel group: study
 
 def default_results_dir(preset: str) -> str:
     """``--results_dir``'s default: ``results/<preset>`` under the current directory."""
-    return f"results/{preset}"
+    return cli.study_results_dir(preset)
 
 
 DYNAMIC_FLAGS = ("dynamic_tolerance", "dynamic_start", "dynamic_increment",

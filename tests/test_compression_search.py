@@ -2,6 +2,7 @@
 against the real shapes and packing, the sensitivity options and their cache, and one
 tiny end-to-end search (size budget: deterministic) whose chosen model loads and predicts."""
 
+import dataclasses
 import itertools
 import json
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from deepliflow_jax.search.budget import Budget
-from deepliflow_jax.search.config import SearchConfig
+from deepliflow_jax.search.config import SEARCH_PRESETS, SearchConfig
 from deepliflow_jax.search.costs import predicted_latency
 from deepliflow_jax.search.plans import (
     LAYER_GROUPS,
@@ -143,7 +144,7 @@ def test_groups_pruning_one_block_multiply_and_the_search_checks_it():
         found = search_candidates(groups, sens, limit, "latency", costs=costs)
         assert found[0]["plan"] == {"a": Choice(0.7), "b": Choice(0.5)}
         assert found[0]["predicted_ms"] == pytest.approx(15.0)
-    with pytest.raises(InfeasibleBudgetError, match="predicted at 15 ms"):
+    with pytest.raises(InfeasibleBudgetError, match="predicted at 15.0 ms"):
         search_candidates(groups, sens, 14.0, "latency", costs=costs)
 
 
@@ -152,11 +153,29 @@ def test_an_unreachable_budget_is_a_clear_error():
     with pytest.raises(InfeasibleBudgetError) as err:
         search_candidates(groups, sens, 10.0, "latency", costs=costs)
     assert str(err.value) == (
-        "budget 10 ms is out of reach of the search space: the most compressed plan (a r0.7, "
-        "b r0.7, c r0.7) is predicted at 15 ms (dense 100 ms); raise the budget or allow "
-        "larger ratios, fewer bits or more sparsity")
+        "budget 10.0 ms is out of reach of the search space: its plans are predicted at 15.0 ms "
+        "(the most compressed: a r0.7, b r0.7, c r0.7) to 100.0 ms (dense); the nearest "
+        "feasible budget is '15ms' (or allow more layer groups, larger ratios)")
+    assert (err.value.fastest, err.value.slowest, err.value.nearest) == (15.0, 100.0, "15ms")
+    # the nearest feasible budget is feasible; a hair below it is not
+    assert search_candidates(groups, sens, 15.0, "latency", costs=costs)[0]["plan"] == {
+        "a": Choice(0.7), "b": Choice(0.7), "c": Choice(0.7)}
+    with pytest.raises(InfeasibleBudgetError):
+        search_candidates(groups, sens, 14.99, "latency", costs=costs)
     # a budget above the dense model's time keeps it dense
     assert search_candidates(groups, sens, 120.0, "latency", costs=costs)[0]["plan"] == {}
+
+
+def test_the_nearest_feasible_budget_keeps_the_budget_s_kind():
+    # the fastest plan at 15.04 ms of a dense 100 ms; 27.601 MB on disk
+    assert Budget.parse("10ms").nearest_feasible(15.04, 100.0) == "15.1ms"
+    assert Budget.parse("g70").nearest_feasible(15.04, 100.0) == "15.1ms"
+    assert Budget.parse("8x").nearest_feasible(15.04, 100.0) == "6.64x"  # 100 / 15.04 = 6.649
+    assert Budget.parse("8x").nearest_feasible(25.0, 100.0) == "4x"  # exactly: not rounded off
+    assert Budget.parse("1MB").nearest_feasible(27.601e6, 30e6) == "27.61MB"
+    for text, fastest in (("10ms", 15.04), ("8x", 15.04), ("1MB", 27.601e6)):
+        nearest = Budget.parse(Budget.parse(text).nearest_feasible(fastest, 100.0))
+        assert within_budget(fastest, nearest.limit(100.0, {}))  # the fastest plan meets it
 
 
 def test_size_candidates_use_bits_and_sparsity_and_meet_the_exact_size(variables):
@@ -176,7 +195,7 @@ def test_size_candidates_use_bits_and_sparsity_and_meet_the_exact_size(variables
     for c in found:
         assert c["predicted_bytes"] == pytest.approx(model.disk_bytes(c["plan"]))
         assert c["predicted_bytes"] <= limit
-    with pytest.raises(InfeasibleBudgetError, match="budget 1 MB is out of reach"):
+    with pytest.raises(InfeasibleBudgetError, match="budget 1.00 MB is out of reach"):
         search_candidates(groups, sens, 1e6, "size", size_model=model)
 
 
@@ -395,9 +414,10 @@ def test_tiny_search_end_to_end(variables, tiny_data, tmp_path):
     from deepliflow_jax.search.measure import evaluate_outputs
 
     data, val = tiny_data, tiny_data.val_batch()
-    cfg = SearchConfig(budget="27.6MB", groups=(CTX, EST6), ratios=(0.5,), bits=(8,),
-                         percents=(), margins=(0.0,), candidates=1, uniform=(), plans=(),
-                         finetune_steps=0, repeats=1, block_repeats=1, warmup=0)
+    # the tiny preset (compression_search --preset=tiny): measured as pruned
+    cfg = SEARCH_PRESETS["tiny"]
+    assert cfg.finetune_steps == 0
+    assert cfg.budget == "27.6MB" and set(cfg.groups) == {CTX, EST6}
     result = run_search(cfg, data, variables, tmp_path / "work",
                           save_to=tmp_path / "chosen", log=lambda _: None)
     rows = {r["name"]: r for r in result["rows"]}
@@ -422,6 +442,8 @@ def test_tiny_search_end_to_end(variables, tiny_data, tmp_path):
     assert result["costs"]["changed_blocks"]["context"]["0.5"] == ["context network"]
     md = to_markdown(result)
     assert "**Chosen: `searched1`**" in md and "| context |" in md
+    assert result["verdict"]["summary"] == [
+        "No reference plan was measured (no uniform or hand-written plans)."]
     plot(result, tmp_path / "frontier.png")
     assert (tmp_path / "frontier.png").stat().st_size > 10_000
     assert jax.tree.leaves(loaded)
@@ -473,3 +495,223 @@ def test_a_budget_equal_to_the_cost_is_met():
     assert within_budget(83.25, 83.25)
     assert within_budget(0.1 + 0.2, 0.3)
     assert not within_budget(70.0 * (1 + 1e-6), 70.0)
+
+
+# ----------------------------------------------------------------------------- the whole run
+# run_search with fake timings, sensitivities and fine-tuning (seconds): the order of its
+# stages, the budget's one figure and the verdict; the real stages are covered above and
+# by the end-to-end test
+
+
+def _fake_stages(monkeypatch, whole_ms, final, calls):
+    """Fakes run_search's expensive stages: the cost rounds (dense 100 ms; context r0.5
+    saves 30 ms, estimator6 r0.5 10 ms; ``whole_ms`` the references), the sensitivities,
+    the fine-tuning, saving and measuring (``final``: ``{name: (median ms, EPE)}``).
+    ``calls`` records the stages that ran."""
+    from types import SimpleNamespace
+
+    from deepliflow_jax.compress.structured import shrink
+    from deepliflow_jax.search import run
+
+    option_ms = {"context": {0.5: {"C": 30.0}}, "estimator6": {0.5: {"E": 10.0}}}
+    _, _, costs = _costs({"context": {0.5: 0.1}, "estimator6": {0.5: 0.1}},
+                         {"C": 60.0, "E": 20.0}, option_ms)
+    costs.update(whole={n: {"median_ms": ms} for n, ms in {"dense": 100.0, **whole_ms}.items()},
+                 saved_gflops={g: {0.5: 0.0} for g in option_ms},
+                 changed_blocks={g: {0.5: list(t[0.5])} for g, t in option_ms.items()})
+    sens = {"key": "fake", "base": {"epe": 3.0}, "evaluated": 0, "cached": 0,
+            "delta": {g: {"ratio": {0.5: 0.1}, "bits": {}, "percent": {}} for g in option_ms}}
+    saved = {}
+
+    def record(name, value):
+        def fn(*args, **kwargs):
+            calls.append(name)
+            return value(*args, **kwargs)
+        return fn
+
+    def save(path, tree, meta, **kwargs):
+        saved[str(path)] = tree
+
+    def candidate(name, ratio, params, widths, val, workdir, **kwargs):
+        ms, epe = final[name]
+        return SimpleNamespace(name=name, extra={"metrics": {"epe": epe, "d1": 1.0, "fl": 1.0,
+                                                             "sf": 1.0}},
+                               info={"conv_gflops_eq3": 1.0, "flops": 1e9}, stats={})
+
+    def timed(cands, repeats, warmup, log):
+        for c in cands:
+            ms = final[c.name][0]
+            c.stats = {"median_ms": ms, "p10_ms": ms, "p90_ms": ms}
+
+    monkeypatch.setattr(run, "measure_costs", record("costs", lambda *a, **k: costs))
+    monkeypatch.setattr(run, "calibrate_disk", lambda *a, **k: {0: 1.0, 8: 1.0})
+    monkeypatch.setattr(run, "measure_sensitivity", record("sensitivity", lambda *a, **k: sens))
+    monkeypatch.setattr(run, "fine_tune_pruned", record(
+        "finetune", lambda trainer, params, keep, *a, **k: (None, shrink({"params": params},
+                                                                          keep)[0])))
+    monkeypatch.setattr(run, "save_checkpoint", save)
+    monkeypatch.setattr(run, "load_checkpoint", lambda path: saved[str(path)])
+    monkeypatch.setattr(run, "dir_size", lambda path: 1_000_000)
+    monkeypatch.setattr(run, "make_candidate", record("measure", candidate))
+    monkeypatch.setattr(run, "time_candidates", timed)
+
+
+def _fake_config(budget):
+    """Two groups, one ratio; the reference ``g70`` prunes the context network by half."""
+    return SearchConfig(budget=budget, groups=(CTX, EST6), ratios=(0.5,), bits=(8,),
+                        percents=(), margins=(0.0,), candidates=1, uniform=(),
+                        plans=("g70:context_network=0.5",), finetune_steps=1, repeats=1,
+                        block_repeats=1, warmup=0)
+
+
+def _fake_data():
+    """What the run reads of a ``Dataset``: its validation batch, LiDAR count, description."""
+    val = {"frames": np.zeros((1, 2, 64, 192, 4), np.float32)}
+    return SimpleNamespace(train_batch=None, val_batch=lambda: val, num_samples=8,
+                           description="fake")
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("2x", "budget 2x faster than dense = 50.0 ms is out of reach of the search space: its "
+           "plans are predicted at 60.0 ms (the most compressed: context r0.5, estimator6 r0.5) "
+           "to 100.0 ms (dense); the nearest feasible budget is '1.66x' (or allow more layer "
+           "groups, larger ratios)"),
+    ("g70", "budget as fast as g70 = 55.0 ms is out of reach of the search space: its plans "
+            "are predicted at 60.0 ms (the most compressed: context r0.5, estimator6 r0.5) to "
+            "100.0 ms (dense); the nearest feasible budget is '60ms'"),
+])
+def test_a_budget_out_of_reach_stops_the_run_right_after_the_costs(
+        variables, tmp_path, monkeypatch, budget, message):
+    """Before the sensitivities and the fine-tuning (minutes): the message gives the
+    reachable range and the nearest feasible budget of the same kind."""
+    calls = []
+    _fake_stages(monkeypatch, {"g70": 55.0}, {}, calls)
+    with pytest.raises(InfeasibleBudgetError) as err:
+        run_search(_fake_config(budget), _fake_data(), variables, tmp_path, log=lambda _: None)
+    assert str(err.value).startswith(message)
+    assert calls == ["costs"]  # no sensitivity, no fine-tuning before the error
+
+
+def test_the_budget_has_one_figure_in_the_console_the_json_and_the_report(
+        variables, tmp_path, monkeypatch):
+    """"As fast as g70" is resolved once, from the cost rounds (g70 60 ms of a dense
+    100 ms); the final rounds ran 30 % faster (dense 70 ms): each model is checked on its
+    speed-up there, not on a second figure (g70's 42 ms there)."""
+    calls, lines = [], []
+    final = {"dense": (70.0, 3.0), "g70": (42.0, 3.5), "searched1": (41.3, 3.4)}
+    _fake_stages(monkeypatch, {"g70": 60.0}, final, calls)
+    result = run_search(_fake_config("g70"), _fake_data(), variables, tmp_path,
+                        log=lines.append)
+    assert calls == ["costs", "sensitivity", "finetune", "finetune", "measure", "measure",
+                     "measure"]
+    text = "as fast as g70 = 60.0 ms (1.67x faster than the dense 100.0 ms in the same rounds)"
+    assert f"budget: {text}" in lines
+    b = result["budget"]
+    assert (b["limit"], b["text"], b["spec"], b["relative"]) == (60.0, text, "g70", True)
+    assert "search_limit" not in b
+    assert f"Budget: {text} (resolved once" in to_markdown(result)
+    rows = {r["name"]: r for r in result["rows"]}
+    # 41.3 ms of a 70 ms dense = 59.0 ms of the cost rounds' 100 ms: met; g70 exactly at it
+    assert rows["searched1"]["budget_cost"] == pytest.approx(59.0)
+    assert rows["searched1"]["meets_budget"] and rows["g70"]["meets_budget"]
+    assert not rows["dense"]["meets_budget"]
+    assert result["chosen"] == "searched1" and result["chosen_meets_budget"]
+    plot(result, tmp_path / "frontier.png")
+
+
+def test_the_report_says_plainly_when_a_reference_beats_the_searched_plan(
+        variables, tmp_path, monkeypatch):
+    calls = []
+    final = {"dense": (100.0, 3.5), "g70": (42.0, 3.777), "searched1": (67.2, 7.204)}
+    _fake_stages(monkeypatch, {"g70": 60.0}, final, calls)
+    result = run_search(_fake_config("75ms"), _fake_data(), variables, tmp_path,
+                        log=lambda _: None)
+    v = result["verdict"]
+    sentence = ("The searched plan `searched1` is 90.7 % worse in EPE (7.204 vs 3.777) and "
+                "60.0 % slower (67.2 vs 42.0 ms) than reference `g70` (which meets the "
+                "budget); `g70` dominates it.")
+    assert v["summary"] == [sentence]  # the dense model is more accurate but slower: not named
+    assert v["dominated_by"] == ["g70"]
+    w = v["worse_than"][0]
+    assert (w["epe_change"], w["latency_change"]) == (pytest.approx(7.204 / 3.777 - 1),
+                                                      pytest.approx(0.6))
+    md = to_markdown(result)
+    assert f"* {sentence}" in md and "EPE +90.7% (worse)" in md
+    # a reference that is more accurate but slower is named, without "dominates"
+    final.update(g70=(80.0, 3.777))
+    result = run_search(_fake_config("75ms"), _fake_data(), variables, tmp_path / "2",
+                        log=lambda _: None)
+    assert result["verdict"]["summary"] == [
+        "The searched plan `searched1` is 90.7 % worse in EPE (7.204 vs 3.777) and 16.0 % "
+        "faster (67.2 vs 80.0 ms) than reference `g70` (which misses the budget); `g70` is "
+        "more accurate but costlier."]
+    assert result["verdict"]["dominated_by"] == []
+    # none more accurate: said so
+    final.update(g70=(42.0, 8.0))
+    result = run_search(_fake_config("75ms"), _fake_data(), variables, tmp_path / "3",
+                        log=lambda _: None)
+    assert result["verdict"]["summary"] == [
+        "The searched plan `searched1` is at least as accurate (EPE) as every reference plan."]
+
+
+# ----------------------------------------------------------------------------- the script
+
+
+def test_the_script_starts_from_the_main_job_s_baseline_and_says_what_happens_without_it(
+        variables, tmp_path, monkeypatch, capsys):
+    """No --checkpoint: the main job's (run_study's default folder); missing, the script
+    says it pre-trains here and how long; a budget out of reach is one line, exit 2."""
+    import deepliflow_jax.search as se
+    from experiments import compression_search as cmd
+    from experiments.run_study import default_results_dir
+
+    seen = {}
+
+    def data_beside(checkpoint, data_dir, work, seed=0):
+        seen["checkpoint"] = checkpoint
+        return _fake_data()
+
+    def baseline_params(checkpoint, data, cfg, save_to, log=print):
+        seen["pretrain_steps"] = cfg.pretrain_steps
+        return variables
+
+    _fake_stages(monkeypatch, {}, {}, [])
+    monkeypatch.setattr(se, "data_beside", data_beside)
+    monkeypatch.setattr(se, "baseline_params", baseline_params)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cmd.main(["--preset=tiny", "--budget=2x", f"--workdir={tmp_path / 'work'}"])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert seen == {"checkpoint": f"{default_results_dir('demo')}/baseline_checkpoint",
+                    "pretrain_steps": 2}
+    assert ("baseline: results/demo/baseline_checkpoint does not exist (the main job, `python "
+            "-m experiments.run_study`, writes it: 5-11 minutes on a 2-core CPU; or give "
+            "--checkpoint); pre-training 2 steps here instead (about 1 minute") in out
+    assert err == (
+        "python -m experiments.compression_search: error: --budget=2x: budget 2x faster than "
+        "dense = 50.0 ms is out of reach of the search space: its plans are predicted at 60.0 "
+        "ms (the most compressed: estimator6 r0.5, context r0.5) to 100.0 ms (dense); the "
+        "nearest feasible budget is '1.66x' (or allow more layer groups, larger ratios)\n")
+
+
+def test_the_script_s_presets_and_help(capsys):
+    from absl import app
+
+    from experiments import compression_search as cmd
+
+    cmd.FLAGS.unparse_flags()
+    cmd.FLAGS(["prog"])
+    assert cmd.search_config() == SEARCH_PRESETS["demo"] == SearchConfig()
+    cmd.FLAGS(["prog", "--preset=tiny", "--ratios=0.3,0.5", "--uniform="])
+    assert cmd.search_config() == dataclasses.replace(SEARCH_PRESETS["tiny"], ratios=(0.3, 0.5))
+    cmd.FLAGS(["prog", "--preset=huge"])
+    with pytest.raises(app.UsageError, match=r"--preset=huge: choose one of \['demo', 'tiny'\]"):
+        cmd.search_config()
+    cmd.FLAGS.unparse_flags()
+    with pytest.raises(SystemExit) as exit_:
+        cmd.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--preset=tiny" in out and "a small run" in out
+    assert "tiny: 2 layer groups" in out and "minutes" in out

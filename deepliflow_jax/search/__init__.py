@@ -51,6 +51,14 @@ validation EPE. Method:
    other model, size on disk. The chosen model is the candidate of lowest measured
    EPE whose *measured* cost meets the budget; it is saved where the caller asks.
 
+The run times the costs (2) before the sensitivities (1): the budget is resolved
+into its one figure there (:meth:`.budget.Budget.figure`: a speed-up or a reference's
+time from the cost rounds; every later check, print and report uses it), and a budget
+out of reach of the search space stops the run at once
+(:func:`.solver.check_reachable`), naming the reachable range and the nearest feasible
+budget. The result's ``verdict`` says in words when a reference plan is more accurate
+than the chosen model, by how much, and whether it dominates it.
+
 The validation frames select the plan and report its EPE (the synthetic world has
 no separate test split), so the comparison with hand-written plans is optimistic
 for the searched ones by the same token that those plans were tuned on it.

@@ -96,3 +96,21 @@ class SearchConfig:
             name, pairs = parse_plan(spec)
             out.append((name, "hand", dict(pairs)))
         return out
+
+
+#: The context network and the level-6 estimator: the smallest groups (few blocks to
+#: compile and time).
+_TINY_GROUPS = tuple((g, r) for g, r in LAYER_GROUPS if g in ("context", "estimator6"))
+
+#: Named scales of a search (``compression_search --preset``). ``demo`` is the
+#: dataclass's defaults; ``tiny`` is a smoke run of every stage but the fine-tuning (CI):
+#: two small groups, one ratio, one bit width, a size budget (deterministic: the bytes on
+#: disk), one candidate, no references, no fine-tuning (measured as pruned: the
+#: channel-masked train step alone compiles for minutes on a 2-core CPU), one timed round.
+SEARCH_PRESETS: dict[str, SearchConfig] = {
+    "demo": SearchConfig(),
+    "tiny": SearchConfig(
+        budget="27.6MB", groups=_TINY_GROUPS, ratios=(0.5,), bits=(8,), percents=(),
+        margins=(0.0,), candidates=1, uniform=(), plans=(), finetune_steps=0, repeats=1,
+        block_repeats=1, warmup=0),
+}

@@ -24,7 +24,7 @@ from deepliflow_jax.model.channels import (
     widths_of,
 )
 from deepliflow_jax.profile.environment import environment, load_average
-from deepliflow_jax.search.budget import Budget
+from deepliflow_jax.search.budget import Budget, budget_cost, describe_figure
 from deepliflow_jax.search.config import SearchConfig
 from deepliflow_jax.search.costs import measure_costs, predicted_latency
 from deepliflow_jax.search.finetune import fine_tune_pruned
@@ -50,6 +50,7 @@ from deepliflow_jax.search.size import (
     dir_size,
 )
 from deepliflow_jax.search.solver import (
+    check_reachable,
     pareto_front,
     search_candidates,
     within_budget,
@@ -103,12 +104,8 @@ def run_search(cfg: SearchConfig, data: Dataset, baseline: Any, workdir: str | P
     params = _dense_params(baseline, cfg.groups)
     trainer = Trainer(seed=cfg.seed, channel_masked=True)  # one compiled step for all
 
-    t = time.perf_counter()
-    sens = measure_sensitivity(params, data.val_batch(), cfg.groups, cfg.ratios, cfg.bits,
-                               cfg.percents, multiple=cfg.multiple, scorer=cfg.scorer,
-                               cache=cache, log=log)
-    stage["sensitivity_s"] = time.perf_counter() - t
-
+    # the costs first: a budget out of reach fails here, before the sensitivities and
+    # the fine-tuning (minutes)
     t = time.perf_counter()
     models = _reference_models(cfg, params)
     costs = _reference_costs(cfg, params, models, data.val_batch()["frames"], log)
@@ -117,14 +114,22 @@ def run_search(cfg: SearchConfig, data: Dataset, baseline: Any, workdir: str | P
     size_model = SizeModel(params, cfg.groups, cfg.multiple, factors)
     stage["cost_s"] = time.perf_counter() - t
 
-    limit = budget.limit(costs["dense_ms"], _medians(costs["whole"]))
-    log(f"budget: {budget.describe()} -> "
-        + (f"{limit:.1f} ms (dense {costs['dense_ms']:.1f} ms)" if budget.measure == "latency"
-           else f"{limit / 1e6:.2f} MB (dense {size_model.disk_bytes({}) / 1e6:.2f} MB "
-                "predicted)"))
+    # the budget's one figure (console, search, final check, report, json)
+    figure = budget.figure(costs["dense_ms"], _medians(costs["whole"]))
+    limit = figure["limit"]
+    log(f"budget: {describe_figure(figure)}")
+    check_reachable(budget, limit, budget.measure, cfg.groups, cfg.ratios, cfg.bits,
+                    cfg.percents, costs=costs, size_model=size_model)
+
+    t = time.perf_counter()
+    sens = measure_sensitivity(params, data.val_batch(), cfg.groups, cfg.ratios, cfg.bits,
+                               cfg.percents, multiple=cfg.multiple, scorer=cfg.scorer,
+                               cache=cache, log=log)
+    stage["sensitivity_s"] = time.perf_counter() - t
+
     found = search_candidates(cfg.groups, sens, limit, budget.measure, costs=costs,
                               size_model=size_model, margins=cfg.margins, count=cfg.candidates,
-                              resolution=cfg.resolution)
+                              resolution=cfg.resolution, budget=budget)
     models.update(_searched_models(cfg, params, found, log))
 
     t = time.perf_counter()
@@ -135,18 +140,15 @@ def run_search(cfg: SearchConfig, data: Dataset, baseline: Any, workdir: str | P
     t = time.perf_counter()
     stats = _measure_models(loaded, models, data.val_batch(), cfg.repeats, cfg.warmup, work, log)
     stage["measure_s"] = time.perf_counter() - t
-    final_limit = budget.limit(stats["dense"]["median_ms"], _medians(stats))
     dense_epe = models["dense"].info["metrics"]["epe"]
-    rows = [_row(m, dense_epe, stats, costs, size_model, budget, final_limit, cfg.groups)
+    rows = [_row(m, dense_epe, stats, costs, size_model, figure, cfg.groups)
             for m in models.values()]
-    chosen = _choose(rows, budget, final_limit, log)
+    chosen = _choose(rows, limit, log)
     _save_chosen(save_to, loaded[chosen["name"]], models[chosen["name"]].plan or {}, chosen,
-                 budget, size_model, trainer.quant, cfg.groups)
+                 describe_figure(figure), size_model, trainer.quant, cfg.groups)
     return {
         "config": dataclasses.asdict(cfg),
-        "budget": {"spec": cfg.budget, "kind": budget.kind, "describe": budget.describe(),
-                   "measure": budget.measure, "limit": final_limit,
-                   "search_limit": limit},
+        "budget": {"spec": cfg.budget, **figure, "text": describe_figure(figure)},
         "data": data.description,
         "timed_input": list(np.shape(data.val_batch()["frames"])),
         "environment": environment(),
@@ -155,7 +157,7 @@ def run_search(cfg: SearchConfig, data: Dataset, baseline: Any, workdir: str | P
         "chosen": chosen["name"],
         "chosen_meets_budget": chosen["meets_budget"],
         "chosen_checkpoint": str(save_to),
-        "verdict": _verdict(rows, chosen),
+        "verdict": _verdict(rows, chosen, budget.measure),
         "candidates": [{"name": f"searched{i}", "plan": jsonable_plan(c["plan"]),
                         "margin": c["margin"], "predicted_delta_epe": c["delta_epe"],
                         **{k: v for k, v in c.items() if k.startswith("predicted_")}}
@@ -286,9 +288,10 @@ def _measure_models(loaded: Mapping[str, dict], models: Mapping[str, _Model],
 
 
 def _row(m: _Model, dense_epe: float, stats: Mapping[str, dict], costs: Mapping[str, Any],
-         size_model: SizeModel, budget: Budget, limit: float,
+         size_model: SizeModel, figure: Mapping[str, Any],
          groups: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """One model's row: what it is, its measured and predicted costs, EPE, the budget."""
+    """One model's row: what it is, its measured and predicted costs, EPE, the budget
+    (``budget_cost``: its cost in the unit of the budget's figure, :func:`.budget_cost`)."""
     s = stats[m.name]
     dense_ms = stats["dense"]["median_ms"]
     plan = m.plan
@@ -296,7 +299,7 @@ def _row(m: _Model, dense_epe: float, stats: Mapping[str, dict], costs: Mapping[
     pred_ms = None if ratios is None else predicted_latency(costs, ratios)
     # the prediction scaled to this round's dense time (the load may have changed)
     pred_ms = None if pred_ms is None else pred_ms * dense_ms / costs["dense_ms"]
-    cost_value = s["median_ms"] if budget.measure == "latency" else m.info["disk_bytes"]
+    cost_value = budget_cost(figure, s["median_ms"], dense_ms, m.info["disk_bytes"])
     met = m.info["metrics"]
     return {
         "name": m.name, "kind": m.kind,
@@ -311,30 +314,29 @@ def _row(m: _Model, dense_epe: float, stats: Mapping[str, dict], costs: Mapping[
         "speedup": dense_ms / s["median_ms"],
         **{k: met[k] for k in ("epe", "d1", "fl", "sf")},
         "epe_change_vs_dense": met["epe"] / dense_epe - 1.0,
-        "meets_budget": within_budget(cost_value, limit),
+        "budget_cost": cost_value,
+        "meets_budget": within_budget(cost_value, figure["limit"]),
     }
 
 
-def _choose(rows: Sequence[dict], budget: Budget, limit: float,
-            log: Callable[[str], None]) -> dict[str, Any]:
+def _choose(rows: Sequence[dict], limit: float, log: Callable[[str], None]) -> dict[str, Any]:
     """The searched row of lowest EPE that meets the budget when measured (else the
     cheapest searched row, with a warning)."""
     searched = [r for r in rows if r["kind"] == "searched"]
     ok = [r for r in searched if r["meets_budget"]]
     if ok:
         return min(ok, key=lambda r: r["epe"])
-    key = "latency_ms" if budget.measure == "latency" else "disk_bytes"
-    chosen = min(searched, key=lambda r: r[key])
+    chosen = min(searched, key=lambda r: r["budget_cost"])
     log(f"WARNING: no searched candidate met the budget when measured; keeping the "
-        f"cheapest, {chosen['name']}, {chosen[key] / limit - 1:+.1%} over it")
+        f"cheapest, {chosen['name']}, {chosen['budget_cost'] / limit - 1:+.1%} over it")
     return chosen
 
 
 def _save_chosen(save_to: Path, model: Mapping[str, Any], plan: Mapping[str, Choice],
-                 chosen: Mapping[str, Any], budget: Budget, size_model: SizeModel,
+                 chosen: Mapping[str, Any], budget: str, size_model: SizeModel,
                  quant: Any, groups: Sequence[tuple[str, str]]) -> None:
     """The chosen model saved where the caller asks (packed when it has bits or sparsity)."""
-    meta = {"source": "compression_search", "budget": budget.describe(),
+    meta = {"source": "compression_search", "budget": budget,
             "plan": jsonable_plan(plan), "epe": chosen["epe"],
             "latency_ms": chosen["latency_ms"]}
     if size_model.is_packed(plan):
@@ -345,13 +347,77 @@ def _save_chosen(save_to: Path, model: Mapping[str, Any], plan: Mapping[str, Cho
         save_checkpoint(save_to, jax.device_get(model), meta, overwrite=True)
 
 
-def _verdict(rows: Sequence[dict], chosen: Mapping[str, Any]) -> dict[str, Any]:
-    """The chosen model against the best hand-written plan that meets the budget."""
+def _verdict(rows: Sequence[dict], chosen: Mapping[str, Any], measure: str) -> dict[str, Any]:
+    """The chosen model against the reference points, said plainly.
+
+    ``best_hand``: the most accurate hand-written plan that meets the budget, and the
+    chosen model's EPE change against it. ``worse_than``: every reference (uniform and
+    hand-written plans; the dense model only when it dominates) more accurate than the
+    chosen model, with the chosen model's relative EPE, latency and size against it and
+    whether it *dominates* the chosen model (at least as accurate and no costlier in the
+    budget's measure), those first. ``summary``: one sentence each, and one when no
+    reference is more accurate (the report prints them).
+
+    Args:
+      rows: every model's row (:func:`_row`).
+      chosen: the chosen row.
+      measure: the budget's ``"latency"`` or ``"size"`` (what "costlier" means).
+    """
     hand = [r for r in rows if r["kind"] == "hand" and r["meets_budget"]]
     best_hand = min(hand, key=lambda r: r["epe"]) if hand else None
+    key = "latency_ms" if measure == "latency" else "disk_bytes"
+    worse_than = []
+    for r in rows:
+        if r["kind"] not in ("baseline", "uniform", "hand") or not r["epe"] < chosen["epe"]:
+            continue
+        dominates = r[key] <= chosen[key]
+        if r["kind"] == "baseline" and not dominates:  # dense is expected to be more accurate
+            continue
+        worse_than.append({"name": r["name"], "kind": r["kind"], "epe": r["epe"],
+                           "latency_ms": r["latency_ms"], "disk_bytes": r["disk_bytes"],
+                           "meets_budget": r["meets_budget"], "dominates": dominates,
+                           "epe_change": chosen["epe"] / r["epe"] - 1.0,
+                           "latency_change": chosen["latency_ms"] / r["latency_ms"] - 1.0,
+                           "size_change": chosen["disk_bytes"] / r["disk_bytes"] - 1.0})
+    worse_than.sort(key=lambda w: (not w["dominates"], -w["epe_change"]))
     return {"chosen": chosen["name"], "best_hand": best_hand["name"] if best_hand else None,
             "epe_change_vs_best_hand": (chosen["epe"] / best_hand["epe"] - 1.0)
-            if best_hand else None}
+            if best_hand else None,
+            "worse_than": worse_than,
+            "dominated_by": [w["name"] for w in worse_than if w["dominates"]],
+            "summary": _verdict_sentences(
+                chosen, worse_than, measure,
+                any(r["kind"] in ("uniform", "hand") for r in rows))}
+
+
+def _change(x: float, more: str, less: str) -> str:
+    """``+0.598`` -> ``"59.8 % slower"``."""
+    return f"{abs(x):.1%} {more if x > 0 else less}".replace("%", " %")
+
+
+def _verdict_sentences(chosen: Mapping[str, Any], worse_than: Sequence[Mapping[str, Any]],
+                       measure: str, references: bool) -> list[str]:
+    name = chosen["name"]
+    if not worse_than and not references:
+        return ["No reference plan was measured (no uniform or hand-written plans)."]
+    if not worse_than:
+        return [f"The searched plan `{name}` is at least as accurate (EPE) as every reference "
+                "plan."]
+    out = []
+    for w in worse_than:
+        if measure == "latency":
+            cost = (f"{_change(w['latency_change'], 'slower', 'faster')} "
+                    f"({chosen['latency_ms']:.1f} vs {w['latency_ms']:.1f} ms)")
+        else:
+            cost = (f"{_change(w['size_change'], 'larger', 'smaller')} on disk "
+                    f"({chosen['disk_bytes'] / 1e6:.2f} vs {w['disk_bytes'] / 1e6:.2f} MB)")
+        budget = "meets the budget" if w["meets_budget"] else "misses the budget"
+        end = (f"`{w['name']}` dominates it" if w["dominates"] else
+               f"`{w['name']}` is more accurate but costlier")
+        out.append(f"The searched plan `{name}` is {_change(w['epe_change'], 'worse', 'better')}"
+                   f" in EPE ({chosen['epe']:.3f} vs {w['epe']:.3f}) and {cost} than reference "
+                   f"`{w['name']}` (which {budget}); {end}.")
+    return out
 
 
 def _additivity(rows: Sequence[dict]) -> dict[str, Any]:

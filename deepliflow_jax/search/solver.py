@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from deepliflow_jax.search.budget import Budget
 from deepliflow_jax.search.costs import predicted_latency
 from deepliflow_jax.search.plans import (
     Choice,
@@ -18,7 +19,17 @@ from deepliflow_jax.search.size import (
 
 
 class InfeasibleBudgetError(ValueError):
-    """No plan of the search space meets the budget (under the cost model)."""
+    """No plan of the search space meets the budget (under the cost model).
+
+    Attributes (set by :func:`unreachable`; None from :func:`solve`): ``fastest`` and
+    ``slowest``, the reachable range (the most compressed plan's and the dense model's
+    predicted ms or bytes), and ``nearest``, the nearest feasible budget as
+    :meth:`.Budget.parse` reads it.
+    """
+
+    fastest: float | None = None
+    slowest: float | None = None
+    nearest: str | None = None
 
 
 def solve(options: Mapping[str, Sequence[tuple[Any, float, float]]], need: float,
@@ -126,10 +137,93 @@ def plan_options(groups, sens, costs, size_model, measure):
     return out
 
 
+def option_grid(groups: Sequence[tuple[str, str]], ratios: Sequence[float],
+                bits: Sequence[int] = (), percents: Sequence[float] = ()) -> dict[str, Any]:
+    """The search space as a sensitivity table of zeros (:func:`plan_options` reads its
+    options from it): what the costs alone decide, before the sensitivities exist."""
+    return {"delta": {g: {"ratio": dict.fromkeys(map(float, ratios), 0.0),
+                          "bits": dict.fromkeys(map(int, bits), 0.0),
+                          "percent": dict.fromkeys(map(float, percents), 0.0)}
+                      for g, _ in groups}}
+
+
+def _exact_cost(measure, costs, size_model):
+    """The plan's exact (non-additive) predicted ms or bytes, and the dense model's."""
+    if measure == "latency":
+        return (lambda plan: predicted_latency(costs, {g: c.ratio for g, c in plan.items()}),
+                costs["dense_ms"])
+    return size_model.disk_bytes, size_model.disk_bytes({})
+
+
+def unreachable(budget: Budget | str | None, limit: float, measure: str,
+                options: Mapping[str, Sequence[tuple[Any, float, float]]],
+                groups: Sequence[tuple[str, str]], *, costs: Mapping[str, Any] | None = None,
+                size_model: SizeModel | None = None) -> InfeasibleBudgetError | None:
+    """The error for a budget out of reach of the search space, or None when the most
+    compressed plan meets it.
+
+    The message names the reachable range (the most compressed plan's and the dense
+    model's predicted cost) and the nearest feasible budget (of the budget's kind; a
+    latency or size in ms or MB when ``budget`` is None).
+
+    Args:
+      budget: the budget as given (its kind words the nearest feasible one).
+      limit: its figure: ms or bytes (:meth:`.Budget.figure`).
+      measure: ``"latency"`` or ``"size"``.
+      options: :func:`plan_options` (the most compressed plan: each group's largest saving).
+      groups: the layer groups (the plan's label).
+      costs, size_model: as :func:`search_candidates`.
+    """
+    exact, total = _exact_cost(measure, costs, size_model)
+    fastest_plan = {g: max(o, key=lambda x: x[2])[0] for g, o in options.items()}
+    fastest = exact(fastest_plan)
+    if within_budget(fastest, limit):
+        return None
+    if budget is None:
+        budget = Budget("latency_ms" if measure == "latency" else "size_mb", 1.0)
+    budget = Budget.parse(budget)
+    unit, scale, digits = ("ms", 1.0, 1) if measure == "latency" else ("MB", 1e-6, 2)
+    what = f"{limit * scale:.{digits}f} {unit}"
+    if budget.kind in ("speedup", "reference"):
+        what = f"{budget.describe()} = {what}"
+    nearest = budget.nearest_feasible(fastest, total)
+    err = InfeasibleBudgetError(
+        f"budget {what} is out of reach of the search space: its plans are predicted at "
+        f"{fastest * scale:.{digits}f} {unit} (the most compressed: "
+        f"{plan_label(fastest_plan, groups)}) to {total * scale:.{digits}f} {unit} (dense); "
+        f"the nearest feasible budget is {nearest!r} (or allow more layer groups, larger "
+        "ratios" + (", fewer bits or more sparsity)" if measure == "size" else ")"))
+    err.fastest, err.slowest, err.nearest = float(fastest), float(total), nearest
+    return err
+
+
+def check_reachable(budget: Budget | str, limit: float, measure: str,
+                    groups: Sequence[tuple[str, str]], ratios: Sequence[float],
+                    bits: Sequence[int] = (), percents: Sequence[float] = (), *,
+                    costs: Mapping[str, Any] | None = None,
+                    size_model: SizeModel | None = None) -> None:
+    """Raises :func:`unreachable`'s error when even the most compressed plan of the search
+    space misses the budget: called as soon as the costs are known, before the
+    sensitivities and the fine-tuning.
+
+    Raises:
+      InfeasibleBudgetError: the budget is out of reach (the message gives the reachable
+        range and the nearest feasible budget).
+    """
+    sens = option_grid(groups, ratios, bits if measure == "size" else (),
+                       percents if measure == "size" else ())
+    err = unreachable(budget, limit, measure, plan_options(groups, sens, costs, size_model,
+                                                           measure), groups, costs=costs,
+                      size_model=size_model)
+    if err is not None:
+        raise err
+
+
 def search_candidates(groups: Sequence[tuple[str, str]], sens: Mapping[str, Any],
                       limit: float, measure: str, *, costs: Mapping[str, Any] | None = None,
                       size_model: SizeModel | None = None, margins: Sequence[float] = (0.0,),
-                      count: int = 3, resolution: int = 1000) -> list[dict[str, Any]]:
+                      count: int = 3, resolution: int = 1000,
+                      budget: Budget | str | None = None) -> list[dict[str, Any]]:
     """Distinct plans that meet ``limit`` under the cost model, best predicted first.
 
     Args:
@@ -143,6 +237,7 @@ def search_candidates(groups: Sequence[tuple[str, str]], sens: Mapping[str, Any]
       margins: the limit tightened by each fraction is solved for one plan each.
       count: at most this many plans.
       resolution: see :func:`solve`.
+      budget: the budget as given (words the error; see :func:`unreachable`).
 
     Returns:
       ``[{"plan": {group: Choice}, "margin", "delta_epe", "predicted_ms" or
@@ -158,24 +253,7 @@ def search_candidates(groups: Sequence[tuple[str, str]], sens: Mapping[str, Any]
         raise ValueError(f"a {measure} search needs its cost table ("
                          f"{'costs' if measure == 'latency' else 'size_model'})")
     options = plan_options(groups, sens, costs, size_model, measure)
-    if measure == "latency":
-        total = costs["dense_ms"]
-
-        def exact(plan):
-            return predicted_latency(costs, {g: c.ratio for g, c in plan.items()})
-    else:
-        total = size_model.disk_bytes({})
-        exact = size_model.disk_bytes
-    unit = "ms" if measure == "latency" else "MB"
-    scale = 1.0 if measure == "latency" else 1e-6
-
-    def unreachable() -> InfeasibleBudgetError:
-        fastest = {g: max(o, key=lambda x: x[2])[0] for g, o in options.items()}
-        return InfeasibleBudgetError(
-            f"budget {limit * scale:g} {unit} is out of reach of the search space: the most "
-            f"compressed plan ({plan_label(fastest, groups)}) is predicted at "
-            f"{exact(fastest) * scale:.4g} {unit} (dense {total * scale:.4g} {unit}); raise "
-            "the budget or allow larger ratios, fewer bits or more sparsity")
+    exact, total = _exact_cost(measure, costs, size_model)
 
     out: list[dict[str, Any]] = []
     for margin in sorted(set(margins)):
@@ -196,7 +274,9 @@ def search_candidates(groups: Sequence[tuple[str, str]], sens: Mapping[str, Any]
             plan = None
         if plan is None:
             if not out and margin == max(margins):
-                raise unreachable()
+                raise unreachable(budget, limit, measure, options, groups, costs=costs,
+                                  size_model=size_model) or InfeasibleBudgetError(
+                    f"no plan found for the budget {limit:g} (the solver's rounding)")
             continue
         plan = {g: c for g, c in plan.items() if c != Choice()}
         if any(p["plan"] == plan for p in out):
