@@ -5,6 +5,7 @@ tiny end-to-end search (size budget: deterministic) whose chosen model loads and
 import dataclasses
 import itertools
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
