@@ -26,19 +26,21 @@ from deepliflow_jax.model.deeplidarflow import DeepLiDARFlow
 from deepliflow_jax.model.layers import (
     CONV_IMPL_BY_BACKEND,
     CONV_IMPL_TOKENS,
+    WGRAD_MIN_CHANNELS,
     Conv,
     ConvTranspose,
     check_conv_impl,
+    conv_weight_grad,
     dilated_conv_space_to_batch,
     resolve_conv_impl,
 )
 from deepliflow_jax.model.widths import uniform_widths
 
 # the options that change each layer kind (the structural test checks the others do not)
-CONV_ALTERNATIVES = ("s2b", "pad8", "widen", "s2grad", "subpixel+s2b+pad8", "widen+s2grad",
-                     "auto")
+CONV_ALTERNATIVES = ("s2b", "pad8", "widen", "s2grad", "wgrad", "subpixel+s2b+pad8",
+                     "widen+s2grad", "s2grad+wgrad", "auto")
 TRANSPOSED_ALTERNATIVES = ("subpixel", "phase", "pad8", "widen", "phase+widen",
-                           "subpixel+s2b+pad8", "auto")
+                           "phase+wgrad", "subpixel+s2b+pad8", "auto")
 TOL = 1e-6
 
 
@@ -97,7 +99,8 @@ def test_check_conv_impl_canonical_and_errors():
 @pytest.mark.parametrize("impl", CONV_ALTERNATIVES)
 @pytest.mark.parametrize("size", [(16, 32), (9, 13)])
 @pytest.mark.parametrize("dilation,c_in,c_out", [(1, 36, 20), (2, 13, 16), (4, 16, 5),
-                                                  (8, 12, 96), (16, 20, 12)])
+                                                  (8, 12, 96), (16, 20, 12), (1, 64, 72),
+                                                  (2, 96, 64)])
 def test_conv_equals_reference(impl, size, dilation, c_in, c_out):
     kwargs = {"features": c_out, "dilation": dilation}
     _assert_layer_equal(Conv, kwargs, (2, *size, c_in), (3, 3, c_in, c_out), impl)
@@ -161,10 +164,35 @@ def test_cpu_forms_keep_every_conv_in_the_library(module_cls, kwargs, kernel_sha
 @pytest.mark.parametrize("impl", TRANSPOSED_ALTERNATIVES)
 @pytest.mark.parametrize("size", [(1, 1), (1, 2), (4, 4), (7, 9)])
 @pytest.mark.parametrize("c_in,c_out,activation", [(32, 4, False), (13, 6, True),
-                                                    (64, 32, True)])
+                                                    (64, 32, True), (64, 64, False)])
 def test_transposed_conv_equals_reference(impl, size, c_in, c_out, activation):
     kwargs = {"features": c_out, "activation": activation}
     _assert_layer_equal(ConvTranspose, kwargs, (2, *size, c_in), (4, 4, c_out, c_in), impl)
+
+
+@pytest.mark.parametrize("ksize,stride,dilation,padding,size", [
+    (3, 1, 1, "SAME", (9, 13)), (3, 2, 1, "SAME", (7, 10)), (3, 3, 1, "SAME", (10, 11)),
+    (3, 1, 4, "SAME", (9, 13)), (1, 2, 1, "SAME", (5, 6)), (4, 2, 1, "SAME", (9, 8)),
+    (2, 1, 1, ((1, 0), (0, 1)), (6, 7)), (2, 1, 1, ((0, 1), (1, 0)), (1, 1)),
+    (3, 2, 1, "SAME", (1, 1))])
+def test_weight_gradient_as_tap_matmuls_equals_lax(ksize, stride, dilation, padding, size):
+    """``wgrad``'s weight gradient, whatever the channel count: strides 1-3, dilation,
+    the phase convs' explicit paddings, 1-pixel inputs (a wrong tap offset or stride
+    changes the result far beyond float rounding)."""
+    rng = np.random.default_rng(ksize + 10 * stride + dilation)
+    x = jnp.asarray(rng.standard_normal((2, *size, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((ksize, ksize, 5, 7)), jnp.float32)
+
+    def conv(k):
+        return jax.lax.conv_general_dilated(x, k, (stride, stride), padding,
+                                            rhs_dilation=(dilation, dilation),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y, vjp = jax.vjp(conv, kernel)
+    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    got = conv_weight_grad(x, dy, kernel.shape, stride, padding, dilation)
+    assert got.shape == kernel.shape
+    assert _rel(got, vjp(dy)[0]) <= TOL
 
 
 def test_space_to_batch_refuses_even_kernels():
@@ -298,7 +326,16 @@ def test_option_reaches_every_layer(impl):
     strided = [e for e in convs if max(e.params["window_strides"]) > 1]
     custom = [e for e in jaxpr.eqns if e.primitive.name.startswith("custom_vjp")]
     assert len(strided) == 6
-    assert len(custom) == (6 if "s2grad" in tokens else 0)
+    # wgrad: every conv with >= WGRAD_MIN_CHANNELS on both sides (the phase convs too;
+    # lax's transposed convs keep lax's gradients)
+    wide = [e for e in convs if min(e.invars[1].aval.shape[2:]) >= WGRAD_MIN_CHANNELS
+            and max(e.params["lhs_dilation"]) == 1]
+    behind = [c for e in custom for c in _convs(e.params["call_jaxpr"].jaxpr)]
+    expected = {id(e) for e in strided} if "s2grad" in tokens else set()
+    if "wgrad" in tokens:
+        expected |= {id(e) for e in wide}
+    assert len(wide) > 40 and {id(c) for c in behind} == expected
+    assert len(custom) == len(expected)
     narrow = [e for e in convs if e.outvars[0].aval.shape[-1] <= 16]
     assert (not narrow) if "widen" in tokens else len(narrow) > 20
     odd = [e for e in convs if e.invars[1].aval.shape[2] % 8 or e.invars[1].aval.shape[3] % 8]

@@ -81,7 +81,7 @@ CONV_IMPL_TOKENS = ("subpixel", "phase", "s2b", "pad8", "widen", "s2grad", "wgra
                     "banded", "tiled")
 #: what ``"auto"`` runs on each backend; a backend not listed runs the reference
 #: (see resolve_conv_impl's docstring for the measurements behind each entry)
-CONV_IMPL_BY_BACKEND = {"cpu": "phase+widen+s2grad+tiled"}
+CONV_IMPL_BY_BACKEND = {"cpu": "phase+widen+s2grad+wgrad+tiled"}
 #: the implementations tests and the block profile compare with the reference
 CONV_IMPLS = ("xla", "subpixel", "subpixel+s2b", "subpixel+s2b+pad8")
 #: XLA:CPU's YNNPACK path takes convs with more channels than this on one side
@@ -122,8 +122,11 @@ def resolve_conv_impl(conv_impl: str = CONV_IMPL_AUTO, backend: str | None = Non
     ``"auto"`` becomes :data:`CONV_IMPL_BY_BACKEND`'s entry for the backend
     (``jax.default_backend()`` unless given), resolved when the model is traced:
 
-    * CPU: ``"phase+widen+s2grad+tiled"``, every conv, input gradient and weight
-      gradient in XLA:CPU's YNNPACK library and the gather-free cost volume. Measured
+    * CPU: ``"phase+widen+s2grad+wgrad+tiled"``, every conv, input gradient and weight
+      gradient in XLA:CPU's YNNPACK library (the weight gradients of the wide convs as
+      matmuls) and the gather-free cost volume. ``wgrad``: the loss gradient at 384x1216
+      took 18.0 s of CPU time with it, 26.2 s without (interleaved, a loaded machine;
+      ``experiments/results/runtime_train_cpu*.md`` has the idle train steps). Measured
       on an idle 2-core AMD EPYC (jaxlib 0.10.2), whole network, batch 1, interleaved,
       median ms: forward at 128x256 ``xla`` 297, ``subpixel+banded`` 218, this 231,
       the same without ``widen`` 220; at 384x1216 ``xla`` 3477, ``subpixel+banded``
