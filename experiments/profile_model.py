@@ -7,22 +7,25 @@
 from __future__ import annotations
 
 import json
+import sys
 
-from absl import app, flags
+from absl import flags
 
 from deepliflow_jax import cli
 from deepliflow_jax.fileio import write_text_atomic
 
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("height", 384, "Network input height (multiple of 64).")
-flags.DEFINE_integer("width", 1216, "Network input width (multiple of 64).")
-flags.DEFINE_integer("batch", 1, "Batch size.")
-flags.DEFINE_integer("repeats", 10, "Timed forward passes (median reported).")
-flags.DEFINE_string("checkpoint", None, "Converted checkpoint dir; default: random init.")
-flags.DEFINE_bool("xla_flops", True, "Compile each module for XLA's FLOP count.")
-flags.DEFINE_bool("time", True, "Time the whole forward pass.")
-flags.DEFINE_string("output_json", None, "Write the results as JSON here.")
-flags.DEFINE_string("output_md", None, "Write the Markdown table here.")
+# this script's own flag set: it can be imported beside other scripts (same flag names)
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("height", 384, "Network input height (multiple of 64).", flag_values=FLAGS)
+flags.DEFINE_integer("width", 1216, "Network input width (multiple of 64).", flag_values=FLAGS)
+flags.DEFINE_integer("batch", 1, "Batch size.", flag_values=FLAGS)
+flags.DEFINE_integer("repeats", 10, "Timed forward passes (median reported).", flag_values=FLAGS)
+flags.DEFINE_string("checkpoint", None, "Converted checkpoint dir; default: random init.",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("xla_flops", True, "Compile each module for XLA's FLOP count.", flag_values=FLAGS)
+flags.DEFINE_bool("time", True, "Time the whole forward pass.", flag_values=FLAGS)
+flags.DEFINE_string("output_json", None, "Write the results as JSON here.", flag_values=FLAGS)
+flags.DEFINE_string("output_md", None, "Write the Markdown table here.", flag_values=FLAGS)
 
 
 def run(height: int, width: int, batch: int = 1, repeats: int = 10, checkpoint: str | None = None,
@@ -51,8 +54,14 @@ def _json_ready(result: dict) -> dict:
     return {"modules": modules, **{k: v for k, v in result.items() if k != "modules"}}
 
 
-def main(argv):
-    del argv
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command on ``argv`` (the flags; default ``sys.argv[1:]``); returns 0.
+
+    Raises:
+      SystemExit: 0 after ``--help``, 2 on a usage error.
+    """
+    cli.parse_flags(FLAGS, sys.argv[1:] if argv is None else list(argv),
+                    "python -m experiments.profile_model", __doc__)
     cli.announce_results("python -m experiments.profile_model", FLAGS.output_json, FLAGS.output_md)
     from deepliflow_jax.profile import format_profile_table
 
@@ -64,7 +73,8 @@ def main(argv):
         write_text_atomic(FLAGS.output_json, json.dumps(_json_ready(result), indent=2))
     if FLAGS.output_md:
         write_text_atomic(FLAGS.output_md, table + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

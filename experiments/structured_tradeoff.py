@@ -34,8 +34,9 @@ flags.DEFINE_enum("finetune_mode", "masked", ["masked", "shrunk"],
                   "masked: one compiled step for all ratios (full model under channel masks, "
                   "shrunk afterwards; the same function); shrunk: each smaller model trains "
                   "with its own compiled step.")
-flags.DEFINE_string("checkpoint", "/tmp/study_demo/baseline_checkpoint",
-                    "Trained dense checkpoint; pre-trained here if it does not exist.")
+flags.DEFINE_string("checkpoint", cli.study_baseline("demo"),
+                    "Trained dense checkpoint (default: the main job's baseline, "
+                    "python -m experiments.run_study); pre-trained here if it does not exist.")
 flags.DEFINE_integer("pretrain_steps", 300, "Pre-training steps when no checkpoint exists.")
 flags.DEFINE_string("data_dir", None, "Synthetic world (default: next to --checkpoint, else "
                     "/tmp/structured_tradeoff/synthetic_kitti).")

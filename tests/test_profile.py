@@ -42,15 +42,11 @@ def test_profile_counts(variables):
 
 
 def test_profile_command_writes_json(tmp_path):
-    from absl.testing import flagsaver
-
     from experiments import profile_model as cmd
 
     out = tmp_path / "p.json"
-    cmd.FLAGS(["profile_model"])
-    with flagsaver.flagsaver(height=64, width=64, repeats=1, xla_flops=False,
-                             output_json=str(out)):
-        cmd.main([])
+    assert cmd.main(["--height=64", "--width=64", "--repeats=1", "--noxla_flops",
+                     f"--output_json={out}"]) == 0
     data = json.loads(out.read_text())
     assert set(data["modules"]) == {"feature_pyramid", "fusion", "scene_flow", "context",
                                     "cost_volume", "warping"}

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import glob
 import io
+import itertools
 import json
 import os
 import re
@@ -327,3 +328,23 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch):
             raise AssertionError(f"{block} failed: {type(err).__name__}: {err}\n"
                                  f"output so far:\n{out.getvalue()}") from err
         print(f"{block}:\n{out.getvalue()}")
+
+
+def _table_after(text: str, heading: str) -> str:
+    """The first Markdown table below the line ``heading`` (its ``|`` lines)."""
+    lines = text.splitlines()
+    start = lines.index(heading)
+    rows = list(itertools.dropwhile(lambda s: not s.startswith("|"), lines[start + 1:]))
+    return "\n".join(itertools.takewhile(lambda s: s.startswith("|"), rows))
+
+
+@pytest.mark.parametrize("name", ["Table II", "Table III (ablation)"])
+def test_readme_study_tables_are_the_committed_demo_s(name):
+    """README's Tables II and III are the committed demo run's ``tables.md``, cell for cell
+    (regenerate both with ``python -m experiments.run_study
+    --results_dir=experiments/results/demo`` and paste its tables)."""
+    committed = (REPO / "experiments" / "results" / "demo" / "tables.md").read_text()
+    readme = README.read_text()
+    table = _table_after(committed, f"## {name}")
+    assert table, f"no {name} in the committed tables.md"
+    assert _table_after(readme, f"#### {name}") == table

@@ -195,7 +195,7 @@ def test_study_results_writer(tmp_path, monkeypatch):
     cfg = make_config("tiny")
     names = ["results.json", "results.csv", "tables.md", "fig1_epe_quant_prune.png"]
     # one plot of the four (each is the same savefig_atomic call): keeps the test short
-    monkeypatch.setattr(plots, "write_plots", lambda out, records, cfg: [
+    monkeypatch.setattr(plots, "write_plots", lambda out, records, cfg, intervals=None: [
         plots.fig1(out, records, cfg)])
 
     def read():
